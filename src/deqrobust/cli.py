@@ -1,0 +1,55 @@
+"""The ``deqrobust`` command: one subcommand per workflow step.
+
+Each subcommand lives in ``deqrobust.commands.<name>`` with ``add_arguments(parser)`` and
+``run(args)``; they are imported lazily so ``deqrobust --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from deqrobust.config import ConfigError
+
+COMMANDS = {
+    "data": "download or import CIFAR-10, verify it and carve the development split",
+    "models": "list every model size with its parameter count and state size",
+    "train": "train one model of the config (standard, PGD-AT or FGSM-AT), resumable",
+    "select-exit": "choose the early-exit state of a DEQ by PGD robust accuracy on the dev split",
+    "evaluate": "run one cell of the estimator x attack matrix on one checkpoint, resumable",
+    "merge": "merge evaluation cells into the tidy robustness table",
+    "analyze": "fixed-point analysis: residual traces and per-state accuracy, clean and adversarial",
+    "figures": "figures and tables from the merged results",
+    "report": "the reproduction report: each claim of the paper against the measured figures",
+    "bench": "benchmarks of the DEQ core, printed and written as JSON",
+}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", required=True, help="profile config file (config/*.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set training.epochs=2 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deqrobust", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, help_text in COMMANDS.items():
+        module = importlib.import_module(f"deqrobust.commands.{name.replace('-', '_')}")
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(cmd)
+        cmd.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except ConfigError as err:
+        print(f"deqrobust {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

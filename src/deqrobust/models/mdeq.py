@@ -1,0 +1,226 @@
+"""Multiscale deep equilibrium classifier (MDEQ) for CIFAR-10.
+
+The architecture follows the authors' MDEQ-Vision description in docs/method.md;
+parity is measured by parameter count (LARGE 11,097,438 and XL 48,792,098 with weight
+norm's g and v both counted). The equilibrium state of all branches is one flat tensor
+of shape (batch, state_size) so that solvers and gradient estimators are model-agnostic.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+
+GROUPS = 8
+EXPANSION = 5  # inner width of the residual block, as a multiple of the branch width
+
+
+@dataclass(frozen=True)
+class MDEQSize:
+    channels: tuple[int, ...]
+    head_channels: tuple[int, ...]
+    final_width: int
+    dropout: float
+
+
+SIZES: dict[str, MDEQSize] = {
+    # Ours, for CPU work: two branches of 24 channels (like locuslab's TINY).
+    "tiny": MDEQSize((24, 24), (8, 16), 200, 0.0),
+    # Ours, a four-branch model small enough for CPU training in minutes.
+    "small": MDEQSize((16, 32, 64, 128), (8, 16, 32, 64), 400, 0.1),
+    "large": MDEQSize((32, 64, 128, 256), (14, 28, 56, 112), 1680, 0.22),
+    "xl": MDEQSize((72, 144, 288, 576), (20, 40, 80, 160), 1800, 0.22),
+}
+
+
+def size_by_name(name: str) -> MDEQSize:
+    if name not in SIZES:
+        raise ValueError(f"unknown MDEQ size {name!r}; valid sizes: {', '.join(SIZES)}")
+    return SIZES[name]
+
+
+def conv3x3(cin: int, cout: int, stride: int = 1, bias: bool = False) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=bias)
+
+
+class VariationalDropout2d(nn.Module):
+    """Channel dropout whose mask is drawn once per solve and shared by all f calls."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+        self.mask: torch.Tensor | None = None
+
+    def draw(self, like: torch.Tensor) -> None:
+        if self.training and self.p > 0:
+            keep = torch.empty(like.shape[0], like.shape[1], 1, 1, device=like.device, dtype=like.dtype)
+            self.mask = keep.bernoulli_(1 - self.p) / (1 - self.p)
+        else:
+            self.mask = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.mask is None else x * self.mask
+
+
+class ResidualBlock(nn.Module):
+    """One branch of f: two weight-normed convs with the input injection added."""
+
+    def __init__(self, width: int, dropout: float):
+        super().__init__()
+        inner = EXPANSION * width
+        self.conv1 = weight_norm(conv3x3(width, inner))
+        self.gn1 = nn.GroupNorm(GROUPS, inner)
+        self.conv2 = weight_norm(conv3x3(inner, width))
+        self.gn2 = nn.GroupNorm(GROUPS, width)
+        self.gn3 = nn.GroupNorm(GROUPS, width)
+        self.drop = VariationalDropout2d(dropout)
+
+    def forward(self, z: torch.Tensor, injection: torch.Tensor | None) -> torch.Tensor:
+        out = F.relu(self.gn1(self.conv1(z)))
+        out = self.drop(self.conv2(out))
+        if injection is not None:
+            out = out + injection
+        out = self.gn2(out) + z
+        return self.gn3(F.relu(out))
+
+
+def downsample(channels: tuple[int, ...], src: int, dst: int) -> nn.Sequential:
+    """Chain of stride-2 conv3x3 + GN from branch src to the coarser branch dst."""
+    steps = []
+    for k in range(dst - src):
+        last = k == dst - src - 1
+        cout = channels[dst] if last else channels[src]
+        layers = [conv3x3(channels[src], cout, stride=2), nn.GroupNorm(GROUPS, cout)]
+        if not last:
+            layers.append(nn.ReLU())
+        steps.append(nn.Sequential(*layers))
+    return nn.Sequential(*steps)
+
+
+def upsample(channels: tuple[int, ...], src: int, dst: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(channels[src], channels[dst], 1, bias=False),
+        nn.GroupNorm(GROUPS, channels[dst]),
+        nn.Upsample(scale_factor=2 ** (src - dst), mode="nearest"),
+    )
+
+
+class MultiscaleLayer(nn.Module):
+    """f(z; x): per-branch residual blocks, multiscale fusion, post-fusion 1x1 convs."""
+
+    def __init__(self, channels: tuple[int, ...], dropout: float):
+        super().__init__()
+        n = len(channels)
+        self.blocks = nn.ModuleList(ResidualBlock(c, dropout) for c in channels)
+        self.fuse = nn.ModuleList(
+            nn.ModuleList(
+                nn.Identity() if i == j else (upsample(channels, j, i) if j > i else downsample(channels, j, i))
+                for j in range(n)
+            )
+            for i in range(n)
+        )
+        self.post = nn.ModuleList(
+            nn.Sequential(nn.ReLU(), weight_norm(nn.Conv2d(c, c, 1, bias=False)), nn.GroupNorm(GROUPS // 2, c, affine=False))
+            for c in channels
+        )
+
+    def forward(self, zs: list[torch.Tensor], injection: torch.Tensor) -> list[torch.Tensor]:
+        blocks = [block(z, injection if i == 0 else None) for i, (block, z) in enumerate(zip(self.blocks, zs))]
+        fused = []
+        for i, row in enumerate(self.fuse):
+            total = sum(layer(blocks[j]) for j, layer in enumerate(row))
+            fused.append(self.post[i](total))
+        return fused
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin: int, width: int):
+        super().__init__()
+        cout = width * self.expansion
+        # The authors' head bottleneck uses non-affine batch norms (only its shortcut's is affine).
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width, affine=False), nn.ReLU(),
+            conv3x3(width, width), nn.BatchNorm2d(width, affine=False), nn.ReLU(),
+            nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout, affine=False),
+        )
+        self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout)) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.body(x) + self.shortcut(x))
+
+
+class ClassificationHead(nn.Module):
+    """h(z): per-branch bottlenecks, progressive stride-2 downsampling sum, pooled linear."""
+
+    def __init__(self, size: MDEQSize, num_classes: int):
+        super().__init__()
+        wide = [c * Bottleneck.expansion for c in size.head_channels]
+        self.incre = nn.ModuleList(Bottleneck(c, h) for c, h in zip(size.channels, size.head_channels))
+        self.down = nn.ModuleList(
+            nn.Sequential(conv3x3(wide[i], wide[i + 1], stride=2, bias=True), nn.BatchNorm2d(wide[i + 1]), nn.ReLU())
+            for i in range(len(wide) - 1)
+        )
+        self.final = nn.Sequential(nn.Conv2d(wide[-1], size.final_width, 1), nn.BatchNorm2d(size.final_width), nn.ReLU())
+        self.classifier = nn.Linear(size.final_width, num_classes)
+
+    def forward(self, zs: list[torch.Tensor]) -> torch.Tensor:
+        y = self.incre[0](zs[0])
+        for i, down in enumerate(self.down):
+            y = self.incre[i + 1](zs[i + 1]) + down(y)
+        y = self.final(y).mean(dim=(2, 3))
+        return self.classifier(y)
+
+
+class MDEQ(nn.Module):
+    """The DEQ classifier, exposed through the three maps the estimators need.
+
+    ``prepare(x)`` computes the input injection (and draws dropout masks), ``f(z, inj)``
+    is one application of the equilibrium layer on the flat state, and ``head(z)`` maps a
+    flat state to logits. ``forward`` is never used directly: gradient estimators and
+    training compose these pieces (see deqrobust.estimators).
+    """
+
+    def __init__(self, size: str | MDEQSize = "tiny", num_classes: int = 10, image_size: int = 32):
+        super().__init__()
+        self.size_name = size if isinstance(size, str) else "custom"
+        self.size = size_by_name(size) if isinstance(size, str) else size
+        channels = self.size.channels
+        c0 = channels[0]
+        self.stem = nn.Sequential(
+            conv3x3(3, c0), nn.BatchNorm2d(c0), nn.ReLU(),
+            conv3x3(c0, c0), nn.BatchNorm2d(c0), nn.ReLU(),
+            nn.Conv2d(c0, c0, 1, bias=False), nn.BatchNorm2d(c0), nn.ReLU(),
+        )
+        self.layer = MultiscaleLayer(channels, self.size.dropout)
+        self.head_net = ClassificationHead(self.size, num_classes)
+        self.shapes = [(c, image_size >> i, image_size >> i) for i, c in enumerate(channels)]
+        self.state_size = sum(c * h * w for c, h, w in self.shapes)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Input injection for branch 0; also draws this solve's dropout masks."""
+        injection = self.stem(x)
+        for block in self.layer.blocks:
+            block.drop.draw(torch.empty(x.shape[0], block.conv2.out_channels, device=x.device, dtype=x.dtype))
+        return injection
+
+    def init_state(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(x.shape[0], self.state_size)
+
+    def split(self, z: torch.Tensor) -> list[torch.Tensor]:
+        sizes = [c * h * w for c, h, w in self.shapes]
+        return [part.reshape(-1, *shape) for part, shape in zip(z.split(sizes, dim=1), self.shapes)]
+
+    @staticmethod
+    def join(zs: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([z.flatten(1) for z in zs], dim=1)
+
+    def f(self, z: torch.Tensor, injection: torch.Tensor) -> torch.Tensor:
+        return self.join(self.layer(self.split(z), injection))
+
+    def head(self, z: torch.Tensor) -> torch.Tensor:
+        return self.head_net(self.split(z))
