@@ -200,6 +200,19 @@ class MDEQ(nn.Module):
         self.head_net = ClassificationHead(self.size, num_classes)
         self.shapes = [(c, image_size >> i, image_size >> i) for i, c in enumerate(channels)]
         self.state_size = sum(c * h * w for c, h, w in self.shapes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """The authors' init: plain convs N(0, 0.01); weight-normed convs keep their default.
+
+        Small fusion and head weights start f close to a contraction, so the solver
+        converges from the first iterations.
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d) and not hasattr(module, "parametrizations"):
+                nn.init.normal_(module.weight, 0.0, 0.01)
+                if module.bias is not None:
+                    nn.init.normal_(module.bias, 0.0, 0.01)
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """Input injection for branch 0; also draws this solve's dropout masks."""

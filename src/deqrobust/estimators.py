@@ -1,0 +1,286 @@
+"""Gradient estimators of a DEQ, living in the backward pass.
+
+An estimator turns a (detached) solver state z_n into a state with an autograd graph to
+the input and the parameters. Any attack that calls ``model(x)`` and backpropagates uses
+the estimator unchanged, because the estimate is produced by autograd itself: either
+through an explicit unroll, or by a custom function that rewrites the incoming gradient
+(implicit adjoint, Neumann series, simultaneous adjoint).
+
+Estimators (config ``{name: ..., params}``; names are registry keys, never parsed):
+- ``exact``: h(f(z)); the gradient at f(z) is replaced by the adjoint solution of
+  u = J_f(z)^T u + a (backward solver), i.e. implicit differentiation.
+- ``unroll`` / ``intermediate``: h(U^k(f(z))), U(z) = (1 - lam) z + lam f(z); plain
+  backprop through the k + 1 weight-tied layers (phantom gradient). ``unroll`` is the
+  paper's name at the final state, ``intermediate`` at a state n; both are this map.
+- ``neumann``: h(f(z)); gradient a -> lam * sum_{j<k} (lam J^T + (1 - lam) I)^j a.
+- ``adjoint``: the simultaneous adjoint (paper Sec. 4.1, reconstructed: the released
+  code lacks it). ``variant: lockstep`` (default) advances u_{j+1} = J_f(z_j)^T u_j + a
+  along the forward iterates z_0..z_{n-1}; ``variant: quasi_newton`` reuses the forward
+  Broyden inverse-Jacobian estimate, u = -B_n^T a. See docs/estimators.md for why
+  lockstep is the default.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
+
+import torch
+from torch import nn
+
+from deqrobust.config import ConfigError
+from deqrobust.solvers import SolverResult, solve
+
+State = int | str | None   # n >= 0, "ensemble", or None for the final state
+
+
+class _RewriteGrad(torch.autograd.Function):
+    """Identity forward; backward applies ``rewrite`` to the incoming gradient."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, rewrite: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        ctx.rewrite = rewrite
+        return z.view_as(z)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return ctx.rewrite(grad), None
+
+
+def _vjp_at(f: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """u -> u^T J_f(z); the graph of f at z is built once and reused for every product.
+
+    Called only inside backward passes, so a forward without backward pays nothing.
+    """
+    with torch.enable_grad():
+        z = z.detach().requires_grad_()
+        fz = f(z)
+    return lambda u: torch.autograd.grad(fz, z, u, retain_graph=True)[0]
+
+
+@dataclass
+class Context:
+    """What an estimator may use: the DEQ maps at this input and the forward solve."""
+
+    f: Callable[[torch.Tensor], torch.Tensor]           # f(., x) with graph to x and parameters
+    f_detached: Callable[[torch.Tensor], torch.Tensor]  # f(., x) without graph to x (for Jacobian products)
+    result: SolverResult
+    z0: torch.Tensor
+    backward_solver: dict
+
+
+@dataclass(frozen=True)
+class Estimator:
+    name: ClassVar[str]
+    needs_iterates: ClassVar[bool] = False
+
+    def attach(self, z: torch.Tensor, n: int | None, ctx: Context) -> torch.Tensor:
+        """State with the estimator's gradient, from detached state ``z`` (= z_n or z*)."""
+        raise NotImplementedError
+
+    def spec(self) -> dict:
+        return {"name": self.name, **{k: getattr(self, k) for k in self.__dataclass_fields__}}
+
+
+@dataclass(frozen=True)
+class Exact(Estimator):
+    name: ClassVar[str] = "exact"
+
+    def attach(self, z, n, ctx):
+        def adjoint(a: torch.Tensor) -> torch.Tensor:
+            vjp = _vjp_at(ctx.f_detached, z)
+            return solve(ctx.backward_solver, lambda u: vjp(u) + a, torch.zeros_like(a)).z
+
+        return _RewriteGrad.apply(ctx.f(z), adjoint)
+
+
+@dataclass(frozen=True)
+class Unroll(Estimator):
+    name: ClassVar[str] = "unroll"
+    lam: float = 0.5
+    k: int = 9
+
+    def attach(self, z, n, ctx):
+        z = ctx.f(z)
+        for _ in range(self.k):
+            z = (1 - self.lam) * z + self.lam * ctx.f(z)
+        return z
+
+
+@dataclass(frozen=True)
+class Intermediate(Unroll):
+    name: ClassVar[str] = "intermediate"
+
+
+@dataclass(frozen=True)
+class Neumann(Estimator):
+    name: ClassVar[str] = "neumann"
+    lam: float = 1.0
+    k: int = 8
+
+    def attach(self, z, n, ctx):
+        def series(a: torch.Tensor) -> torch.Tensor:
+            vjp = _vjp_at(ctx.f_detached, z)
+            term, total = a, a.clone()
+            for _ in range(self.k - 1):
+                term = self.lam * vjp(term) + (1 - self.lam) * term
+                total = total + term
+            return self.lam * total
+
+        return _RewriteGrad.apply(ctx.f(z), series)
+
+
+@dataclass(frozen=True)
+class Adjoint(Estimator):
+    name: ClassVar[str] = "adjoint"
+    variant: str = "lockstep"
+    VARIANTS: ClassVar[tuple[str, ...]] = ("lockstep", "quasi_newton")
+    needs_iterates: ClassVar[bool] = True
+
+    def __post_init__(self):
+        if self.variant not in self.VARIANTS:
+            raise ConfigError(f"unknown adjoint variant {self.variant!r}; valid variants: {', '.join(self.VARIANTS)}")
+
+    def attach(self, z, n, ctx):
+        steps = ctx.result.rel_trace.shape[1] if n is None else n
+        if self.variant == "lockstep":
+            states = [ctx.z0] + ctx.result.iterates[: max(steps - 1, 0)]
+
+            def lockstep(a: torch.Tensor) -> torch.Tensor:
+                u = torch.zeros_like(a)
+                for z_j in states:      # one Jacobian product per forward step, one graph alive at a time
+                    u = _vjp_at(ctx.f_detached, z_j)(u) + a
+                return u
+
+            return _RewriteGrad.apply(ctx.f(z), lockstep)
+        if ctx.result.broyden_factors is None:
+            raise ConfigError("adjoint variant 'quasi_newton' needs the broyden forward solver (solver.name: broyden)")
+        U, VT = ctx.result.broyden_factors
+        U, VT = U[..., :steps], VT[:, :steps]
+
+        def quasi_newton(a: torch.Tensor) -> torch.Tensor:   # -B^T a with B = -I + U V^T
+            return a - torch.einsum("bm,bmd->bd", torch.einsum("bd,bdm->bm", a, U), VT)
+
+        return _RewriteGrad.apply(ctx.f(z), quasi_newton)
+
+
+ESTIMATORS: dict[str, type[Estimator]] = {e.name: e for e in (Exact, Unroll, Intermediate, Neumann, Adjoint)}
+
+
+def build_estimator(spec: dict) -> Estimator:
+    """Estimator from its config ``{name: ..., <params>}``; bad names and keys are named."""
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    if name not in ESTIMATORS:
+        raise ConfigError(f"unknown gradient estimator {name!r}; valid estimators: {', '.join(ESTIMATORS)}")
+    cls = ESTIMATORS[name]
+    valid = [k for k in cls.__dataclass_fields__]
+    unknown = sorted(set(spec) - set(valid))
+    if unknown:
+        raise ConfigError(f"estimator {name!r} has no parameter {unknown[0]!r}; valid parameters: {', '.join(valid) or '(none)'}")
+    est = cls(**spec)
+    if getattr(est, "lam", 1.0) <= 0 or getattr(est, "lam", 1.0) > 1:
+        raise ConfigError(f"estimator {name!r}: lam={est.lam} must be in (0, 1]")
+    if getattr(est, "k", 1) < (0 if isinstance(est, Unroll) else 1):
+        raise ConfigError(f"estimator {name!r}: k={est.k} is too small")
+    return est
+
+
+def model_estimator(spec: dict, training_cfg: dict) -> Estimator:
+    """The estimator a DEQ was trained with; it also defines the model's own output."""
+    if spec.get("grad", "exact") == "unroll":
+        return Unroll(**training_cfg.get("unroll", {}))
+    return Exact()
+
+
+def parse_state(state: State, budget: int) -> State:
+    """Validate an attacked/scored state against the solver budget."""
+    if state is None or state == "final":
+        return None
+    if state == "ensemble":
+        return state
+    if isinstance(state, str) and state.isdigit():
+        state = int(state)
+    if not isinstance(state, int) or not 0 <= state <= budget:
+        raise ConfigError(f"state {state!r} is not valid for a solver budget of {budget}; "
+                          f"valid states: 'final', 'ensemble', 0..{budget}")
+    return state
+
+
+class DEQLogits(nn.Module):
+    """Logits of state n of a DEQ under a gradient estimator, as an ordinary module.
+
+    ``state=None`` is the final state z*, an integer n the n-th solver iterate (0 is the
+    zero state: with ``intermediate`` and lam=1 that is the paper's unrolled pretraining),
+    ``"ensemble"`` the head of the mean of the estimator's states 1..N (states weighted
+    equally). The solver runs only as far as the attacked state needs. ``stats`` holds the
+    last forward's SolverResult and, if ``jac_probes`` > 0 in training, the Jacobian loss.
+    """
+
+    def __init__(self, deq: nn.Module, estimator: Estimator, state: State = None, solver: dict | None = None,
+                 backward_solver: dict | None = None, jac_probes: int = 0):
+        super().__init__()
+        self.deq = deq
+        self.estimator = estimator
+        self.solver = dict(solver or {})
+        self.backward_solver = dict(backward_solver or {"budget": 7})
+        self.state = parse_state(state, int(self.solver.get("budget", 8)))
+        self.jac_probes = jac_probes
+        self.stats: dict = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        deq = self.deq
+        injection = deq.prepare(x)
+        detached = injection.detach()
+        z0 = deq.init_state(x)
+        budget = int(self.solver.get("budget", 8))
+        steps = self.state if isinstance(self.state, int) else budget
+        keep = self.state is not None or self.estimator.needs_iterates
+        if steps > 0:
+            result = solve({**self.solver, "budget": steps}, lambda z: deq.f(z, detached), z0, keep_iterates=keep)
+        else:
+            result = _empty_result(z0)
+        ctx = Context(lambda z: deq.f(z, injection), lambda z: deq.f(z, detached), result, z0, self.backward_solver)
+        if self.state is None:
+            z = self.estimator.attach(result.z, None, ctx)
+        elif self.state == "ensemble":
+            states = [self.estimator.attach(z_n, n + 1, ctx) for n, z_n in enumerate(result.iterates)]
+            z = torch.stack(states).mean(dim=0)
+        else:
+            z = self.estimator.attach(result.iterates[steps - 1] if steps > 0 else z0, steps, ctx)
+        self.stats = {"result": result, "jac_loss": None}
+        if self.jac_probes and self.training and torch.is_grad_enabled():
+            self.stats["jac_loss"] = jacobian_penalty(lambda s: deq.f(s, injection), result.z, self.jac_probes)
+        return deq.head(z)
+
+
+def _empty_result(z0: torch.Tensor) -> SolverResult:
+    empty = z0.new_zeros(z0.shape[0], 0)
+    none = torch.zeros(z0.shape[0], dtype=torch.bool, device=z0.device)
+    return SolverResult(z0, empty, empty, torch.zeros_like(none, dtype=torch.long), none, none, [], None)
+
+
+def jacobian_penalty(f: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, probes: int) -> torch.Tensor:
+    """Hutchinson estimate of ||J_f(z)||_F^2 / dim, differentiable in the parameters."""
+    z = z.detach().requires_grad_()
+    fz = f(z)
+    total = fz.new_zeros(())
+    for _ in range(probes):
+        v = torch.randn_like(fz)
+        (vjp,) = torch.autograd.grad(fz, z, v, create_graph=True)
+        total = total + vjp.pow(2).sum() / vjp.numel()
+    return total / probes
+
+
+@torch.no_grad()
+def all_state_logits(deq: nn.Module, x: torch.Tensor, solver: dict, own: Estimator) -> dict[str, torch.Tensor]:
+    """Logits of every defense and state for one batch: final (the model's own output
+    under its training estimator), ensemble (head of the mean of z_1..z_N) and state_n
+    (head of z_n, the early-exit candidates)."""
+    injection = deq.prepare(x)
+    z0 = deq.init_state(x)
+    result = solve(solver, lambda z: deq.f(z, injection), z0, keep_iterates=True)
+    ctx = Context(lambda z: deq.f(z, injection), lambda z: deq.f(z, injection), result, z0, {})
+    scores = {"final": deq.head(own.attach(result.z, None, ctx)), "ensemble": deq.head(torch.stack(result.iterates).mean(0))}
+    for n, z_n in enumerate(result.iterates, start=1):
+        scores[f"state_{n}"] = deq.head(z_n)
+    return scores

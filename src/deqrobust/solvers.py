@@ -1,0 +1,188 @@
+"""Fixed-point solvers with per-sample stopping, residual traces and iterates.
+
+Every solver is ``solve(spec, f, z0, keep_iterates) -> SolverResult`` on flat states of
+shape (batch, dim). Unlike the authors' code, residuals and the stopping rule are per
+sample: a sample that meets the tolerance is frozen (its later iterates repeat), so a
+result never depends on which other images share the batch. The step rule of each
+solver is a small class; the loop, bookkeeping and divergence handling are shared.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from deqrobust.config import ConfigError
+
+Map = Callable[[torch.Tensor], torch.Tensor]
+TINY = 1e-12
+
+
+@dataclass
+class SolverResult:
+    z: torch.Tensor                      # per-sample lowest-residual iterate (z*)
+    rel_trace: torch.Tensor              # [B, N] ||f(z_n) - z_n|| / ||f(z_n)||
+    abs_trace: torch.Tensor              # [B, N] ||f(z_n) - z_n||
+    steps: torch.Tensor                  # [B] first step meeting the tolerance (N if never)
+    converged: torch.Tensor              # [B] bool
+    diverged: torch.Tensor               # [B] bool, a non-finite residual was met
+    iterates: list[torch.Tensor] | None = None   # z_1..z_N when asked
+    broyden_factors: tuple[torch.Tensor, torch.Tensor] | None = None  # (U [B,D,m], VT [B,m,D])
+
+    @property
+    def final_rel(self) -> torch.Tensor:
+        """Relative residual of the returned estimate, per sample."""
+        return self.rel_trace.min(dim=1).values
+
+
+class FixedPointIteration:
+    """z_{n+1} = f(z_n)."""
+
+    def __init__(self, z0: torch.Tensor, budget: int):
+        del z0, budget
+
+    def propose(self, z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return z + g
+
+    def observe(self, z, g, z_next, g_next, active) -> None:
+        del z, g, z_next, g_next, active
+
+
+class Broyden:
+    """Broyden's good method on g(z) = f(z) - z, one low-rank inverse Jacobian per sample.
+
+    The inverse Jacobian estimate is B = -I + U V^T (so the first step is z_1 = f(z_0)),
+    stored per sample; the quasi-Newton adjoint estimator reuses it.
+    """
+
+    def __init__(self, z0: torch.Tensor, budget: int):
+        b, d = z0.shape
+        self.U = z0.new_zeros(b, d, budget)
+        self.VT = z0.new_zeros(b, budget, d)
+        self.rank = 0
+
+    def _matvec(self, x: torch.Tensor) -> torch.Tensor:   # B x
+        U, VT = self.U[..., : self.rank], self.VT[:, : self.rank]
+        return -x + torch.einsum("bdm,bm->bd", U, torch.einsum("bmd,bd->bm", VT, x))
+
+    def _rmatvec(self, x: torch.Tensor) -> torch.Tensor:  # x^T B
+        U, VT = self.U[..., : self.rank], self.VT[:, : self.rank]
+        return -x + torch.einsum("bm,bmd->bd", torch.einsum("bd,bdm->bm", x, U), VT)
+
+    def propose(self, z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return z - self._matvec(g)
+
+    def observe(self, z, g, z_next, g_next, active) -> None:
+        if self.rank >= self.U.shape[-1]:
+            return
+        dz, dg = z_next - z, g_next - g
+        vT = self._rmatvec(dz)
+        denom = (vT * dg).sum(dim=1, keepdim=True)
+        ok = active[:, None] & (denom.abs() > TINY) & torch.isfinite(denom)
+        u = torch.where(ok, (dz - self._matvec(dg)) / torch.where(ok, denom, torch.ones_like(denom)), 0.0)
+        self.U[..., self.rank] = u
+        self.VT[:, self.rank] = torch.where(ok, vT, 0.0)
+        self.rank += 1
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.U[..., : self.rank], self.VT[:, : self.rank]
+
+
+class Anderson:
+    """Anderson acceleration (memory m, mixing beta) with a per-sample least-squares fit."""
+
+    def __init__(self, z0: torch.Tensor, budget: int, memory: int = 5, beta: float = 1.0, reg: float = 1e-4):
+        del budget
+        self.memory, self.beta, self.reg = memory, beta, reg
+        self.X: list[torch.Tensor] = []
+        self.F: list[torch.Tensor] = []
+
+    def propose(self, z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        self.X = (self.X + [z])[-self.memory:]
+        self.F = (self.F + [z + g])[-self.memory:]
+        if len(self.X) == 1:
+            return z + g
+        X, F = torch.stack(self.X, 1), torch.stack(self.F, 1)      # [B, m, D]
+        G = F - X
+        m = G.shape[1]
+        gram = torch.bmm(G, G.transpose(1, 2))
+        gram = gram + self.reg * torch.eye(m, dtype=z.dtype, device=z.device)
+        ones = torch.ones(z.shape[0], m, 1, dtype=z.dtype, device=z.device)
+        w = torch.linalg.solve(gram, ones)                          # minimise ||sum a G|| s.t. sum a = 1
+        alpha = (w / w.sum(dim=1, keepdim=True)).squeeze(-1)
+        mixed_f = torch.einsum("bm,bmd->bd", alpha, F)
+        mixed_x = torch.einsum("bm,bmd->bd", alpha, X)
+        return self.beta * mixed_f + (1 - self.beta) * mixed_x
+
+    def observe(self, z, g, z_next, g_next, active) -> None:
+        del z, g, z_next, g_next, active
+
+
+SOLVERS = {"broyden": Broyden, "anderson": Anderson, "fixed_point": FixedPointIteration}
+
+
+def solver_settings(spec: dict) -> tuple[str, int, float]:
+    name = spec.get("name", "broyden")
+    if name not in SOLVERS:
+        raise ConfigError(f"unknown solver {name!r}; valid solvers: {', '.join(SOLVERS)}")
+    budget, tol = int(spec.get("budget", 8)), float(spec.get("tol", 1e-3))
+    if budget < 1:
+        raise ConfigError(f"solver budget {budget} must be at least 1")
+    return name, budget, tol
+
+
+@torch.no_grad()
+def solve(spec: dict, f: Map, z0: torch.Tensor, keep_iterates: bool = False) -> SolverResult:
+    """Run the solver named in ``spec`` (name, budget, tol) from ``z0`` on ``f``.
+
+    When every sample has stopped early the loop ends; traces and iterates are padded
+    with the frozen values so their shapes never depend on the batch.
+    """
+    name, budget, tol = solver_settings(spec)
+    rule = SOLVERS[name](z0, budget)
+    batch = z0.shape[0]
+    z = z0
+    g = f(z0) - z0
+    best_z = z0.clone()
+    best_rel = torch.full((batch,), float("inf"), device=z0.device, dtype=z0.dtype)
+    active = torch.ones(batch, dtype=torch.bool, device=z0.device)
+    converged = torch.zeros_like(active)
+    diverged = torch.zeros_like(active)
+    steps = torch.full((batch,), budget, dtype=torch.long, device=z0.device)
+    rel_trace = z0.new_full((batch, budget), float("inf"))
+    abs_trace = z0.new_full((batch, budget), float("inf"))
+    iterates: list[torch.Tensor] = []
+    for n in range(budget):
+        z_next = torch.where(active[:, None], rule.propose(z, g), z)
+        g_next = torch.where(active[:, None], f(z_next) - z_next, g)
+        abs_res = g_next.norm(dim=1)
+        rel_res = abs_res / ((g_next + z_next).norm(dim=1) + TINY)
+        bad = active & ~(torch.isfinite(rel_res) & torch.isfinite(z_next).all(dim=1))
+        diverged |= bad
+        # A diverging sample stops at its last finite state; its residual this step is inf.
+        z_next = torch.where(bad[:, None], z, z_next)
+        g_next = torch.where(bad[:, None], g, g_next)
+        rel_res = torch.where(bad, float("inf"), rel_res)
+        abs_res = torch.where(bad, float("inf"), abs_res)
+        rule.observe(z, g, z_next, g_next, active & ~bad)
+        improved = rel_res < best_rel
+        best_z = torch.where(improved[:, None], z_next, best_z)
+        best_rel = torch.where(improved, rel_res, best_rel)
+        rel_trace[:, n], abs_trace[:, n] = rel_res, abs_res
+        met = active & ~bad & (rel_res <= tol)
+        converged |= met
+        steps = torch.where(met, n + 1, steps)
+        active &= ~(met | bad)
+        z, g = z_next, g_next
+        iterates.append(z)
+        if not active.any():
+            break
+    done = len(iterates)
+    if done < budget:
+        rel_trace[:, done:] = rel_trace[:, done - 1 : done]
+        abs_trace[:, done:] = abs_trace[:, done - 1 : done]
+        iterates += [z] * (budget - done)
+    factors = rule.factors() if isinstance(rule, Broyden) else None
+    return SolverResult(best_z, rel_trace, abs_trace, steps, converged, diverged,
+                        iterates if keep_iterates else None, factors)
