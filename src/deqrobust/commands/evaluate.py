@@ -1,0 +1,30 @@
+"""``deqrobust evaluate``: one cell of the estimator x attack x state matrix."""
+from __future__ import annotations
+
+import argparse
+
+from deqrobust import config
+from deqrobust.cli import add_config_arguments
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--checkpoint", required=True, help="checkpoint.pt of the model to attack")
+    parser.add_argument("--estimator", required=True, help="estimator name from evaluation.estimators, or 'autograd' for baselines")
+    parser.add_argument("--attack", required=True, help="attack name from evaluation.attacks")
+    parser.add_argument("--state", default="final", help="attacked state: 'final', 'ensemble' or a solver step n")
+    parser.add_argument("--out", required=True, help="cell file (JSON) to write")
+
+
+def run(args: argparse.Namespace) -> int:
+    from deqrobust.evaluation import run_cell
+
+    cfg = config.load(args.config, args.overrides)
+    cell = run_cell(cfg, args.checkpoint, args.estimator, args.attack, args.state, args.out)
+    adv = cell["adversarial"]["final"]
+    clean = cell["clean"]["final"]
+    print(f"{cell['model']} {args.estimator}@{args.state} {args.attack}: clean {sum(clean) / len(clean):.3f}, "
+          f"robust (final state) {sum(adv) / len(adv):.3f} on {len(adv)} images")
+    for warning in cell["warnings"]:
+        print(f"AutoAttack warning: {warning}")
+    return 0

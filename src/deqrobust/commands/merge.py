@@ -1,0 +1,26 @@
+"""``deqrobust merge``: evaluation cells into the tidy robustness table."""
+from __future__ import annotations
+
+import argparse
+
+from deqrobust import config
+from deqrobust.atomic import atomic_path
+from deqrobust.cli import add_config_arguments
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--cells", nargs="+", required=True, help="evaluation cell files")
+    parser.add_argument("--early-exit", nargs="*", default=[], help="early-exit choices (select-exit outputs)")
+    parser.add_argument("--out", required=True, help="CSV table to write")
+
+
+def run(args: argparse.Namespace) -> int:
+    from deqrobust.evaluation import merge
+
+    config.load(args.config, args.overrides)   # validates the profile the cells belong to
+    table = merge(args.cells, args.early_exit)
+    with atomic_path(args.out) as tmp:
+        table.to_csv(tmp, index=False)
+    print(f"{len(table)} rows from {len(args.cells)} cells -> {args.out}")
+    return 0

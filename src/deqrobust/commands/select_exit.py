@@ -1,0 +1,23 @@
+"""``deqrobust select-exit``: the early-exit state of a DEQ, chosen on the dev split."""
+from __future__ import annotations
+
+import argparse
+
+from deqrobust import config
+from deqrobust.cli import add_config_arguments
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--checkpoint", required=True, help="checkpoint.pt of a DEQ")
+    parser.add_argument("--out", required=True, help="JSON file recording the choice")
+
+
+def run(args: argparse.Namespace) -> int:
+    from deqrobust.evaluation import select_exit
+
+    cfg = config.load(args.config, args.overrides)
+    record = select_exit(cfg, args.checkpoint, args.out)
+    scores = ", ".join(f"{n}: {acc:.3f}" for n, acc in record["dev_robust_accuracy"].items())
+    print(f"{record['model']}: early exit at state {record['state']} (dev robust accuracy by state: {scores})")
+    return 0

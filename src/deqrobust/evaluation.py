@@ -1,0 +1,221 @@
+"""The estimator x attack x state matrix: one cell per job, early-exit selection, merge.
+
+A cell attacks one checkpoint with one attack through one gradient estimator at one
+state, and scores every adversarial batch under every defense and at every solver state,
+so one attack run fills a whole row of the table. Batches are saved as they finish
+(``<out>.partial/``), so an interrupted cell resumes where it stopped; the cell file is
+written atomically at the end.
+"""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import shutil
+import time
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from deqrobust.atomic import torch_load, torch_save, write_json
+from deqrobust.attacks import build_attack
+from deqrobust.checkpoint import load_checkpoint
+from deqrobust.config import ConfigError, resolve_device
+from deqrobust.data import batches, load_split
+from deqrobust.estimators import DEQLogits, all_state_logits, build_estimator, model_estimator, parse_state
+from deqrobust.models import is_deq
+
+BASELINE_ESTIMATOR = "autograd"
+
+
+def _named(section: dict, name: str, kind: str) -> dict:
+    if name not in section:
+        raise ConfigError(f"unknown {kind} {name!r}; {kind}s of this config: {', '.join(section) or '(none)'}")
+    return section[name]
+
+
+def attacked_model(cfg: dict, model: nn.Module, estimator: str, state) -> nn.Module:
+    """The module an attack differentiates: the DEQ under an estimator at a state, or a baseline."""
+    if not is_deq(model):
+        if estimator != BASELINE_ESTIMATOR or state not in (None, "final"):
+            raise ConfigError(f"baselines are attacked with estimator {BASELINE_ESTIMATOR!r} at state 'final', "
+                              f"not {estimator!r} at {state!r}")
+        return model
+    spec = _named(cfg["evaluation"]["estimators"], estimator, "estimator")
+    return DEQLogits(model, build_estimator(spec), state, cfg["solver"], cfg["backward_solver"])
+
+
+def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, solver: dict, own) -> dict[str, torch.Tensor]:
+    """Per-example correctness under every defense and state (DEQs) or of the output (baselines)."""
+    with torch.no_grad():
+        logits = all_state_logits(model, x, solver, own) if own is not None else {"final": model(x)}
+    return {key: (out.argmax(1) == y).cpu() for key, out in logits.items()}
+
+
+def _versions() -> dict:
+    found = {"python": platform.python_version()}
+    for pkg in ("torch", "deqrobust", "pyautoattack"):
+        try:
+            found[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            found[pkg] = None
+    return found
+
+
+def _test_examples(cfg: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = load_split(cfg, "test")
+    limit = cfg["evaluation"]["num_examples"]
+    return (x[:limit], y[:limit]) if limit is not None else (x, y)
+
+
+def run_cell(cfg: dict, checkpoint: str, estimator: str, attack: str, state, out: str | Path) -> dict:
+    """Attack the test examples and write the cell file (format in docs/architecture.md)."""
+    device = resolve_device(cfg)
+    torch.set_num_threads(cfg["threads"])
+    model, meta = load_checkpoint(checkpoint, device)
+    spec = meta["spec"]
+    deq = is_deq(model)
+    state = parse_state(state, cfg["solver"]["budget"]) if deq else state
+    target = attacked_model(cfg, model, estimator, state)
+    attack_spec = _named(cfg["evaluation"]["attacks"], attack, "attack")
+    runner = build_attack(attack, attack_spec)
+    own = model_estimator(spec, cfg["training"]) if deq else None
+    x, y = _test_examples(cfg)
+    out = Path(out)
+    partial = out.with_name(out.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    size = cfg["evaluation"]["batch_size"]
+    chunks = list(batches(x, y, size))
+    for i, (xb, yb) in enumerate(tqdm(chunks, desc=f"{spec['name']} {estimator}@{state or 'final'} {attack}", unit="batch")):
+        done = partial / f"batch-{i:05d}.pt"
+        if done.exists():
+            continue
+        xb, yb = xb.to(device), yb.to(device)
+        start = time.perf_counter()
+        clean = score(model, xb, yb, cfg["solver"], own)
+        result = runner.run(target, xb, yb, seed=cfg["seed"] * 100003 + i)
+        adversarial = score(model, result.x_adv, yb, cfg["solver"], own)
+        torch_save({"clean": clean, "adversarial": adversarial, "warnings": list(result.warnings),
+                    "seconds": time.perf_counter() - start}, done)
+    parts = [torch_load(partial / f"batch-{i:05d}.pt") for i in range(len(chunks))]
+    cell = {
+        "model": spec["name"], "arch": spec["arch"], "training": spec["training"], "grad": spec.get("grad"),
+        "estimator": estimator, "estimator_spec": cfg["evaluation"]["estimators"].get(estimator, {}),
+        "attack": attack, "attack_spec": attack_spec,
+        "attacked_state": "final" if state is None else state,
+        "seed": cfg["seed"], "profile": cfg["profile"], "num_examples": len(y),
+        "indices": list(range(len(y))), "labels": y.tolist(),
+        "clean": {k: torch.cat([p["clean"][k] for p in parts]).int().tolist() for k in parts[0]["clean"]},
+        "adversarial": {k: torch.cat([p["adversarial"][k] for p in parts]).int().tolist() for k in parts[0]["adversarial"]},
+        "warnings": sorted({w for p in parts for w in p["warnings"]}),
+        "timing": {"seconds": sum(p["seconds"] for p in parts), "batches": len(parts), "device": str(device)},
+        "versions": _versions(),
+    }
+    write_json(out, cell)
+    shutil.rmtree(partial)
+    return cell
+
+
+def select_exit(cfg: dict, checkpoint: str, out: str | Path) -> dict:
+    """Choose the early-exit state n by robust accuracy of h(z_n) on the dev split.
+
+    Each candidate n is attacked through its own state (estimator ``early_exit.estimator``
+    at state n), so the choice is made against the attack the defense will face. Ties go
+    to the smaller n (cheaper inference).
+    """
+    device = resolve_device(cfg)
+    torch.set_num_threads(cfg["threads"])
+    model, meta = load_checkpoint(checkpoint, device)
+    if not is_deq(model):
+        raise ConfigError(f"checkpoint {checkpoint} holds a {meta['spec']['arch']} model; early exit needs a DEQ")
+    choice = cfg["evaluation"]["early_exit"]
+    x, y = load_split(cfg, "dev")
+    if choice["num_examples"] is not None:
+        x, y = x[: choice["num_examples"]], y[: choice["num_examples"]]
+    runner = build_attack(choice["attack"], _named(cfg["evaluation"]["attacks"], choice["attack"], "attack"))
+    budget = cfg["solver"]["budget"]
+    own = model_estimator(meta["spec"], cfg["training"])
+    accuracy = {}
+    for n in tqdm(range(1, budget + 1), desc=f"{meta['spec']['name']} early exit", unit="state"):
+        target = attacked_model(cfg, model, choice["estimator"], n)
+        correct = 0
+        for i, (xb, yb) in enumerate(batches(x, y, cfg["evaluation"]["batch_size"])):
+            xb, yb = xb.to(device), yb.to(device)
+            x_adv = runner.run(target, xb, yb, seed=cfg["seed"] * 100003 + i).x_adv
+            correct += int(score(model, x_adv, yb, cfg["solver"], own)[f"state_{n}"].sum())
+        accuracy[n] = correct / len(y)
+    best = max(accuracy, key=lambda n: (accuracy[n], -n))
+    record = {"model": meta["spec"]["name"], "state": best, "dev_robust_accuracy": accuracy,
+              "num_examples": len(y), "estimator": choice["estimator"], "attack": choice["attack"]}
+    write_json(out, record)
+    return record
+
+
+def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (well behaved at 0 and 1)."""
+    if n == 0:
+        return (math.nan, math.nan)
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def _rows_of(cell: dict, exit_state: int | None, kind: str) -> list[dict]:
+    """Rows for one score dict (clean or adversarial) of one cell."""
+    scores = cell[kind]
+    picks = [("final", "final"), ("ensemble", "ensemble")] if "ensemble" in scores else [("final", "final")]
+    if exit_state is not None:
+        picks.append(("early_exit", f"state_{exit_state}"))
+    picks += [("state", key) for key in scores if key.startswith("state_")]
+    rows = []
+    for defense, key in picks:
+        if key not in scores:
+            continue
+        correct, n = sum(scores[key]), len(scores[key])
+        rows.append({"defense": defense, "scored_state": key, "correct": correct, "n": n})
+    return rows
+
+
+def merge(cell_paths: list[str], exit_paths: list[str]) -> pd.DataFrame:
+    """The tidy robustness table (one row per model, estimator, attacked state, attack,
+    defense, scored state), clean rows, and per-example worst case over every cell."""
+    exits = {}
+    for path in exit_paths:
+        record = json.loads(Path(path).read_text())
+        exits[record["model"]] = record["state"]
+    cells = [json.loads(Path(p).read_text()) for p in cell_paths]
+    if not cells:
+        raise ConfigError("merge needs at least one evaluation cell")
+    rows, by_model = [], {}
+    for cell in cells:
+        ident = {k: cell[k] for k in ("model", "arch", "training", "grad")}
+        by_model.setdefault(cell["model"], (ident, []))[1].append(cell)
+        for row in _rows_of(cell, exits.get(cell["model"]), "adversarial"):
+            rows.append({**ident, "estimator": cell["estimator"], "attacked_state": str(cell["attacked_state"]),
+                         "attack": cell["attack"], **row})
+    for model, (ident, group) in by_model.items():
+        reference = group[0]
+        for other in group[1:]:
+            if other["labels"] != reference["labels"] or other["clean"] != reference["clean"]:
+                raise ConfigError(f"cells of model {model!r} disagree on the clean examples; "
+                                  "were they run with different configs?")
+        for row in _rows_of(reference, exits.get(model), "clean"):
+            rows.append({**ident, "estimator": "none", "attacked_state": "none", "attack": "clean", **row})
+        worst = {key: [min(c["adversarial"][key][i] for c in group) for i in range(reference["num_examples"])]
+                 for key in reference["adversarial"]}
+        for row in _rows_of({"adversarial": worst}, exits.get(model), "adversarial"):
+            rows.append({**ident, "estimator": "any", "attacked_state": "any", "attack": "worst-case", **row})
+    table = pd.DataFrame(rows)
+    table["accuracy"] = table["correct"] / table["n"]
+    bounds = [wilson(c, n) for c, n in zip(table["correct"], table["n"])]
+    table["ci_low"] = [b[0] for b in bounds]
+    table["ci_high"] = [b[1] for b in bounds]
+    columns = ["model", "arch", "training", "grad", "estimator", "attacked_state", "attack", "defense",
+               "scored_state", "correct", "n", "accuracy", "ci_low", "ci_high"]
+    return table[columns].sort_values(["model", "attack", "estimator", "attacked_state", "defense", "scored_state"],
+                                      kind="stable").reset_index(drop=True)
