@@ -1,0 +1,54 @@
+# One job per cell of the estimator x attack x attacked-state matrix (resumable by batch:
+# the CLI keeps <cell>.partial/ while running; it is not an output), then the merge.
+
+
+rule evaluate:
+    input:
+        checkpoint=checkpoint(),
+        split=split_json(),
+    output:
+        cell(),
+    params:
+        cli=cli_args,
+        settings=cell_settings,
+    log:
+        log("evaluate", "{model}", "{estimator}", "{attack}", "state-{state}.log"),
+    wildcard_constraints:
+        state=r"final|[0-9]+",
+    threads: config["threads"]
+    resources:
+        gpu=gpus(),
+        mem_mb=model_mem,
+        runtime=eval_runtime,
+    conda:
+        ENV
+    shell:
+        "deqrobust evaluate {params.cli}"
+        " --checkpoint {input.checkpoint} --estimator {wildcards.estimator}"
+        " --attack {wildcards.attack} --state {wildcards.state} --out {output} > {log} 2>&1"
+
+
+rule merge:
+    input:
+        cells=all_cells(),
+        early_exit=[early_exit(m) for m in deqs()],
+    output:
+        report(
+            table(),
+            caption="../report/table.rst",
+            category="Robustness table",
+        ),
+    params:
+        cli=cli_args,
+    log:
+        log("merge.log"),
+    threads: 1
+    resources:
+        gpu=0,
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        ENV
+    shell:
+        "deqrobust merge {params.cli}"
+        " --cells {input.cells} --early-exit {input.early_exit} --out {output} > {log} 2>&1"

@@ -1,0 +1,53 @@
+# Train every model of config["models"] (DEQs and deep-network baselines); resumable:
+# an interrupted job leaves <model dir>/resume.pt, which the rerun picks up.
+
+
+rule train:
+    input:
+        split=split_json(),
+        batches=batches_dir(),
+    output:
+        checkpoint=checkpoint(),
+        curves=training_curves(),
+        summary=training_summary(),
+    params:
+        cli=cli_args,
+        settings=train_settings,
+        out=lambda wildcards: model_dir(wildcards.model),
+    log:
+        log("train", "{model}.log"),
+    threads: config["threads"]
+    resources:
+        gpu=gpus(),
+        mem_mb=model_mem,
+        runtime=train_runtime,
+    conda:
+        ENV
+    shell:
+        "deqrobust train {params.cli}"
+        " --model {wildcards.model} --out {params.out} > {log} 2>&1"
+
+
+rule select_exit:
+    input:
+        checkpoint=checkpoint(),
+        split=split_json(),
+    output:
+        early_exit(),
+    params:
+        cli=cli_args,
+        settings=select_settings,
+    log:
+        log("select_exit", "{model}.log"),
+    wildcard_constraints:
+        model=deq_pattern(),
+    threads: config["threads"]
+    resources:
+        gpu=gpus(),
+        mem_mb=model_mem,
+        runtime=eval_runtime,
+    conda:
+        ENV
+    shell:
+        "deqrobust select-exit {params.cli}"
+        " --checkpoint {input.checkpoint} --out {output} > {log} 2>&1"
