@@ -24,9 +24,13 @@ class MDEQSize:
     head_channels: tuple[int, ...]
     final_width: int
     dropout: float
+    downsample: int = 0   # stride-2 stem convolutions before the equilibrium layer
 
 
 SIZES: dict[str, MDEQSize] = {
+    # Ours, for CPU profiles: two narrow branches on a stride-2 stem (16x16 and 8x8 states),
+    # about 6x fewer FLOPs per f than tiny.
+    "mini": MDEQSize((16, 32), (8, 16), 128, 0.0, downsample=1),
     # Ours, for CPU work: two branches of 24 channels (like locuslab's TINY).
     "tiny": MDEQSize((24, 24), (8, 16), 200, 0.0),
     # Ours, a four-branch model small enough for CPU training in minutes.
@@ -190,15 +194,16 @@ class MDEQ(nn.Module):
         self.size_name = size if isinstance(size, str) else "custom"
         self.size = size_by_name(size) if isinstance(size, str) else size
         channels = self.size.channels
-        c0 = channels[0]
+        c0, down = channels[0], self.size.downsample
         self.stem = nn.Sequential(
-            conv3x3(3, c0), nn.BatchNorm2d(c0), nn.ReLU(),
-            conv3x3(c0, c0), nn.BatchNorm2d(c0), nn.ReLU(),
+            conv3x3(3, c0, stride=2 if down >= 1 else 1), nn.BatchNorm2d(c0), nn.ReLU(),
+            conv3x3(c0, c0, stride=2 if down >= 2 else 1), nn.BatchNorm2d(c0), nn.ReLU(),
             nn.Conv2d(c0, c0, 1, bias=False), nn.BatchNorm2d(c0), nn.ReLU(),
         )
         self.layer = MultiscaleLayer(channels, self.size.dropout)
         self.head_net = ClassificationHead(self.size, num_classes)
-        self.shapes = [(c, image_size >> i, image_size >> i) for i, c in enumerate(channels)]
+        base = image_size >> down
+        self.shapes = [(c, base >> i, base >> i) for i, c in enumerate(channels)]
         self.state_size = sum(c * h * w for c, h, w in self.shapes)
         self._init_weights()
 
