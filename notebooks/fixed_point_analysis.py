@@ -1,0 +1,106 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,language_info
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+#   language_info:
+#     name: python
+#     file_extension: .py
+#     mimetype: text/x-python
+#     nbconvert_exporter: python
+#     pygments_lexer: ipython3
+# ---
+
+# %% [markdown]
+# # Fixed-point analysis: do adversarially trained DEQs reach their equilibrium?
+#
+# Claim 1 of Yang, Pang & Liu (NeurIPS 2022): an adversarially trained DEQ needs more solver
+# steps to reach its fixed point, or never reaches it. `deqrobust analyze` ran the forward
+# solver of each DEQ with a longer budget and tolerance 0 on clean test images and on
+# adversarial ones, and recorded every sample's relative residual
+# ||f(z_n) - z_n|| / ||f(z_n)|| and the accuracy of h(z_n) at every step n. All plotting
+# lives in `deqrobust.figures`, the verdict rule in `deqrobust.report`.
+#
+# **Inputs (environment variables, set by the workflow):**
+#
+# | variable | meaning | default |
+# |---|---|---|
+# | `DEQROBUST_ANALYSIS` | comma-separated analysis JSONs (`deqrobust analyze`) | `<results of the config>/analysis/*.json` |
+# | `DEQROBUST_CONFIG` | the profile config | `config/smoke.yaml` |
+# | `DEQROBUST_REPORTS`, `DEQROBUST_TABLE` | reports folder and tidy table (not needed here) | as in `evaluation_matrix` |
+#
+# Relative paths are read from the working directory (the repository root when run by the workflow).
+
+# %%
+# %matplotlib inline
+from IPython.display import Markdown, display
+
+from deqrobust import analysis, figures, report
+
+paths = figures.notebook_inputs()
+analyses = [analysis.load(p) for p in paths["analysis"]]
+for a in analyses:
+    m = a["model"]
+    print(f"{m['name']}: {m['arch']}-{m['size']}, training {m['training']}, gradient {m['grad']}; "
+          f"{a['num_examples']} images, {a['solver']['budget']} steps of {a['solver']['name']} traced, "
+          f"tolerance {a['tol']:g}, deployed budget {a['deployed_budget']}")
+
+# %% [markdown]
+# ## Residual versus solver step
+#
+# The line is the median relative residual over samples, the band the interquartile range,
+# on a log scale; the dotted line is the solver tolerance of the config and the dashed line
+# the deployed budget (the number of steps the model uses when it predicts). Colour separates
+# standard from adversarial training; the left panel is clean inputs, the right adversarial
+# inputs. Claim 1 predicts that the adversarially trained curves lie above the standard ones
+# and flatten out above the tolerance.
+
+# %%
+display(figures.residual_figure(analyses))
+
+# %% [markdown]
+# ## Share of samples within the tolerance
+#
+# For each step n, the share of samples whose residual has reached the tolerance by step n.
+# A curve that ends below 1 means that share of samples never converged within the traced
+# budget; a curve that rises later means more steps are needed.
+
+# %%
+display(figures.convergence_figure(analyses))
+
+# %% [markdown]
+# ## Individual samples
+#
+# The summaries above can hide two populations (most samples converge, some diverge). Each
+# thin line is one sample's residual trace (the first 50 of each input kind).
+
+# %%
+display(figures.sample_traces_figure(analyses))
+
+# %% [markdown]
+# ## Accuracy of h(z_n) per step
+#
+# If the prediction of early states differs from that of late states, the equilibrium is not
+# where the accuracy is: with adversarial inputs, early states of a robust DEQ can be more
+# accurate than its fixed point, which is the basis of the early-exit defense (claim 4).
+
+# %%
+display(figures.state_accuracy_figure(analyses, None))
+
+# %% [markdown]
+# ## Verdict on claim 1
+#
+# The rule is fixed in `deqrobust.report` and was not tuned to the results.
+
+# %%
+finding = report.claim1(analyses)
+display(Markdown(f"**Claim 1: {finding.verdict}.** {report.CLAIMS[1]}\n\n*Rule:* {report.RULES[1]}\n\n"
+                 + "\n".join(finding.evidence)))

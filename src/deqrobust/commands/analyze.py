@@ -1,0 +1,31 @@
+"""``deqrobust analyze``: fixed-point analysis of one DEQ checkpoint (see deqrobust.analysis)."""
+from __future__ import annotations
+
+import argparse
+
+from deqrobust.cli import add_config_arguments
+from deqrobust.config import load, resolve_device
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--checkpoint", required=True, help="checkpoint.pt of a DEQ")
+    parser.add_argument("--out", required=True, help="analysis JSON to write")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch  # heavy imports stay out of `deqrobust --help`
+
+    from deqrobust import analysis
+    from deqrobust.atomic import write_json
+
+    cfg = load(args.config, args.overrides)
+    torch.set_num_threads(cfg["threads"])
+    torch.manual_seed(cfg["seed"])
+    record = analysis.run(cfg, args.checkpoint, resolve_device(cfg), progress=not args.no_progress)
+    write_json(args.out, record)
+    clean = record["inputs"]["clean"]
+    print(f"analysis of {record['model']['name']}: {record['num_examples']} images, "
+          f"clean never converged {clean['share_never_converged']:.1%}; wrote {args.out}")
+    return 0

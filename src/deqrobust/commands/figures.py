@@ -1,0 +1,28 @@
+"""``deqrobust figures``: PNG figures and the main table (main.md, main.tex) from the merged results."""
+from __future__ import annotations
+
+import argparse
+
+from deqrobust.cli import add_config_arguments
+from deqrobust.config import load
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--table", required=True, help="tidy table CSV (deqrobust merge)")
+    parser.add_argument("--analysis", nargs="*", default=[], metavar="JSON",
+                        help="fixed-point analyses (deqrobust analyze)")
+    parser.add_argument("--out-dir", required=True, help="folder for the PNGs, main.md and main.tex")
+
+
+def run(args: argparse.Namespace) -> int:
+    import matplotlib  # heavy imports stay out of `deqrobust --help`
+
+    matplotlib.use("Agg")
+    from deqrobust import analysis, figures
+
+    cfg = load(args.config, args.overrides)
+    written = figures.write_all(figures.load_table(args.table), [analysis.load(p) for p in args.analysis],
+                                args.out_dir, cfg["evaluation"]["attacks"], cfg["profile"])
+    print(f"wrote {len(written)} files to {args.out_dir}")
+    return 0

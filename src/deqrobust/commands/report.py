@@ -1,0 +1,33 @@
+"""``deqrobust report``: the reproduction report (and optionally a metrics JSON) from the merged results."""
+from __future__ import annotations
+
+import argparse
+
+from deqrobust.cli import add_config_arguments
+from deqrobust.config import load
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--table", required=True, help="tidy table CSV (deqrobust merge)")
+    parser.add_argument("--analysis", nargs="*", default=[], metavar="JSON",
+                        help="fixed-point analyses (deqrobust analyze)")
+    parser.add_argument("--out", required=True, help="report Markdown to write")
+    parser.add_argument("--metrics", help="also write headline accuracies and verdicts to this JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from deqrobust import analysis, report  # heavy imports stay out of `deqrobust --help`
+    from deqrobust.atomic import write_json, write_text
+    from deqrobust.figures import load_table
+
+    cfg = load(args.config, args.overrides)
+    table = load_table(args.table)
+    analyses = [analysis.load(p) for p in args.analysis]
+    results = report.findings(table, analyses, cfg)
+    write_text(args.out, report.render(table, analyses, cfg, results))
+    if args.metrics:
+        write_json(args.metrics, report.metrics(table, cfg, results))
+    for r in results:
+        print(f"claim {r.claim}: {r.verdict}")
+    return 0

@@ -1,0 +1,224 @@
+"""Figures, main table and report verdicts on hand-made results whose answers are known."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from deqrobust import analysis, figures, report
+from deqrobust.evaluation import wilson
+
+ROOT = Path(__file__).resolve().parents[1]
+STATES = (1, 2, 3, 4)
+ATTACKS = {"pgd10": {"name": "pgd", "steps": 10}, "aa": {"name": "autoattack"}}
+CFG = {"profile": "unit", "training": {"epochs": 1},
+       "solver": {"name": "broyden", "budget": 4, "tol": 1e-3},
+       "evaluation": {"attacks": ATTACKS},
+       "models": {"deq_std": {"arch": "mdeq", "size": "tiny", "training": "standard", "grad": "exact"},
+                  "deq_pgd": {"arch": "mdeq", "size": "tiny", "training": "pgd", "grad": "exact"},
+                  "resnet_pgd": {"arch": "preact_resnet18", "training": "pgd"}}}
+MODELS = {name: (spec["arch"], spec["training"], spec.get("grad", "")) for name, spec in CFG["models"].items()}
+
+
+def row(model: str, estimator: str, attacked: str, attack: str, defense: str, scored: str, acc: float,
+        n: int = 400) -> dict:
+    arch, training, grad = MODELS[model]
+    correct = round(min(max(acc, 0.0), 1.0) * n)
+    low, high = wilson(correct, n)
+    return {"model": model, "arch": arch, "training": training, "grad": grad, "estimator": estimator,
+            "attacked_state": attacked, "attack": attack, "defense": defense, "scored_state": scored,
+            "correct": correct, "n": n, "accuracy": correct / n, "ci_low": low, "ci_high": high}
+
+
+def deq_rows(model: str, final_acc: float, inter_acc: float, exit_acc: float, attacks=("pgd10", "aa")) -> list[dict]:
+    """Cells of one DEQ: final-state estimators score ``final_acc`` on defense final, intermediate ones
+    ``inter_acc``; early exit and ensemble score ``exit_acc`` under every attack."""
+    rows = []
+    cells = [("exact", "final", final_acc), ("unroll", "final", final_acc + 0.02),
+             ("intermediate", "2", inter_acc), ("adjoint", "3", inter_acc + 0.01)]
+    for attack in attacks:
+        bump = 0.0 if attack == "aa" else 0.03
+        for estimator, attacked, acc in cells:
+            rows.append(row(model, estimator, attacked, attack, "final", "final", acc + bump))
+            rows.append(row(model, estimator, attacked, attack, "early_exit", "state_2", exit_acc + bump))
+            rows.append(row(model, estimator, attacked, attack, "ensemble", "ensemble", exit_acc - 0.02 + bump))
+            rows += [row(model, estimator, attacked, attack, "state", f"state_{s}", acc + 0.02 * s + bump)
+                     for s in STATES]
+    worst = min(final_acc, inter_acc)
+    for defense, scored, clean, adv in [("final", "final", 0.8, worst), ("early_exit", "state_2", 0.75, exit_acc),
+                                        ("ensemble", "ensemble", 0.77, exit_acc - 0.02)]:
+        rows.append(row(model, "none", "none", "clean", defense, scored, clean))
+        rows.append(row(model, "any", "any", "worst-case", defense, scored, adv))
+    for s in STATES:
+        rows.append(row(model, "none", "none", "clean", "state", f"state_{s}", 0.6 + 0.05 * s))
+        rows.append(row(model, "any", "any", "worst-case", "state", f"state_{s}", worst + 0.01 * s))
+    return rows
+
+
+def make_table(inter_stronger: bool = True, defenses_help: bool = True, autoattack: bool = True,
+               baseline_acc: float | None = 0.22) -> pd.DataFrame:
+    attacks = ("pgd10", "aa") if autoattack else ("pgd10",)
+    final_acc, inter_acc = (0.45, 0.20) if inter_stronger else (0.20, 0.45)
+    rows = deq_rows("deq_pgd", final_acc, inter_acc, 0.35 if defenses_help else 0.05, attacks)
+    rows += deq_rows("deq_std", 0.02, 0.0, 0.01, attacks)
+    if baseline_acc is not None:
+        for attack in attacks:
+            rows.append(row("resnet_pgd", "backprop", "final", attack, "final", "final", baseline_acc + 0.02))
+        rows.append(row("resnet_pgd", "none", "none", "clean", "final", "final", 0.8))
+        rows.append(row("resnet_pgd", "any", "any", "worst-case", "final", "final", baseline_acc))
+    return pd.DataFrame(rows)
+
+
+def fake_analysis(name: str, rel: np.ndarray, seed: int = 0) -> dict:
+    """An analysis record as ``deqrobust analyze`` writes it, from a given residual trace."""
+    rng = np.random.default_rng(seed)
+    n, budget = rel.shape
+    correct = rng.random((n, budget)) < 0.6
+    _, training, grad = MODELS[name]
+    inputs = {kind: analysis.summarise(rel * scale, correct, correct[:, -1], 1e-3)
+              for kind, scale in (("clean", 1.0), ("adversarial", 3.0))}
+    return {"format": analysis.FORMAT, "model": {"name": name, "arch": "mdeq", "size": "tiny", "training": training,
+                                                 "grad": grad},
+            "profile": "unit", "num_examples": n, "solver": {"name": "broyden", "budget": budget, "tol": 0.0},
+            "tol": 1e-3, "deployed_budget": 4, "attack": "pgd10", "estimator": "exact", "inputs": inputs,
+            "warnings": ["Square beats the white-box attacks"]}
+
+
+def analyses(adv_slower: bool = True) -> list[dict]:
+    steps = np.arange(1, 13)
+    fast = np.tile(10.0 ** (-steps / 2), (20, 1)) * np.linspace(0.5, 2, 20)[:, None]
+    slow = np.tile(0.3 * 0.9 ** steps, (20, 1)) * np.linspace(0.5, 2, 20)[:, None]
+    std, adv = (fast, slow) if adv_slower else (slow, fast)
+    return [fake_analysis("deq_std", std), fake_analysis("deq_pgd", adv, seed=1)]
+
+
+def verdicts(table: pd.DataFrame, records: list[dict]) -> dict[int, str]:
+    return {f.claim: f.verdict for f in report.findings(table, records, CFG)}
+
+
+@pytest.fixture
+def similar_size(monkeypatch):
+    """Pretend the DEQ and the baseline have similar parameter counts (claim 5 becomes testable)."""
+    monkeypatch.setattr(report, "parameter_count", lambda spec: 11_000_000 if spec["arch"] == "mdeq" else 11_200_000)
+
+
+def test_verdicts_follow_rules_when_paper_holds(similar_size):
+    assert verdicts(make_table(), analyses()) == {i: report.HELD for i in range(1, 6)}
+
+
+def test_verdicts_flip_when_data_disagree(similar_size):
+    got = verdicts(make_table(inter_stronger=False, defenses_help=False, baseline_acc=0.60), analyses(adv_slower=False))
+    assert got == {i: report.NOT_HELD for i in range(1, 6)}
+
+
+def test_verdicts_not_tested_when_data_missing():
+    table = make_table()
+    table = table[table["model"] == "deq_std"]          # no adversarially trained DEQ, no baseline
+    assert set(verdicts(table, []).values()) == {report.NOT_TESTED}
+
+
+def test_claim2_needs_separated_intervals(similar_size):
+    table = make_table()
+    table.loc[table["attacked_state"] == "final", "ci_low"] = 0.0   # overlapping intervals
+    assert report.claim2(table).verdict == report.NOT_HELD
+    assert report.claim3(table).verdict == report.HELD          # point estimates still ordered
+
+
+def test_claim5_not_tested_when_sizes_differ():
+    """With the real parameter counts a tiny MDEQ is no match in size for a ResNet-18."""
+    finding = report.claim5(make_table(), CFG)
+    assert finding.verdict == report.NOT_TESTED and "not comparable" in "\n".join(finding.evidence)
+
+
+def test_headline_metrics_and_missing_autoattack():
+    metrics = figures.headline_metrics(make_table(autoattack=False), ATTACKS)
+    final = metrics["deq_pgd"]["final"]
+    assert final["clean"] == pytest.approx(0.8) and final["pgd10"] == pytest.approx(0.23)
+    assert final["autoattack"] is None and final["worst_case"] == pytest.approx(0.20)
+    assert set(metrics["resnet_pgd"]) == {"final"}
+    header, rows = figures.main_table_rows(make_table(autoattack=False), ATTACKS, "unit")
+    assert all(r[header.index("AutoAttack")] == figures.NOT_RUN for r in rows if r[-1].startswith("measured"))
+
+
+def test_attack_kind_from_spec_or_name():
+    assert figures.attack_kind("pgd10", ATTACKS) == "pgd10"
+    assert figures.attack_kind("aa", ATTACKS) == "autoattack"
+    assert figures.attack_kind("pgd100", None) == "other"
+    assert figures.attack_kind("apgd-ce", None) == "autoattack"
+    assert figures.attack_kind("strong", {"strong": {"name": "pgd", "steps": 10, "eps_255": 4}}) == "other"
+
+
+def write_outputs(folder: Path) -> tuple[Path, list[Path]]:
+    """A table CSV and two analysis JSONs as the workflow would leave them."""
+    table = folder / "table.csv"
+    folder.mkdir(parents=True, exist_ok=True)
+    make_table().to_csv(table, index=False)
+    paths = []
+    for record in analyses():
+        path = folder / "analysis" / f"{record['model']['name']}.json"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(record))
+        paths.append(path)
+    return table, paths
+
+
+def write_config(path: Path) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump({k: v for k, v in CFG.items()}))
+    return path
+
+
+def command(name: str, argv: list[str]) -> int:
+    """Run one subcommand through its own parser (independent of the other subcommands)."""
+    module = importlib.import_module(f"deqrobust.commands.{name}")
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return module.run(parser.parse_args(argv))
+
+
+def test_figures_and_report_commands(tmp_path: Path):
+    table, paths = write_outputs(tmp_path / "reports")
+    cfg = write_config(tmp_path / "unit.yaml")
+    out = tmp_path / "figures"
+    assert command("figures", ["-c", str(cfg), "--table", str(table), "--analysis", *map(str, paths),
+                 "--out-dir", str(out)]) == 0
+    for name in ("residual.png", "convergence.png", "state_accuracy.png", "heatmap_deq_pgd.png",
+                 "heatmap_resnet_pgd.png", "main.md", "main.tex"):
+        assert (out / name).stat().st_size > 0, name
+    main_md = (out / "main.md").read_text()
+    for text in ("deq_pgd", "deq_std", "resnet_pgd", "early_exit", "Madry", "Rice", "Wong", "RobustBench"):
+        assert text in main_md
+    assert r"\toprule" in (out / "main.tex").read_text() and "deq\\_pgd" in (out / "main.tex").read_text()
+
+    md, metrics = tmp_path / "report.md", tmp_path / "metrics.json"
+    assert command("report", ["-c", str(cfg), "--table", str(table), "--analysis", *map(str, paths),
+                 "--out", str(md), "--metrics", str(metrics)]) == 0
+    text = md.read_text()
+    assert "profile `unit`" in text and text.count("Rule:") == 5 and "Verdict: **held**" in text
+    record = json.loads(metrics.read_text())
+    assert record["verdicts"]["3"] == report.HELD and record["accuracy"]["deq_pgd"]["final"]["n"] == 400
+
+
+@pytest.mark.parametrize("notebook", ["evaluation_matrix.py", "fixed_point_analysis.py"])
+def test_notebooks_execute(tmp_path: Path, monkeypatch, notebook: str):
+    import jupytext
+    from nbclient import NotebookClient
+
+    table, paths = write_outputs(tmp_path / "reports")
+    monkeypatch.setenv("DEQROBUST_TABLE", str(table))
+    monkeypatch.setenv("DEQROBUST_ANALYSIS", ",".join(map(str, paths)))
+    monkeypatch.setenv("DEQROBUST_REPORTS", str(tmp_path / "reports"))
+    monkeypatch.setenv("DEQROBUST_CONFIG", str(write_config(tmp_path / "unit.yaml")))
+    nb = jupytext.read(ROOT / "notebooks" / notebook)
+    assert nb.metadata["language_info"]["name"] == "python"
+    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    images = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs
+              if "image/png" in o.get("data", {})]
+    assert images, "the notebook showed no figure"
