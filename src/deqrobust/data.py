@@ -159,8 +159,11 @@ def _extract(raw: dict[str, bytes], root: Path, marker: dict) -> None:
     """Write the checked members under a temporary folder, then rename it into place.
 
     Only the seven known member names are written, so no archive path can escape ``root``.
+    Leftovers of an extraction that was killed are removed first.
     """
     root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".cifar-extract.*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=".cifar-extract.", dir=root))
     try:
         for name, content in raw.items():
@@ -286,9 +289,10 @@ def load_split(cfg: dict, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return x.float().div_(255), y
 
 
-def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    state = np.random.SeedSequence([seed, epoch]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+def seeded_generator(*keys: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator determined by a tuple of integers (e.g. seed, epoch), independent of any global RNG."""
+    state = np.random.SeedSequence(list(keys)).generate_state(2, dtype=np.uint32)
+    return torch.Generator(device=device).manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
 
 
 def augment(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
@@ -318,7 +322,7 @@ def train_loader(cfg: dict, batch_size: int, seed: int, epoch: int, start_batch:
     """
     x, y = split_uint8(cfg, "train")
     n = len(y)
-    gen = _epoch_generator(seed, epoch)
+    gen = seeded_generator(seed, epoch)
     order = torch.randperm(n, generator=gen)
     shifts = torch.randint(0, 2 * PAD + 1, (n, 2), generator=gen)
     flips = torch.rand(n, generator=gen) < 0.5

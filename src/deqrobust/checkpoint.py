@@ -1,0 +1,67 @@
+"""Model checkpoints: plain types and tensors only, so ``torch.load(weights_only=True)`` reads them.
+
+A checkpoint carries the spec it was trained from and is rebuilt from that spec alone; a
+checkpoint whose weights do not fit its spec, or whose architecture is not the one the
+caller expects, stops with a message naming both.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from deqrobust.atomic import torch_load, torch_save
+from deqrobust.config import ConfigError
+from deqrobust.models import build_model
+
+FORMAT = "deqrobust-checkpoint/1"
+SPEC_KEYS = ("arch", "size", "training", "grad", "name")
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: dict, epoch: float, metrics: dict,
+                    profile: str) -> None:
+    torch_save({
+        "format": FORMAT,
+        "spec": {key: spec.get(key) for key in SPEC_KEYS},
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "epoch": float(epoch),
+        "metrics": dict(metrics),
+        "profile": profile,
+    }, path)
+
+
+def _describe(spec: dict) -> str:
+    return spec["arch"] if spec["arch"] != "mdeq" else f"mdeq (size {spec.get('size')})"
+
+
+def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu",
+                    expect_arch: str | dict | None = None) -> tuple[nn.Module, dict]:
+    """Rebuild the model of a checkpoint in eval mode on ``device``; return it and the other fields.
+
+    ``expect_arch`` is an architecture name or a spec with ``arch`` (and, for MDEQs, ``size``).
+    """
+    try:
+        ckpt = torch_load(path)
+    except FileNotFoundError as err:
+        raise ConfigError(f"checkpoint {path} does not exist") from err
+    except Exception as err:  # unpickling refused or file damaged: either way not a usable checkpoint
+        raise ConfigError(f"checkpoint {path} cannot be read as a deqrobust checkpoint ({err})") from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ConfigError(f"checkpoint {path} is not in format {FORMAT}")
+    spec = ckpt["spec"]
+    if expect_arch is not None:
+        expected = {"arch": expect_arch} if isinstance(expect_arch, str) else expect_arch
+        same = expected["arch"] == spec["arch"] and (
+            spec["arch"] != "mdeq" or expected.get("size") in (None, spec.get("size")))
+        if not same:
+            raise ConfigError(f"checkpoint {path} holds a {_describe(spec)} model, expected {_describe(expected)}")
+    model = build_model(spec)
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        detail = str(err).split("\n", 1)[-1].strip()[:400]
+        raise ConfigError(f"checkpoint {path}: its weights do not fit a {_describe(spec)} model "
+                          f"as its spec says ({detail})") from err
+    model.to(device).eval()
+    return model, {k: v for k, v in ckpt.items() if k != "state_dict"}

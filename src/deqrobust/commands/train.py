@@ -1,0 +1,23 @@
+"""``deqrobust train``: train one model of the config into a folder, resuming if it was interrupted."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from deqrobust.cli import add_config_arguments
+
+    add_config_arguments(parser)
+    parser.add_argument("--model", required=True, help="name of a model of the config (models.<NAME>)")
+    parser.add_argument("--out", required=True, help="output folder: checkpoint.pt, metrics.csv, summary.json")
+
+
+def run(args: argparse.Namespace) -> int:
+    from deqrobust import config, training
+
+    cfg = config.load(args.config, args.overrides)
+    summary = training.train(cfg, args.model, args.out)
+    print(f"{args.model}: best epoch {summary['best_epoch']:.2f}, dev {summary['selected_by']} "
+          f"{summary['dev'][summary['selected_by']]:.4f}, test clean accuracy {summary['test_clean_acc']:.4f}; "
+          f"{summary['iterations']} iterations in {summary['wall_seconds']:.0f} s")
+    return 0

@@ -1,0 +1,256 @@
+"""Training: standard, PGD-AT or FGSM-AT, dev-split model selection, exact resume.
+
+Every random draw comes from something a resume restores: data order and augmentation
+from (seed, epoch) (deqrobust.data), attack starts, Jacobian-regularised iterations and
+their budget jitter from (seed, iteration), dropout masks and Hutchinson probes from the
+global torch RNG whose state is saved in ``resume.pt``. A run killed at any moment and
+restarted therefore ends with the same metrics and weights as an uninterrupted run.
+Model selection uses the dev split only; the test set is scored once, for the summary.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from deqrobust import data
+from deqrobust.atomic import torch_load, torch_save, write_json, write_text
+from deqrobust.attacks.pgd import pgd
+from deqrobust.checkpoint import load_checkpoint, save_checkpoint
+from deqrobust.config import ConfigError, model_spec, resolve_device
+from deqrobust.estimators import DEQLogits, build_estimator, model_estimator
+from deqrobust.models import build_model, is_deq
+
+RESUME_FORMAT = "deqrobust-resume/1"
+COLUMNS = ("epoch", "iteration", "lr", "train_loss", "dev_loss", "dev_clean_acc", "dev_robust_acc",
+           "dev_solver_steps", "dev_rel_residual")
+ATTACK_STREAM, EVAL_STREAM = 1, 2   # keys that keep the per-iteration generators apart
+
+
+class Trainer:
+    """One model of a config, trained into ``out``; ``run()`` resumes from ``out/resume.pt`` if present."""
+
+    def __init__(self, cfg: dict, name: str, out: str | Path):
+        self.cfg, self.out = cfg, Path(out)
+        self.spec = model_spec(cfg, name)
+        self.tc = self.spec["training_config"]
+        self.device = resolve_device(cfg)
+        torch.set_num_threads(cfg["threads"])
+        torch.manual_seed(cfg["seed"])
+        self.model = build_model(self.spec).to(self.device)
+        self.deq = is_deq(self.model)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.tc["lr"], weight_decay=self.tc["weight_decay"])
+        self.x_dev, self.y_dev = data.load_split(cfg, "dev")
+        n_dev = self.tc["select"]["dev_examples"]
+        if n_dev is not None:
+            self.x_dev, self.y_dev = self.x_dev[:n_dev], self.y_dev[:n_dev]
+        self.n_train = len(data.split_uint8(cfg, "train")[1])
+        self.per_epoch = data.num_batches(self.n_train, self.tc["batch_size"])
+        self.total = math.ceil(round(self.tc["epochs"] * self.per_epoch, 6))
+        self.eval_every = max(1, round(self.tc["select"]["every_epochs"] * self.per_epoch))
+        self.fingerprint = json.dumps({"spec": self.spec, "solver": cfg["solver"], "seed": cfg["seed"],
+                                       "backward_solver": cfg["backward_solver"],
+                                       "data": {k: cfg["data"][k] for k in ("dev_size", "split_seed", "train_subset")}},
+                                      sort_keys=True)
+        self.state = {"iteration": 0, "metrics": [], "best": None, "loss_sum": 0.0, "loss_count": 0,
+                      "wall_seconds": 0.0, "train_seconds": 0.0}
+
+    # ---- the model under the estimators of training -------------------------------------
+    def net(self, pretraining: bool = False, budget: int | None = None, jac_probes: int = 0) -> nn.Module:
+        """The module trained or attacked: the DEQ under its training estimator (or the
+        pretraining unroll: f applied pretrain_unroll times from z = 0), a baseline as is."""
+        if not self.deq:
+            return self.model
+        solver = dict(self.cfg["solver"])
+        if budget is not None:
+            solver["budget"] = budget
+        if pretraining:
+            est = build_estimator({"name": "intermediate", "lam": 1.0, "k": self.tc["pretrain_unroll"] - 1})
+            return DEQLogits(self.model, est, state=0, solver=solver)
+        return DEQLogits(self.model, model_estimator(self.spec, self.tc), solver=solver,
+                         backward_solver=self.cfg["backward_solver"], jac_probes=jac_probes)
+
+    def lr(self, iteration: int) -> float:
+        """Cosine decay per iteration from lr to lr_min over the whole run."""
+        lo, hi = self.tc["lr_min"], self.tc["lr"]
+        return lo + 0.5 * (hi - lo) * (1 + math.cos(math.pi * iteration / self.total))
+
+    def adversarial(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """PGD-AT or FGSM-AT inputs, made in eval mode (FGSM-RS is one PGD step of fgsm_step from a random start)."""
+        adv = self.tc["adv"]
+        net.eval()
+        if self.spec["training"] == "pgd":
+            x_adv = pgd(net, x, y, adv["eps_255"] / 255, adv["step_255"] / 255, adv["steps"], generator=gen)
+        else:
+            x_adv = pgd(net, x, y, adv["eps_255"] / 255, adv["fgsm_step_255"] / 255, 1, generator=gen)
+        return x_adv.detach()
+
+    def step(self, iteration: int, x: torch.Tensor, y: torch.Tensor) -> float:
+        gen = data.seeded_generator(self.cfg["seed"], ATTACK_STREAM, iteration, device=self.device)
+        pretraining = self.deq and iteration < self.tc["pretrain_iters"]
+        jac = self.tc["jac_reg"]
+        regularise = (self.deq and not pretraining and iteration / self.per_epoch < jac["stop_epoch"]
+                      and jac["weight"] > 0 and torch.rand((), generator=gen, device=self.device).item() < jac["freq"])
+        budget = None
+        if regularise:
+            low, high = jac["budget_jitter"]
+            jitter = int(torch.randint(low, high + 1, (), generator=gen, device=self.device))
+            budget = max(1, self.cfg["solver"]["budget"] + jitter)
+        if self.spec["training"] != "standard":
+            x = self.adversarial(self.net(pretraining), x, y, gen)
+        net = self.net(pretraining, budget, jac["probes"] if regularise else 0)
+        net.train()
+        loss = F.cross_entropy(net(x), y)
+        total = loss + jac["weight"] * net.stats["jac_loss"] if regularise else loss
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr(iteration)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        return loss.item()
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, iteration: int, attack: bool = True) -> dict:
+        """Loss, clean and PGD accuracy, and (DEQs) mean solver steps and final residual."""
+        net = self.net()
+        net.eval()
+        gen = data.seeded_generator(self.cfg["seed"], EVAL_STREAM, iteration, device=self.device)
+        adv = self.tc["adv"]
+        sums = {"loss": 0.0, "clean": 0, "robust": 0, "steps": 0.0, "residual": 0.0}
+        for xb, yb in data.batches(x, y, self.tc["eval_batch_size"]):
+            xb, yb = xb.to(self.device), yb.to(self.device)
+            with torch.no_grad():
+                logits = net(xb)
+            sums["loss"] += F.cross_entropy(logits, yb, reduction="sum").item()
+            sums["clean"] += (logits.argmax(1) == yb).sum().item()
+            if self.deq:
+                result = net.stats["result"]
+                sums["steps"] += result.steps.float().sum().item()
+                sums["residual"] += result.final_rel.sum().item()
+            if attack:
+                x_adv = pgd(net, xb, yb, adv["eps_255"] / 255, adv["step_255"] / 255, self.tc["select"]["pgd_steps"],
+                            generator=gen)
+                with torch.no_grad():
+                    sums["robust"] += (net(x_adv).argmax(1) == yb).sum().item()
+        n = len(y)
+        return {"loss": sums["loss"] / n, "clean_acc": sums["clean"] / n,
+                "robust_acc": sums["robust"] / n if attack else None,
+                "solver_steps": sums["steps"] / n if self.deq else None,
+                "rel_residual": sums["residual"] / n if self.deq else None}
+
+    # ---- outputs and resume ----------------------------------------------------------------
+    def write_metrics(self) -> None:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for row in self.state["metrics"]:
+            writer.writerow({k: "" if row[k] is None else repr(row[k]) for k in COLUMNS})
+        write_text(self.out / "metrics.csv", buf.getvalue())
+
+    def record(self, iteration: int) -> None:
+        """Dev evaluation at ``iteration``: a metrics row, and the best checkpoint if it improved."""
+        st = self.state
+        row = {"epoch": iteration / self.per_epoch, "iteration": iteration, "lr": self.lr(iteration),
+               "train_loss": st["loss_sum"] / max(st["loss_count"], 1),
+               **{f"dev_{k}": v for k, v in self.evaluate(self.x_dev, self.y_dev, iteration).items()}}
+        st["metrics"].append(row)
+        st["loss_sum"], st["loss_count"] = 0.0, 0
+        self.write_metrics()
+        score = row["dev_clean_acc"] if self.spec["training"] == "standard" else row["dev_robust_acc"]
+        if st["best"] is None or score > st["best"]["score"]:
+            st["best"] = {"score": score, "row": row}
+            save_checkpoint(self.out / "checkpoint.pt", self.model, self.spec, row["epoch"], row, self.cfg["profile"])
+        tqdm.write(f"epoch {row['epoch']:.2f}: train loss {row['train_loss']:.4f}, dev clean {row['dev_clean_acc']:.3f}, "
+                   f"dev PGD-{self.tc['select']['pgd_steps']} {row['dev_robust_acc']:.3f}")
+
+    def save_resume(self) -> None:
+        np_state = np.random.get_state()
+        torch_save({
+            "format": RESUME_FORMAT, "fingerprint": self.fingerprint, "state": self.state,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                    "python": random.getstate(),
+                    "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]},
+        }, self.out / "resume.pt")
+
+    def load_resume(self) -> None:
+        saved = torch_load(self.out / "resume.pt")
+        if saved.get("format") != RESUME_FORMAT or saved["fingerprint"] != self.fingerprint:
+            raise ConfigError(f"{self.out / 'resume.pt'} was written by a run with another config or model; "
+                              "delete it (or the whole folder) to start over")
+        self.state = saved["state"]
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        rng = saved["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"]:
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        version, internal, gauss = rng["python"]
+        random.setstate((version, tuple(internal), gauss))
+        name, keys, pos, has_gauss, cached = rng["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+    def summarise(self) -> dict:
+        """Test clean accuracy of the selected checkpoint (read back from disk) and run statistics."""
+        self.model, meta = load_checkpoint(self.out / "checkpoint.pt", self.device, expect_arch=self.spec)
+        x_test, y_test = data.load_split(self.cfg, "test")
+        test = self.evaluate(x_test, y_test, self.total, attack=False)
+        st = self.state
+        images = self.total * self.tc["batch_size"]
+        summary = {
+            "model": self.spec["name"], "profile": self.cfg["profile"], "seed": self.cfg["seed"],
+            "spec": meta["spec"], "best_epoch": meta["epoch"], "dev": st["best"]["row"],
+            "selected_by": "dev_clean_acc" if self.spec["training"] == "standard" else "dev_robust_acc",
+            "test_clean_acc": test["clean_acc"], "test_examples": len(y_test),
+            "iterations": self.total, "epochs": self.total / self.per_epoch,
+            "wall_seconds": st["wall_seconds"], "train_images_per_second": images / max(st["train_seconds"], 1e-9),
+        }
+        write_json(self.out / "summary.json", summary)
+        return summary
+
+    def run(self) -> dict:
+        self.out.mkdir(parents=True, exist_ok=True)
+        if (self.out / "resume.pt").is_file():
+            self.load_resume()
+        st = self.state
+        started = time.perf_counter()
+        bar = tqdm(total=self.total, initial=st["iteration"], desc=f"train {self.spec['name']}", unit="it")
+        while st["iteration"] < self.total:
+            epoch, start = divmod(st["iteration"], self.per_epoch)
+            for x, y in data.train_loader(self.cfg, self.tc["batch_size"], self.cfg["seed"], epoch, start):
+                tick = time.perf_counter()
+                st["loss_sum"] += self.step(st["iteration"], x.to(self.device), y.to(self.device))
+                st["loss_count"] += 1
+                st["iteration"] += 1
+                st["train_seconds"] += time.perf_counter() - tick
+                it = st["iteration"]
+                bar.update()
+                bar.set_postfix(epoch=f"{it / self.per_epoch:.2f}", loss=f"{st['loss_sum'] / st['loss_count']:.3f}")
+                evaluate = it % self.eval_every == 0 or it == self.total
+                if evaluate:
+                    self.record(it)
+                if evaluate or it % self.tc["checkpoint_every_iters"] == 0 or it % self.per_epoch == 0:
+                    st["wall_seconds"] += time.perf_counter() - started
+                    started = time.perf_counter()
+                    self.save_resume()
+                if it == self.total:
+                    break
+        bar.close()
+        st["wall_seconds"] += time.perf_counter() - started
+        summary = self.summarise()
+        (self.out / "resume.pt").unlink(missing_ok=True)
+        return summary
+
+
+def train(cfg: dict, name: str, out: str | Path) -> dict:
+    return Trainer(cfg, name, out).run()

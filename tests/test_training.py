@@ -1,0 +1,126 @@
+"""Training: steps learn, adversarial inputs stay in the ball, kill-and-resume is exact, checkpoints are safe."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from deqrobust import config, data
+from deqrobust.checkpoint import load_checkpoint, save_checkpoint
+from deqrobust.config import ConfigError
+from deqrobust.models import build_model
+from deqrobust.training import Trainer
+
+from conftest import synthetic_batches, write_archive, write_config
+
+TRAINING = {"batch_size": 8, "pretrain_iters": 0, "pretrain_unroll": 2, "eval_batch_size": 10,
+            "unroll": {"k": 2}, "adv": {"steps": 2}, "select": {"pgd_steps": 1}}
+
+
+def setup(root: Path, model: dict | None = None, **training) -> tuple[dict, Path]:
+    """A prepared synthetic dataset (16 images per batch: 70 train, 10 dev, 16 test), its config and path."""
+    archive = write_archive(root / "cifar.tar.gz", synthetic_batches(per_batch=16, n_test=16))
+    spec = {"arch": "mdeq", "size": "tiny", "training": "standard", "grad": "exact", **(model or {})}
+    path = write_config(root / "config.yaml", root / "data", archive, solver={"budget": 3},
+                        backward_solver={"budget": 2}, models={"deq": spec}, training={**TRAINING, **training})
+    cfg = config.load(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", data.DataWarning)
+        data.prepare(cfg)
+    return cfg, path
+
+
+@pytest.mark.parametrize("spec, training", [
+    ({"grad": "exact"}, {}),
+    ({"grad": "unroll"}, {}),
+    ({"grad": "exact"}, {"pretrain_iters": 100}),
+    ({"grad": "exact"}, {"jac_reg": {"freq": 1.0}}),
+    ({"arch": "preact_resnet18"}, {}),
+])
+def test_steps_lower_the_loss(tmp_path, spec, training):
+    t = Trainer(setup(tmp_path, spec, lr=3e-3, **training)[0], "deq", tmp_path / "out")
+    x, y = next(data.train_loader(t.cfg, 8, seed=0, epoch=0))
+    losses = [t.step(i, x, y) for i in range(6)]
+    assert losses[-1] < losses[0] - 0.1, losses
+
+
+@pytest.mark.parametrize("mode, step_255", [("pgd", 2), ("fgsm", 10)])
+def test_adversarial_inputs_stay_in_the_ball(tmp_path, mode, step_255):
+    t = Trainer(setup(tmp_path, {"training": mode})[0], "deq", tmp_path / "out")
+    x, y = next(data.train_loader(t.cfg, 8, seed=0, epoch=0))
+    x_adv = t.adversarial(t.net(), x, y, data.seeded_generator(0))
+    eps = 8 / 255
+    assert (x_adv - x).abs().max() <= eps + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    assert (x_adv - x).abs().max() > eps / 2
+    again = t.adversarial(t.net(), x, y, data.seeded_generator(0))
+    assert torch.equal(x_adv, again)
+
+
+def train_command(cfg_path: Path, out: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen([sys.executable, "-m", "deqrobust.cli", "train", "-c", str(cfg_path), "--model", "deq",
+                             "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_kill_and_resume_ends_exactly_like_an_uninterrupted_run(tmp_path):
+    # FGSM-AT (seeded attack starts), Jacobian regularisation on half the iterations (global RNG
+    # probes, budget jitter), pretraining then solver, evaluations every half epoch, resume every 2.
+    _, cfg_path = setup(tmp_path, {"training": "fgsm"}, epochs=1.5, pretrain_iters=1, jac_reg={"freq": 0.5},
+                        select={"every_epochs": 0.5, "pgd_steps": 1}, checkpoint_every_iters=2)
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    reference = train_command(cfg_path, whole)
+    victim = train_command(cfg_path, cut)
+    deadline = time.time() + 90
+    while not (cut / "resume.pt").is_file() and time.time() < deadline and victim.poll() is None:
+        time.sleep(0.05)
+    time.sleep(2.0)
+    assert victim.poll() is None, f"the run ended before it could be killed: {victim.communicate()[1][-2000:]}"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not (cut / "summary.json").exists()
+    assert torch.load(cut / "resume.pt", weights_only=True)["state"]["iteration"] >= 2
+    resumed = train_command(cfg_path, cut)
+    for proc in (reference, resumed):
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-2000:]
+
+    assert not (whole / "resume.pt").exists() and not (cut / "resume.pt").exists()
+    assert (whole / "metrics.csv").read_text() == (cut / "metrics.csv").read_text()
+    rows = list(csv.DictReader((whole / "metrics.csv").open()))
+    assert [r["iteration"] for r in rows] == ["4", "8", "12"]
+    timing = ("wall_seconds", "train_images_per_second")
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (whole, cut))
+    assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
+    ca, cb = (torch.load(d / "checkpoint.pt", weights_only=True) for d in (whole, cut))
+    assert ca["state_dict"].keys() == cb["state_dict"].keys()
+    assert all(torch.equal(ca["state_dict"][k], cb["state_dict"][k]) for k in ca["state_dict"])
+    assert {k: v for k, v in ca.items() if k != "state_dict"} == {k: v for k, v in cb.items() if k != "state_dict"}
+
+
+def test_checkpoints_load_safely_and_refuse_another_architecture(tmp_path):
+    spec = {"arch": "mdeq", "size": "tiny", "training": "pgd", "grad": "exact", "name": "deq"}
+    model = build_model(spec)
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, model, spec, epoch=1.5, metrics={"dev_robust_acc": 0.25}, profile="test")
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == "deqrobust-checkpoint/1" and raw["spec"] == spec
+    loaded, meta = load_checkpoint(path, "cpu", expect_arch="mdeq")
+    assert meta["metrics"] == {"dev_robust_acc": 0.25} and not loaded.training
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    with pytest.raises(ConfigError, match=r"holds a mdeq \(size tiny\) model, expected preact_resnet18"):
+        load_checkpoint(path, "cpu", expect_arch="preact_resnet18")
+    with pytest.raises(ConfigError, match=r"expected mdeq \(size small\)"):
+        load_checkpoint(path, "cpu", expect_arch={"arch": "mdeq", "size": "small"})
+    raw["spec"]["size"] = "small"
+    torch.save(raw, path)
+    with pytest.raises(ConfigError, match=r"weights do not fit a mdeq \(size small\) model"):
+        load_checkpoint(path, "cpu")
