@@ -66,6 +66,20 @@ def test_missing_archive_and_offline_download_say_what_to_do(tmp_path, make_conf
         data.prepare(cfg)
 
 
+def test_download_is_verified_and_kept_once(cifar_archive, make_config, tmp_path):
+    archive, written = cifar_archive()
+    url = archive.resolve().as_uri()
+    cfg = config.load(make_config(None, data={"url": url, "allow_md5_mismatch": False}))
+    with pytest.raises(data.DataError, match="it was deleted"):
+        data.prepare(cfg)
+    assert not (tmp_path / "data" / data.DOWNLOAD_NAME).exists()
+    cfg["data"]["allow_md5_mismatch"] = True
+    with pytest.warns(data.DataWarning):
+        data.prepare(cfg)
+    assert data.md5_of(tmp_path / "data" / data.DOWNLOAD_NAME) == data.md5_of(archive)
+    assert data.load_split(cfg, "test")[1].tolist() == written["test_batch"][b"labels"]
+
+
 def _drop(name):
     return lambda batches: batches.pop(name)
 

@@ -87,6 +87,8 @@ def test_kill_and_resume_ends_exactly_like_an_uninterrupted_run(tmp_path):
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert not (cut / "summary.json").exists()
+    for output in ("checkpoint.pt", "metrics.csv"):     # as Snakemake does before rerunning a job
+        (cut / output).unlink(missing_ok=True)
     assert torch.load(cut / "resume.pt", weights_only=True)["state"]["iteration"] >= 2
     resumed = train_command(cfg_path, cut)
     for proc in (reference, resumed):

@@ -19,12 +19,14 @@ FORMAT = "deqrobust-checkpoint/1"
 SPEC_KEYS = ("arch", "size", "training", "grad", "name")
 
 
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: dict, epoch: float, metrics: dict,
+def save_checkpoint(path: str | os.PathLike, model: nn.Module | dict, spec: dict, epoch: float, metrics: dict,
                     profile: str) -> None:
+    """Write ``model`` (a module or its state_dict) with its spec, atomically."""
+    weights = model.state_dict() if isinstance(model, nn.Module) else model
     torch_save({
         "format": FORMAT,
         "spec": {key: spec.get(key) for key in SPEC_KEYS},
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": {k: v.detach().cpu() for k, v in weights.items()},
         "epoch": float(epoch),
         "metrics": dict(metrics),
         "profile": profile,

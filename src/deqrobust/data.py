@@ -122,8 +122,9 @@ def read_archive(path: Path, official: bool) -> dict[str, bytes]:
     return raw
 
 
-def download(url: str, dest: Path) -> None:
-    """Fetch ``url`` into ``dest`` atomically with a progress bar."""
+def download(url: str, dest: Path, allow_md5_mismatch: bool) -> None:
+    """Fetch ``url`` into ``dest`` atomically with a progress bar; a non-official file is not kept
+    (unless allowed), so a damaged download is never reused."""
     try:
         with urllib.request.urlopen(url, timeout=60) as response, atomic_path(dest) as tmp:
             total = int(response.headers.get("Content-Length") or 0) or None
@@ -136,6 +137,11 @@ def download(url: str, dest: Path) -> None:
             f"could not download {url} ({err}). Without internet access, put a local copy of "
             f"{DOWNLOAD_NAME} on this machine and set data.archive to its path (or pass --archive PATH)"
         ) from err
+    md5 = md5_of(dest)
+    if md5 != OFFICIAL_MD5 and not allow_md5_mismatch:
+        dest.unlink()
+        raise DataError(f"the download from {url} has MD5 {md5}, not the official {OFFICIAL_MD5}; "
+                        "it was deleted: retry, or set data.archive to a verified local copy")
 
 
 def _accept_md5(path: Path, md5: str, allow: bool) -> bool:
@@ -204,7 +210,7 @@ def prepare(cfg: dict, archive: str | None = None) -> dict:
         if archive is None:
             archive = root / DOWNLOAD_NAME
             if not archive.is_file():
-                download(data["url"], archive)
+                download(data["url"], archive, data["allow_md5_mismatch"])
         path = _existing(archive)
         md5 = md5_of(path)
         raw = read_archive(path, official=md5 == OFFICIAL_MD5)

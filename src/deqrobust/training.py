@@ -64,6 +64,7 @@ class Trainer:
                                       sort_keys=True)
         self.state = {"iteration": 0, "metrics": [], "best": None, "loss_sum": 0.0, "loss_count": 0,
                       "wall_seconds": 0.0, "train_seconds": 0.0}
+        self.best_weights: dict | None = None
 
     # ---- the model under the estimators of training -------------------------------------
     def net(self, pretraining: bool = False, budget: int | None = None, jac_probes: int = 0) -> nn.Module:
@@ -168,15 +169,20 @@ class Trainer:
         score = row["dev_clean_acc"] if self.spec["training"] == "standard" else row["dev_robust_acc"]
         if st["best"] is None or score > st["best"]["score"]:
             st["best"] = {"score": score, "row": row}
-            save_checkpoint(self.out / "checkpoint.pt", self.model, self.spec, row["epoch"], row, self.cfg["profile"])
+            self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.write_checkpoint()
         tqdm.write(f"epoch {row['epoch']:.2f}: train loss {row['train_loss']:.4f}, dev clean {row['dev_clean_acc']:.3f}, "
                    f"dev PGD-{self.tc['select']['pgd_steps']} {row['dev_robust_acc']:.3f}")
+
+    def write_checkpoint(self) -> None:
+        row = self.state["best"]["row"]
+        save_checkpoint(self.out / "checkpoint.pt", self.best_weights, self.spec, row["epoch"], row, self.cfg["profile"])
 
     def save_resume(self) -> None:
         np_state = np.random.get_state()
         torch_save({
             "format": RESUME_FORMAT, "fingerprint": self.fingerprint, "state": self.state,
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "best_weights": self.best_weights,
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                     "python": random.getstate(),
@@ -184,6 +190,8 @@ class Trainer:
         }, self.out / "resume.pt")
 
     def load_resume(self) -> None:
+        """Continue from ``resume.pt``; the outputs written so far are rewritten from it, because a
+        workflow manager may delete the outputs of an interrupted job before rerunning it."""
         saved = torch_load(self.out / "resume.pt")
         if saved.get("format") != RESUME_FORMAT or saved["fingerprint"] != self.fingerprint:
             raise ConfigError(f"{self.out / 'resume.pt'} was written by a run with another config or model; "
@@ -191,6 +199,10 @@ class Trainer:
         self.state = saved["state"]
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
+        self.best_weights = saved["best_weights"]
+        if self.state["metrics"]:
+            self.write_metrics()
+            self.write_checkpoint()
         rng = saved["rng"]
         torch.set_rng_state(rng["torch"])
         if rng["cuda"]:
