@@ -154,6 +154,14 @@ def test_attack_kind_from_spec_or_name():
     assert figures.attack_kind("strong", {"strong": {"name": "pgd", "steps": 10, "eps_255": 4}}) == "other"
 
 
+def test_figures_survive_missing_pieces(tmp_path: Path):
+    """A profile with only a baseline and no analysis still gets every file, with notes instead of errors."""
+    table = make_table(autoattack=False)
+    written = figures.write_all(table[table["model"] == "resnet_pgd"], [], tmp_path, ATTACKS, "unit")
+    assert all(p.stat().st_size > 0 for p in written)
+    assert "not run" in (tmp_path / "main.md").read_text()
+
+
 def write_outputs(folder: Path) -> tuple[Path, list[Path]]:
     """A table CSV and two analysis JSONs as the workflow would leave them."""
     table = folder / "table.csv"
@@ -189,7 +197,7 @@ def test_figures_and_report_commands(tmp_path: Path):
     out = tmp_path / "figures"
     assert command("figures", ["-c", str(cfg), "--table", str(table), "--analysis", *map(str, paths),
                  "--out-dir", str(out)]) == 0
-    for name in ("residual.png", "convergence.png", "state_accuracy.png", "heatmap_deq_pgd.png",
+    for name in ("residual.png", "convergence.png", "residual_samples.png", "state_accuracy.png", "heatmap_deq_pgd.png",
                  "heatmap_resnet_pgd.png", "main.md", "main.tex"):
         assert (out / name).stat().st_size > 0, name
     main_md = (out / "main.md").read_text()

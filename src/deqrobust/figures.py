@@ -30,6 +30,7 @@ from matplotlib.ticker import MaxNLocator
 
 from deqrobust.atomic import atomic_path, write_text
 from deqrobust.attacks import COMPONENTS, PGD_PARAMS
+from deqrobust.config import load
 
 DPI = 150
 DEFENSES = ("final", "early_exit", "ensemble")
@@ -44,7 +45,7 @@ COLUMNS = (("clean", "clean"), ("pgd10", "PGD-10"), ("autoattack", "AutoAttack")
 
 # ---------------------------------------------------------------- inputs
 def load_table(path: str | os.PathLike) -> pd.DataFrame:
-    """The tidy table with states kept as text ('final', 'any' or a step number)."""
+    """The tidy table with states kept as text (attacked: 'final', a step, 'any'; scored: 'state_n', ...)."""
     return pd.read_csv(path, dtype={"attacked_state": str, "scored_state": str, "model": str})
 
 
@@ -86,8 +87,6 @@ def notebook_inputs(profile: str = "smoke") -> dict:
     DEQROBUST_ANALYSIS (comma-separated; default ``<results>/analysis/*.json``, the
     workflow's layout). Without a config file, attack types are guessed from their names.
     """
-    from deqrobust.config import load
-
     env = os.environ.get
     config_path = Path(env("DEQROBUST_CONFIG", f"config/{profile}.yaml"))
     cfg = load(config_path) if config_path.is_file() else {"profile": profile, "models": {},
@@ -106,6 +105,7 @@ def notebook_inputs(profile: str = "smoke") -> dict:
 
 # ---------------------------------------------------------------- main table
 def strongest(rows: pd.DataFrame) -> dict | None:
+    """The row with the lowest accuracy (the strongest attack) as a dict, None if there is none."""
     if rows.empty:
         return None
     row = rows.sort_values(["accuracy", "n"], ascending=[True, False]).iloc[0]
@@ -141,11 +141,10 @@ def headline_metrics(table: pd.DataFrame, attacks: dict | None = None) -> dict:
     return out
 
 
-def _pct(cell: dict | None, with_ci: bool = True) -> str:
+def _pct(cell: dict | None) -> str:
     if cell is None:
         return NOT_RUN
-    text = f"{100 * cell['accuracy']:.1f}"
-    return f"{text} ({100 * cell['ci_low']:.1f}-{100 * cell['ci_high']:.1f})" if with_ci else text
+    return f"{100 * cell['accuracy']:.1f} ({100 * cell['ci_low']:.1f}-{100 * cell['ci_high']:.1f})"
 
 
 def main_table_rows(table: pd.DataFrame, attacks: dict | None, profile: str) -> tuple[list[str], list[list[str]]]:
@@ -181,9 +180,10 @@ def latex_table(header: list[str], rows: Iterable[list[str]], caption: str) -> s
     return "\n".join(lines) + "\n"
 
 
-CAPTION = ("Robust accuracy (%, Wilson 95% CI) on CIFAR-10 under L-inf 8/255; PGD-10 and AutoAttack are the "
-           "strongest cell over estimators and attacked states; worst case is per example over every attack. "
-           "Reference rows are public RobustBench figures for context, not results of this run.")
+CAPTION = ("Accuracy (%, Wilson 95% CI) on CIFAR-10 under L-inf 8/255; PGD-10 and AutoAttack are the "
+           "strongest cell over estimators and attacked states; worst case is per example over every attack; "
+           "'not run' means this profile has no such attack. Reference rows are public RobustBench figures "
+           "for context, not results of this run.")
 
 
 # ---------------------------------------------------------------- figures
@@ -218,8 +218,7 @@ def _steps_axis(ax, label: str = "solver step n") -> None:
 
 def _empty(ax, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.set_axis_off()  # not set_yticks([]): that would clear the ticks of every axis sharing y
 
 
 def residual_figure(analyses: list[dict]) -> Figure:
@@ -230,6 +229,8 @@ def residual_figure(analyses: list[dict]) -> Figure:
         fig = Figure(figsize=(5 * len(kinds), 4), layout="constrained")
         axes = fig.subplots(1, len(kinds), sharey=True, squeeze=False)[0]
         palette = dict(zip(sorted(set(frame["training"])), sns.color_palette("colorblind")))
+        tols = {a["tol"] for a in analyses} - {0}
+        budgets = {a["deployed_budget"] for a in analyses}
         for ax, kind in zip(axes, kinds):
             part = frame[frame["inputs"] == kind]
             if part.empty:
@@ -237,12 +238,10 @@ def residual_figure(analyses: list[dict]) -> Figure:
                 continue
             sns.lineplot(part, x="step", y="median", hue="training", style="model", palette=palette, ax=ax,
                          estimator=None)
-            for model, line in part.groupby("model"):
+            for _, line in part.groupby("model"):
                 ax.fill_between(line["step"], line["q25"], line["q75"], alpha=0.2,
                                 color=palette[line["training"].iloc[0]], linewidth=0)
-            tols = {a["tol"] for a in analyses}
-            budgets = {a["deployed_budget"] for a in analyses}
-            for tol in tols - {0}:
+            for tol in tols:
                 ax.axhline(tol, color="grey", linestyle=":", linewidth=1)
             for budget in budgets:
                 ax.axvline(budget, color="grey", linestyle="--", linewidth=1)
@@ -317,7 +316,7 @@ def state_accuracy_figure(analyses: list[dict], table: pd.DataFrame | None) -> F
     nrows, ncols = (1 if table is None else 2), max(len(deqs), 1)
     with _style():
         fig = Figure(figsize=(4 * ncols, 3.5 * nrows), layout="constrained")
-        axes = fig.subplots(nrows, ncols, sharey=True, squeeze=False)
+        axes = fig.subplots(nrows, ncols, squeeze=False)   # not shared: an empty panel would hide tick labels
         if not deqs:
             _empty(axes[0, 0], "no DEQ analysis or per-state rows")
         for col, model in enumerate(deqs):
@@ -372,6 +371,7 @@ def heatmap_figure(table: pd.DataFrame, model: str) -> Figure:
 
 # ---------------------------------------------------------------- output
 def save_figure(fig: Figure, path: Path) -> Path:
+    """Write a PNG atomically (a killed job leaves no complete-looking figure)."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=DPI, format="png")
     return path
@@ -387,6 +387,7 @@ def write_all(table: pd.DataFrame, analyses: list[dict], out_dir: str | os.PathL
     out = Path(out_dir)
     written = [save_figure(residual_figure(analyses), out / "residual.png"),
                save_figure(convergence_figure(analyses), out / "convergence.png"),
+               save_figure(sample_traces_figure(analyses), out / "residual_samples.png"),
                save_figure(state_accuracy_figure(analyses, table), out / "state_accuracy.png")]
     for model in table["model"].unique():
         written.append(save_figure(heatmap_figure(table, model), out / f"heatmap_{_slug(model)}.png"))

@@ -6,8 +6,8 @@ fixed here, before any result was seen, and printed in the report beside the num
 is tuned. Accuracies are read from the tidy table (Wilson 95 % intervals); a "strongest" cell
 is the one with the lowest accuracy. "Final-state" cells are attacks whose gradient is
 estimated at the final state (attacked_state 'final': exact, unroll, neumann); "intermediate"
-cells estimate it at a solver state n (intermediate unrolling, simultaneous adjoint). The
-adversarially trained DEQs are the models with arch 'mdeq' and training 'pgd' or 'fgsm'.
+cells estimate it at a solver state n (intermediate unrolling, simultaneous adjoint); attacks
+on the ensemble of states count as neither. The adversarially trained DEQs are the models with arch 'mdeq' and training 'pgd' or 'fgsm'.
 
 Rules, per model; a claim holds when it holds for every model it could be tested on:
 1. (analyses, clean inputs) Each adversarially trained DEQ is paired with the standard DEQ of
