@@ -17,7 +17,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config.load(args.config, args.overrides)
     summary = training.train(cfg, args.model, args.out)
-    print(f"{args.model}: best epoch {summary['best_epoch']:.2f}, dev {summary['selected_by']} "
-          f"{summary['dev'][summary['selected_by']]:.4f}, test clean accuracy {summary['test_clean_acc']:.4f}; "
+    key = summary["selected_by"]
+    print(f"{args.model}: selected epoch {summary['best_epoch']:.2f} ({key} {summary['dev'][key]:.4f}), "
+          f"test clean accuracy {summary['test_clean_acc']:.4f}; "
           f"{summary['iterations']} iterations in {summary['wall_seconds']:.0f} s")
     return 0
