@@ -24,4 +24,4 @@ rule analyze:
         ENV
     shell:
         "deqrobust analyze {params.cli}"
-        " --checkpoint {input.checkpoint} --out {output} > {log} 2>&1"
+        " --checkpoint {input.checkpoint} --out {output} --no-progress > {log} 2>&1"

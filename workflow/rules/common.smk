@@ -30,6 +30,7 @@ os.environ.setdefault("DEQROBUST_ROOT", str(Path(workflow.basedir).resolve()))
 NAME_RE = r"[A-Za-z0-9][A-Za-z0-9._+-]*"
 BASELINE_ESTIMATOR = "autograd"  # plain backprop: the estimator of the deep-network baselines
 FINAL = "final"
+NAMED_STATES = (FINAL, "ensemble")  # attacked states besides the solver steps 1..N
 
 
 # --------------------------------------------------------------------------------------
@@ -105,6 +106,11 @@ def cli_args(wildcards, threads):
     return f"--config {shlex.quote(CONFIGFILE)} {CONFIG_SETS} --set threads={threads}".replace("  ", " ")
 
 
+def configfile_arg(wildcards, threads):
+    """The config file name, as a derived (non-trigger) param like cli_args."""
+    return CONFIGFILE
+
+
 def _cuda_available():
     try:
         import torch
@@ -127,6 +133,26 @@ def check_gpu():
             "Run the CPU profile instead: snakemake --cores 2 --configfile config/quick.yaml "
             "(or override at your own risk with --config require_gpu=False; expect weeks of compute)."
         )
+
+
+def _check_specs(estimators, attacks):
+    """Each estimator and attack spec through the library's own builders (keys, values)."""
+    try:
+        from deqrobust.attacks import build_attack
+        from deqrobust.config import ConfigError
+        from deqrobust.estimators import build_estimator
+    except ImportError:  # snakemake outside the package's env (--use-conda): the jobs check
+        return
+    for name, spec in estimators.items():
+        try:
+            build_estimator(spec)
+        except (ConfigError, TypeError) as err:
+            _fail(f"evaluation.estimators.{name}: {err}")
+    for name, spec in attacks.items():
+        try:
+            build_attack(name, spec)
+        except (ConfigError, TypeError) as err:
+            _fail(f"evaluation.attacks.{name}: {err}")
 
 
 def _fail(message):
@@ -153,8 +179,8 @@ def check_config():
             if name not in attacks:
                 _fail(f"evaluation.cells[{i}].attacks: {name!r} is not in evaluation.attacks ({', '.join(attacks)})")
         for state in group["states"]:
-            if state != FINAL and not (isinstance(state, int) and 1 <= state <= budget):
-                _fail(f"evaluation.cells[{i}].states: {state!r} must be 'final' or a solver step 1..{budget} (solver.budget)")
+            if state not in NAMED_STATES and not (isinstance(state, int) and 1 <= state <= budget):
+                _fail(f"evaluation.cells[{i}].states: {state!r} must be 'final', 'ensemble' or a solver step 1..{budget} (solver.budget)")
     for name in ev["baseline_attacks"]:
         if name not in attacks:
             _fail(f"evaluation.baseline_attacks: {name!r} is not in evaluation.attacks ({', '.join(attacks)})")
@@ -167,6 +193,7 @@ def check_config():
         ):
             if key not in known:
                 _fail(f"{section}: {key!r} is not defined ({', '.join(known)})")
+    _check_specs(estimators, attacks)
     # Local runs: one GPU job at a time unless --resources gpu=N says otherwise
     # (Snakemake leaves custom resources uncapped; workflow/profiles/default sets the same,
     # but a workflow profile is only found next to the Snakefile, so this is the fallback).
@@ -276,7 +303,7 @@ def analysis(model="{model}"):
 
 
 def table():
-    return reports("robustness.csv")
+    return reports("table.csv")
 
 
 def figures_dir():
@@ -321,6 +348,7 @@ def all_targets():
         *all_analyses(),
         figures_dir(),
         report_md(),
+        metrics_json(),
         *[notebook_out(n) for n in notebooks()],
     ]
 

@@ -14,7 +14,7 @@ rule evaluate:
     log:
         log("evaluate", "{model}", "{estimator}", "{attack}", "state-{state}.log"),
     wildcard_constraints:
-        state=r"final|[0-9]+",
+        state=r"final|ensemble|[0-9]+",
     threads: config["threads"]
     resources:
         gpu=gpus(),

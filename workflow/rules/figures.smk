@@ -33,11 +33,12 @@ rule report:
         table=table(),
         analyses=all_analyses(),
     output:
-        report(
+        report=report(
             report_md(),
             caption="../report/report.rst",
             category="Reproduction report",
         ),
+        metrics=metrics_json(),
     params:
         cli=cli_args,
     log:
@@ -51,22 +52,24 @@ rule report:
         ENV
     shell:
         "deqrobust report {params.cli}"
-        " --table {input.table} --analysis {input.analyses} --out {output} > {log} 2>&1"
+        " --table {input.table} --analysis {input.analyses} --out {output.report}"
+        " --metrics {output.metrics} > {log} 2>&1"
 
 
 # notebooks/*.py are jupytext (percent format) notebooks; they read their inputs from
-# DEQROBUST_TABLE, DEQROBUST_ANALYSIS (comma separated) and DEQROBUST_FIGURES, run from the
-# repository root, and are stored executed as .ipynb.
+# DEQROBUST_TABLE, DEQROBUST_ANALYSIS (comma separated), DEQROBUST_REPORTS and
+# DEQROBUST_CONFIG, run from the repository root, and are stored executed as .ipynb.
 rule notebook:
     input:
         notebook=notebook_source(),
         table=table(),
         analyses=all_analyses(),
-        figures=figures_dir(),
     output:
         notebook_out(),
     params:
         analyses=lambda wildcards, input: ",".join(input.analyses),
+        reports=lambda wildcards, output: os.path.dirname(os.path.dirname(output[0])),
+        config=configfile_arg,
     log:
         log("notebook", "{notebook}.log"),
     threads: 1
@@ -78,6 +81,6 @@ rule notebook:
         ENV
     shell:
         "DEQROBUST_TABLE={input.table} DEQROBUST_ANALYSIS={params.analyses}"
-        " DEQROBUST_FIGURES={input.figures}"
+        " DEQROBUST_REPORTS={params.reports} DEQROBUST_CONFIG={params.config}"
         " jupytext --to ipynb --execute --run-path . --output {output} {input.notebook}"
         " > {log} 2>&1"

@@ -13,7 +13,7 @@ rule train:
     params:
         cli=cli_args,
         settings=train_settings,
-        out=lambda wildcards: model_dir(wildcards.model),
+        out=lambda wildcards, output: os.path.dirname(output.checkpoint),
     log:
         log("train", "{model}.log"),
     threads: config["threads"]

@@ -1,0 +1,363 @@
+"""The Snakemake workflow and the DVC stage around it.
+
+Every test works on a copy of the workflow files in a temporary folder (no results, no
+data), so it neither sees nor touches the results of a real run in the repository.
+The end-to-end test runs the smoke profile on a synthetic CIFAR-10 archive.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILES = {"paper": "config/config.yaml", "quick": "config/quick.yaml", "smoke": "config/smoke.yaml"}
+# What the workflow needs, relative to the repository root.
+WORKFLOW_FILES = ["Snakefile", "workflow", "config", "notebooks", "src/deqrobust/config.schema.yaml",
+                  "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore"]
+BIN = str(Path(sys.executable).parent)  # deqrobust, jupytext, dvc of this environment
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PATH"] = BIN + os.pathsep + env.get("PATH", "")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def run(cmd: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def snakemake(cwd: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "snakemake", *args], cwd, timeout)
+
+
+def output_of(proc: subprocess.CompletedProcess) -> str:
+    return proc.stdout + proc.stderr
+
+
+def job_stats(text: str) -> Counter:
+    """The `Job stats` table of a Snakemake run or dry run, as rule -> count."""
+    block = text.split("Job stats:", 1)
+    if len(block) < 2:
+        return Counter()
+    counts = Counter()
+    for line in block[1].splitlines()[3:]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def planned_outputs(text: str) -> set[str]:
+    """Every output file named by the jobs of a dry run."""
+    files = set()
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("output:"):
+            files.update(p.strip() for p in line[len("output:"):].split(","))
+    return files
+
+
+def expected_jobs(cfg: dict, notebooks: int) -> Counter:
+    """The jobs of a whole run, derived from the config alone (not from the workflow code)."""
+    models = cfg["models"]
+    deqs = [m for m, s in models.items() if s["arch"] == "mdeq"]
+    baselines = [m for m in models if m not in deqs]
+    ev = cfg.get("evaluation", {})
+    per_deq = {(e, a, str(s)) for g in ev.get("cells", []) for e in g["estimators"]
+               for a in g["attacks"] for s in g["states"]}
+    return Counter({
+        "data": 1, "train": len(models), "select_exit": len(deqs), "analyze": len(deqs),
+        "evaluate": len(deqs) * len(per_deq) + len(baselines) * len(ev.get("baseline_attacks", [])),
+        "merge": 1, "figures": 1, "report": 1, "notebook": notebooks, "all": 1,
+    })
+
+
+def load(profile: str) -> dict:
+    return yaml.safe_load((REPO / PROFILES[profile]).read_text())
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A copy of the workflow (no results, no data, no .snakemake) to run Snakemake in."""
+    root = tmp_path / "repo"
+    for rel in WORKFLOW_FILES:
+        src, dst = REPO / rel, root / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.ipynb"))
+        elif src.exists():
+            shutil.copy2(src, dst)
+    return root
+
+
+def write_yaml(path: Path, obj: dict) -> Path:
+    path.write_text(yaml.safe_dump(obj, sort_keys=False))
+    return path
+
+
+# ---- configuration ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_config_rejects_wrong_key(profile, workdir):
+    cfg = load(profile)
+    cfg["training"]["epochz"] = 3
+    bad = write_yaml(workdir / "config" / "bad.yaml", cfg)
+    proc = snakemake(workdir, "-n", "--configfile", str(bad))
+    text = output_of(proc)
+    assert proc.returncode != 0
+    assert "epochz" in text and "training" in text, text[-2000:]
+    assert "Job stats" not in text
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_config_rejects_wrong_value(profile, workdir):
+    cfg = load(profile)
+    first = next(iter(cfg["models"]))
+    cfg["models"][first]["training"] = "sgd"
+    bad = write_yaml(workdir / "config" / "bad.yaml", cfg)
+    proc = snakemake(workdir, "-n", "--configfile", str(bad))
+    text = output_of(proc)
+    assert proc.returncode != 0
+    assert "'sgd' is not one of" in text and first in text and "training" in text, text[-2000:]
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_config_rejects_unknown_attack_parameter(profile, workdir):
+    """Attack and estimator specs go through the library's builders before any job runs."""
+    cfg = load(profile)
+    name = next(iter(cfg["evaluation"]["attacks"]))
+    cfg["evaluation"]["attacks"][name]["stepz"] = 3
+    bad = write_yaml(workdir / "config" / "bad.yaml", cfg)
+    proc = snakemake(workdir, "-n", "--configfile", str(bad))
+    text = output_of(proc)
+    assert proc.returncode != 0
+    assert f"evaluation.attacks.{name}" in text and "stepz" in text, text[-2000:]
+
+
+def test_config_rejects_cell_naming_an_undefined_attack(workdir):
+    cfg = load("smoke")
+    cfg["evaluation"]["cells"][0]["attacks"].append("pgd1000")
+    bad = write_yaml(workdir / "config" / "bad.yaml", cfg)
+    text = output_of(snakemake(workdir, "-n", "--configfile", str(bad)))
+    assert "evaluation.cells[0].attacks" in text and "pgd1000" in text, text[-2000:]
+
+
+# ---- the DAG --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_dry_run_lists_the_whole_matrix(profile, workdir):
+    args = ["-n", "--configfile", PROFILES[profile]]
+    if profile == "paper":
+        args += ["--config", "require_gpu=False"]  # planning needs no GPU; the run does
+    proc = snakemake(workdir, *args)
+    assert proc.returncode == 0, output_of(proc)[-3000:]
+    notebooks = len(list((workdir / "notebooks").glob("*.py")))
+    assert job_stats(output_of(proc)) == expected_jobs(load(profile), notebooks)
+
+
+def test_paper_matrix_size():
+    """The paper's matrix: 8 DEQs x (3 x 2 final-state + 7 x 2 x 8 intermediate) cells + 2 x 2 baseline cells."""
+    assert expected_jobs(load("paper"), 0)["evaluate"] == 8 * (3 * 2 + 7 * 2 * 8) + 2 * 2
+
+
+def test_paper_dry_run_needs_no_gpu(workdir):
+    """A dry run plans the paper on any machine (e.g. a SLURM login node)."""
+    proc = snakemake(workdir, "-n")
+    assert proc.returncode == 0, output_of(proc)[-3000:]
+    assert job_stats(output_of(proc))["evaluate"] == expected_jobs(load("paper"), 0)["evaluate"]
+
+
+def test_slurm_profile_is_accepted(workdir):
+    proc = snakemake(workdir, "-n", "--workflow-profile", "workflow/profiles/slurm")
+    text = output_of(proc)
+    assert proc.returncode == 0, text[-3000:]
+    assert "workflow/profiles/slurm" in text
+    assert "slurm_partition=gpu" in text and "gpu=1" in text  # GPU rules ask SLURM for a GPU
+
+
+def test_default_profile_is_accepted(workdir):
+    proc = snakemake(workdir, "-n", "--workflow-profile", "workflow/profiles/default",
+                     "--configfile", PROFILES["smoke"])
+    assert proc.returncode == 0, output_of(proc)[-3000:]
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_lint_is_clean(profile, workdir):
+    proc = snakemake(workdir, "--lint", "--configfile", PROFILES[profile])
+    text = output_of(proc)
+    assert proc.returncode == 0, text[-3000:]
+    assert "Lints for" not in text, text[-3000:]
+
+
+def test_command_line_overrides_reach_the_cli(workdir):
+    """`--config 'data={...}'` is typed as YAML and passed to every CLI call as --set."""
+    proc = snakemake(workdir, "-n", "-p", "--configfile", PROFILES["smoke"], "--config",
+                     "data={archive: /tmp/c.tar.gz, allow_md5_mismatch: true}")
+    text = output_of(proc)
+    assert proc.returncode == 0, text[-3000:]
+    commands = [line for line in text.splitlines() if re.match(r"\s*(Shell command: )?deqrobust ", line)]
+    assert commands and all("--config config/smoke.yaml" in c for c in commands)
+    assert all("--set data.allow_md5_mismatch=true" in c for c in commands)
+    assert all("data.archive=\"/tmp/c.tar.gz\"" in c for c in commands)
+
+
+@pytest.mark.skipif(bool(shutil.which("nvidia-smi")), reason="a GPU driver is present: the no-GPU path is not testable here")
+def test_paper_without_gpu_fails_fast(workdir):
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available: the no-GPU path is not testable here")
+    start = time.monotonic()
+    proc = snakemake(workdir, "--cores", "1", timeout=300)
+    text = output_of(proc)
+    assert proc.returncode != 0
+    assert "require_gpu" in text and "config/quick.yaml" in text, text[-3000:]
+    assert not (workdir / "results" / "paper" / "logs").exists()  # no job started
+    assert time.monotonic() - start < 120
+
+
+# ---- DVC ------------------------------------------------------------------------------------
+
+def _git_init(root: Path) -> None:
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=root, check=True, capture_output=True)
+
+
+def test_dvc_repro_dry_on_a_fresh_clone(workdir):
+    _git_init(workdir)
+    proc = run([sys.executable, "-m", "dvc", "repro", "--dry", "--allow-missing"], workdir)
+    text = output_of(proc)
+    assert proc.returncode == 0, text
+    profile = yaml.safe_load((workdir / "params.yaml").read_text())["profile"]
+    assert f"snakemake --cores 2 --configfile config/{profile}.yaml" in text
+
+
+def test_dvc_stage_follows_the_profile_param(workdir):
+    _git_init(workdir)
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    write_yaml(workdir / "params.yaml", {**params, "profile": "smoke"})
+    proc = run([sys.executable, "-m", "dvc", "repro", "--dry", "--allow-missing"], workdir)
+    text = output_of(proc)
+    assert proc.returncode == 0, text
+    assert "--configfile config/smoke.yaml" in text
+    stage = run([sys.executable, "-m", "dvc", "stage", "list", "--all"], workdir)
+    assert "results/smoke" in output_of(stage) or stage.returncode == 0
+
+
+# ---- end to end -----------------------------------------------------------------------------
+
+SMOKE_ARCHIVE_SIZE = {"per_batch": 60, "n_test": 60}  # 300 training images, 60 test images
+
+
+def _mtimes(root: Path) -> dict[str, float]:
+    """Finished outputs (checkpoints, cells, early exits, analyses) and their mtimes."""
+    found = {}
+    for pattern in ("results/smoke/models/*/checkpoint.pt", "results/smoke/eval/**/state-*.json",
+                    "results/smoke/early_exit/*.json", "results/smoke/analysis/*.json"):
+        for path in root.glob(pattern):
+            found[str(path.relative_to(root))] = path.stat().st_mtime
+    return found
+
+
+@pytest.mark.slow
+def test_smoke_workflow_end_to_end(workdir, cifar_archive):
+    archive, _ = cifar_archive(**SMOKE_ARCHIVE_SIZE)
+    data = f"data={{archive: {archive}, allow_md5_mismatch: true}}"
+    args = ["--workflow-profile", "workflow/profiles/default", "--cores", "2",
+            "--configfile", PROFILES["smoke"], "--config", data]
+    cfg = load("smoke")
+    notebooks = len(list((workdir / "notebooks").glob("*.py")))
+    expected = expected_jobs(cfg, notebooks)
+
+    # 1. Start from an empty results folder and interrupt (Ctrl-C) once a model is trained.
+    log = (workdir / "first-run.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", *args], cwd=workdir, env=_env(),
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while proc.poll() is None and time.monotonic() < deadline:
+        if list(workdir.glob("results/smoke/models/*/checkpoint.pt")):
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, "the smoke run ended before it could be interrupted:\n" + \
+        (workdir / "first-run.log").read_text()[-3000:]
+    time.sleep(2)
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=300)
+    log.close()
+    assert proc.returncode != 0
+    finished = _mtimes(workdir)
+    assert finished, "no job finished before the interruption"
+
+    # 2. The restart plans no finished job again...
+    plan = snakemake(workdir, "-n", *args)
+    plan_text = output_of(plan)
+    assert plan.returncode == 0, plan_text[-3000:]
+    assert not planned_outputs(plan_text) & set(finished), "finished outputs are planned again"
+    assert sum(job_stats(plan_text).values()) < sum(expected.values())
+
+    # ... and finishes the DAG without touching what was done.
+    second = snakemake(workdir, *args, timeout=1200)
+    assert second.returncode == 0, output_of(second)[-5000:]
+    for path, mtime in finished.items():
+        assert (workdir / path).stat().st_mtime == mtime, f"{path} was redone"
+
+    # 3. Every final output exists.
+    results, reports = workdir / cfg["results"], workdir / cfg["reports"]
+    deqs = [m for m, s in cfg["models"].items() if s["arch"] == "mdeq"]
+    for model in cfg["models"]:
+        for name in ("checkpoint.pt", "metrics.csv", "summary.json"):
+            assert (results / "models" / model / name).is_file()
+    assert len(list(results.glob("eval/**/state-*.json"))) == expected["evaluate"]
+    assert not list(results.glob("eval/**/*.partial"))
+    for model in deqs:
+        assert (results / "early_exit" / f"{model}.json").is_file()
+        assert (results / "analysis" / f"{model}.json").is_file()
+    assert (reports / "table.csv").is_file() and (reports / "report.md").is_file()
+    metrics = json.loads((reports / "metrics.json").read_text())
+    assert metrics.get("profile") == "smoke"
+    assert list((reports / "figures").glob("*.png"))
+    for nb in (workdir / "notebooks").glob("*.py"):
+        executed = json.loads((reports / "notebooks" / f"{nb.stem}.ipynb").read_text())
+        assert any(c.get("outputs") for c in executed["cells"] if c["cell_type"] == "code")
+    assert "Nothing to be done" in output_of(snakemake(workdir, "-n", *args))
+    html = workdir / "report.html"
+    proc = snakemake(workdir, "--configfile", PROFILES["smoke"], "--config", data, "--report", str(html))
+    assert proc.returncode == 0, output_of(proc)[-3000:]
+    page = html.read_text(errors="replace")
+    assert "residual.png" in page and "table.csv" in page and "quartile band" in page  # captioned figures
+
+    # 4. One attack setting changes: only its cells and what depends on them rerun.
+    attack = "apgd-ce"
+    edited = load("smoke")
+    edited["evaluation"]["attacks"][attack]["n_iter"] += 1
+    write_yaml(workdir / PROFILES["smoke"], edited)
+    affected_cells = len(deqs) * len({(e, str(s)) for g in cfg["evaluation"]["cells"] if attack in g["attacks"]
+                                      for e in g["estimators"] for s in g["states"]})
+    affected_cells += (len(cfg["models"]) - len(deqs)) * cfg["evaluation"]["baseline_attacks"].count(attack)
+    rerun = snakemake(workdir, "-n", *args)
+    assert rerun.returncode == 0, output_of(rerun)[-3000:]
+    assert job_stats(output_of(rerun)) == Counter({
+        "evaluate": affected_cells, "merge": 1, "figures": 1, "report": 1, "notebook": notebooks, "all": 1,
+    })
+    before = _mtimes(workdir)
+    third = snakemake(workdir, *args, timeout=1200)
+    assert third.returncode == 0, output_of(third)[-5000:]
+    after = _mtimes(workdir)
+    changed = {p for p in before if after[p] != before[p]}
+    assert changed == {p for p in before if f"/{attack}/" in p}
