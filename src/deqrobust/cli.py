@@ -1,7 +1,8 @@
 """The ``deqrobust`` command: one subcommand per workflow step.
 
 Each subcommand lives in ``deqrobust.commands.<name>`` with ``add_arguments(parser)`` and
-``run(args)``; they are imported lazily so ``deqrobust --help`` stays fast.
+``run(args)``; command modules keep their heavy imports inside ``run`` so that building
+the parser (and ``deqrobust --help``) stays fast.
 """
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from deqrobust.atomic import torch_load, torch_save, write_json
 from deqrobust.attacks import build_attack
 from deqrobust.checkpoint import load_checkpoint
-from deqrobust.config import ConfigError, resolve_device
+from deqrobust.config import ConfigError, model_spec, resolve_device
 from deqrobust.data import batches, load_split
 from deqrobust.estimators import DEQLogits, all_state_logits, build_estimator, model_estimator, parse_state
 from deqrobust.models import is_deq
@@ -56,6 +56,12 @@ def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, solver: dict, own)
     return {key: (out.argmax(1) == y).cpu() for key, out in logits.items()}
 
 
+def own_estimator(cfg: dict, spec: dict):
+    """The estimator that defines a DEQ's own output, with its model's training overrides."""
+    training = model_spec(cfg, spec["name"])["training_config"] if spec["name"] in cfg["models"] else cfg["training"]
+    return model_estimator(spec, training)
+
+
 def _versions() -> dict:
     found = {"python": platform.python_version()}
     for pkg in ("torch", "deqrobust", "pyautoattack"):
@@ -83,7 +89,7 @@ def run_cell(cfg: dict, checkpoint: str, estimator: str, attack: str, state, out
     target = attacked_model(cfg, model, estimator, state)
     attack_spec = _named(cfg["evaluation"]["attacks"], attack, "attack")
     runner = build_attack(attack, attack_spec)
-    own = model_estimator(spec, cfg["training"]) if deq else None
+    own = own_estimator(cfg, spec) if deq else None
     x, y = _test_examples(cfg)
     out = Path(out)
     partial = out.with_name(out.name + ".partial")
@@ -138,7 +144,7 @@ def select_exit(cfg: dict, checkpoint: str, out: str | Path) -> dict:
         x, y = x[: choice["num_examples"]], y[: choice["num_examples"]]
     runner = build_attack(choice["attack"], _named(cfg["evaluation"]["attacks"], choice["attack"], "attack"))
     budget = cfg["solver"]["budget"]
-    own = model_estimator(meta["spec"], cfg["training"])
+    own = own_estimator(cfg, meta["spec"])
     accuracy = {}
     for n in tqdm(range(1, budget + 1), desc=f"{meta['spec']['name']} early exit", unit="state"):
         target = attacked_model(cfg, model, choice["estimator"], n)
