@@ -78,11 +78,26 @@ def _test_examples(cfg: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return (x[:limit], y[:limit]) if limit is not None else (x, y)
 
 
+def _arch(spec: dict) -> str:
+    return f"mdeq-{spec.get('size')}" if spec["arch"] == "mdeq" else spec["arch"]
+
+
+def load_for_config(cfg: dict, checkpoint: str, device: torch.device) -> tuple[nn.Module, dict]:
+    """Load a checkpoint, refusing one whose architecture differs from its model in the config."""
+    model, meta = load_checkpoint(checkpoint, device)
+    name = meta["spec"]["name"]
+    expected = cfg["models"].get(name)
+    if expected is not None and _arch(expected) != _arch(meta["spec"]):
+        raise ConfigError(f"checkpoint {checkpoint} holds a {_arch(meta['spec'])} model, but this config's "
+                          f"model {name!r} is a {_arch(expected)}; valid: a checkpoint trained from this config")
+    return model, meta
+
+
 def run_cell(cfg: dict, checkpoint: str, estimator: str, attack: str, state, out: str | Path) -> dict:
     """Attack the test examples and write the cell file (format in docs/architecture.md)."""
     device = resolve_device(cfg)
     torch.set_num_threads(cfg["threads"])
-    model, meta = load_checkpoint(checkpoint, device)
+    model, meta = load_for_config(cfg, checkpoint, device)
     spec = meta["spec"]
     deq = is_deq(model)
     state = parse_state(state, cfg["solver"]["budget"]) if deq else state
@@ -135,7 +150,7 @@ def select_exit(cfg: dict, checkpoint: str, out: str | Path) -> dict:
     """
     device = resolve_device(cfg)
     torch.set_num_threads(cfg["threads"])
-    model, meta = load_checkpoint(checkpoint, device)
+    model, meta = load_for_config(cfg, checkpoint, device)
     if not is_deq(model):
         raise ConfigError(f"checkpoint {checkpoint} holds a {meta['spec']['arch']} model; early exit needs a DEQ")
     choice = cfg["evaluation"]["early_exit"]

@@ -1,0 +1,110 @@
+"""Matrix cells (resumable, every defense and state scored), early exit, merge, bad input."""
+import json
+
+import pytest
+import torch
+
+from deqrobust import config, data
+from deqrobust.checkpoint import save_checkpoint
+from deqrobust.config import ConfigError
+from deqrobust.evaluation import merge, run_cell, select_exit, wilson
+from deqrobust.models import build_model
+
+EVALUATION = {
+    "num_examples": 6, "batch_size": 3,
+    "estimators": {"exact": {"name": "exact"}, "inter": {"name": "intermediate", "lam": 1.0, "k": 1},
+                   "adjoint": {"name": "adjoint"}},
+    "attacks": {"pgd2": {"name": "pgd", "steps": 2}, "pgd1": {"name": "pgd", "steps": 1}},
+    "early_exit": {"estimator": "inter", "attack": "pgd1", "num_examples": 4},
+}
+
+
+@pytest.fixture
+def setup(tmp_path, cifar_archive, make_config):
+    archive, _ = cifar_archive(n_test=8)
+    cfg_path = make_config(archive, evaluation=EVALUATION, solver={"name": "broyden", "budget": 3, "tol": 1e-3},
+                           models={"deq": {"arch": "mdeq", "size": "mini", "training": "standard", "grad": "exact"}})
+    cfg = config.load(cfg_path)
+    data.prepare(cfg)
+    torch.manual_seed(0)
+    spec = {**cfg["models"]["deq"], "name": "deq"}
+    save_checkpoint(tmp_path / "deq.pt", build_model(spec), spec, epoch=1.0, metrics={}, profile="test")
+    return cfg, tmp_path
+
+
+def test_cell_scores_every_defense_and_state_and_resumes(setup, monkeypatch):
+    cfg, tmp = setup
+    out = tmp / "cells" / "a.json"
+    cell = run_cell(cfg, str(tmp / "deq.pt"), "inter", "pgd2", 2, out)
+    keys = {"final", "ensemble", "state_1", "state_2", "state_3"}
+    assert set(cell["clean"]) == keys == set(cell["adversarial"])
+    assert all(len(v) == 6 for v in cell["adversarial"].values())
+    assert cell["attacked_state"] == 2 and cell["num_examples"] == 6
+    assert not (tmp / "cells" / "a.json.partial").exists()
+    # Interrupted run: the first batch is on disk; resuming must not redo it.
+    partial = tmp / "cells" / "b.json.partial"
+    first = run_cell(cfg, str(tmp / "deq.pt"), "inter", "pgd2", 2, tmp / "cells" / "full.json")
+    import deqrobust.evaluation as ev
+    calls = []
+    original = ev.score
+    monkeypatch.setattr(ev, "score", lambda *a: calls.append(1) or original(*a))
+    partial.mkdir(parents=True)
+    ev.torch_save({"clean": {k: torch.tensor(first["clean"][k][:3], dtype=torch.bool) for k in keys},
+                   "adversarial": {k: torch.tensor(first["adversarial"][k][:3], dtype=torch.bool) for k in keys},
+                   "warnings": [], "seconds": 1.0}, partial / "batch-00000.pt")
+    resumed = run_cell(cfg, str(tmp / "deq.pt"), "inter", "pgd2", 2, tmp / "cells" / "b.json")
+    assert len(calls) == 2                       # clean + adversarial scoring of the second batch only
+    assert resumed["adversarial"] == first["adversarial"] and resumed["clean"] == first["clean"]
+
+
+def test_merge_builds_tidy_rows_and_worst_case(setup):
+    cfg, tmp = setup
+    paths = []
+    for est, attack, state in [("exact", "pgd2", "final"), ("inter", "pgd2", 1), ("adjoint", "pgd1", 3)]:
+        path = tmp / f"{est}-{attack}-{state}.json"
+        run_cell(cfg, str(tmp / "deq.pt"), est, attack, state, path)
+        paths.append(str(path))
+    exit_file = tmp / "exit.json"
+    exit_file.write_text(json.dumps({"model": "deq", "state": 2}))
+    table = merge(paths, [str(exit_file)])
+    cells = [json.loads(open(p).read()) for p in paths]
+    adv = table[table.attack.isin(["pgd1", "pgd2"])]
+    assert set(adv.defense) == {"final", "ensemble", "early_exit", "state"}
+    assert (adv[adv.defense == "early_exit"].scored_state == "state_2").all()
+    worst = table[table.attack == "worst-case"].set_index("scored_state")
+    for key in cells[0]["adversarial"]:
+        expected = sum(min(c["adversarial"][key][i] for c in cells) for i in range(6))
+        assert worst.loc[key if key != "state_2" else "state_2"].correct.max() == expected
+    clean = table[table.attack == "clean"]
+    assert len(clean[clean.defense == "final"]) == 1
+    assert ((table.ci_low <= table.accuracy) & (table.accuracy <= table.ci_high)).all()
+
+
+def test_wilson_interval_matches_known_values():
+    low, high = wilson(50, 100)
+    assert abs(low - 0.4038) < 1e-3 and abs(high - 0.5962) < 1e-3
+    assert wilson(0, 10)[0] == 0.0 and wilson(10, 10)[1] == 1.0
+
+
+def test_select_exit_records_a_state_with_best_dev_accuracy(setup):
+    cfg, tmp = setup
+    record = select_exit(cfg, str(tmp / "deq.pt"), tmp / "exit.json")
+    acc = record["dev_robust_accuracy"]
+    assert set(acc) == {1, 2, 3} and record["num_examples"] == 4
+    assert acc[record["state"]] == max(acc.values())
+    assert json.loads((tmp / "exit.json").read_text())["state"] == record["state"]
+
+
+def test_bad_cell_inputs_name_the_value_and_the_choices(setup):
+    cfg, tmp = setup
+    ckpt = str(tmp / "deq.pt")
+    with pytest.raises(ConfigError, match="unknown estimator 'implicit'.*adjoint, exact, inter"):
+        run_cell(cfg, ckpt, "implicit", "pgd2", "final", tmp / "x.json")
+    with pytest.raises(ConfigError, match="unknown attack 'cw'.*pgd1, pgd2"):
+        run_cell(cfg, ckpt, "exact", "cw", "final", tmp / "x.json")
+    with pytest.raises(ConfigError, match="state 9 is not valid for a solver budget of 3"):
+        run_cell(cfg, ckpt, "inter", "pgd2", 9, tmp / "x.json")
+    other = {"arch": "mdeq", "size": "tiny", "training": "standard", "grad": "exact", "name": "deq"}
+    save_checkpoint(tmp / "other.pt", build_model(other), other, epoch=1.0, metrics={}, profile="test")
+    with pytest.raises(ConfigError, match="holds a mdeq-tiny model.*'deq' is a mdeq-mini"):
+        run_cell(cfg, str(tmp / "other.pt"), "exact", "pgd2", "final", tmp / "x.json")
