@@ -16,7 +16,7 @@ from deqrobust.config import ConfigError
 from deqrobust.models import build_model
 
 FORMAT = "deqrobust-checkpoint/1"
-SPEC_KEYS = ("arch", "size", "training", "grad", "name")
+SPEC_KEYS = ("arch", "size", "width", "training", "grad", "name")
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module | dict, spec: dict, epoch: float, metrics: dict,

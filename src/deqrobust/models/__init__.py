@@ -20,7 +20,7 @@ def build_model(spec: dict) -> nn.Module:
             raise ConfigError(f"unknown MDEQ size {size!r}; valid sizes: {', '.join(SIZES)}")
         return MDEQ(size)
     if arch == "preact_resnet18":
-        return baselines.PreActResNet18()
+        return baselines.PreActResNet18(width=spec.get("width") or 64)
     if arch == "wrn34_10":
         return baselines.WideResNet(depth=34, widen_factor=10)
     raise ConfigError(f"unknown architecture {arch!r}; valid architectures: {', '.join(ARCHITECTURES)}")
@@ -34,5 +34,6 @@ def describe_architectures() -> list[tuple[str, dict]]:
     from deqrobust.models.mdeq import SIZES
 
     rows = [(f"mdeq-{size}", {"arch": "mdeq", "size": size}) for size in SIZES]
-    rows += [("preact_resnet18", {"arch": "preact_resnet18"}), ("wrn34_10", {"arch": "wrn34_10"})]
+    rows += [("preact_resnet18-w8", {"arch": "preact_resnet18", "width": 8}),
+             ("preact_resnet18", {"arch": "preact_resnet18"}), ("wrn34_10", {"arch": "wrn34_10"})]
     return rows

@@ -55,10 +55,13 @@ class PreActNet(nn.Module):
 
 
 class PreActResNet18(PreActNet):
-    """PreAct ResNet-18 (11,172,170 parameters with 10 classes)."""
+    """PreAct ResNet-18 (11,172,170 parameters with 10 classes at the standard width 64).
 
-    def __init__(self, num_classes: int = 10):
-        super().__init__(64, [64, 128, 256, 512], [2, 2, 2, 2], num_classes)
+    ``width`` scales every stage; CPU profiles use a narrow one to match a small DEQ's size.
+    """
+
+    def __init__(self, num_classes: int = 10, width: int = 64):
+        super().__init__(width, [width, 2 * width, 4 * width, 8 * width], [2, 2, 2, 2], num_classes)
 
 
 class WideResNet(PreActNet):
