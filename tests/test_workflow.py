@@ -71,6 +71,22 @@ def planned_outputs(text: str) -> set[str]:
     return files
 
 
+def finished_outputs(log: str) -> set[str]:
+    """Outputs of the jobs a Snakemake log reports as finished ("Finished jobid: N")."""
+    outputs, jobid, current = {}, None, []
+    for line in log.splitlines():
+        line = line.strip()
+        if re.match(r"(local)?rule \S+:$", line):
+            jobid, current = None, []
+        elif line.startswith("output:"):
+            current = [p.strip() for p in line[len("output:"):].split(",")]
+        elif line.startswith("jobid:"):
+            jobid = int(line.split()[1])
+            outputs[jobid] = current
+    done = {int(m) for m in re.findall(r"Finished jobid: (\d+)", log)}
+    return {f for j in done for f in outputs.get(j, [])}
+
+
 def expected_jobs(cfg: dict, notebooks: int) -> Counter:
     """The jobs of a whole run, derived from the config alone (not from the workflow code)."""
     models = cfg["models"]
@@ -285,24 +301,24 @@ def test_smoke_workflow_end_to_end(workdir, cifar_archive):
     notebooks = len(list((workdir / "notebooks").glob("*.py")))
     expected = expected_jobs(cfg, notebooks)
 
-    # 1. Start from an empty results folder and interrupt (Ctrl-C) once a model is trained.
-    log = (workdir / "first-run.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "snakemake", *args], cwd=workdir, env=_env(),
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 600
-    while proc.poll() is None and time.monotonic() < deadline:
-        if list(workdir.glob("results/smoke/models/*/checkpoint.pt")):
-            break
-        time.sleep(0.5)
-    assert proc.poll() is None, "the smoke run ended before it could be interrupted:\n" + \
-        (workdir / "first-run.log").read_text()[-3000:]
-    time.sleep(2)
-    os.killpg(proc.pid, signal.SIGINT)
-    proc.wait(timeout=300)
-    log.close()
+    # 1. Start from an empty results folder; interrupt (Ctrl-C) once a model is trained.
+    first_log = workdir / "first-run.log"
+    with first_log.open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "snakemake", *args], cwd=workdir, env=_env(),
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 600
+        while proc.poll() is None and time.monotonic() < deadline:
+            if any(p.endswith("checkpoint.pt") for p in finished_outputs(first_log.read_text())):
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, "the smoke run ended before it could be interrupted:\n" + \
+            first_log.read_text()[-3000:]
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=300)
     assert proc.returncode != 0
-    finished = _mtimes(workdir)
-    assert finished, "no job finished before the interruption"
+    done = finished_outputs(first_log.read_text())
+    assert done, "no job finished before the interruption"
+    finished = {p: (workdir / p).stat().st_mtime for p in done if (workdir / p).is_file()}
 
     # 2. The restart plans no finished job again...
     plan = snakemake(workdir, "-n", *args)
