@@ -68,6 +68,8 @@ def _coerce_cli_values(raw, node):
             _coerce_cli_values(value, node[key])
         elif isinstance(value, str):
             node[key] = _yaml_scalar(value)
+        elif isinstance(value, list):
+            node[key] = [_yaml_scalar(v) if isinstance(v, str) else v for v in value]
 
 
 def coerce_cli_config():
