@@ -21,8 +21,9 @@ Estimators (config ``{name: ..., params}``; names are registry keys, never parse
 """
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, ContextManager, Iterator
 
 import torch
 from torch import nn
@@ -31,6 +32,34 @@ from deqrobust.config import ConfigError
 from deqrobust.solvers import SolverResult, solve
 
 State = int | str | None   # n >= 0, "ensemble", or None for the final state
+
+# Speed options (docs/performance.md); with every option off the code path is the original.
+# - skip_zero_products: the adjoint iterations start from u = 0, where J^T u = 0: the
+#   backward solve of ``exact`` is given f(0) = a and the lockstep adjoint starts at u_1 = a
+#   (one Jacobian graph and product fewer per backward, bit-identical results).
+# One forward of DEQLogits (and each lockstep backward) runs inside the model's
+# ``cached_weights()`` scope if it has one; the model's own option decides what it caches.
+SPEED = {"skip_zero_products": True}
+
+
+@contextmanager
+def speed_options(**flags: bool) -> Iterator[dict]:
+    unknown = set(flags) - set(SPEED)
+    if unknown:
+        raise ValueError(f"unknown estimator speed option {sorted(unknown)[0]!r}; valid options: {', '.join(SPEED)}")
+    saved = dict(SPEED)
+    SPEED.update(flags)
+    try:
+        yield SPEED
+    finally:
+        SPEED.clear()
+        SPEED.update(saved)
+
+
+def weight_scope(deq: nn.Module) -> ContextManager:
+    """The model's cached-weights scope (see deqrobust.models.mdeq), or nothing."""
+    scope = getattr(deq, "cached_weights", None)
+    return scope() if scope is not None else nullcontext()
 
 
 class _RewriteGrad(torch.autograd.Function):
@@ -66,6 +95,7 @@ class Context:
     result: SolverResult
     z0: torch.Tensor
     backward_solver: dict
+    scope: Callable[[], ContextManager] = nullcontext   # the model's weight scope, for backward passes
 
 
 @dataclass(frozen=True)
@@ -88,7 +118,8 @@ class Exact(Estimator):
     def attach(self, z, n, ctx):
         def adjoint(a: torch.Tensor) -> torch.Tensor:
             vjp = _vjp_at(ctx.f_detached, z)
-            return solve(ctx.backward_solver, lambda u: vjp(u) + a, torch.zeros_like(a)).z
+            known = a if SPEED["skip_zero_products"] else None     # f(0) = J^T 0 + a = a
+            return solve(ctx.backward_solver, lambda u: vjp(u) + a, torch.zeros_like(a), f_z0=known).z
 
         return _RewriteGrad.apply(ctx.f(z), adjoint)
 
@@ -146,9 +177,12 @@ class Adjoint(Estimator):
             states = [ctx.z0] + ctx.result.iterates[: max(steps - 1, 0)]
 
             def lockstep(a: torch.Tensor) -> torch.Tensor:
-                u = torch.zeros_like(a)
-                for z_j in states:      # one Jacobian product per forward step, one graph alive at a time
-                    u = _vjp_at(ctx.f_detached, z_j)(u) + a
+                u, todo = torch.zeros_like(a), states
+                if SPEED["skip_zero_products"]:
+                    u, todo = a, states[1:]        # u_1 = J^T 0 + a = a
+                with ctx.scope():
+                    for z_j in todo:    # one Jacobian product per forward step, one graph alive at a time
+                        u = _vjp_at(ctx.f_detached, z_j)(u) + a
                 return u
 
             return _RewriteGrad.apply(ctx.f(z), lockstep)
@@ -158,7 +192,8 @@ class Adjoint(Estimator):
         U, VT = U[..., :steps], VT[:, :steps]
 
         def quasi_newton(a: torch.Tensor) -> torch.Tensor:   # -B^T a with B = -I + U V^T
-            return a - torch.einsum("bm,bmd->bd", torch.einsum("bd,bdm->bm", a, U), VT)
+            coef = torch.bmm(a.unsqueeze(1), U)                # [B, 1, m]
+            return torch.baddbmm(a.unsqueeze(1), coef, VT, alpha=-1).squeeze(1)
 
         return _RewriteGrad.apply(ctx.f(z), quasi_newton)
 
@@ -228,6 +263,10 @@ class DEQLogits(nn.Module):
         self.stats: dict = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with weight_scope(self.deq):
+            return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         deq = self.deq
         injection = deq.prepare(x)
         detached = injection.detach()
@@ -239,7 +278,8 @@ class DEQLogits(nn.Module):
             result = solve({**self.solver, "budget": steps}, lambda z: deq.f(z, detached), z0, keep_iterates=keep)
         else:
             result = _empty_result(z0)
-        ctx = Context(lambda z: deq.f(z, injection), lambda z: deq.f(z, detached), result, z0, self.backward_solver)
+        ctx = Context(lambda z: deq.f(z, injection), lambda z: deq.f(z, detached), result, z0, self.backward_solver,
+                      lambda: weight_scope(deq))
         if self.state is None:
             z = self.estimator.attach(result.z, None, ctx)
         elif self.state == "ensemble":
@@ -276,6 +316,11 @@ def all_state_logits(deq: nn.Module, x: torch.Tensor, solver: dict, own: Estimat
     """Logits of every defense and state for one batch: final (the model's own output
     under its training estimator), ensemble (head of the mean of z_1..z_N) and state_n
     (head of z_n, the early-exit candidates)."""
+    with weight_scope(deq):
+        return _all_state_logits(deq, x, solver, own)
+
+
+def _all_state_logits(deq: nn.Module, x: torch.Tensor, solver: dict, own: Estimator) -> dict[str, torch.Tensor]:
     injection = deq.prepare(x)
     z0 = deq.init_state(x)
     result = solve(solver, lambda z: deq.f(z, injection), z0, keep_iterates=True)
