@@ -70,6 +70,7 @@ class Settings:
     early_states: list[int] = field(default_factory=lambda: [1, 2, 4, 6])
     memory_steps: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
     memory_size: str = "tiny"
+    large_size: str = "large"      # tests shrink it
     threads: int = 0
 
     @classmethod
@@ -254,7 +255,7 @@ def forward_only(model, x: torch.Tensor) -> torch.Tensor:
 
 # ---- DEQ-Large ---------------------------------------------------------------------------------
 def large(s: Settings, calib: dict) -> dict:
-    deq = make_model("large")
+    deq = make_model(s.large_size)
     x, y = make_batch(s.large_batch)
     model = logits_module(deq, {"name": "exact"}, None, s)
     with torch.no_grad():
@@ -280,7 +281,7 @@ def large(s: Settings, calib: dict) -> dict:
                       "images_per_s": None if name == "conv_reference" else s.large_batch / t["median_s"],
                       "fraction_of_interleaved_conv": gflops / ref, "fraction_of_calibration": gflops / calib["gflops"]}
     per_image_f = flops["f"] / s.large_batch / 1e9
-    return {"batch": s.large_batch, "solver": s.solver(), "backward_solver": s.backward_solver(),
+    return {"size": s.large_size, "batch": s.large_batch, "solver": s.solver(), "backward_solver": s.backward_solver(),
             "gflop_per_f_per_image": per_image_f, "f_applications_forward_grad": counter.calls,
             "target_fraction": 0.60, "rows": rows,
             "target_met": rows["forward_exact_input_grad"]["fraction_of_interleaved_conv"] >= 0.60}
@@ -358,34 +359,52 @@ def evaluation(s: Settings) -> dict:
 
 # ---- attacking state n: the saving from stopping the solve ---------------------------------------
 def early_stop(s: Settings) -> dict:
+    """Attack step (forward + input gradient) and forward alone at state n against the
+    final state, under the default speed options and with ``reuse_last_f`` added."""
+    from deqrobust import estimators
+
     k, n_full = s.unroll_k, s.budget
     spec = {"name": "intermediate", "lam": 0.5, "k": k}
+    variants = {"defaults": False, "reuse_last_f": True}
     out = {}
     for size in s.sizes:
         deq = make_model(size)
         x, y = make_batch(s.batch)
         models = {n: logits_module(deq, spec, n, s) for n in s.early_states}
         models["final"] = logits_module(deq, spec, None, s)
-        calls = {}
-        for n, model in models.items():
-            with CountCalls(deq) as counter:
-                forward_only(model, x)
-            calls[n] = counter.calls
+        calls: dict = {}
         cases = {}
-        for n, model in models.items():
-            cases[f"grad@{n}"] = (lambda model=model: input_gradient(model, x, y))
-            cases[f"forward@{n}"] = (lambda model=model: forward_only(model, x))
+        for variant, reuse in variants.items():
+            for n, model in models.items():
+                with estimators.speed_options(reuse_last_f=reuse), CountCalls(deq) as counter:
+                    forward_only(model, x)
+                calls[(variant, n)] = counter.calls
+
+                def grad(model=model, reuse=reuse):
+                    with estimators.speed_options(reuse_last_f=reuse):
+                        return input_gradient(model, x, y)
+
+                def fwd(model=model, reuse=reuse):
+                    with estimators.speed_options(reuse_last_f=reuse):
+                        return forward_only(model, x)
+
+                cases[f"{variant} grad@{n}"], cases[f"{variant} forward@{n}"] = grad, fwd
         times = interleaved(cases, s.repeats)
-        rows = {}
-        for n in s.early_states:
-            bound = (n + k + 1) / (n_full + k + 1)
-            grad = times[f"grad@{n}"]["median_s"] / times["grad@final"]["median_s"]
-            fwd = times[f"forward@{n}"]["median_s"] / times["forward@final"]["median_s"]
-            rows[str(n)] = {"bound": bound, "attack_step_ratio": grad, "forward_ratio": fwd,
-                            "f_calls_forward": calls[n], "f_calls_ratio": calls[n] / calls["final"],
-                            "attack_step_within_bound": grad <= bound, "forward_within_bound": fwd <= bound}
-        out[size] = {"rows": rows, "f_calls_forward_final": calls["final"],
-                     "times": {kk: {kkk: v[kkk] for kkk in ("median_s", "min_s", "repeats")} for kk, v in times.items()}}
+        result = {}
+        for variant in variants:
+            rows = {}
+            t = lambda kind, n: times[f"{variant} {kind}@{n}"]["median_s"]
+            for n in s.early_states:
+                bound = (n + k + 1) / (n_full + k + 1)
+                grad, fwd = t("grad", n) / t("grad", "final"), t("forward", n) / t("forward", "final")
+                rows[str(n)] = {"bound": bound, "attack_step_ratio": grad, "forward_ratio": fwd,
+                                "f_calls_forward": calls[(variant, n)],
+                                "f_calls_ratio": calls[(variant, n)] / calls[(variant, "final")],
+                                "attack_step_within_bound": grad <= bound, "forward_within_bound": fwd <= bound}
+            result[variant] = {"rows": rows, "f_calls_forward_final": calls[(variant, "final")],
+                               "attack_step_final_s": t("grad", "final"), "forward_final_s": t("forward", "final")}
+        result["times"] = {kk: {kkk: v[kkk] for kkk in ("median_s", "min_s", "repeats")} for kk, v in times.items()}
+        out[size] = result
     return {"estimator": spec, "N": n_full, "K": k, "batch": s.batch,
             "bound": "(n + K + 1) / (N + K + 1) of the full-solve attack step", "sizes": out}
 
@@ -466,7 +485,7 @@ def threading_probe(args: dict) -> dict:
     seconds of one f of DEQ-Large and of forward + exact input gradient of a small size."""
     torch.set_num_threads(args["threads"])
     s = Settings(budget=args["budget"], backward_budget=args["backward_budget"])
-    big = make_model("large")
+    big = make_model(args["large_size"])
     xb, _ = make_batch(args["large_batch"])
     with torch.no_grad():
         injection = big.prepare(xb)
@@ -485,7 +504,7 @@ def threading_probe(args: dict) -> dict:
 
 def threading(s: Settings) -> dict:
     size = s.sizes[0] if s.sizes else "mini"
-    args = {"large_batch": s.large_batch, "size": size, "batch": s.batch, "budget": s.budget,
+    args = {"large_size": s.large_size, "large_batch": s.large_batch, "size": size, "batch": s.batch, "budget": s.budget,
             "backward_budget": s.backward_budget, "repeats": 3}
     code = "import json,sys; from deqrobust.bench import threading_probe; print(json.dumps(threading_probe(json.loads(sys.argv[1]))))"
     samples: dict[str, list[dict]] = defaultdict(list)
@@ -530,6 +549,8 @@ def speed_variants() -> dict[str, dict[str, object]]:
             variants["channels_last forced off"] = {**defaults, key: False}
         elif value:
             variants[f"without {key}"] = {**defaults, key: False}
+        else:
+            variants[f"with {key}"] = {**defaults, key: True}
     return variants
 
 
@@ -562,7 +583,7 @@ def speedups(s: Settings, calib: dict) -> dict:
     """Forward + exact input gradient under each speed variant, interleaved per size."""
     variants = speed_variants()
     out = {}
-    workloads = [("large", s.large_batch, max(2, s.large_repeats))] + [(size, s.batch, s.repeats) for size in s.sizes]
+    workloads = [(s.large_size, s.large_batch, max(2, s.large_repeats))] + [(size, s.batch, s.repeats) for size in s.sizes]
     for size, batch, repeats in workloads:
         deq = make_model(size)
         x, y = make_batch(batch)
@@ -583,7 +604,7 @@ def speedups(s: Settings, calib: dict) -> dict:
         out[size]["conv_reference"] = {**times["conv_reference"],
                                        "gflops": conv_flops / times["conv_reference"]["median_s"] / 1e9}
     return {"workload": "forward + input gradient, exact estimator (8 forward, 7 backward Broyden steps)",
-            "batch": {"large": s.large_batch, "others": s.batch}, "variants": variants, "sizes": out}
+            "batch": {s.large_size: s.large_batch, "others": s.batch}, "variants": variants, "sizes": out}
 
 
 # ---- Snakemake wall times ----------------------------------------------------------------------
@@ -763,10 +784,13 @@ def render(report: dict) -> str:
                          ["size estimator@state", "median s", "images/s"], rows))
     if "early_stop" in report:
         r = report["early_stop"]
-        rows = [[f"{size} n={n}", v["bound"], v["attack_step_ratio"], v["forward_ratio"], v["f_calls_ratio"],
-                 v["attack_step_within_bound"]] for size, d in r["sizes"].items() for n, v in d["rows"].items()]
-        out.append(table(f"attacking state n vs the full solve (intermediate, N={r['N']}, K={r['K']})",
-                         ["size state", "bound", "attack step", "forward", "f calls", "within bound"], rows))
+        rows = [[f"{size} {variant} n={n}", v["bound"], v["attack_step_ratio"], v["forward_ratio"], v["f_calls_ratio"],
+                 v["attack_step_within_bound"], v["forward_within_bound"]]
+                for size, d in r["sizes"].items() for variant in ("defaults", "reuse_last_f")
+                for n, v in d[variant]["rows"].items()]
+        out.append(table(f"attacking state n vs the full solve (intermediate, N={r['N']}, K={r['K']}): time ratios",
+                         ["size options state", "bound", "attack step", "forward", "f calls", "step within", "fwd within"],
+                         rows))
     if "memory" in report:
         mm = report["memory"]
         rows = [[r["estimator"], r["N"], r.get("extra_mb"), r.get("broyden_factors_mb"), r.get("iterates_mb"),

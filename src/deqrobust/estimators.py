@@ -36,10 +36,15 @@ State = int | str | None   # n >= 0, "ensemble", or None for the final state
 # Speed options (docs/performance.md); with every option off the code path is the original.
 # - skip_zero_products: the adjoint iterations start from u = 0, where J^T u = 0: the
 #   backward solve of ``exact`` is given f(0) = a and the lockstep adjoint starts at u_1 = a
-#   (one Jacobian graph and product fewer per backward, bit-identical results).
+#   (one Jacobian graph and product fewer per backward, bit-identical results);
+# - reuse_last_f: the solver's last application of f (on the budget's last step) is built
+#   with the graph to x and the parameters, and the estimator's first f(z) takes it when z
+#   is that iterate (one application of f fewer per forward; identical values; it needs
+#   solvers' lean_loop, whose iterates are the tensors f saw). Off by default:
+#   tests/test_estimators.py counts the applications of f of the original path.
 # One forward of DEQLogits (and each lockstep backward) runs inside the model's
 # ``cached_weights()`` scope if it has one; the model's own option decides what it caches.
-SPEED = {"skip_zero_products": True}
+SPEED = {"skip_zero_products": True, "reuse_last_f": False}
 
 
 @contextmanager
@@ -274,11 +279,14 @@ class DEQLogits(nn.Module):
         budget = int(self.solver.get("budget", 8))
         steps = self.state if isinstance(self.state, int) else budget
         keep = self.state is not None or self.estimator.needs_iterates
+        solver_f, attached_f = lambda z: deq.f(z, detached), lambda z: deq.f(z, injection)
+        if SPEED["reuse_last_f"]:
+            solver_f, attached_f = _reusing_last_f(deq, injection, detached, steps + 1)
         if steps > 0:
-            result = solve({**self.solver, "budget": steps}, lambda z: deq.f(z, detached), z0, keep_iterates=keep)
+            result = solve({**self.solver, "budget": steps}, solver_f, z0, keep_iterates=keep)
         else:
             result = _empty_result(z0)
-        ctx = Context(lambda z: deq.f(z, injection), lambda z: deq.f(z, detached), result, z0, self.backward_solver,
+        ctx = Context(attached_f, lambda z: deq.f(z, detached), result, z0, self.backward_solver,
                       lambda: weight_scope(deq))
         if self.state is None:
             z = self.estimator.attach(result.z, None, ctx)
@@ -291,6 +299,42 @@ class DEQLogits(nn.Module):
         if self.jac_probes and self.training and torch.is_grad_enabled():
             self.stats["jac_loss"] = jacobian_penalty(lambda s: deq.f(s, injection), result.z, self.jac_probes)
         return deq.head(z)
+
+
+def _reusing_last_f(deq: nn.Module, injection: torch.Tensor, detached: torch.Tensor, last_call: int):
+    """(solver's f, estimator's f) sharing the solver's last application of f.
+
+    With grad enabled the call numbered ``last_call`` (f(z_0) is call 1, so the budget's
+    last step is call steps + 1) is built with the graph to x and the parameters and handed
+    to the solver detached; without grad every call is remembered. The estimator's f takes
+    the remembered output, once, when it is asked for f of that very iterate (identity, not
+    equality: a diverged sample swaps the iterate and falls back to a fresh application).
+    """
+    grad = torch.is_grad_enabled()
+    memo: dict = {}
+    calls = 0
+
+    def solver_f(z: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        if grad and calls == last_call:
+            with torch.enable_grad():
+                out = deq.f(z, injection)
+            memo.update(z=z, out=out)
+            return out.detach()
+        out = deq.f(z, detached)
+        if not grad:
+            memo.update(z=z, out=out)
+        return out
+
+    def attached_f(z: torch.Tensor) -> torch.Tensor:
+        if memo.get("z") is z:
+            out = memo["out"]
+            memo.clear()
+            return out
+        return deq.f(z, injection)
+
+    return solver_f, attached_f
 
 
 def _empty_result(z0: torch.Tensor) -> SolverResult:

@@ -1,0 +1,132 @@
+"""Smoke test of ``deqrobust bench`` with tiny sizes: every section's code path, no timings asserted."""
+import json
+
+import pytest
+import torch
+
+from deqrobust import bench
+from deqrobust.cli import main
+
+
+@pytest.fixture(autouse=True)
+def fast(monkeypatch):
+    monkeypatch.setattr(bench, "MIN_SAMPLE_S", 0.0)
+    saved = torch.get_num_threads()
+    yield
+    torch.set_num_threads(saved)
+
+
+def tiny_settings(**kw) -> bench.Settings:
+    base = dict(sizes=["mini"], large_size="mini", large_batch=2, batch=2, repeats=1, large_repeats=1,
+                calib_batch=1, calib_channels=16, calib_size=8, budget=3, backward_budget=2, unroll_k=2,
+                pgd_steps=1, train_pgd_steps=1, early_states=[1], memory_steps=[2], memory_size="mini", threads=1)
+    return bench.Settings(**{**base, **kw})
+
+
+def test_in_process_sections_run_and_report(capsys):
+    s = tiny_settings()
+    report = bench.run(s, ["calibration", "large", "training", "evaluation", "early_stop", "speedups"],
+                       echo=print)
+    assert report["calibration"]["gflops"] > 0
+    rows = report["large"]["rows"]
+    assert set(rows) == {"conv_reference", "f", "forward", "forward_exact_input_grad"}
+    assert rows["forward_exact_input_grad"]["gflop"] > rows["forward"]["gflop"] > rows["f"]["gflop"] > 0
+    # 1 (f(z0)) + 3 solver steps + f(z*) + the backward's Jacobian graph
+    assert report["large"]["f_applications_forward_grad"] == 1 + 3 + 1 + 1
+    assert set(report["training"]["sizes"]["mini"]) == {"standard", "pgd", "fgsm"}
+    assert all(v["images_per_s"] > 0 for v in report["evaluation"]["sizes"]["mini"].values())
+    early = report["early_stop"]["sizes"]["mini"]
+    assert early["defaults"]["rows"]["1"]["bound"] == pytest.approx((1 + 2 + 1) / (3 + 2 + 1))
+    # applications of f in the forward: f(z0) + n steps + (K + 1), one fewer when the last is reused
+    assert early["defaults"]["rows"]["1"]["f_calls_forward"] == 1 + 1 + 3
+    assert early["reuse_last_f"]["rows"]["1"]["f_calls_forward"] == 1 + 1 + 2
+    variants = report["speedups"]["sizes"]["mini"]
+    assert {"defaults", "all off (original code)"} <= set(variants)
+    text = capsys.readouterr().out
+    assert "calibration" in text and "speed options" in text
+    json.dumps(report)   # serialisable
+
+
+def test_memory_probe_measures_a_peak_in_process():
+    result = bench.memory_probe({"size": "mini", "batch": 2, "spec": {"name": "exact"}, "state": None, "budget": 2,
+                                 "backward_budget": 2, "threads": 1})
+    assert result["peak_mb"] is None or result["peak_mb"] > 0
+
+
+def test_memory_section_runs_one_subprocess_per_configuration(monkeypatch):
+    s = tiny_settings()
+    monkeypatch.setattr(bench, "memory_configs", lambda s: [("exact", {"name": "exact"}, None, 2)])
+    out = bench.memory(s)
+    assert len(out["rows"]) == 1 and "error" not in out["rows"][0], out
+
+
+def test_threading_probe_in_process():
+    out = bench.threading_probe({"large_size": "mini", "large_batch": 1, "size": "mini", "batch": 1, "budget": 2,
+                                 "backward_budget": 2, "repeats": 1, "threads": 1})
+    assert out["large_f"] > 0 and out["small_forward_grad"] > 0
+
+
+SNAKEMAKE_LOG = """\
+Building DAG of jobs...
+[Wed Nov 25 07:40:08 2026]
+localrule data:
+    output: results/smoke/data/cifar10-split.json
+    jobid: 2
+    reason: Missing output files
+[Wed Nov 25 07:40:12 2026]
+Finished jobid: 2 (Rule: data)
+1 of 3 steps (33%) done
+
+[Wed Nov 25 07:40:12 2026]
+localrule train:
+    input: results/smoke/data/cifar10-split.json
+    output: results/smoke/models/deq-std/checkpoint.pt
+    jobid: 4
+    wildcards: model=deq-std
+
+[Wed Nov 25 07:40:12 2026]
+localrule train:
+    jobid: 3
+    wildcards: model=deq-adv
+[Wed Nov 25 07:40:40 2026]
+Finished jobid: 4 (Rule: train)
+[Wed Nov 25 07:41:31 2026]
+Finished jobid: 3 (Rule: train)
+"""
+
+
+def test_workflow_times_from_a_snakemake_log_and_from_benchmark_files(tmp_path):
+    log_dir = tmp_path / "run" / ".snakemake" / "log"
+    log_dir.mkdir(parents=True)
+    (log_dir / "2026-11-25T074005.snakemake.log").write_text(SNAKEMAKE_LOG)
+    out = bench.workflow_times(tmp_path / "run")
+    assert out["rules"]["data"]["total_s"] == 4
+    assert out["rules"]["train"] == {"jobs": 2, "finished": 2, "total_s": 28 + 79, "median_s": 53.5, "max_s": 79}
+    assert "no benchmark" in out["note"]
+
+    bench_dir = tmp_path / "benchmarks"
+    (bench_dir / "train").mkdir(parents=True)
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    (bench_dir / "train" / "deq-std.tsv").write_text(header + "12.5\t0:00:12\t900.1\t1\t1\t1\t0\t0\t50\t11\n")
+    (bench_dir / "train" / "deq-adv.tsv").write_text(header + "20.5\t0:00:20\t1000.0\t1\t1\t1\t0\t0\t50\t19\n")
+    out = bench.workflow_times(bench_dir)
+    assert out["source"] == "benchmark files" and out["rules"]["train"]["total_s"] == 33.0
+
+
+def test_cli_writes_json_and_prints_the_table(tmp_path, capsys):
+    log_dir = tmp_path / ".snakemake" / "log"
+    log_dir.mkdir(parents=True)
+    (log_dir / "a.snakemake.log").write_text(SNAKEMAKE_LOG)
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--sections", "workflow", "--workflow-times", str(tmp_path), "--out", str(out),
+                 "--threads", "1"]) == 0
+    report = json.loads(out.read_text())
+    assert report["format"] == "deqrobust-bench/1" and "train" in report["workflow"]["rules"]
+    assert "workflow wall times" in capsys.readouterr().out
+
+
+def test_unknown_section_is_named():
+    from deqrobust.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown bench section 'gpu'.*calibration"):
+        bench.run(tiny_settings(), ["gpu"])
