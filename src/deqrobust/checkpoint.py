@@ -25,7 +25,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module | dict, spec: dict
     weights = model.state_dict() if isinstance(model, nn.Module) else model
     torch_save({
         "format": FORMAT,
-        "spec": {key: spec.get(key) for key in SPEC_KEYS},
+        "spec": {key: spec[key] for key in SPEC_KEYS if key in spec},
         "state_dict": {k: v.detach().cpu() for k, v in weights.items()},
         "epoch": float(epoch),
         "metrics": dict(metrics),
