@@ -318,14 +318,21 @@ def num_batches(n: int, batch_size: int) -> int:
     return n // batch_size
 
 
-def train_loader(cfg: dict, batch_size: int, seed: int, epoch: int, start_batch: int = 0
-                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def train_loader(cfg: dict, batch_size: int, seed: int, epoch: int, start_batch: int = 0,
+                 rank: int = 0, world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Shuffled, augmented training batches of one epoch.
 
     Order, crops and flips of the whole epoch are drawn up front from a generator seeded by
     ``(seed, epoch)``, so starting at ``start_batch`` yields exactly the batches an
-    uninterrupted epoch would have yielded from there.
+    uninterrupted epoch would have yielded from there. With ``world_size`` > 1 (data-parallel
+    training) ``batch_size`` is the global batch, which must divide by ``world_size``; each
+    rank gets the ``rank``-th contiguous slice of every global batch, with the crops and
+    flips the single-process batch would have had.
     """
+    if batch_size % world_size:
+        raise ConfigError(f"training.batch_size={batch_size} is the global batch and must divide by the "
+                          f"{world_size} data-parallel processes")
+    local = batch_size // world_size
     x, y = split_uint8(cfg, "train")
     n = len(y)
     gen = seeded_generator(seed, epoch)
@@ -333,7 +340,7 @@ def train_loader(cfg: dict, batch_size: int, seed: int, epoch: int, start_batch:
     shifts = torch.randint(0, 2 * PAD + 1, (n, 2), generator=gen)
     flips = torch.rand(n, generator=gen) < 0.5
     for b in range(start_batch, num_batches(n, batch_size)):
-        sel = order[b * batch_size:(b + 1) * batch_size]
+        sel = order[b * batch_size + rank * local:b * batch_size + (rank + 1) * local]
         yield augment(x[sel].float().div_(255), shifts[sel], flips[sel]), y[sel]
 
 

@@ -6,6 +6,10 @@ their budget jitter from (seed, iteration), dropout masks and Hutchinson probes 
 global torch RNG whose state is saved in ``resume.pt``. A run killed at any moment and
 restarted therefore ends with the same metrics and weights as an uninterrupted run.
 Model selection uses the dev split only; the test set is scored once, for the summary.
+
+Under ``torchrun`` the loop runs data-parallel (``deqrobust.distributed`` explains how:
+explicit gradient averaging, sharded global batches, rank 0 alone evaluates and writes).
+``training.amp`` runs the training forward and loss under bfloat16 autocast (CUDA only).
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from deqrobust import data
+from deqrobust import data, distributed
 from deqrobust.atomic import torch_load, torch_save, write_json, write_text
 from deqrobust.attacks.pgd import pgd
 from deqrobust.checkpoint import load_checkpoint, save_checkpoint
@@ -44,10 +48,16 @@ class Trainer:
         self.cfg, self.out = cfg, Path(out)
         self.spec = model_spec(cfg, name)
         self.tc = self.spec["training_config"]
-        self.device = resolve_device(cfg)
+        self.dist, self.device = distributed.setup(self.tc["distributed_backend"], resolve_device(cfg))
+        self.amp = self.tc["amp"]
+        if self.amp and self.device.type != "cuda":
+            raise ConfigError(f"training.amp=true needs CUDA (this run is on {self.device}); "
+                              "mixed precision is not supported on the CPU, set training.amp=false")
         torch.set_num_threads(cfg["threads"])
         torch.manual_seed(cfg["seed"])
         self.model = build_model(self.spec).to(self.device)
+        if self.dist.active:
+            distributed.broadcast_state(self.model)
         self.deq = is_deq(self.model)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.tc["lr"], weight_decay=self.tc["weight_decay"])
         self.x_dev, self.y_dev = data.load_split(cfg, "dev")
@@ -58,7 +68,7 @@ class Trainer:
         self.per_epoch = data.num_batches(self.n_train, self.tc["batch_size"])
         self.total = math.ceil(round(self.tc["epochs"] * self.per_epoch, 6))
         self.eval_every = max(1, round(self.tc["select"]["every_epochs"] * self.per_epoch))
-        self.fingerprint = json.dumps({"spec": self.spec, "solver": cfg["solver"], "seed": cfg["seed"],
+        self.fingerprint = json.dumps({"spec": _fingerprint_spec(self.spec), "solver": cfg["solver"], "seed": cfg["seed"],
                                        "backward_solver": cfg["backward_solver"],
                                        "data": {k: cfg["data"][k] for k in ("dev_size", "split_seed", "train_subset")}},
                                       sort_keys=True)
@@ -111,14 +121,22 @@ class Trainer:
             x = self.adversarial(self.net(pretraining), x, y, gen)
         net = self.net(pretraining, budget, jac["probes"] if regularise else 0)
         net.train()
-        loss = F.cross_entropy(net(x), y)
-        total = loss + jac["weight"] * net.stats["jac_loss"] if regularise else loss
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.amp):
+            loss = F.cross_entropy(net(x), y)
+            total = loss + jac["weight"] * net.stats["jac_loss"] if regularise else loss
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr(iteration)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
+        if not self.dist.active:
+            self.optimizer.step()
+            return loss.item()
+        # data parallel: average the shard gradients (= gradient of the global-batch mean),
+        # then keep BatchNorm running statistics equal to rank 0's
+        (mean_loss,) = distributed.average_gradients(self.model, self.dist.world_size, loss)
         self.optimizer.step()
-        return loss.item()
+        distributed.broadcast_state(self.model, buffers_only=True)
+        return mean_loss
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, iteration: int, attack: bool = True) -> dict:
         """Loss, clean and PGD accuracy, and (DEQs) mean solver steps and final residual."""
@@ -158,8 +176,13 @@ class Trainer:
         write_text(self.out / "metrics.csv", buf.getvalue())
 
     def record(self, iteration: int) -> None:
-        """Dev evaluation at ``iteration``: a metrics row, and the best checkpoint if it improved."""
+        """Dev evaluation at ``iteration``: a metrics row, and the best checkpoint if it improved
+        (rank 0 only; the other ranks of a data-parallel run wait for it)."""
         st = self.state
+        if not self.dist.is_main:
+            st["loss_sum"], st["loss_count"] = 0.0, 0
+            self.dist.barrier()
+            return
         row = {"epoch": iteration / self.per_epoch, "iteration": iteration, "lr": self.lr(iteration),
                "train_loss": st["loss_sum"] / max(st["loss_count"], 1),
                **{f"dev_{k}": v for k, v in self.evaluate(self.x_dev, self.y_dev, iteration).items()}}
@@ -173,21 +196,28 @@ class Trainer:
             self.write_checkpoint()
         tqdm.write(f"epoch {row['epoch']:.2f}: train loss {row['train_loss']:.4f}, dev clean {row['dev_clean_acc']:.3f}, "
                    f"dev PGD-{self.tc['select']['pgd_steps']} {row['dev_robust_acc']:.3f}")
+        self.dist.barrier()
 
     def write_checkpoint(self) -> None:
         row = self.state["best"]["row"]
         save_checkpoint(self.out / "checkpoint.pt", self.best_weights, self.spec, row["epoch"], row, self.cfg["profile"])
 
     def save_resume(self) -> None:
+        """Rank 0 writes ``resume.pt`` (with every rank's RNG states in a data-parallel run)."""
         np_state = np.random.get_state()
-        torch_save({
-            "format": RESUME_FORMAT, "fingerprint": self.fingerprint, "state": self.state,
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "best_weights": self.best_weights,
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                    "python": random.getstate(),
-                    "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]},
-        }, self.out / "resume.pt")
+        rng = {"torch": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+               "python": random.getstate(),
+               "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
+        ranks = self.dist.gather_objects(rng) if self.dist.active else None
+        if self.dist.is_main:
+            saved = {"format": RESUME_FORMAT, "fingerprint": self.fingerprint, "state": self.state,
+                     "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "best_weights": self.best_weights, "rng": rng}
+            if ranks is not None:
+                saved["rng_ranks"] = ranks
+            torch_save(saved, self.out / "resume.pt")
+        self.dist.barrier()
 
     def load_resume(self) -> None:
         """Continue from ``resume.pt``; the outputs written so far are rewritten from it, because a
@@ -200,10 +230,12 @@ class Trainer:
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.best_weights = saved["best_weights"]
-        if self.state["metrics"]:
+        if self.state["metrics"] and self.dist.is_main:
             self.write_metrics()
             self.write_checkpoint()
         rng = saved["rng"]
+        if len(saved.get("rng_ranks") or ()) == self.dist.world_size:
+            rng = saved["rng_ranks"][self.dist.rank]   # same world size: each rank continues its own streams
         torch.set_rng_state(rng["torch"])
         if rng["cuda"]:
             torch.cuda.set_rng_state_all(rng["cuda"])
@@ -230,16 +262,20 @@ class Trainer:
         write_json(self.out / "summary.json", summary)
         return summary
 
-    def run(self) -> dict:
+    def run(self) -> dict | None:
+        """Train to the end; the summary (None on the ranks > 0 of a data-parallel run)."""
         self.out.mkdir(parents=True, exist_ok=True)
         if (self.out / "resume.pt").is_file():
             self.load_resume()
+        self.dist.barrier()    # every rank has read resume.pt before rank 0 may rewrite it
         st = self.state
         started = time.perf_counter()
-        bar = tqdm(total=self.total, initial=st["iteration"], desc=f"train {self.spec['name']}", unit="it")
+        bar = tqdm(total=self.total, initial=st["iteration"], desc=f"train {self.spec['name']}", unit="it",
+                   disable=not self.dist.is_main)
         while st["iteration"] < self.total:
             epoch, start = divmod(st["iteration"], self.per_epoch)
-            for x, y in data.train_loader(self.cfg, self.tc["batch_size"], self.cfg["seed"], epoch, start):
+            for x, y in data.train_loader(self.cfg, self.tc["batch_size"], self.cfg["seed"], epoch, start,
+                                          self.dist.rank, self.dist.world_size):
                 tick = time.perf_counter()
                 st["loss_sum"] += self.step(st["iteration"], x.to(self.device), y.to(self.device))
                 st["loss_count"] += 1
@@ -259,10 +295,26 @@ class Trainer:
                     break
         bar.close()
         st["wall_seconds"] += time.perf_counter() - started
-        summary = self.summarise()
-        (self.out / "resume.pt").unlink(missing_ok=True)
+        summary = None
+        if self.dist.is_main:
+            summary = self.summarise()
+            (self.out / "resume.pt").unlink(missing_ok=True)
+        self.dist.barrier()
         return summary
 
 
-def train(cfg: dict, name: str, out: str | Path) -> dict:
-    return Trainer(cfg, name, out).run()
+def _fingerprint_spec(spec: dict) -> dict:
+    """The spec a resume must match: without the keys that do not change the result
+    (training.distributed_backend) or are at their neutral default (training.amp=false),
+    so resume files and workflow settings from before those keys existed stay valid."""
+    tc = {k: v for k, v in spec["training_config"].items()
+          if k != "distributed_backend" and not (k == "amp" and v is False)}
+    return {**spec, "training_config": tc}
+
+
+def train(cfg: dict, name: str, out: str | Path) -> dict | None:
+    """Train one model; under torchrun every rank calls this, rank 0 returns the summary."""
+    try:
+        return Trainer(cfg, name, out).run()
+    finally:
+        distributed.shutdown()

@@ -1,4 +1,8 @@
-"""``deqrobust train``: train one model of the config into a folder, resuming if it was interrupted."""
+"""``deqrobust train``: train one model of the config into a folder, resuming if it was interrupted.
+
+Launched by ``torchrun --nproc_per_node N -m deqrobust.cli train ...`` it trains data-parallel
+over N processes (deqrobust.distributed); rank 0 writes the outputs and prints the summary.
+"""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +21,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config.load(args.config, args.overrides)
     summary = training.train(cfg, args.model, args.out)
+    if summary is None:     # a rank > 0 of a data-parallel run (torchrun): rank 0 reports
+        return 0
     key = summary["selected_by"]
     print(f"{args.model}: selected epoch {summary['best_epoch']:.2f} ({key} {summary['dev'][key]:.4f}), "
           f"test clean accuracy {summary['test_clean_acc']:.4f}; "
