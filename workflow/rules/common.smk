@@ -375,6 +375,11 @@ def train_settings(wildcards):
     spec = copy.deepcopy(config["models"][wildcards.model])
     training = copy.deepcopy(config["training"])
     training.update(spec.pop("training_overrides", {}) or {})
+    # not a rerun trigger: the backend never changes the result, amp only when on
+    # (so outputs trained before these keys existed stay up to date)
+    training.pop("distributed_backend", None)
+    if training.get("amp") is False:
+        training.pop("amp")
     d = config["data"]
     return _json({**spec, "training": training, "train_subset": d["train_subset"], **_solvers()})
 
@@ -421,6 +426,22 @@ def analysis_settings(wildcards):
 # --------------------------------------------------------------------------------------
 def gpus():
     return 1 if config["require_gpu"] or config["device"].startswith("cuda") else 0
+
+
+# A train job given several GPUs (--set-resources train:gpu=N) runs under torchrun.
+def train_launcher(wildcards, threads, resources):
+    """`deqrobust`, or torchrun with one process per GPU when the job has more than one."""
+    n = int(resources.gpu)
+    if n <= 1:
+        return "deqrobust"
+    return f"torchrun --standalone --nproc_per_node {n} -m deqrobust.cli"
+
+
+def rank_threads(wildcards, threads, resources):
+    """Under torchrun, the job's CPU threads divided among its processes (a later --set wins)."""
+    n = int(resources.gpu)
+    return f" --set threads={max(1, threads // n)}" if n > 1 else ""
+
 
 # Per model scale: (train runtime, evaluation/analysis runtime, mem_mb), minutes and MB.
 _SCALE = {

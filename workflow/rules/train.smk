@@ -1,5 +1,8 @@
 # Train every model of config["models"] (DEQs and deep-network baselines); resumable:
 # an interrupted job leaves <model dir>/resume.pt, which the rerun picks up.
+# A job given several GPUs (e.g. --set-resources train:gpu=4) trains data-parallel:
+# torchrun starts one process per GPU and the job's threads are shared among them
+# (docs/workflow.md, "Multi-GPU training").
 
 
 rule train:
@@ -12,6 +15,8 @@ rule train:
         summary=training_summary(),
     params:
         cli=cli_args,
+        launcher=train_launcher,
+        rank_threads=rank_threads,
         settings=train_settings,
         out=lambda wildcards, output: os.path.dirname(output.checkpoint),
     log:
@@ -24,7 +29,7 @@ rule train:
     conda:
         ENV
     shell:
-        "deqrobust train {params.cli}"
+        "{params.launcher} train {params.cli}{params.rank_threads}"
         " --model {wildcards.model} --out {params.out} > {log} 2>&1"
 
 
