@@ -41,20 +41,35 @@ def test_cell_scores_every_defense_and_state_and_resumes(setup, monkeypatch):
     assert all(len(v) == 6 for v in cell["adversarial"].values())
     assert cell["attacked_state"] == 2 and cell["num_examples"] == 6
     assert not (tmp / "cells" / "a.json.partial").exists()
-    # Interrupted run: the first batch is on disk; resuming must not redo it.
-    partial = tmp / "cells" / "b.json.partial"
-    first = run_cell(cfg, str(tmp / "deq.pt"), "inter", "pgd2", 2, tmp / "cells" / "full.json")
+    # Interrupted after the first batch: the rerun scores only the second one, same result.
     import deqrobust.evaluation as ev
-    calls = []
-    original = ev.score
+    original, calls = ev.score, []
+
+    def score_then_stop(*args):
+        calls.append(1)
+        if len(calls) == 3:                  # clean scoring of the second batch
+            raise KeyboardInterrupt
+        return original(*args)
+
+    monkeypatch.setattr(ev, "score", score_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_cell(cfg, str(tmp / "deq.pt"), "inter", "pgd2", 2, tmp / "cells" / "b.json")
+    assert not (tmp / "cells" / "b.json").exists()
     monkeypatch.setattr(ev, "score", lambda *a: calls.append(1) or original(*a))
-    partial.mkdir(parents=True)
-    ev.torch_save({"clean": {k: torch.tensor(first["clean"][k][:3], dtype=torch.bool) for k in keys},
-                   "adversarial": {k: torch.tensor(first["adversarial"][k][:3], dtype=torch.bool) for k in keys},
-                   "warnings": [], "seconds": 1.0}, partial / "batch-00000.pt")
+    calls.clear()
     resumed = run_cell(cfg, str(tmp / "deq.pt"), "inter", "pgd2", 2, tmp / "cells" / "b.json")
     assert len(calls) == 2                       # clean + adversarial scoring of the second batch only
-    assert resumed["adversarial"] == first["adversarial"] and resumed["clean"] == first["clean"]
+    assert resumed["adversarial"] == cell["adversarial"] and resumed["clean"] == cell["clean"]
+
+
+def test_batches_of_other_settings_are_discarded(setup):
+    cfg, tmp = setup
+    out = tmp / "cells" / "c.json"
+    import deqrobust.evaluation as ev
+    partial = ev._partial_dir(out, {"attack": "something else"})
+    (partial / "batch-00000.pt").write_text("stale")        # would fail to load if reused
+    cell = run_cell(cfg, str(tmp / "deq.pt"), "inter", "pgd2", 2, out)
+    assert cell["num_examples"] == 6 and not partial.exists()
 
 
 def test_merge_builds_tidy_rows_and_worst_case(setup):

@@ -8,6 +8,7 @@ written atomically at the end.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import platform
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from deqrobust.atomic import torch_load, torch_save, write_json
+from deqrobust.atomic import torch_load, torch_save, write_json, write_text
 from deqrobust.attacks import build_attack
 from deqrobust.checkpoint import load_checkpoint
 from deqrobust.config import ConfigError, model_spec, resolve_device
@@ -93,6 +94,27 @@ def load_for_config(cfg: dict, checkpoint: str, device: torch.device) -> tuple[n
     return model, meta
 
 
+def _digest(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _partial_dir(out: Path, settings: dict) -> Path:
+    """The folder of finished batches, emptied when it was made with other settings."""
+    partial = out.with_name(out.name + ".partial")
+    stamp = partial / "settings.json"
+    text = json.dumps(settings, sort_keys=True, default=str)
+    if partial.exists() and (not stamp.exists() or stamp.read_text() != text):
+        shutil.rmtree(partial)
+    if not partial.exists():
+        partial.mkdir(parents=True)
+        write_text(stamp, text)
+    return partial
+
+
 def run_cell(cfg: dict, checkpoint: str, estimator: str, attack: str, state, out: str | Path) -> dict:
     """Attack the test examples and write the cell file (format in docs/architecture.md)."""
     device = resolve_device(cfg)
@@ -107,9 +129,11 @@ def run_cell(cfg: dict, checkpoint: str, estimator: str, attack: str, state, out
     own = own_estimator(cfg, spec) if deq else None
     x, y = _test_examples(cfg)
     out = Path(out)
-    partial = out.with_name(out.name + ".partial")
-    partial.mkdir(parents=True, exist_ok=True)
     size = cfg["evaluation"]["batch_size"]
+    partial = _partial_dir(out, {
+        "checkpoint": _digest(checkpoint), "estimator": cfg["evaluation"]["estimators"].get(estimator),
+        "attack": attack_spec, "state": state, "solver": cfg["solver"], "backward_solver": cfg["backward_solver"],
+        "examples": len(y), "batch_size": size, "seed": cfg["seed"], "test": cfg["data"]["test_subset"]})
     chunks = list(batches(x, y, size))
     for i, (xb, yb) in enumerate(tqdm(chunks, desc=f"{spec['name']} {estimator}@{state or 'final'} {attack}", unit="batch")):
         done = partial / f"batch-{i:05d}.pt"
