@@ -21,14 +21,15 @@ Estimators (config ``{name: ..., params}``; names are registry keys, never parse
 """
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
-from typing import Callable, ClassVar, ContextManager, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, ClassVar, ContextManager
 
 import torch
 from torch import nn
 
 from deqrobust.config import ConfigError
+from deqrobust.speed import options_context
 from deqrobust.solvers import SolverResult, solve
 
 State = int | str | None   # n >= 0, "ensemble", or None for the final state
@@ -47,19 +48,7 @@ State = int | str | None   # n >= 0, "ensemble", or None for the final state
 SPEED = {"skip_zero_products": True, "reuse_last_f": False}
 
 
-@contextmanager
-def speed_options(**flags: bool) -> Iterator[dict]:
-    unknown = set(flags) - set(SPEED)
-    if unknown:
-        raise ValueError(f"unknown estimator speed option {sorted(unknown)[0]!r}; valid options: {', '.join(SPEED)}")
-    saved = dict(SPEED)
-    SPEED.update(flags)
-    try:
-        yield SPEED
-    finally:
-        SPEED.clear()
-        SPEED.update(saved)
-
+speed_options = options_context(SPEED, "estimator")
 
 def weight_scope(deq: nn.Module) -> ContextManager:
     """The model's cached-weights scope (see deqrobust.models.mdeq), or nothing."""

@@ -8,13 +8,13 @@ solver is a small class; the loop, bookkeeping and divergence handling are share
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
 from deqrobust.config import ConfigError
+from deqrobust.speed import options_context
 
 Map = Callable[[torch.Tensor], torch.Tensor]
 TINY = 1e-12
@@ -31,19 +31,7 @@ TINY = 1e-12
 SPEED = {"lean_loop": True, "bmm_broyden": True}
 
 
-@contextmanager
-def speed_options(**flags: bool) -> Iterator[dict]:
-    unknown = set(flags) - set(SPEED)
-    if unknown:
-        raise ValueError(f"unknown solver speed option {sorted(unknown)[0]!r}; valid options: {', '.join(SPEED)}")
-    saved = dict(SPEED)
-    SPEED.update(flags)
-    try:
-        yield SPEED
-    finally:
-        SPEED.clear()
-        SPEED.update(saved)
-
+speed_options = options_context(SPEED, "solver")
 
 def _select(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor, all_true: bool | None = None) -> torch.Tensor:
     """torch.where(mask[:, None], a, b) row-wise; free when the mask is uniform (lean_loop)."""

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from deqrobust.speed import options_context
+
 GROUPS = 8
 EXPANSION = 5  # inner width of the residual block, as a multiple of the branch width
 
@@ -36,19 +38,7 @@ SPEED: dict[str, bool | str] = {"channels_last": "auto", "cache_weights": True, 
 CHANNELS_LAST_SIZES = frozenset({"tiny"})
 
 
-@contextmanager
-def speed_options(**flags: bool | str) -> Iterator[dict]:
-    """Temporarily set speed options (benchmarks and equivalence tests)."""
-    unknown = set(flags) - set(SPEED)
-    if unknown:
-        raise ValueError(f"unknown speed option {sorted(unknown)[0]!r}; valid options: {', '.join(SPEED)}")
-    saved = dict(SPEED)
-    SPEED.update(flags)
-    try:
-        yield SPEED
-    finally:
-        SPEED.clear()
-        SPEED.update(saved)
+speed_options = options_context(SPEED, "model")
 
 
 def _relu(x: torch.Tensor) -> torch.Tensor:
