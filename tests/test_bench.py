@@ -25,14 +25,16 @@ def tiny_settings(**kw) -> bench.Settings:
 
 def test_in_process_sections_run_and_report(capsys):
     s = tiny_settings()
-    report = bench.run(s, ["calibration", "large", "training", "evaluation", "early_stop", "speedups"],
+    report = bench.run(s, ["calibration", "large", "f_cost", "training", "evaluation", "early_stop", "speedups"],
                        echo=print)
     assert report["calibration"]["gflops"] > 0
     rows = report["large"]["rows"]
-    assert set(rows) == {"conv_reference", "f", "forward", "forward_exact_input_grad"}
+    assert set(rows) == {"conv_reference", "f", "forward", "forward_exact_input_grad",
+                         "forward_exact_input_grad, original code"}
     assert rows["forward_exact_input_grad"]["gflop"] > rows["forward"]["gflop"] > rows["f"]["gflop"] > 0
     # 1 (f(z0)) + 3 solver steps + f(z*) + the backward's Jacobian graph
     assert report["large"]["f_applications_forward_grad"] == 1 + 3 + 1 + 1
+    assert report["f_cost"]["sizes"]["mini"]["gflop_per_image"] > 0
     assert set(report["training"]["sizes"]["mini"]) == {"standard", "pgd", "fgsm"}
     assert all(v["images_per_s"] > 0 for v in report["evaluation"]["sizes"]["mini"].values())
     early = report["early_stop"]["sizes"]["mini"]

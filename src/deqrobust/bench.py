@@ -11,14 +11,16 @@ reported. Sections:
   the head) and forward plus input gradient under ``exact`` (7 backward Broyden steps),
   with FLOPs counted by ``FlopCounterMode`` on the same computation, interleaved with the
   calibration convolution;
+- ``f_cost``: one f of each size (``--sizes``), interleaved: seconds, GFLOP, GFLOP/s;
 - ``training``: images/s of one training step (standard, PGD-AT, FGSM-AT) per size;
 - ``evaluation``: images/s of a PGD attack through each estimator at a few states;
 - ``early_stop``: the saving from running the solver only to the attacked state n,
   against the bound (n + K + 1) / (N + K + 1);
 - ``memory``: peak memory of forward plus input gradient per estimator against the
   number of solver steps, one subprocess per configuration;
-- ``threading``: one thread against two, with OpenMP's default (spinning) wait policy
-  and with OMP_WAIT_POLICY=PASSIVE, one subprocess per variant, alternating rounds;
+- ``threading``: one thread against two, with OpenMP's default (spinning) wait policy,
+  with OMP_WAIT_POLICY=PASSIVE and with a short spin (GOMP_SPINCOUNT=10000), one
+  subprocess per variant, alternating rounds;
 - ``speedups``: the speed options of deqrobust.models.mdeq, each switched off against all
   on (A/B), and everything off (the original code) against everything on;
 - ``workflow``: per-rule wall times of a Snakemake run (``--workflow-times``).
@@ -46,7 +48,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-SECTIONS = ("calibration", "large", "threading", "training", "evaluation", "early_stop", "memory", "speedups", "workflow")
+SECTIONS = ("calibration", "large", "f_cost", "threading", "training", "evaluation", "early_stop", "memory", "speedups", "workflow")
 EPS, STEP = 8 / 255, 2 / 255
 
 
@@ -266,9 +268,16 @@ def large(s: Settings, calib: dict) -> dict:
         with torch.no_grad(), deq.cached_weights():
             return deq.f(z1, injection)
 
+    def original(fn):
+        def run():
+            with SpeedScope(speed_variants()["all off (original code)"]):
+                return fn()
+        return run
+
     conv, conv_flops = _reference_conv(s, calib)
     cases = {"conv_reference": conv, "f": one_f, "forward": lambda: forward_only(model, x),
-             "forward_exact_input_grad": lambda: input_gradient(model, x, y)}
+             "forward_exact_input_grad": lambda: input_gradient(model, x, y),
+             "forward_exact_input_grad, original code": original(lambda: input_gradient(model, x, y))}
     flops = {"conv_reference": conv_flops, **{k: count_flops(cases[k]) for k in list(cases)[1:]}}
     with CountCalls(deq) as counter:
         input_gradient(model, x, y)
@@ -285,6 +294,31 @@ def large(s: Settings, calib: dict) -> dict:
             "gflop_per_f_per_image": per_image_f, "f_applications_forward_grad": counter.calls,
             "target_fraction": 0.60, "rows": rows,
             "target_met": rows["forward_exact_input_grad"]["fraction_of_interleaved_conv"] >= 0.60}
+
+
+# ---- cost of one f per size ------------------------------------------------------------------------
+def f_cost(s: Settings) -> dict:
+    cases, flops, info = {}, {}, {}
+    for size in s.sizes:
+        deq = make_model(size)
+        x, _ = make_batch(s.batch)
+        with torch.no_grad():
+            injection = deq.prepare(x)
+            z1 = deq.f(deq.init_state(x), injection)
+
+        def one_f(deq=deq, z1=z1, injection=injection):
+            with torch.no_grad(), deq.cached_weights():
+                return deq.f(z1, injection)
+
+        cases[size] = one_f
+        flops[size] = count_flops(one_f)
+        info[size] = {"parameters": sum(p.numel() for p in deq.parameters()), "state_size": deq.state_size,
+                      "channels_last": deq.channels_last()}
+    times = interleaved(cases, s.repeats)
+    first = s.sizes[0] if s.sizes else None
+    rows = {k: {**info[k], **t, "gflop_per_image": flops[k] / s.batch / 1e9, "gflops": flops[k] / t["median_s"] / 1e9,
+                "time_vs_first": t["median_s"] / times[first]["median_s"]} for k, t in times.items()}
+    return {"batch": s.batch, "sizes": rows}
 
 
 # ---- training ----------------------------------------------------------------------------------
@@ -476,8 +510,9 @@ def memory(s: Settings) -> dict:
 
 
 # ---- threads and OpenMP wait policy ----------------------------------------------------------------
-THREADING_VARIANTS = (("1 thread", 1, None), ("2 threads, OpenMP default wait", 2, None),
-                      ("2 threads, OMP_WAIT_POLICY=PASSIVE", 2, "PASSIVE"))
+THREADING_VARIANTS = (("1 thread", 1, {}), ("2 threads, OpenMP default wait", 2, {}),
+                      ("2 threads, OMP_WAIT_POLICY=PASSIVE", 2, {"OMP_WAIT_POLICY": "PASSIVE"}),
+                      ("2 threads, GOMP_SPINCOUNT=10000", 2, {"GOMP_SPINCOUNT": "10000"}))
 
 
 def threading_probe(args: dict) -> dict:
@@ -511,10 +546,9 @@ def threading(s: Settings) -> dict:
     rounds = 2 if s.quick else 3
     for r in range(rounds):
         k = r % len(THREADING_VARIANTS)
-        for label, threads, policy in THREADING_VARIANTS[k:] + THREADING_VARIANTS[:k]:
+        for label, threads, extra_env in THREADING_VARIANTS[k:] + THREADING_VARIANTS[:k]:
             env = {key: v for key, v in os.environ.items() if key not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-            if policy:
-                env["OMP_WAIT_POLICY"] = policy
+            env.update(extra_env)
             proc = subprocess.run([sys.executable, "-c", code, json.dumps({**args, "threads": threads})],
                                   capture_output=True, text=True, env=env, check=False)
             if proc.returncode == 0:
@@ -703,16 +737,20 @@ def workflow_times(path: str | Path) -> dict:
             logs = [path]
         else:
             logs = sorted((path / ".snakemake" / "log").glob("*.snakemake.log")) or sorted(path.rglob("*.snakemake.log"))
-        parsed = []
-        for log in logs:
+        latest: dict[tuple[str, str], dict] = {}     # a job re-run by a later invocation: its last run counts
+        used = []
+        for log in logs:                              # file names are start times: chronological
             rows = parse_snakemake_log(log.read_text(errors="replace"))
             if rows:
-                parsed = [(log, rows)]   # the latest log with jobs
-        if parsed:
-            log, rows = parsed[-1]
-            jobs = [{"rule": r["rule"], "job": f"{r['jobid']} {r['wildcards']}".strip(), "seconds": r["seconds"],
-                     "status": r["status"]} for r in rows]
-            source = f"snakemake log {log}"
+                used.append(str(log))
+            for r in rows:
+                key = (r["rule"], r["wildcards"])
+                if r["status"] == "done" or key not in latest or latest[key]["status"] != "done":
+                    latest[key] = {"rule": r["rule"], "job": r["wildcards"], "seconds": r["seconds"],
+                                   "status": r["status"], "log": log.name}
+        if used:
+            jobs = list(latest.values())
+            source = f"snakemake logs ({len(used)}: {', '.join(Path(u).name for u in used)})"
     by_rule: dict[str, list[dict]] = defaultdict(list)
     for job in jobs:
         by_rule[job["rule"]].append(job)
@@ -764,6 +802,12 @@ def render(report: dict) -> str:
                            v["fraction_of_calibration"]] for k, v in g["rows"].items()]))
         out.append(f"target: forward + exact input gradient >= 60% of the conv throughput: "
                    f"{'met' if g['target_met'] else 'NOT met'}")
+    if "f_cost" in report:
+        fc = report["f_cost"]
+        rows = [[k, v["parameters"], v["state_size"], v["gflop_per_image"], v["median_s"], v["gflops"], v["time_vs_first"],
+                 v["channels_last"]] for k, v in fc["sizes"].items()]
+        out.append(table(f"one f per size, batch {fc['batch']}", ["size", "parameters", "state", "GFLOP/image",
+                                                                   "median s", "GFLOP/s", "time vs first", "NHWC"], rows))
     if "threading" in report:
         t = report["threading"]
         rows = [[k, v["large_f"], v.get("large_f_vs_1_thread"), v["small_forward_grad"], v.get("small_vs_1_thread"),
