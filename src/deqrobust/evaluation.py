@@ -8,7 +8,6 @@ written atomically at the end.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import platform
@@ -26,7 +25,7 @@ from deqrobust.atomic import torch_load, torch_save, write_json, write_text
 from deqrobust.attacks import build_attack
 from deqrobust.checkpoint import load_checkpoint
 from deqrobust.config import ConfigError, model_spec, resolve_device
-from deqrobust.data import batches, load_split
+from deqrobust.data import batches, load_split, md5_of
 from deqrobust.estimators import DEQLogits, all_state_logits, build_estimator, model_estimator, parse_state
 from deqrobust.models import is_deq
 
@@ -94,14 +93,6 @@ def load_for_config(cfg: dict, checkpoint: str, device: torch.device) -> tuple[n
     return model, meta
 
 
-def _digest(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _partial_dir(out: Path, settings: dict) -> Path:
     """The folder of finished batches, emptied when it was made with other settings."""
     partial = out.with_name(out.name + ".partial")
@@ -131,7 +122,7 @@ def run_cell(cfg: dict, checkpoint: str, estimator: str, attack: str, state, out
     out = Path(out)
     size = cfg["evaluation"]["batch_size"]
     partial = _partial_dir(out, {
-        "checkpoint": _digest(checkpoint), "estimator": cfg["evaluation"]["estimators"].get(estimator),
+        "checkpoint": md5_of(Path(checkpoint)), "estimator": cfg["evaluation"]["estimators"].get(estimator),
         "attack": attack_spec, "state": state, "solver": cfg["solver"], "backward_solver": cfg["backward_solver"],
         "examples": len(y), "batch_size": size, "seed": cfg["seed"], "test": cfg["data"]["test_subset"]})
     chunks = list(batches(x, y, size))
