@@ -3,15 +3,12 @@ from __future__ import annotations
 
 import argparse
 
-from deqrobust.cli import add_config_arguments
+from deqrobust.cli import add_results_arguments
 from deqrobust.config import load
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser)
-    parser.add_argument("--table", required=True, help="tidy table CSV (deqrobust merge)")
-    parser.add_argument("--analysis", nargs="*", default=[], metavar="JSON",
-                        help="fixed-point analyses (deqrobust analyze)")
+    add_results_arguments(parser)
     parser.add_argument("--out", required=True, help="report Markdown to write")
     parser.add_argument("--metrics", help="also write headline accuracies and verdicts to this JSON")
 
