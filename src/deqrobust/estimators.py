@@ -30,9 +30,9 @@ from torch import nn
 
 from deqrobust.config import ConfigError
 from deqrobust.speed import options_context
+from deqrobust.plan import ENSEMBLE, State, parse_state
 from deqrobust.solvers import SolverResult, solve
 
-State = int | str | None   # n >= 0, "ensemble", or None for the final state
 
 # Speed options (docs/performance.md); with every option off the code path is the original.
 # - skip_zero_products: the adjoint iterations start from u = 0, where J^T u = 0: the
@@ -221,20 +221,6 @@ def model_estimator(spec: dict, training_cfg: dict) -> Estimator:
     return Exact()
 
 
-def parse_state(state: State, budget: int) -> State:
-    """Validate an attacked/scored state against the solver budget."""
-    if state is None or state == "final":
-        return None
-    if state == "ensemble":
-        return state
-    if isinstance(state, str) and state.isdigit():
-        state = int(state)
-    if not isinstance(state, int) or not 0 <= state <= budget:
-        raise ConfigError(f"state {state!r} is not valid for a solver budget of {budget}; "
-                          f"valid states: 'final', 'ensemble', 0..{budget}")
-    return state
-
-
 class DEQLogits(nn.Module):
     """Logits of state n of a DEQ under a gradient estimator, as an ordinary module.
 
@@ -279,7 +265,7 @@ class DEQLogits(nn.Module):
                       lambda: weight_scope(deq))
         if self.state is None:
             z = self.estimator.attach(result.z, None, ctx)
-        elif self.state == "ensemble":
+        elif self.state == ENSEMBLE:
             states = [self.estimator.attach(z_n, n + 1, ctx) for n, z_n in enumerate(result.iterates)]
             z = torch.stack(states).mean(dim=0)
         else:

@@ -26,10 +26,9 @@ from deqrobust.attacks import build_attack
 from deqrobust.checkpoint import load_checkpoint
 from deqrobust.config import ConfigError, model_spec, resolve_device
 from deqrobust.data import batches, load_split, md5_of
-from deqrobust.estimators import DEQLogits, all_state_logits, build_estimator, model_estimator, parse_state
+from deqrobust.estimators import DEQLogits, all_state_logits, build_estimator, model_estimator
 from deqrobust.models import is_deq
-
-BASELINE_ESTIMATOR = "autograd"
+from deqrobust.plan import BASELINE_ESTIMATOR, parse_state
 
 
 def _named(section: dict, name: str, kind: str) -> dict:
