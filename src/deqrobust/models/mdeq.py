@@ -8,7 +8,6 @@ of shape (batch, state_size) so that solvers and gradient estimators are model-a
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -16,38 +15,21 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from deqrobust.speed import options_context
+from deqrobust.sizes import SIZES, MDEQSize
 
 GROUPS = 8
 EXPANSION = 5  # inner width of the residual block, as a multiple of the branch width
 
-# Speed options (docs/performance.md). None changes the function the model computes, only
-# how: with every option off the code path is the original one, kept for
-# tests/test_speed_equivalence.py and for the A/B figures of ``deqrobust bench``.
-# - channels_last: the flat state holds each branch in NHWC order, so convolutions run
-#   channels-last (the state is just a vector to the solvers and estimators: norms and
-#   inner products do not see the order). "auto" uses it for the sizes where it measured
-#   faster (CHANNELS_LAST_SIZES); True or False force it;
-# - cache_weights: weight-normed weights computed once per ``cached_weights()`` scope (one
-#   forward of DEQLogits) and grad mode, instead of once per application of f;
-# - inplace: ReLUs and residual additions in place where autograd allows it.
-SPEED: dict[str, bool | str] = {"channels_last": "auto", "cache_weights": True, "inplace": True}
+# How the MDEQ runs fast (docs/performance.md; the original code is the test oracle
+# tests/reference_mdeq.py): ReLUs and residual additions run in place where autograd
+# allows it; weight-normed weights are computed once per ``cached_weights()`` scope and
+# grad mode; and for the sizes in CHANNELS_LAST_SIZES the flat state holds each branch
+# in NHWC order, so convolutions run channels-last (the state is just a vector to the
+# solvers and estimators: norms and inner products do not see the order).
 # Forward + exact input gradient, batch 32, one thread, interleaved A/B: channels-last was
 # 14 % faster for tiny (24-channel branches), 16 % slower for mini, within 2 % for small
 # and large, and f 13 % slower for xl.
 CHANNELS_LAST_SIZES = frozenset({"tiny"})
-
-
-speed_options = options_context(SPEED, "model")
-
-
-def _relu(x: torch.Tensor) -> torch.Tensor:
-    return torch.relu_(x) if SPEED["inplace"] else F.relu(x)
-
-
-def _add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """x + y, in place on x when allowed: x must be a fresh intermediate nobody else holds."""
-    return x.add_(y) if SPEED["inplace"] else x + y
 
 
 def _weight(conv: nn.Conv2d) -> torch.Tensor:
@@ -68,28 +50,6 @@ def _weight(conv: nn.Conv2d) -> torch.Tensor:
 
 def _conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return conv._conv_forward(x, _weight(conv), conv.bias)
-
-
-@dataclass(frozen=True)
-class MDEQSize:
-    channels: tuple[int, ...]
-    head_channels: tuple[int, ...]
-    final_width: int
-    dropout: float
-    downsample: int = 0   # stride-2 stem convolutions before the equilibrium layer
-
-
-SIZES: dict[str, MDEQSize] = {
-    # Ours, for CPU profiles: two narrow branches on a stride-2 stem (16x16 and 8x8 states),
-    # about 6x fewer FLOPs per f than tiny.
-    "mini": MDEQSize((16, 32), (8, 16), 128, 0.0, downsample=1),
-    # Ours, for CPU work: two branches of 24 channels (like locuslab's TINY).
-    "tiny": MDEQSize((24, 24), (8, 16), 200, 0.0),
-    # Ours, a four-branch model small enough for CPU training in minutes.
-    "small": MDEQSize((16, 32, 64, 128), (8, 16, 32, 64), 400, 0.1),
-    "large": MDEQSize((32, 64, 128, 256), (14, 28, 56, 112), 1680, 0.22),
-    "xl": MDEQSize((72, 144, 288, 576), (20, 40, 80, 160), 1800, 0.22),
-}
 
 
 def size_by_name(name: str) -> MDEQSize:
@@ -135,12 +95,12 @@ class ResidualBlock(nn.Module):
         self.drop = VariationalDropout2d(dropout)
 
     def forward(self, z: torch.Tensor, injection: torch.Tensor | None) -> torch.Tensor:
-        out = _relu(self.gn1(_conv(self.conv1, z)))
+        out = torch.relu_(self.gn1(_conv(self.conv1, z)))
         out = self.drop(_conv(self.conv2, out))
         if injection is not None:
-            out = _add(out, injection)
-        out = _add(self.gn2(out), z)
-        return self.gn3(_relu(out))
+            out = out.add_(injection)          # in place: fresh intermediates nobody else holds
+        out = self.gn2(out).add_(z)
+        return self.gn3(torch.relu_(out))
 
 
 def downsample(channels: tuple[int, ...], src: int, dst: int) -> nn.Sequential:
@@ -187,16 +147,12 @@ class MultiscaleLayer(nn.Module):
         blocks = [block(z, injection if i == 0 else None) for i, (block, z) in enumerate(zip(self.blocks, zs))]
         fused = []
         for i, row in enumerate(self.fuse):
-            if not (SPEED["inplace"] or SPEED["cache_weights"]):
-                total = sum(layer(blocks[j]) for j, layer in enumerate(row))
-                fused.append(self.post[i](total))
-                continue
             parts = [layer(blocks[j]) for j, layer in enumerate(row)]
             total = parts[0] + parts[1] if len(parts) > 1 else parts[0]   # a fresh tensor (never blocks[i] itself)
             for part in parts[2:]:
-                total = _add(total, part)
+                total = total.add_(part)
             relu, conv, norm = self.post[i]
-            total = _relu(total) if len(parts) > 1 else F.relu(total)
+            total = torch.relu_(total) if len(parts) > 1 else F.relu(total)
             fused.append(norm(_conv(conv, total)))
         return fused
 
@@ -287,7 +243,7 @@ class MDEQ(nn.Module):
         Open it around one forward (solve, estimator graph and head; DEQLogits does) and
         never across an optimizer step. Nested scopes share the outermost cache.
         """
-        if not SPEED["cache_weights"] or self.__dict__.get("_cache_depth", 0):
+        if self.__dict__.get("_cache_depth", 0):
             self.__dict__["_cache_depth"] = self.__dict__.get("_cache_depth", 0) + 1
             try:
                 yield
@@ -313,9 +269,8 @@ class MDEQ(nn.Module):
         return injection
 
     def channels_last(self) -> bool:
-        """Whether the flat state is in per-branch NHWC order (SPEED['channels_last'])."""
-        flag = SPEED["channels_last"]
-        return self.size_name in CHANNELS_LAST_SIZES if flag == "auto" else bool(flag)
+        """Whether the flat state is in per-branch NHWC order (the sizes where that measured faster)."""
+        return self.size_name in CHANNELS_LAST_SIZES
 
     def memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.channels_last() else torch.contiguous_format
@@ -324,7 +279,7 @@ class MDEQ(nn.Module):
         return x.new_zeros(x.shape[0], self.state_size)
 
     def split(self, z: torch.Tensor) -> list[torch.Tensor]:
-        """Per-branch NCHW tensors from the flat state (channels-last views when SPEED says so)."""
+        """Per-branch NCHW tensors from the flat state (channels-last views when ``channels_last()``)."""
         sizes = [c * h * w for c, h, w in self.shapes]
         if self.channels_last():
             return [part.unflatten(1, (h, w, c)).permute(0, 3, 1, 2) for part, (c, h, w) in zip(z.split(sizes, dim=1), self.shapes)]
