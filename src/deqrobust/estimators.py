@@ -29,26 +29,16 @@ import torch
 from torch import nn
 
 from deqrobust.config import ConfigError
-from deqrobust.speed import options_context
 from deqrobust.plan import ENSEMBLE, State, parse_state
 from deqrobust.solvers import SolverResult, solve
 
 
-# Speed options (docs/performance.md); with every option off the code path is the original.
-# - skip_zero_products: the adjoint iterations start from u = 0, where J^T u = 0: the
-#   backward solve of ``exact`` is given f(0) = a and the lockstep adjoint starts at u_1 = a
-#   (one Jacobian graph and product fewer per backward, bit-identical results);
-# - reuse_last_f: the solver's last application of f (on the budget's last step) is built
-#   with the graph to x and the parameters, and the estimator's first f(z) takes it when z
-#   is that iterate (one application of f fewer per forward; identical values; it needs
-#   solvers' lean_loop, whose iterates are the tensors f saw). Off by default:
-#   tests/test_estimators.py counts the applications of f of the original path.
+# The adjoint iterations start at u = 0, where J^T u = 0, so they skip that product: the
+# backward solve of ``exact`` is given f(0) = a and the lockstep adjoint starts at u_1 = a
+# (the original code, which computes it, is the test oracle tests/reference_estimators.py).
 # One forward of DEQLogits (and each lockstep backward) runs inside the model's
-# ``cached_weights()`` scope if it has one; the model's own option decides what it caches.
-SPEED = {"skip_zero_products": True, "reuse_last_f": False}
+# ``cached_weights()`` scope if it has one.
 
-
-speed_options = options_context(SPEED, "estimator")
 
 def weight_scope(deq: nn.Module) -> ContextManager:
     """The model's cached-weights scope (see deqrobust.models.mdeq), or nothing."""
@@ -112,8 +102,7 @@ class Exact(Estimator):
     def attach(self, z, n, ctx):
         def adjoint(a: torch.Tensor) -> torch.Tensor:
             vjp = _vjp_at(ctx.f_detached, z)
-            known = a if SPEED["skip_zero_products"] else None     # f(0) = J^T 0 + a = a
-            return solve(ctx.backward_solver, lambda u: vjp(u) + a, torch.zeros_like(a), f_z0=known).z
+            return solve(ctx.backward_solver, lambda u: vjp(u) + a, torch.zeros_like(a), f_z0=a).z   # f(0) = a
 
         return _RewriteGrad.apply(ctx.f(z), adjoint)
 
@@ -171,11 +160,9 @@ class Adjoint(Estimator):
             states = [ctx.z0] + ctx.result.iterates[: max(steps - 1, 0)]
 
             def lockstep(a: torch.Tensor) -> torch.Tensor:
-                u, todo = torch.zeros_like(a), states
-                if SPEED["skip_zero_products"]:
-                    u, todo = a, states[1:]        # u_1 = J^T 0 + a = a
+                u = a                       # u_1 = J^T 0 + a
                 with ctx.scope():
-                    for z_j in todo:    # one Jacobian product per forward step, one graph alive at a time
+                    for z_j in states[1:]:    # one Jacobian product per forward step, one graph alive at a time
                         u = _vjp_at(ctx.f_detached, z_j)(u) + a
                 return u
 
@@ -254,14 +241,11 @@ class DEQLogits(nn.Module):
         budget = int(self.solver.get("budget", 8))
         steps = self.state if isinstance(self.state, int) else budget
         keep = self.state is not None or self.estimator.needs_iterates
-        solver_f, attached_f = lambda z: deq.f(z, detached), lambda z: deq.f(z, injection)
-        if SPEED["reuse_last_f"]:
-            solver_f, attached_f = _reusing_last_f(deq, injection, detached, steps + 1)
         if steps > 0:
-            result = solve({**self.solver, "budget": steps}, solver_f, z0, keep_iterates=keep)
+            result = solve({**self.solver, "budget": steps}, lambda z: deq.f(z, detached), z0, keep_iterates=keep)
         else:
             result = _empty_result(z0)
-        ctx = Context(attached_f, lambda z: deq.f(z, detached), result, z0, self.backward_solver,
+        ctx = Context(lambda z: deq.f(z, injection), lambda z: deq.f(z, detached), result, z0, self.backward_solver,
                       lambda: weight_scope(deq))
         if self.state is None:
             z = self.estimator.attach(result.z, None, ctx)
@@ -274,42 +258,6 @@ class DEQLogits(nn.Module):
         if self.jac_probes and self.training and torch.is_grad_enabled():
             self.stats["jac_loss"] = jacobian_penalty(lambda s: deq.f(s, injection), result.z, self.jac_probes)
         return deq.head(z)
-
-
-def _reusing_last_f(deq: nn.Module, injection: torch.Tensor, detached: torch.Tensor, last_call: int):
-    """(solver's f, estimator's f) sharing the solver's last application of f.
-
-    With grad enabled the call numbered ``last_call`` (f(z_0) is call 1, so the budget's
-    last step is call steps + 1) is built with the graph to x and the parameters and handed
-    to the solver detached; without grad every call is remembered. The estimator's f takes
-    the remembered output, once, when it is asked for f of that very iterate (identity, not
-    equality: a diverged sample swaps the iterate and falls back to a fresh application).
-    """
-    grad = torch.is_grad_enabled()
-    memo: dict = {}
-    calls = 0
-
-    def solver_f(z: torch.Tensor) -> torch.Tensor:
-        nonlocal calls
-        calls += 1
-        if grad and calls == last_call:
-            with torch.enable_grad():
-                out = deq.f(z, injection)
-            memo.update(z=z, out=out)
-            return out.detach()
-        out = deq.f(z, detached)
-        if not grad:
-            memo.update(z=z, out=out)
-        return out
-
-    def attached_f(z: torch.Tensor) -> torch.Tensor:
-        if memo.get("z") is z:
-            out = memo["out"]
-            memo.clear()
-            return out
-        return deq.f(z, injection)
-
-    return solver_f, attached_f
 
 
 def _empty_result(z0: torch.Tensor) -> SolverResult:

@@ -14,34 +14,21 @@ from typing import Callable
 import torch
 
 from deqrobust.config import ConfigError
-from deqrobust.speed import options_context
 
 Map = Callable[[torch.Tensor], torch.Tensor]
 TINY = 1e-12
+# The original, slower code of the loop and of Broyden's products is the test oracle
+# tests/reference_solvers.py; docs/performance.md says what each change bought.
 
-# Speed options (docs/performance.md); with both off the code path is the original one.
-# - lean_loop: skip the per-sample torch.where selections when every sample takes the same
-#   branch (all active, none diverged, all improved: the common case), drop the finiteness
-#   scan of z_next (a non-finite z_n always gives a non-finite residual, which is checked),
-#   and allocate Broyden's factors uninitialised (only the filled columns are ever read);
-# - bmm_broyden: store Broyden's U as [B, m, D] and form both low-rank products as
-#   row-vector times matrix batched products, [B,1,D] @ [B,D,m] then [B,1,m] @ [B,m,D]
-#   (the einsums over [B, D, m], and bmm(VT, x[..., None]), run as slow batched GEMVs:
-#   9 ms against 1.3 ms for one DEQ-Large product on one thread).
-SPEED = {"lean_loop": True, "bmm_broyden": True}
-
-
-speed_options = options_context(SPEED, "solver")
 
 def _select(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor, all_true: bool | None = None) -> torch.Tensor:
-    """torch.where(mask[:, None], a, b) row-wise; free when the mask is uniform (lean_loop)."""
-    if SPEED["lean_loop"]:
-        if all_true is None:
-            all_true = bool(mask.all())
-        if all_true:
-            return a
-        if not bool(mask.any()):
-            return b
+    """torch.where(mask[:, None], a, b) row-wise; free when the mask is uniform (the common case)."""
+    if all_true is None:
+        all_true = bool(mask.all())
+    if all_true:
+        return a
+    if not bool(mask.any()):
+        return b
     return torch.where(mask[:, None] if a.dim() == 2 else mask, a, b)
 
 
@@ -84,55 +71,45 @@ class Broyden:
 
     def __init__(self, z0: torch.Tensor, budget: int):
         b, d = z0.shape
-        self.rows = SPEED["bmm_broyden"]     # U stored transposed, as [B, m, D]
-        new = z0.new_empty if SPEED["lean_loop"] else z0.new_zeros
-        self.U = new(b, budget, d) if self.rows else new(b, d, budget)
-        self.VT = new(b, budget, d)
+        # U is stored transposed, as [B, m, D], and both low-rank products are row-vector
+        # times matrix batched products: einsums over [B, D, m] run as slow batched GEMVs.
+        # Uninitialised: only the filled rows are ever read.
+        self.U = z0.new_empty(b, budget, d)
+        self.VT = z0.new_empty(b, budget, d)
         self.rank = 0
 
     def _matvec(self, x: torch.Tensor) -> torch.Tensor:   # B x
-        if self.rows:
-            if self.rank == 0:
-                return -x
-            UT, VT = self.U[:, : self.rank], self.VT[:, : self.rank]
-            coef = torch.bmm(x.unsqueeze(1), VT.transpose(1, 2))      # [B, 1, m]: row times matrix, not bmm(VT, x)
-            return torch.baddbmm(x.unsqueeze(1), coef, UT, beta=-1).squeeze(1)
-        U, VT = self.U[..., : self.rank], self.VT[:, : self.rank]
-        return -x + torch.einsum("bdm,bm->bd", U, torch.einsum("bmd,bd->bm", VT, x))
+        if self.rank == 0:
+            return -x
+        UT, VT = self.U[:, : self.rank], self.VT[:, : self.rank]
+        coef = torch.bmm(x.unsqueeze(1), VT.transpose(1, 2))      # [B, 1, m]: row times matrix, not bmm(VT, x)
+        return torch.baddbmm(x.unsqueeze(1), coef, UT, beta=-1).squeeze(1)
 
     def _rmatvec(self, x: torch.Tensor) -> torch.Tensor:  # x^T B
-        if self.rows:
-            if self.rank == 0:
-                return -x
-            UT, VT = self.U[:, : self.rank], self.VT[:, : self.rank]
-            coef = torch.bmm(x.unsqueeze(1), UT.transpose(1, 2))      # [B, 1, m]
-            return torch.baddbmm(x.unsqueeze(1), coef, VT, beta=-1).squeeze(1)
-        U, VT = self.U[..., : self.rank], self.VT[:, : self.rank]
-        return -x + torch.einsum("bm,bmd->bd", torch.einsum("bd,bdm->bm", x, U), VT)
+        if self.rank == 0:
+            return -x
+        UT, VT = self.U[:, : self.rank], self.VT[:, : self.rank]
+        coef = torch.bmm(x.unsqueeze(1), UT.transpose(1, 2))      # [B, 1, m]
+        return torch.baddbmm(x.unsqueeze(1), coef, VT, beta=-1).squeeze(1)
 
     def propose(self, z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         return z - self._matvec(g)
 
     def observe(self, z, g, z_next, g_next, active) -> None:
-        if self.rank >= self.U.shape[-1]:
+        if self.rank >= self.U.shape[1]:
             return
         dz, dg = z_next - z, g_next - g
         vT = self._rmatvec(dz)
         denom = (vT * dg).sum(dim=1, keepdim=True)
         ok = active[:, None] & (denom.abs() > TINY) & torch.isfinite(denom)
         u = torch.where(ok, (dz - self._matvec(dg)) / torch.where(ok, denom, torch.ones_like(denom)), 0.0)
-        if self.rows:
-            self.U[:, self.rank] = u
-        else:
-            self.U[..., self.rank] = u
+        self.U[:, self.rank] = u
         self.VT[:, self.rank] = torch.where(ok, vT, 0.0)
         self.rank += 1
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(U [B, D, m], VT [B, m, D]); U may be a transposed view."""
-        if self.rows:
-            return self.U[:, : self.rank].transpose(1, 2), self.VT[:, : self.rank]
-        return self.U[..., : self.rank], self.VT[:, : self.rank]
+        """(U [B, D, m], VT [B, m, D]); U is a transposed view."""
+        return self.U[:, : self.rank].transpose(1, 2), self.VT[:, : self.rank]
 
 
 class Anderson:
@@ -201,20 +178,16 @@ def solve(spec: dict, f: Map, z0: torch.Tensor, keep_iterates: bool = False,
     rel_trace = z0.new_full((batch, budget), float("inf"))
     abs_trace = z0.new_full((batch, budget), float("inf"))
     iterates: list[torch.Tensor] = []
-    lean = SPEED["lean_loop"]
     for n in range(budget):
-        all_active = bool(active.all()) if lean else None
+        all_active = bool(active.all())
         z_next = _select(active, rule.propose(z, g), z, all_active)
         g_next = _select(active, f(z_next) - z_next, g, all_active)
         abs_res = g_next.norm(dim=1)
         rel_res = abs_res / ((g_next + z_next).norm(dim=1) + TINY)
-        if lean:   # a non-finite entry of z_next always makes rel_res non-finite
-            bad = active & ~torch.isfinite(rel_res)
-        else:
-            bad = active & ~(torch.isfinite(rel_res) & torch.isfinite(z_next).all(dim=1))
+        bad = active & ~torch.isfinite(rel_res)   # a non-finite entry of z_next always makes rel_res non-finite
         diverged |= bad
         # A diverging sample stops at its last finite state; its residual this step is inf.
-        if not lean or bool(bad.any()):
+        if bool(bad.any()):
             z_next = torch.where(bad[:, None], z, z_next)
             g_next = torch.where(bad[:, None], g, g_next)
             rel_res = torch.where(bad, float("inf"), rel_res)
