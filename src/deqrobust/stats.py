@@ -74,7 +74,11 @@ class Comparison:
 
     def distance(self, x: float) -> str:
         """A distance from the null (an MDE, the smallest effect that matters)."""
-        return f"{100 * x:.1f} points" if self.effect == DIFFERENCE else f"{x:.3f} (A = {self.null + (x if self.alternative == 'greater' else -x):.3f})"
+        if not np.isfinite(x):
+            return "infinite (nothing is detectable at this n)"
+        if self.effect == DIFFERENCE:
+            return f"{100 * x:.1f} points"
+        return f"{x:.3f} (A = {self.null + (x if self.alternative == 'greater' else -x):.3f})"
 
     def summary(self) -> str:
         """'exact McNemar (greater): b=12, c=3, n=300 ...; p = 0.018 (Holm over 2: 0.035); ...'."""
