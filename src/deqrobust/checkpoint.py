@@ -16,7 +16,8 @@ from deqrobust.config import ConfigError
 from deqrobust.models import build_model
 
 FORMAT = "deqrobust-checkpoint/1"
-SPEC_KEYS = ("arch", "size", "width", "training", "grad", "name")
+SPEC_KEYS = ("arch", "size", "width", "training", "grad", "name",
+             "source")   # source: where an imported checkpoint came from (deqrobust.authors)
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module | dict, spec: dict, epoch: float, metrics: dict,

@@ -1,0 +1,54 @@
+"""``deqrobust import``: a checkpoint of the authors' training code as one of ours (deqrobust.authors).
+
+The module is named after its command (cli.py imports ``deqrobust.commands.<command>``).
+"""
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """\
+SOURCE is a file the authors' MDEQ-Vision training wrote (either training folder of
+minicheshire/DEQ-White-Box-Robustness): checkpoint_<epoch>.pth.tar, model_best.pth.tar or
+final_state.pth.tar, with or without the "module." prefix of DataParallel. LARGE or XL is
+read from the tensors. Nothing in the file is executed: it is loaded with
+torch.load(weights_only=True), and a file that needs more is refused, naming what it asks
+for. Every tensor must map onto our MDEQ exactly once with our shape; a missing, extra or
+misshapen tensor is refused by name.
+
+--grad and --training are not in the file and are not guessed: --grad is the gradient
+mode the model was trained with (the training folder: deq-exact-trained -> exact,
+deq-unrolling-trained -> unroll); it decides the model's own output (exact: h(f(z*));
+unroll: h of the damped unroll of the config's training.unroll). --training is standard
+or pgd (PGD-AT).
+
+OUT is a deqrobust checkpoint (the spec records the size, --training, --grad, --name and
+the source: file, md5, layout, prefix and the file's epoch/perf when it has them). Every
+command that takes --checkpoint reads it, e.g.:
+  deqrobust evaluate -c config/config.yaml --checkpoint OUT --estimator exact --attack pgd10 --out cell.json
+  deqrobust analyze  -c config/config.yaml --checkpoint OUT --out analysis.json
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from deqrobust.authors import GRADS, TRAININGS
+
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EPILOG
+    parser.add_argument("source", metavar="SOURCE", help="the authors' checkpoint file (.pth.tar)")
+    parser.add_argument("--grad", required=True, choices=GRADS, help="gradient mode the model was trained with")
+    parser.add_argument("--training", required=True, choices=TRAININGS, help="standard training or PGD-AT")
+    parser.add_argument("--out", required=True, metavar="OUT", help="deqrobust checkpoint to write (e.g. checkpoint.pt)")
+    parser.add_argument("--name", default="imported",
+                        help="model name in the spec and in every result (default: imported); a model name of the "
+                             "config makes evaluation use that model's training section")
+
+
+def run(args: argparse.Namespace) -> int:
+    from deqrobust.authors import import_checkpoint
+
+    spec = import_checkpoint(args.source, args.out, args.grad, args.training, args.name)
+    source = spec["source"]
+    extra = "".join(f", {key} {source[key]}" for key in ("epoch", "perf") if key in source)
+    print(f"{args.out}: MDEQ-{spec['size'].upper()} ({spec['training']}, grad {spec['grad']}, name {spec['name']}) "
+          f"from {source['file']} (md5 {source['md5']}, {source['layout']}{extra})")
+    return 0
