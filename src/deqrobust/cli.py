@@ -16,6 +16,7 @@ COMMANDS = {
     "data": "download or import CIFAR-10, verify it and carve the development split",
     "models": "list every model size with its parameter count and state size",
     "train": "train one model of the config (standard, PGD-AT or FGSM-AT), resumable",
+    "import": "import a checkpoint trained with the authors' code (their MDEQ-LARGE/XL) instead of training",
     "select-exit": "choose the early-exit state of a DEQ by PGD robust accuracy on the dev split",
     "evaluate": "run one cell of the estimator x attack matrix on one checkpoint, resumable",
     "merge": "merge evaluation cells into the tidy robustness table",
