@@ -23,7 +23,6 @@ COMMANDS = {
     "analyze": "fixed-point analysis: residual traces and per-state accuracy, clean and adversarial",
     "figures": "figures and tables from the merged results",
     "report": "the reproduction report: each claim of the paper against the measured figures",
-    "bench": "benchmarks of the DEQ core, printed and written as JSON",
 }
 
 

@@ -1,4 +1,6 @@
-"""Benchmarks of the DEQ core: ``deqrobust bench`` (method and figures: docs/performance.md).
+"""Benchmarks of the DEQ core: ``python benchmarks/bench.py --help`` (method and figures:
+docs/performance.md; how to run: benchmarks/README.md). A tool beside the library: it
+imports ``deqrobust`` and times the product code as the workflow runs it.
 
 Other jobs share this machine's cores, so no figure is an absolute on its own: every
 measurement is taken in the same run as its reference, interleaved with it (round robin,
@@ -12,43 +14,58 @@ reported. Sections:
   with FLOPs counted by ``FlopCounterMode`` on the same computation, interleaved with the
   calibration convolution;
 - ``f_cost``: one f of each size (``--sizes``), interleaved: seconds, GFLOP, GFLOP/s;
-- ``training``: images/s of one training step (standard, PGD-AT, FGSM-AT) per size;
+- ``training``: images/s of ``deqrobust.training.Trainer.step`` (standard, PGD-AT, FGSM-AT)
+  per size, on a synthetic dataset and config;
 - ``evaluation``: images/s of a PGD attack through each estimator at a few states;
 - ``early_stop``: the saving from running the solver only to the attacked state n,
   against the bound (n + K + 1) / (N + K + 1);
 - ``memory``: peak memory of forward plus input gradient per estimator against the
-  number of solver steps, one subprocess per configuration;
+  number of solver steps, one subprocess per configuration (``memory_probe``);
 - ``threading``: one thread against two, with OpenMP's default (spinning) wait policy,
   with OMP_WAIT_POLICY=PASSIVE and with a short spin (GOMP_SPINCOUNT=10000), one
-  subprocess per variant, alternating rounds;
-- ``speedups``: the speed options of deqrobust.models.mdeq, each switched off against all
-  on (A/B), and everything off (the original code) against everything on;
+  subprocess per variant, alternating rounds (``threading_probe``);
 - ``workflow``: per-rule wall times of a Snakemake run (``--workflow-times``).
 
 Every solve here uses tolerance 0, so it runs its whole budget: the cost does not depend
 on whether a random-weight model happens to converge (PGD-trained DEQs mostly do not).
+A subprocess probe is this script run again as ``bench.py --probe NAME ARGS_JSON``.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import io
+import itertools
 import json
 import os
+import pickle
 import platform
 import re
 import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 
-SECTIONS = ("calibration", "large", "f_cost", "threading", "training", "evaluation", "early_stop", "memory", "speedups", "workflow")
+from deqrobust import config, data
+from deqrobust.atomic import write_json
+from deqrobust.attacks.pgd import pgd
+from deqrobust.estimators import DEQLogits, build_estimator
+from deqrobust.models.mdeq import MDEQ
+from deqrobust.training import Trainer
+
+SECTIONS = ("calibration", "large", "f_cost", "threading", "training", "evaluation", "early_stop", "memory", "workflow")
 EPS, STEP = 8 / 255, 2 / 255
 
 
@@ -224,9 +241,7 @@ def _reference_conv(s: Settings, calib: dict) -> tuple[Callable[[], object], int
 
 
 # ---- models and steps ------------------------------------------------------------------------
-def make_model(size: str, train: bool = False, seed: int = 0):
-    from deqrobust.models.mdeq import MDEQ
-
+def make_model(size: str, train: bool = False, seed: int = 0) -> MDEQ:
     torch.manual_seed(seed)
     deq = MDEQ(size)
     return deq.train(train)
@@ -237,9 +252,7 @@ def make_batch(batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.rand(batch, 3, 32, 32, generator=gen), torch.randint(0, 10, (batch,), generator=gen)
 
 
-def logits_module(deq, spec: dict, state, s: Settings, budget: int | None = None):
-    from deqrobust.estimators import DEQLogits, build_estimator
-
+def logits_module(deq, spec: dict, state, s: Settings, budget: int | None = None) -> DEQLogits:
     return DEQLogits(deq, build_estimator(spec), state, s.solver(budget), s.backward_solver())
 
 
@@ -268,16 +281,9 @@ def large(s: Settings, calib: dict) -> dict:
         with torch.no_grad(), deq.cached_weights():
             return deq.f(z1, injection)
 
-    def original(fn):
-        def run():
-            with SpeedScope(speed_variants()["all off (original code)"]):
-                return fn()
-        return run
-
     conv, conv_flops = _reference_conv(s, calib)
     cases = {"conv_reference": conv, "f": one_f, "forward": lambda: forward_only(model, x),
-             "forward_exact_input_grad": lambda: input_gradient(model, x, y),
-             "forward_exact_input_grad, original code": original(lambda: input_gradient(model, x, y))}
+             "forward_exact_input_grad": lambda: input_gradient(model, x, y)}
     flops = {"conv_reference": conv_flops, **{k: count_flops(cases[k]) for k in list(cases)[1:]}}
     with CountCalls(deq) as counter:
         input_gradient(model, x, y)
@@ -322,40 +328,60 @@ def f_cost(s: Settings) -> dict:
 
 
 # ---- training ----------------------------------------------------------------------------------
-def train_step(deq, optimizer, x, y, mode: str, s: Settings, gen: torch.Generator) -> float:
-    """One training step as deqrobust.training.Trainer.step takes it (exact gradient, no
-    Jacobian regularisation): the attack in eval mode through the same DEQLogits, then
-    the loss on the adversarial batch only."""
-    from deqrobust.attacks.pgd import pgd
+TRAINING_MODES = ("standard", "pgd", "fgsm")
 
-    net = logits_module(deq, {"name": "exact"}, None, s)
-    if mode != "standard":
-        net.eval()
-        steps, step = (s.train_pgd_steps, STEP) if mode == "pgd" else (1, 10 / 255)
-        x = pgd(net, x, y, EPS, step, steps, generator=gen).detach()
-    net.train()
-    loss = F.cross_entropy(net(x), y)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.item()
+
+def synthetic_archive(path: Path, per_batch: int) -> Path:
+    """An archive in CIFAR-10's official layout holding random images: a Trainer needs a
+    prepared dataset, and no timing depends on the pixels."""
+    rng = np.random.default_rng(0)
+    batches = {name: {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                      b"labels": rng.integers(0, 10, per_batch).tolist()} for name in (*data.TRAIN_BATCHES, "test_batch")}
+    batches["batches.meta"] = {b"label_names": [f"class {i}".encode() for i in range(10)]}
+    with tarfile.open(path, "w:gz") as tar:
+        for name, batch in batches.items():
+            raw = pickle.dumps(batch, protocol=2)
+            info = tarfile.TarInfo(f"{data.FOLDER}/{name}")
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+    return path
+
+
+def synthetic_trainers(folder: Path, size: str, s: Settings) -> dict[str, Trainer]:
+    """One ``Trainer`` per training mode of a synthetic config: exact gradient, no
+    pretraining and no Jacobian regularisation, the schema's attack settings otherwise."""
+    folder.mkdir(parents=True, exist_ok=True)
+    archive = synthetic_archive(folder / "cifar.tar.gz", per_batch=4)
+    cfg = {"profile": "bench", "device": "cpu", "threads": s.threads, "seed": 0,
+           "data": {"root": str(folder / "data"), "archive": str(archive), "allow_md5_mismatch": True, "dev_size": 2},
+           "solver": s.solver(), "backward_solver": s.backward_solver(),
+           "models": {f"deq-{mode}": {"arch": "mdeq", "size": size, "training": mode, "grad": "exact"}
+                      for mode in TRAINING_MODES},
+           "training": {"batch_size": s.batch, "pretrain_iters": 0, "jac_reg": {"weight": 0.0},
+                        "adv": {"steps": s.train_pgd_steps}}}
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cfg = config.load(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", data.DataWarning)     # the synthetic archive is not the official one
+        data.prepare(cfg)
+    return {mode: Trainer(cfg, f"deq-{mode}", folder / mode) for mode in TRAINING_MODES}
 
 
 def training(s: Settings) -> dict:
-    out = {}
-    for size in s.sizes:
-        x, y = make_batch(s.batch)
-        cases = {}
-        for mode in ("standard", "pgd", "fgsm"):
-            deq = make_model(size, train=True)
-            opt = torch.optim.Adam(deq.parameters(), lr=1e-4)
-            gen = torch.Generator().manual_seed(0)
-            cases[mode] = (lambda deq=deq, opt=opt, gen=gen, mode=mode: train_step(deq, opt, x, y, mode, s, gen))
-        times = interleaved(cases, s.repeats)
-        base = times["standard"]["median_s"]
-        out[size] = {k: {**t, "images_per_s": s.batch / t["median_s"], "time_vs_standard": t["median_s"] / base}
-                     for k, t in times.items()}
-    return {"batch": s.batch, "grad": "exact", "pgd_steps": s.train_pgd_steps, "fgsm_step_255": 10, "sizes": out}
+    out, adv = {}, {}
+    with tempfile.TemporaryDirectory(prefix="deqrobust-bench-") as tmp:
+        for size in s.sizes:
+            trainers = synthetic_trainers(Path(tmp) / size, size, s)
+            x, y = make_batch(s.batch)
+            cases = {mode: (lambda t=t, it=itertools.count(): t.step(next(it), x, y)) for mode, t in trainers.items()}
+            times = interleaved(cases, s.repeats)
+            base = times["standard"]["median_s"]
+            out[size] = {k: {**t, "images_per_s": s.batch / t["median_s"], "time_vs_standard": t["median_s"] / base}
+                         for k, t in times.items()}
+            adv = trainers["pgd"].tc["adv"]
+    return {"step": "deqrobust.training.Trainer.step", "batch": s.batch, "grad": "exact", "pgd_steps": adv.get("steps"),
+            "fgsm_step_255": adv.get("fgsm_step_255"), "sizes": out}
 
 
 # ---- evaluation --------------------------------------------------------------------------------
@@ -373,8 +399,6 @@ def estimator_cases(s: Settings) -> list[tuple[str, dict, object]]:
 
 
 def evaluation(s: Settings) -> dict:
-    from deqrobust.attacks.pgd import pgd
-
     out = {}
     for size in s.sizes:
         deq = make_model(size)
@@ -394,51 +418,34 @@ def evaluation(s: Settings) -> dict:
 # ---- attacking state n: the saving from stopping the solve ---------------------------------------
 def early_stop(s: Settings) -> dict:
     """Attack step (forward + input gradient) and forward alone at state n against the
-    final state, under the default speed options and with ``reuse_last_f`` added."""
-    from deqrobust import estimators
-
+    final state."""
     k, n_full = s.unroll_k, s.budget
     spec = {"name": "intermediate", "lam": 0.5, "k": k}
-    variants = {"defaults": False, "reuse_last_f": True}
     out = {}
     for size in s.sizes:
         deq = make_model(size)
         x, y = make_batch(s.batch)
         models = {n: logits_module(deq, spec, n, s) for n in s.early_states}
         models["final"] = logits_module(deq, spec, None, s)
-        calls: dict = {}
-        cases = {}
-        for variant, reuse in variants.items():
-            for n, model in models.items():
-                with estimators.speed_options(reuse_last_f=reuse), CountCalls(deq) as counter:
-                    forward_only(model, x)
-                calls[(variant, n)] = counter.calls
-
-                def grad(model=model, reuse=reuse):
-                    with estimators.speed_options(reuse_last_f=reuse):
-                        return input_gradient(model, x, y)
-
-                def fwd(model=model, reuse=reuse):
-                    with estimators.speed_options(reuse_last_f=reuse):
-                        return forward_only(model, x)
-
-                cases[f"{variant} grad@{n}"], cases[f"{variant} forward@{n}"] = grad, fwd
+        calls, cases = {}, {}
+        for n, model in models.items():
+            with CountCalls(deq) as counter:
+                forward_only(model, x)
+            calls[n] = counter.calls
+            cases[f"grad@{n}"] = lambda model=model: input_gradient(model, x, y)
+            cases[f"forward@{n}"] = lambda model=model: forward_only(model, x)
         times = interleaved(cases, s.repeats)
-        result = {}
-        for variant in variants:
-            rows = {}
-            t = lambda kind, n: times[f"{variant} {kind}@{n}"]["median_s"]
-            for n in s.early_states:
-                bound = (n + k + 1) / (n_full + k + 1)
-                grad, fwd = t("grad", n) / t("grad", "final"), t("forward", n) / t("forward", "final")
-                rows[str(n)] = {"bound": bound, "attack_step_ratio": grad, "forward_ratio": fwd,
-                                "f_calls_forward": calls[(variant, n)],
-                                "f_calls_ratio": calls[(variant, n)] / calls[(variant, "final")],
-                                "attack_step_within_bound": grad <= bound, "forward_within_bound": fwd <= bound}
-            result[variant] = {"rows": rows, "f_calls_forward_final": calls[(variant, "final")],
-                               "attack_step_final_s": t("grad", "final"), "forward_final_s": t("forward", "final")}
-        result["times"] = {kk: {kkk: v[kkk] for kkk in ("median_s", "min_s", "repeats")} for kk, v in times.items()}
-        out[size] = result
+        t = lambda kind, n: times[f"{kind}@{n}"]["median_s"]
+        rows = {}
+        for n in s.early_states:
+            bound = (n + k + 1) / (n_full + k + 1)
+            grad, fwd = t("grad", n) / t("grad", "final"), t("forward", n) / t("forward", "final")
+            rows[str(n)] = {"bound": bound, "attack_step_ratio": grad, "forward_ratio": fwd,
+                            "f_calls_forward": calls[n], "f_calls_ratio": calls[n] / calls["final"],
+                            "attack_step_within_bound": grad <= bound, "forward_within_bound": fwd <= bound}
+        out[size] = {"rows": rows, "f_calls_forward_final": calls["final"], "attack_step_final_s": t("grad", "final"),
+                     "forward_final_s": t("forward", "final"),
+                     "times": {kk: {kkk: v[kkk] for kkk in ("median_s", "min_s", "repeats")} for kk, v in times.items()}}
     return {"estimator": spec, "N": n_full, "K": k, "batch": s.batch,
             "bound": "(n + K + 1) / (N + K + 1) of the full-solve attack step", "sizes": out}
 
@@ -486,21 +493,16 @@ def memory_probe(args: dict) -> dict:
 
 
 def memory(s: Settings) -> dict:
-    from deqrobust.models.mdeq import MDEQ
-
     state_size = MDEQ(s.memory_size).state_size
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
     rows = []
     for label, spec, state, n in memory_configs(s):
         args = {"size": s.memory_size, "batch": s.batch, "spec": spec, "state": state, "budget": n,
                 "backward_budget": s.backward_budget, "threads": s.threads}
-        code = "import json,sys; from deqrobust.bench import memory_probe; print(json.dumps(memory_probe(json.loads(sys.argv[1]))))"
-        proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True, env=env,
-                              check=False)
-        if proc.returncode != 0:
-            rows.append({"estimator": label, "N": n, "error": proc.stderr.strip().splitlines()[-1:]})
+        result = run_probe("memory", args, env)
+        if "error" in result:
+            rows.append({"estimator": label, "N": n, **result})
             continue
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
         factors = 2 * s.batch * state_size * n * 4 / 2**20
         rows.append({"estimator": label, "N": n, **result, "broyden_factors_mb": factors,
                      "iterates_mb": (n * s.batch * state_size * 4 / 2**20) if state is not None else 0.0})
@@ -541,7 +543,6 @@ def threading(s: Settings) -> dict:
     size = s.sizes[0] if s.sizes else "mini"
     args = {"large_size": s.large_size, "large_batch": s.large_batch, "size": size, "batch": s.batch, "budget": s.budget,
             "backward_budget": s.backward_budget, "repeats": 3}
-    code = "import json,sys; from deqrobust.bench import threading_probe; print(json.dumps(threading_probe(json.loads(sys.argv[1]))))"
     samples: dict[str, list[dict]] = defaultdict(list)
     rounds = 2 if s.quick else 3
     for r in range(rounds):
@@ -549,10 +550,9 @@ def threading(s: Settings) -> dict:
         for label, threads, extra_env in THREADING_VARIANTS[k:] + THREADING_VARIANTS[:k]:
             env = {key: v for key, v in os.environ.items() if key not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
             env.update(extra_env)
-            proc = subprocess.run([sys.executable, "-c", code, json.dumps({**args, "threads": threads})],
-                                  capture_output=True, text=True, env=env, check=False)
-            if proc.returncode == 0:
-                samples[label].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            result = run_probe("threading", {**args, "threads": threads}, env)
+            if "error" not in result:
+                samples[label].append(result)
     rows = {}
     for label, runs in samples.items():
         rows[label] = {k: statistics.median(run[k] for run in runs) for k in runs[0]}
@@ -566,79 +566,19 @@ def threading(s: Settings) -> dict:
             "inherited_OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "rows": rows}
 
 
-# ---- speed options A/B ---------------------------------------------------------------------------
-def speed_variants() -> dict[str, dict[str, object]]:
-    """Named settings of every speed option: the defaults, the original code (all off),
-    each option off alone, and channels-last forced both ways."""
-    from deqrobust import estimators, solvers
-    from deqrobust.models import mdeq
-
-    defaults = {**{f"mdeq.{k}": v for k, v in mdeq.SPEED.items()},
-                **{f"solvers.{k}": v for k, v in solvers.SPEED.items()},
-                **{f"estimators.{k}": v for k, v in estimators.SPEED.items()}}
-    variants = {"defaults": dict(defaults), "all off (original code)": {k: False for k in defaults}}
-    for key, value in defaults.items():
-        if key == "mdeq.channels_last":
-            variants["channels_last forced on"] = {**defaults, key: True}
-            variants["channels_last forced off"] = {**defaults, key: False}
-        elif value:
-            variants[f"without {key}"] = {**defaults, key: False}
-        else:
-            variants[f"with {key}"] = {**defaults, key: True}
-    return variants
+# ---- subprocess probes ------------------------------------------------------------------------
+PROBES = {"memory": memory_probe, "threading": threading_probe}
 
 
-class SpeedScope:
-    """Sets speed options given as ``{"mdeq.x": v, "solvers.y": v, "estimators.z": v}``."""
-
-    def __init__(self, flags: dict[str, object]):
-        from deqrobust import estimators, solvers
-        from deqrobust.models import mdeq
-
-        modules = {"mdeq": mdeq, "solvers": solvers, "estimators": estimators}
-        grouped: dict[str, dict] = defaultdict(dict)
-        for key, value in flags.items():
-            module, name = key.split(".", 1)
-            grouped[module][name] = value
-        self.scopes = [modules[m].speed_options(**v) for m, v in grouped.items()]
-
-    def __enter__(self):
-        for scope in self.scopes:
-            scope.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        for scope in reversed(self.scopes):
-            scope.__exit__(*exc)
-        return False
-
-
-def speedups(s: Settings, calib: dict) -> dict:
-    """Forward + exact input gradient under each speed variant, interleaved per size."""
-    variants = speed_variants()
-    out = {}
-    workloads = [(s.large_size, s.large_batch, max(2, s.large_repeats))] + [(size, s.batch, s.repeats) for size in s.sizes]
-    for size, batch, repeats in workloads:
-        deq = make_model(size)
-        x, y = make_batch(batch)
-        model = logits_module(deq, {"name": "exact"}, None, s)
-        cases = {}
-        for name, flags in variants.items():
-            def run(flags=flags):
-                with SpeedScope(flags):
-                    return input_gradient(model, x, y)
-            cases[name] = run
-        conv, conv_flops = _reference_conv(s, calib)
-        cases["conv_reference"] = conv
-        times = interleaved(cases, repeats)
-        base = times["defaults"]["median_s"]
-        ref = times["all off (original code)"]["median_s"]
-        out[size] = {k: {**t, "time_vs_defaults": t["median_s"] / base, "speedup_vs_original": ref / t["median_s"]}
-                     for k, t in times.items() if k != "conv_reference"}
-        out[size]["conv_reference"] = {**times["conv_reference"],
-                                       "gflops": conv_flops / times["conv_reference"]["median_s"] / 1e9}
-    return {"workload": "forward + input gradient, exact estimator (8 forward, 7 backward Broyden steps)",
-            "batch": {s.large_size: s.large_batch, "others": s.batch}, "variants": variants, "sizes": out}
+def run_probe(name: str, args: dict, env: dict) -> dict:
+    """``PROBES[name](args)`` in a fresh interpreter (this script with ``--probe``): the
+    memory high-water mark starts clean, and OpenMP reads ``env`` when torch loads.
+    A failed probe gives ``{"error": [last line of its stderr]}``."""
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--probe", name, json.dumps(args)],
+                          capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 # ---- Snakemake wall times ----------------------------------------------------------------------
@@ -787,7 +727,7 @@ def table(title: str, header: list[str], rows: list[list]) -> str:
 def render(report: dict) -> str:
     out = []
     m = report["machine"]
-    out.append(f"# deqrobust bench: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['threads']} threads, "
+    out.append(f"# benchmarks/bench.py: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['threads']} threads, "
                f"load average at start {m['load_average_start'][0]:.2f}")
     if "calibration" in report:
         c = report["calibration"]
@@ -819,7 +759,7 @@ def render(report: dict) -> str:
         t = report["training"]
         rows = [[f"{size} {mode}", v["median_s"], v["images_per_s"], v["time_vs_standard"]]
                 for size, modes in t["sizes"].items() for mode, v in modes.items()]
-        out.append(table(f"training step, batch {t['batch']} (exact gradient; PGD-AT {t['pgd_steps']} steps)",
+        out.append(table(f"Trainer.step, batch {t['batch']} (exact gradient; PGD-AT {t['pgd_steps']} steps)",
                          ["size / mode", "median s", "images/s", "time vs standard"], rows))
     if "evaluation" in report:
         e = report["evaluation"]
@@ -828,12 +768,11 @@ def render(report: dict) -> str:
                          ["size estimator@state", "median s", "images/s"], rows))
     if "early_stop" in report:
         r = report["early_stop"]
-        rows = [[f"{size} {variant} n={n}", v["bound"], v["attack_step_ratio"], v["forward_ratio"], v["f_calls_ratio"],
+        rows = [[f"{size} n={n}", v["bound"], v["attack_step_ratio"], v["forward_ratio"], v["f_calls_ratio"],
                  v["attack_step_within_bound"], v["forward_within_bound"]]
-                for size, d in r["sizes"].items() for variant in ("defaults", "reuse_last_f")
-                for n, v in d[variant]["rows"].items()]
+                for size, d in r["sizes"].items() for n, v in d["rows"].items()]
         out.append(table(f"attacking state n vs the full solve (intermediate, N={r['N']}, K={r['K']}): time ratios",
-                         ["size options state", "bound", "attack step", "forward", "f calls", "step within", "fwd within"],
+                         ["size state", "bound", "attack step", "forward", "f calls", "step within", "fwd within"],
                          rows))
     if "memory" in report:
         mm = report["memory"]
@@ -841,12 +780,6 @@ def render(report: dict) -> str:
                  r.get("error")] for r in mm["rows"]]
         out.append(table(f"peak memory of forward + input gradient, {mm['size']} batch {mm['batch']} (MB)",
                          ["estimator", "N", "peak extra", "broyden U,V", "iterates", "error"], rows))
-    if "speedups" in report:
-        sp = report["speedups"]
-        rows = [[f"{size} {k}", v["median_s"], v.get("time_vs_defaults"), v.get("speedup_vs_original")]
-                for size, cases in sp["sizes"].items() for k, v in cases.items() if k != "conv_reference"]
-        out.append(table(f"speed options A/B: {sp['workload']}", ["size variant", "median s", "time vs defaults",
-                                                                  "speed-up vs original"], rows))
     if "workflow" in report:
         w = report["workflow"]
         rows = [[rule, v["jobs"], v["finished"], v["total_s"], v["median_s"], v["max_s"]] for rule, v in w["rules"].items()]
@@ -865,17 +798,15 @@ def run(s: Settings, sections: list[str] | None = None, workflow_path: str | Non
         wanted.append("workflow")
     unknown = [k for k in wanted if k not in SECTIONS]
     if unknown:
-        from deqrobust.config import ConfigError
-
-        raise ConfigError(f"unknown bench section {unknown[0]!r}; valid sections: {', '.join(SECTIONS)}")
+        raise ValueError(f"unknown bench section {unknown[0]!r}; valid sections: {', '.join(SECTIONS)}")
     report: dict = {"format": "deqrobust-bench/1", "settings": asdict(s), "machine": machine(), "seconds": {}}
-    needs_calibration = any(k in wanted for k in ("calibration", "large", "speedups"))
+    needs_calibration = any(k in wanted for k in ("calibration", "large"))
     for name in (["calibration"] if needs_calibration else []) + [k for k in wanted if k != "calibration"]:
         started = time.perf_counter()
         if name == "calibration":
             report[name] = calibration(s)
-        elif name in ("large", "speedups"):
-            report[name] = globals()[name](s, report["calibration"])
+        elif name == "large":
+            report[name] = large(s, report["calibration"])
         elif name == "workflow":
             if not workflow_path:
                 continue
@@ -889,15 +820,50 @@ def run(s: Settings, sections: list[str] | None = None, workflow_path: str | Non
     return report
 
 
-def main(args: argparse.Namespace) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python benchmarks/bench.py",
+                                     description="Benchmarks of the DEQ core (docs/performance.md, benchmarks/README.md).")
+    parser.add_argument("--quick", action="store_true",
+                        help="small batches and few repeats (minutes instead of tens of minutes)")
+    parser.add_argument("--out", metavar="JSON", help="write every figure to this JSON file")
+    parser.add_argument("--sections", nargs="+", metavar="NAME", default=None, choices=SECTIONS,
+                        help=f"run only these sections ({', '.join(SECTIONS)}; calibration runs whenever one needs it)")
+    parser.add_argument("--sizes", nargs="+", metavar="SIZE", default=None,
+                        help="MDEQ sizes of the f_cost/training/evaluation/early-stop sections (default: mini tiny)")
+    parser.add_argument("--batch", type=int, default=None, help="batch of the DEQ-Large section (default 32)")
+    parser.add_argument("--repeats", type=int, default=None, help="interleaved repeats per measurement")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
+    parser.add_argument("--omp-wait-policy", choices=("passive", "active"), default=None,
+                        help="re-run under OMP_WAIT_POLICY=<policy> (read when OpenMP loads, so the process "
+                             "restarts itself); default: as inherited")
+    parser.add_argument("--workflow-times", metavar="PATH", default=None,
+                        help="summarise a Snakemake run's per-rule wall times (benchmark TSVs or .snakemake/log)")
+    parser.add_argument("--probe", nargs=2, metavar=("NAME", "ARGS_JSON"), help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.probe:                      # a subprocess started by run_probe: one JSON line on stdout
+        name, payload = args.probe
+        print(json.dumps(PROBES[name](json.loads(payload))))
+        return 0
+    policy = (args.omp_wait_policy or "").upper()
+    if policy and os.environ.get("OMP_WAIT_POLICY", "").upper() != policy:
+        # OpenMP reads its wait policy once, when torch loads it: restart with it set.
+        script = str(Path(__file__).resolve())
+        os.execve(sys.executable, [sys.executable, script, *(sys.argv[1:] if argv is None else argv)],
+                  {**os.environ, "OMP_WAIT_POLICY": policy})
     s = Settings.from_args(args)
     report = run(s, args.sections, args.workflow_times, echo=lambda text: print(text, flush=True))
     print(f"\nload average start {report['machine']['load_average_start'][0]:.2f}, "
           f"end {report['machine']['load_average_end'][0]:.2f}; sections took "
           + ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items()))
     if args.out:
-        from deqrobust.atomic import write_json
-
         write_json(args.out, report)
         print(f"wrote {args.out}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
