@@ -127,7 +127,7 @@ def read_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
             keys = ", ".join(map(str, list(state)[:8]))
-            raise ConfigError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor (keys: {keys}, ...); "
+            raise ConfigError(f"{path}: entry {key!r} is not a tensor but {type(value).__name__} (keys: {keys}, ...); "
                               f"valid: {_layouts()}")
     prefixed = all(str(key).startswith(PREFIX) for key in state)
     if prefixed:
