@@ -61,7 +61,8 @@ import yaml
 from deqrobust import config, data
 from deqrobust.atomic import write_json
 from deqrobust.attacks.pgd import pgd
-from deqrobust.estimators import DEQLogits, build_estimator
+from deqrobust.deq_logits import DEQLogits
+from deqrobust.estimators import build_estimator
 from deqrobust.models.mdeq import MDEQ
 from deqrobust.training import Trainer
 

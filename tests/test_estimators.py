@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from deqrobust.config import ConfigError
-from deqrobust.estimators import DEQLogits, build_estimator
+from deqrobust.deq_logits import DEQLogits
+from deqrobust.estimators import build_estimator
 from deqrobust.models.mdeq import MDEQ
 from toy_deq import ToyDEQ
 

@@ -15,9 +15,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from deqrobust import estimators
-from deqrobust.estimators import DEQLogits, all_state_logits, build_estimator
+from deqrobust import deq_logits, scoring
+from deqrobust.deq_logits import DEQLogits
+from deqrobust.estimators import build_estimator
 from deqrobust.models.mdeq import MDEQ, MDEQSize
+from deqrobust.scoring import all_state_logits
 from deqrobust.solvers import SOLVERS, solve
 from reference_estimators import reference_estimator
 from reference_mdeq import ReferenceMDEQ
@@ -26,7 +28,7 @@ from reference_solvers import reference_solve
 # A small custom size with dropout, to check that masks are shared the same way.
 DROPPY = MDEQSize((8, 16), (4, 8), 32, 0.2, downsample=1)
 # Modules whose forward solves the original code runs with the reference solver.
-SOLVE_USERS = (estimators,)
+SOLVE_USERS = (deq_logits, scoring)
 
 CASES = [({"name": "exact"}, None), ({"name": "unroll", "lam": 0.5, "k": 2}, None),
          ({"name": "neumann", "lam": 0.8, "k": 3}, None), ({"name": "intermediate", "lam": 0.5, "k": 2}, 2),

@@ -123,7 +123,8 @@ def make_adversary(cfg: dict, deq: torch.nn.Module) -> tuple[Adversary, dict]:
     """The attack of ``analysis.attack`` through estimator ``analysis.estimator`` at the final state."""
     from deqrobust.attacks import build_attack
     from deqrobust.config import ConfigError
-    from deqrobust.estimators import DEQLogits, build_estimator
+    from deqrobust.deq_logits import DEQLogits
+    from deqrobust.estimators import build_estimator
 
     settings, evaluation = cfg["analysis"], cfg["evaluation"]
     for kind, table in (("attack", evaluation["attacks"]), ("estimator", evaluation["estimators"])):

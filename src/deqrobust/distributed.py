@@ -6,7 +6,7 @@ and runs one replica per process. Design:
 
 * **Gradients are averaged explicitly** after ``backward()`` and before ``optimizer.step()``
   (one flat all-reduce per dtype), instead of wrapping the model in DistributedDataParallel.
-  DDP hooks only ``module.forward``; a DEQ is trained through ``estimators.DEQLogits``, which
+  DDP hooks only ``module.forward``; a DEQ is trained through ``deq_logits.DEQLogits``, which
   calls ``deq.prepare``/``deq.f``/``deq.head`` directly (and custom autograd functions whose
   backward runs an adjoint solver), so DDP's reducer would either never fire or see
   parameters "unused" from its point of view. The explicit average works the same for every

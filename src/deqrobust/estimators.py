@@ -18,6 +18,9 @@ Estimators (config ``{name: ..., params}``; names are registry keys, never parse
   along the forward iterates z_0..z_{n-1}; ``variant: quasi_newton`` reuses the forward
   Broyden inverse-Jacobian estimate, u = -B_n^T a. See docs/estimators.md for why
   lockstep is the default.
+
+Which state an estimator is attached to, and how far the solver runs, is the job of
+deqrobust.deq_logits; scoring every state at once is deqrobust.scoring.
 """
 from __future__ import annotations
 
@@ -26,24 +29,14 @@ from dataclasses import dataclass
 from typing import Callable, ClassVar, ContextManager
 
 import torch
-from torch import nn
 
 from deqrobust.config import ConfigError
-from deqrobust.plan import ENSEMBLE, State, parse_state
 from deqrobust.solvers import SolverResult, solve
 
 
 # The adjoint iterations start at u = 0, where J^T u = 0, so they skip that product: the
 # backward solve of ``exact`` is given f(0) = a and the lockstep adjoint starts at u_1 = a
 # (the original code, which computes it, is the test oracle tests/reference_estimators.py).
-# One forward of DEQLogits (and each lockstep backward) runs inside the model's
-# ``cached_weights()`` scope if it has one.
-
-
-def weight_scope(deq: nn.Module) -> ContextManager:
-    """The model's cached-weights scope (see deqrobust.models.mdeq), or nothing."""
-    scope = getattr(deq, "cached_weights", None)
-    return scope() if scope is not None else nullcontext()
 
 
 class _RewriteGrad(torch.autograd.Function):
@@ -206,93 +199,3 @@ def model_estimator(spec: dict, training_cfg: dict) -> Estimator:
     if spec.get("grad", "exact") == "unroll":
         return Unroll(**training_cfg.get("unroll", {}))
     return Exact()
-
-
-class DEQLogits(nn.Module):
-    """Logits of state n of a DEQ under a gradient estimator, as an ordinary module.
-
-    ``state=None`` is the final state z*, an integer n the n-th solver iterate (0 is the
-    zero state: with ``intermediate`` and lam=1 that is the paper's unrolled pretraining),
-    ``"ensemble"`` the head of the mean of the estimator's states 1..N (states weighted
-    equally). The solver runs only as far as the attacked state needs. ``stats`` holds the
-    last forward's SolverResult and, if ``jac_probes`` > 0 in training, the Jacobian loss.
-    """
-
-    def __init__(self, deq: nn.Module, estimator: Estimator, state: State = None, solver: dict | None = None,
-                 backward_solver: dict | None = None, jac_probes: int = 0):
-        super().__init__()
-        self.deq = deq
-        self.estimator = estimator
-        self.solver = dict(solver or {})
-        self.backward_solver = dict(backward_solver or {"budget": 7})
-        self.state = parse_state(state, int(self.solver.get("budget", 8)))
-        self.jac_probes = jac_probes
-        self.stats: dict = {}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with weight_scope(self.deq):
-            return self._forward(x)
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        deq = self.deq
-        injection = deq.prepare(x)
-        detached = injection.detach()
-        z0 = deq.init_state(x)
-        budget = int(self.solver.get("budget", 8))
-        steps = self.state if isinstance(self.state, int) else budget
-        keep = self.state is not None or self.estimator.needs_iterates
-        if steps > 0:
-            result = solve({**self.solver, "budget": steps}, lambda z: deq.f(z, detached), z0, keep_iterates=keep)
-        else:
-            result = _empty_result(z0)
-        ctx = Context(lambda z: deq.f(z, injection), lambda z: deq.f(z, detached), result, z0, self.backward_solver,
-                      lambda: weight_scope(deq))
-        if self.state is None:
-            z = self.estimator.attach(result.z, None, ctx)
-        elif self.state == ENSEMBLE:
-            states = [self.estimator.attach(z_n, n + 1, ctx) for n, z_n in enumerate(result.iterates)]
-            z = torch.stack(states).mean(dim=0)
-        else:
-            z = self.estimator.attach(result.iterates[steps - 1] if steps > 0 else z0, steps, ctx)
-        self.stats = {"result": result, "jac_loss": None}
-        if self.jac_probes and self.training and torch.is_grad_enabled():
-            self.stats["jac_loss"] = jacobian_penalty(lambda s: deq.f(s, injection), result.z, self.jac_probes)
-        return deq.head(z)
-
-
-def _empty_result(z0: torch.Tensor) -> SolverResult:
-    empty = z0.new_zeros(z0.shape[0], 0)
-    none = torch.zeros(z0.shape[0], dtype=torch.bool, device=z0.device)
-    return SolverResult(z0, empty, empty, torch.zeros_like(none, dtype=torch.long), none, none, [], None)
-
-
-def jacobian_penalty(f: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, probes: int) -> torch.Tensor:
-    """Hutchinson estimate of ||J_f(z)||_F^2 / dim, differentiable in the parameters."""
-    z = z.detach().requires_grad_()
-    fz = f(z)
-    total = fz.new_zeros(())
-    for _ in range(probes):
-        v = torch.randn_like(fz)
-        (vjp,) = torch.autograd.grad(fz, z, v, create_graph=True)
-        total = total + vjp.pow(2).sum() / vjp.numel()
-    return total / probes
-
-
-@torch.no_grad()
-def all_state_logits(deq: nn.Module, x: torch.Tensor, solver: dict, own: Estimator) -> dict[str, torch.Tensor]:
-    """Logits of every defense and state for one batch: final (the model's own output
-    under its training estimator), ensemble (head of the mean of z_1..z_N) and state_n
-    (head of z_n, the early-exit candidates)."""
-    with weight_scope(deq):
-        return _all_state_logits(deq, x, solver, own)
-
-
-def _all_state_logits(deq: nn.Module, x: torch.Tensor, solver: dict, own: Estimator) -> dict[str, torch.Tensor]:
-    injection = deq.prepare(x)
-    z0 = deq.init_state(x)
-    result = solve(solver, lambda z: deq.f(z, injection), z0, keep_iterates=True)
-    ctx = Context(lambda z: deq.f(z, injection), lambda z: deq.f(z, injection), result, z0, {})
-    scores = {"final": deq.head(own.attach(result.z, None, ctx)), "ensemble": deq.head(torch.stack(result.iterates).mean(0))}
-    for n, z_n in enumerate(result.iterates, start=1):
-        scores[f"state_{n}"] = deq.head(z_n)
-    return scores

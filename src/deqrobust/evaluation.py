@@ -26,9 +26,11 @@ from deqrobust.attacks import build_attack
 from deqrobust.checkpoint import load_checkpoint
 from deqrobust.config import ConfigError, model_spec, resolve_device
 from deqrobust.data import batches, load_split, md5_of
-from deqrobust.estimators import DEQLogits, all_state_logits, build_estimator, model_estimator
+from deqrobust.deq_logits import DEQLogits
+from deqrobust.estimators import build_estimator, model_estimator
 from deqrobust.models import is_deq
 from deqrobust.plan import BASELINE_ESTIMATOR, parse_state
+from deqrobust.scoring import all_state_logits
 
 
 def _named(section: dict, name: str, kind: str) -> dict:

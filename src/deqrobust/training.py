@@ -32,7 +32,8 @@ from deqrobust.atomic import torch_load, torch_save, write_json, write_text
 from deqrobust.attacks.pgd import pgd
 from deqrobust.checkpoint import load_checkpoint, save_checkpoint
 from deqrobust.config import ConfigError, model_spec, resolve_device
-from deqrobust.estimators import DEQLogits, build_estimator, model_estimator
+from deqrobust.deq_logits import DEQLogits
+from deqrobust.estimators import build_estimator, model_estimator
 from deqrobust.models import build_model, is_deq
 
 RESUME_FORMAT = "deqrobust-resume/1"

@@ -1,0 +1,86 @@
+"""A DEQ under a gradient estimator, as an ordinary module: the wiring of the estimators.
+
+``DEQLogits`` decides which state is attacked (the final state z*, a solver step n, or
+the ensemble of the steps), how far the forward solver runs (only as far as that state
+needs), which solver iterates are kept for the estimator, and whether training adds the
+Jacobian regulariser. The estimators themselves are in deqrobust.estimators.
+
+One forward of DEQLogits (and each lockstep backward) runs inside the model's
+``cached_weights()`` scope if it has one.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import ContextManager
+
+import torch
+from torch import nn
+
+from deqrobust.estimators import Context, Estimator
+from deqrobust.jacobian import jacobian_penalty
+from deqrobust.plan import ENSEMBLE, State, parse_state
+from deqrobust.solvers import SolverResult, solve
+
+
+def weight_scope(deq: nn.Module) -> ContextManager:
+    """The model's cached-weights scope (see deqrobust.models.mdeq), or nothing."""
+    scope = getattr(deq, "cached_weights", None)
+    return scope() if scope is not None else nullcontext()
+
+
+class DEQLogits(nn.Module):
+    """Logits of state n of a DEQ under a gradient estimator, as an ordinary module.
+
+    ``state=None`` is the final state z*, an integer n the n-th solver iterate (0 is the
+    zero state: with ``intermediate`` and lam=1 that is the paper's unrolled pretraining),
+    ``"ensemble"`` the head of the mean of the estimator's states 1..N (states weighted
+    equally). The solver runs only as far as the attacked state needs. ``stats`` holds the
+    last forward's SolverResult and, if ``jac_probes`` > 0 in training, the Jacobian loss.
+    """
+
+    def __init__(self, deq: nn.Module, estimator: Estimator, state: State = None, solver: dict | None = None,
+                 backward_solver: dict | None = None, jac_probes: int = 0):
+        super().__init__()
+        self.deq = deq
+        self.estimator = estimator
+        self.solver = dict(solver or {})
+        self.backward_solver = dict(backward_solver or {"budget": 7})
+        self.state = parse_state(state, int(self.solver.get("budget", 8)))
+        self.jac_probes = jac_probes
+        self.stats: dict = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with weight_scope(self.deq):
+            return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        deq = self.deq
+        injection = deq.prepare(x)
+        detached = injection.detach()
+        z0 = deq.init_state(x)
+        budget = int(self.solver.get("budget", 8))
+        steps = self.state if isinstance(self.state, int) else budget
+        keep = self.state is not None or self.estimator.needs_iterates
+        if steps > 0:
+            result = solve({**self.solver, "budget": steps}, lambda z: deq.f(z, detached), z0, keep_iterates=keep)
+        else:
+            result = _empty_result(z0)
+        ctx = Context(lambda z: deq.f(z, injection), lambda z: deq.f(z, detached), result, z0, self.backward_solver,
+                      lambda: weight_scope(deq))
+        if self.state is None:
+            z = self.estimator.attach(result.z, None, ctx)
+        elif self.state == ENSEMBLE:
+            states = [self.estimator.attach(z_n, n + 1, ctx) for n, z_n in enumerate(result.iterates)]
+            z = torch.stack(states).mean(dim=0)
+        else:
+            z = self.estimator.attach(result.iterates[steps - 1] if steps > 0 else z0, steps, ctx)
+        self.stats = {"result": result, "jac_loss": None}
+        if self.jac_probes and self.training and torch.is_grad_enabled():
+            self.stats["jac_loss"] = jacobian_penalty(lambda s: deq.f(s, injection), result.z, self.jac_probes)
+        return deq.head(z)
+
+
+def _empty_result(z0: torch.Tensor) -> SolverResult:
+    empty = z0.new_zeros(z0.shape[0], 0)
+    none = torch.zeros(z0.shape[0], dtype=torch.bool, device=z0.device)
+    return SolverResult(z0, empty, empty, torch.zeros_like(none, dtype=torch.long), none, none, [], None)
