@@ -203,7 +203,7 @@ class MDEQ(nn.Module):
     ``prepare(x)`` computes the input injection (and draws dropout masks), ``f(z, inj)``
     is one application of the equilibrium layer on the flat state, and ``head(z)`` maps a
     flat state to logits. ``forward`` is never used directly: gradient estimators and
-    training compose these pieces (see deqrobust.estimators).
+    training compose these pieces (see deqrobust.deq_logits).
     """
 
     def __init__(self, size: str | MDEQSize = "tiny", num_classes: int = 10, image_size: int = 32):
