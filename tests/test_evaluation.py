@@ -1,13 +1,16 @@
 """Matrix cells (resumable, every defense and state scored), early exit, merge, bad input."""
 import json
 
+import pandas as pd
 import pytest
 import torch
 
 from deqrobust import config, data
 from deqrobust.checkpoint import save_checkpoint
 from deqrobust.config import ConfigError
-from deqrobust.evaluation import merge, run_cell, select_exit, wilson
+from deqrobust import results
+from deqrobust.evaluation import run_cell, select_exit
+from deqrobust.results import merge, wilson
 from deqrobust.models import build_model
 
 EVALUATION = {
@@ -86,6 +89,9 @@ def test_merge_builds_tidy_rows_and_worst_case(setup):
     adv = table[table.attack.isin(["pgd1", "pgd2"])]
     assert set(adv.defense) == {"final", "ensemble", "early_exit", "state"}
     assert (adv[adv.defense == "early_exit"].scored_state == "state_2").all()
+    assert set(zip(adv.attack, adv.attack_type, adv.attack_steps)) == {("pgd2", "pgd", 2), ("pgd1", "pgd", 1)}
+    assert set(zip(adv.estimator, adv.estimator_type)) == {("exact", "exact"), ("inter", "intermediate"),
+                                                           ("adjoint", "adjoint")}
     worst = table[table.attack == "worst-case"].set_index("scored_state")
     for key in cells[0]["adversarial"]:
         expected = sum(min(c["adversarial"][key][i] for c in cells) for i in range(6))
@@ -99,6 +105,75 @@ def test_wilson_interval_matches_known_values():
     low, high = wilson(50, 100)
     assert abs(low - 0.4038) < 1e-3 and abs(high - 0.5962) < 1e-3
     assert wilson(0, 10)[0] == 0.0 and wilson(10, 10)[1] == 1.0
+
+
+PGD = {"name": "pgd", "eps_255": 8, "step_255": 4, "steps": 2, "restarts": 1}
+APGD = {"name": "apgd-ce", "eps_255": 8, "n_iter": 20}
+
+
+def hand_cell(path, estimator, spec, attack, attack_spec, state, adversarial, model="deq"):
+    """A cell file as run_cell writes it, with given per-example scores (4 examples)."""
+    clean = {"final": [1, 1, 1, 0], "ensemble": [1, 1, 0, 0], "state_1": [1, 0, 0, 0], "state_2": [1, 1, 1, 1]}
+    cell = {"model": model, "arch": "mdeq", "training": "pgd", "grad": "exact", "estimator": estimator,
+            "estimator_spec": spec, "attack": attack, "attack_spec": attack_spec, "attacked_state": state,
+            "seed": 0, "profile": "unit", "num_examples": 4, "indices": [0, 1, 2, 3], "labels": [3, 1, 4, 1],
+            "clean": clean, "adversarial": adversarial}
+    path.write_text(json.dumps(cell))
+    return str(path)
+
+
+def test_merge_of_hand_made_cells_gives_known_counts_intervals_and_specs(tmp_path):
+    a = hand_cell(tmp_path / "a.json", "exact", {"name": "exact"}, "pgd2", PGD, "final",
+                  {"final": [1, 1, 0, 0], "ensemble": [1, 0, 0, 0], "state_1": [0, 0, 0, 0], "state_2": [1, 1, 1, 0]})
+    b = hand_cell(tmp_path / "b.json", "inter", {"name": "intermediate", "lam": 1.0, "k": 1}, "apgd", APGD, 1,
+                  {"final": [0, 1, 1, 0], "ensemble": [1, 1, 0, 0], "state_1": [0, 0, 0, 0], "state_2": [1, 0, 1, 1]})
+    exit_file = tmp_path / "exit.json"
+    exit_file.write_text(json.dumps({"model": "deq", "state": 2}))
+    table = merge([a, b], [exit_file])
+    assert list(table.columns) == list(results.COLUMNS)
+    # 2 cells x (final, ensemble, early exit, 2 states) + clean and worst case rows of the same 5
+    assert len(table) == 4 * 5
+    got = {(r.attack, r.defense, r.scored_state): r.correct for r in table.itertuples()}
+    assert got[("pgd2", "final", "final")] == 2 and got[("apgd", "final", "final")] == 2
+    assert got[("worst-case", "final", "final")] == 1                     # only example 1 survives both
+    assert got[("worst-case", "early_exit", "state_2")] == got[("worst-case", "state", "state_2")] == 2
+    assert got[("clean", "ensemble", "ensemble")] == 2 and got[("clean", "early_exit", "state_2")] == 4
+    row = table[(table.attack == "pgd2") & (table.defense == "final")].iloc[0]
+    assert (row.n, row.accuracy) == (4, 0.5) and (row.ci_low, row.ci_high) == wilson(2, 4)
+    assert wilson(2, 4) == pytest.approx((0.15, 0.85), abs=0.01)
+    # The recorded specs, as columns; clean and worst-case rows have none.
+    pgd = table[table.attack == "pgd2"].iloc[0]
+    assert (pgd.attack_type, pgd.eps_255, pgd.attack_steps, pgd.restarts) == ("pgd", 8, 2, 1)
+    assert json.loads(pgd.attack_params) == {"eps_255": 8, "step_255": 4, "steps": 2, "restarts": 1,
+                                             "random_start": True, "loss": "ce"}
+    assert (pgd.estimator_type, json.loads(pgd.estimator_params)) == ("exact", {})
+    apgd = table[table.attack == "apgd"].iloc[0]
+    assert (apgd.attack_type, apgd.attack_steps, apgd.attack_version) == ("apgd-ce", 20, None)
+    assert pd.isna(apgd.restarts) and json.loads(apgd.attack_params) == {"eps_255": 8, "n_iter": 20}
+    assert (apgd.estimator_type, json.loads(apgd.estimator_params)) == ("intermediate", {"lam": 1.0, "k": 1})
+    assert table[table.attack.isin(results.PSEUDO_ATTACKS)][list(results.SPEC_COLUMNS)].isna().all().all()
+    # Written and read back: integer settings stay integers, the specs stay text.
+    results.write_table(table, tmp_path / "table.csv")
+    text = (tmp_path / "table.csv").read_text()
+    assert ",pgd,,8,2,1," in text and '"{""eps_255"":8,""n_iter"":20}"' in text
+    back = results.load_table(tmp_path / "table.csv")
+    assert back[list(results.COLUMNS[:14])].astype(str).equals(table[list(results.COLUMNS[:14])].astype(str))
+
+
+def test_merge_refuses_cells_that_disagree_or_name_no_type(tmp_path):
+    scores = {"final": [1, 0, 0, 0], "ensemble": [1, 0, 0, 0], "state_1": [0, 0, 0, 0], "state_2": [1, 0, 0, 0]}
+    a = hand_cell(tmp_path / "a.json", "exact", {"name": "exact"}, "pgd2", PGD, "final", scores)
+    b = hand_cell(tmp_path / "b.json", "exact", {"name": "exact"}, "apgd", APGD, "final", scores)
+    cell = json.loads(open(b).read())
+    cell["clean"]["final"] = [0, 0, 0, 0]
+    open(b, "w").write(json.dumps(cell))
+    with pytest.raises(ConfigError, match="disagree on the clean examples"):
+        merge([a, b], [])
+    c = hand_cell(tmp_path / "c.json", "exact", {"name": "exact"}, "cw", {"name": "cw"}, "final", scores)
+    with pytest.raises(ConfigError, match="unknown attack type 'cw'"):
+        merge([c], [])
+    with pytest.raises(ConfigError, match="at least one evaluation cell"):
+        merge([], [])
 
 
 def test_select_exit_records_a_state_with_best_dev_accuracy(setup):

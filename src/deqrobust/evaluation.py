@@ -1,22 +1,20 @@
-"""The estimator x attack x state matrix: one cell per job, early-exit selection, merge.
+"""The estimator x attack x state matrix: one cell per job and early-exit selection.
 
 A cell attacks one checkpoint with one attack through one gradient estimator at one
 state, and scores every adversarial batch under every defense and at every solver state,
 so one attack run fills a whole row of the table. Batches are saved as they finish
 (``<out>.partial/``), so an interrupted cell resumes where it stopped; the cell file is
-written atomically at the end.
+written atomically at the end. ``deqrobust.results.merge`` turns the cells into the table.
 """
 from __future__ import annotations
 
 import json
-import math
 import platform
 import shutil
 import time
 from importlib import metadata
 from pathlib import Path
 
-import pandas as pd
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -190,69 +188,3 @@ def select_exit(cfg: dict, checkpoint: str, out: str | Path) -> dict:
               "num_examples": len(y), "estimator": choice["estimator"], "attack": choice["attack"]}
     write_json(out, record)
     return record
-
-
-def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (well behaved at 0 and 1)."""
-    if n == 0:
-        return (math.nan, math.nan)
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def _rows_of(cell: dict, exit_state: int | None, kind: str) -> list[dict]:
-    """Rows for one score dict (clean or adversarial) of one cell."""
-    scores = cell[kind]
-    picks = [("final", "final"), ("ensemble", "ensemble")] if "ensemble" in scores else [("final", "final")]
-    if exit_state is not None:
-        picks.append(("early_exit", f"state_{exit_state}"))
-    picks += [("state", key) for key in scores if key.startswith("state_")]
-    rows = []
-    for defense, key in picks:
-        if key not in scores:
-            continue
-        correct, n = sum(scores[key]), len(scores[key])
-        rows.append({"defense": defense, "scored_state": key, "correct": correct, "n": n})
-    return rows
-
-
-def merge(cell_paths: list[str], exit_paths: list[str]) -> pd.DataFrame:
-    """The tidy robustness table (one row per model, estimator, attacked state, attack,
-    defense, scored state), clean rows, and per-example worst case over every cell."""
-    exits = {}
-    for path in exit_paths:
-        record = json.loads(Path(path).read_text())
-        exits[record["model"]] = record["state"]
-    cells = [json.loads(Path(p).read_text()) for p in cell_paths]
-    if not cells:
-        raise ConfigError("merge needs at least one evaluation cell")
-    rows, by_model = [], {}
-    for cell in cells:
-        ident = {k: cell[k] for k in ("model", "arch", "training", "grad")}
-        by_model.setdefault(cell["model"], (ident, []))[1].append(cell)
-        for row in _rows_of(cell, exits.get(cell["model"]), "adversarial"):
-            rows.append({**ident, "estimator": cell["estimator"], "attacked_state": str(cell["attacked_state"]),
-                         "attack": cell["attack"], **row})
-    for model, (ident, group) in by_model.items():
-        reference = group[0]
-        for other in group[1:]:
-            if other["labels"] != reference["labels"] or other["clean"] != reference["clean"]:
-                raise ConfigError(f"cells of model {model!r} disagree on the clean examples; "
-                                  "were they run with different configs?")
-        for row in _rows_of(reference, exits.get(model), "clean"):
-            rows.append({**ident, "estimator": "none", "attacked_state": "none", "attack": "clean", **row})
-        worst = {key: [min(c["adversarial"][key][i] for c in group) for i in range(reference["num_examples"])]
-                 for key in reference["adversarial"]}
-        for row in _rows_of({"adversarial": worst}, exits.get(model), "adversarial"):
-            rows.append({**ident, "estimator": "any", "attacked_state": "any", "attack": "worst-case", **row})
-    table = pd.DataFrame(rows)
-    table["accuracy"] = table["correct"] / table["n"]
-    bounds = [wilson(c, n) for c, n in zip(table["correct"], table["n"])]
-    table["ci_low"] = [b[0] for b in bounds]
-    table["ci_high"] = [b[1] for b in bounds]
-    columns = ["model", "arch", "training", "grad", "estimator", "attacked_state", "attack", "defense",
-               "scored_state", "correct", "n", "accuracy", "ci_low", "ci_high"]
-    return table[columns].sort_values(["model", "attack", "estimator", "attacked_state", "defense", "scored_state"],
-                                      kind="stable").reset_index(drop=True)

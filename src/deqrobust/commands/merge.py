@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 
 from deqrobust import config
-from deqrobust.atomic import atomic_path
 from deqrobust.cli import add_config_arguments
 
 
@@ -16,11 +15,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from deqrobust.evaluation import merge
+    from deqrobust.results import merge, write_table
 
     config.load(args.config, args.overrides)   # validates the profile the cells belong to
     table = merge(args.cells, args.early_exit)
-    with atomic_path(args.out) as tmp:
-        table.to_csv(tmp, index=False)
+    write_table(table, args.out)
     print(f"{len(table)} rows from {len(args.cells)} cells -> {args.out}")
     return 0

@@ -1,0 +1,466 @@
+"""The tidy results table: its columns and constants, ``merge``, and every query on it.
+
+One row per model, gradient estimator, attacked state, attack, defense and scored state.
+``merge`` builds it from the evaluation cells and copies each cell's recorded attack and
+estimator specs into columns, so no reader parses an attack's name: the figures and the
+report read the table only through the queries here.
+
+Main table columns, per model and defense (accuracy in %, Wilson 95 % CI):
+- clean: the defense's clean accuracy;
+- PGD: the strongest PGD cell of the paper's setting (10 steps at 8/255), i.e. the lowest
+  accuracy over every estimator and attacked state;
+- AutoAttack: the strongest cell over the AutoAttack suite and its components run as
+  separate attacks (at 8/255); headed "AutoAttack" only when the standard suite at its
+  own settings is all that ran, otherwise by the attacks that did run
+  (e.g. "APGD-CE (20 it.)");
+- worst case: the per-example worst case over every attack, estimator and state.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from deqrobust.atomic import atomic_path
+from deqrobust.config import ConfigError
+from deqrobust.plan import BASELINE_ESTIMATOR, ENSEMBLE, FINAL
+from deqrobust.specs import COMPONENTS, attack_params, estimator_params
+
+# ---------------------------------------------------------------- constants
+# Defenses (the `defense` column): how the DEQ predicts.
+EARLY_EXIT = "early_exit"      # the head of the state n chosen on the dev split (select-exit)
+DEFENSES = (FINAL, EARLY_EXIT, ENSEMBLE)
+PER_STATE = "state"            # the head of every state n (scored_state "state_n")
+STATE_PREFIX = "state_"        # scored_state of solver state n: "state_n"
+
+# Pseudo-attacks (the `attack` column) and their estimator/attacked_state entries.
+CLEAN = "clean"                # no attack: clean accuracy (estimator and state NONE)
+WORST_CASE = "worst-case"      # per example, the worst over every attacked cell (estimator and state ANY)
+PSEUDO_ATTACKS = (CLEAN, WORST_CASE)
+NONE, ANY = "none", "any"
+
+PAPER_EPS_255 = 8              # the paper's L-inf radius: the main table compares at it
+PAPER_PGD_STEPS = 10           # the paper's PGD (PGD-10)
+AUTOATTACK_TYPES = ("autoattack", *COMPONENTS)
+DISPLAY = {c: "Square" if c == "square" else c.upper() for c in COMPONENTS}  # 'apgd-ce' -> 'APGD-CE'
+
+IDENTITY = ("model", "arch", "training", "grad")
+SPEC_COLUMNS = ("attack_type", "attack_version", "eps_255", "attack_steps", "restarts", "attack_params",
+                "estimator_type", "estimator_params")
+COLUMNS = (*IDENTITY, "estimator", "attacked_state", "attack", "defense", "scored_state", "correct", "n",
+           "accuracy", "ci_low", "ci_high", *SPEC_COLUMNS)
+SORT = ["model", "attack", "estimator", "attacked_state", "defense", "scored_state"]
+
+MAIN_KEYS = ("clean", "pgd10", "autoattack", "worst_case")   # keys of main rows and headline metrics
+NOT_RUN = "not run"
+REFERENCES = (  # RobustBench, CIFAR-10, L-inf 8/255: (model, clean %, AutoAttack %)
+    ("Madry et al. PGD-AT, WideResNet-34-10", 87.14, 44.04),
+    ("Rice et al. early-stopped PGD-AT, WideResNet-34-20", 85.34, 53.42),
+    ("Wong et al. fast AT, PreAct ResNet-18", 83.34, 43.21),
+)
+CAPTION = ("Accuracy (%, Wilson 95% CI) on CIFAR-10 under L-inf 8/255; the attack columns hold the strongest "
+           "cell over estimators and attacked states (over every attack the heading names); worst case is per "
+           "example over every attack; 'not run' means this profile has no such attack. Reference rows are "
+           "public RobustBench AutoAttack figures for context, not results of this run.")
+
+
+# ---------------------------------------------------------------- statistics
+def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (well behaved at 0 and 1)."""
+    if n == 0:
+        return (math.nan, math.nan)
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def worst_case(cells: list[dict]) -> dict[str, list[int]]:
+    """Per score key and example: 1 only if the example survived every cell's attack."""
+    keys = cells[0]["adversarial"]
+    return {key: [min(c["adversarial"][key][i] for c in cells) for i in range(cells[0]["num_examples"])]
+            for key in keys}
+
+
+# ---------------------------------------------------------------- spec columns
+def canonical(obj: dict) -> str:
+    """Canonical JSON (sorted keys, no spaces): equal settings give equal text."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def attack_columns(spec: dict) -> dict:
+    """The attack's type and settings as table columns, from its recorded config spec.
+
+    Defaults are filled as ``deqrobust.specs`` fills them; AutoAttack settings left to the
+    version stay out of ``attack_params`` (and blank in the columns). ``attack_steps`` is
+    PGD's steps, APGD's or FAB's n_iter, or Square's n_queries.
+    """
+    kind, params = attack_params(spec, f"recorded attack spec {spec!r}")
+    params = {k: v for k, v in params.items() if v is not None}
+    return {"attack_type": kind, "attack_version": params.get("version"), "eps_255": params["eps_255"],
+            "attack_steps": params.get("steps", params.get("n_iter", params.get("n_queries"))),
+            "restarts": params.get("restarts"), "attack_params": canonical(params)}
+
+
+def estimator_columns(estimator: str, spec: dict) -> dict:
+    """The estimator's type and settings (defaults filled); a baseline's plain backprop has no spec."""
+    if not spec and estimator == BASELINE_ESTIMATOR:
+        return {"estimator_type": BASELINE_ESTIMATOR, "estimator_params": canonical({})}
+    kind, params = estimator_params(spec, f"recorded spec of estimator {estimator!r}")
+    return {"estimator_type": kind, "estimator_params": canonical(params)}
+
+
+def attack_label(attack_type: str, params: dict) -> str:
+    """What ran, in words: 'AutoAttack' only for the standard suite at its own settings,
+    else the attack and its settings ('PGD-10', 'APGD-CE (20 it.)', 'Square (5000 queries)')."""
+    radius = [] if params["eps_255"] == PAPER_EPS_255 else [f"eps {params['eps_255']:g}/255"]
+    restarts = [f"{params['restarts']} restarts"] if params.get("restarts", 1) > 1 else []
+    if attack_type == "pgd":
+        name, extra = f"PGD-{params['steps']}", restarts
+    elif attack_type == "autoattack":
+        settings = sorted((k, v) for k, v in params.items() if k not in ("eps_255", "version", "attacks"))
+        if params["version"] == "standard" and not settings and not radius:
+            return "AutoAttack"
+        name = (f"AutoAttack custom: {'+'.join(DISPLAY[a] for a in params['attacks'])}"
+                if params["version"] == "custom" else f"AutoAttack {params['version']}")
+        extra = [f"{k}={v}" for k, v in settings]
+    else:
+        units = [("n_iter", "it."), ("n_queries", "queries"), ("n_target_classes", "target classes")]
+        name, extra = DISPLAY[attack_type], [f"{params[k]} {unit}" for k, unit in units if k in params] + restarts
+    extra += radius
+    return f"{name} ({', '.join(extra)})" if extra else name
+
+
+# ---------------------------------------------------------------- merge
+def _rows_of(scores: dict, exit_state: int | None) -> list[dict]:
+    """Rows of one score dict (clean or adversarial) under every defense and state."""
+    picks = [(FINAL, FINAL), (ENSEMBLE, ENSEMBLE)] if ENSEMBLE in scores else [(FINAL, FINAL)]
+    if exit_state is not None:
+        picks.append((EARLY_EXIT, f"{STATE_PREFIX}{exit_state}"))
+    picks += [(PER_STATE, key) for key in scores if key.startswith(STATE_PREFIX)]
+    return [{"defense": defense, "scored_state": key, "correct": sum(scores[key]), "n": len(scores[key])}
+            for defense, key in picks if key in scores]
+
+
+def merge(cell_paths: Iterable[str | os.PathLike], exit_paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
+    """The tidy table from evaluation cells and early-exit choices: attacked rows, clean rows,
+    and the per-example worst case over every cell of a model."""
+    exits = {}
+    for path in exit_paths:
+        record = json.loads(Path(path).read_text())
+        exits[record["model"]] = record["state"]
+    cells = [json.loads(Path(p).read_text()) for p in cell_paths]
+    if not cells:
+        raise ConfigError("merge needs at least one evaluation cell")
+    blank = dict.fromkeys(SPEC_COLUMNS)
+    rows, by_model = [], {}
+    for cell in cells:
+        ident = {k: cell[k] for k in IDENTITY}
+        by_model.setdefault(cell["model"], (ident, []))[1].append(cell)
+        specs = {**attack_columns(cell["attack_spec"]), **estimator_columns(cell["estimator"], cell["estimator_spec"])}
+        for row in _rows_of(cell["adversarial"], exits.get(cell["model"])):
+            rows.append({**ident, "estimator": cell["estimator"], "attacked_state": str(cell["attacked_state"]),
+                         "attack": cell["attack"], **row, **specs})
+    for model, (ident, group) in by_model.items():
+        reference = group[0]
+        for other in group[1:]:
+            if other["labels"] != reference["labels"] or other["clean"] != reference["clean"]:
+                raise ConfigError(f"cells of model {model!r} disagree on the clean examples; "
+                                  "were they run with different configs?")
+        for row in _rows_of(reference["clean"], exits.get(model)):
+            rows.append({**ident, "estimator": NONE, "attacked_state": NONE, "attack": CLEAN, **row, **blank})
+        for row in _rows_of(worst_case(group), exits.get(model)):
+            rows.append({**ident, "estimator": ANY, "attacked_state": ANY, "attack": WORST_CASE, **row, **blank})
+    table = pd.DataFrame(rows)
+    table["accuracy"] = table["correct"] / table["n"]
+    bounds = [wilson(c, n) for c, n in zip(table["correct"], table["n"])]
+    table["ci_low"] = [b[0] for b in bounds]
+    table["ci_high"] = [b[1] for b in bounds]
+    _integers(table)
+    return table[list(COLUMNS)].sort_values(SORT, kind="stable").reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- files
+def write_table(table: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write the table as CSV atomically (a killed job leaves no complete-looking table)."""
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+
+
+def load_table(path: str | os.PathLike, cfg: dict | None = None) -> pd.DataFrame:
+    """The tidy table with states kept as text (attacked: 'final', a step, 'any'; scored: 'state_n', ...).
+
+    A table merged before the spec columns existed gets them from ``cfg``'s attack and
+    estimator specs (looked up by name); without a config it is refused.
+    """
+    if not Path(path).is_file():
+        raise ConfigError(f"table {path} does not exist; make it with `deqrobust merge` (the workflow's merge rule)")
+    table = pd.read_csv(path, dtype={"attacked_state": str, "scored_state": str, "model": str,
+                                     "attack_params": str, "estimator_params": str})
+    missing = [c for c in SPEC_COLUMNS if c not in table.columns]
+    if missing:
+        if cfg is None:
+            raise ConfigError(f"table {path} has no columns {', '.join(missing)}: it was merged before they existed; "
+                              "rerun `deqrobust merge` on its cells, or give the profile's config")
+        table = _with_specs(table.drop(columns=[c for c in SPEC_COLUMNS if c in table.columns]), cfg)
+    return table
+
+
+def _with_specs(table: pd.DataFrame, cfg: dict) -> pd.DataFrame:
+    attacks, estimators = cfg["evaluation"]["attacks"], cfg["evaluation"]["estimators"]
+    specs = []
+    for attack, estimator in zip(table["attack"], table["estimator"]):
+        if attack in PSEUDO_ATTACKS:
+            specs.append(dict.fromkeys(SPEC_COLUMNS))
+            continue
+        if attack not in attacks or (estimator not in estimators and estimator != BASELINE_ESTIMATOR):
+            raise ConfigError(f"table row of attack {attack!r}, estimator {estimator!r}: not in the config; "
+                              f"its attacks: {', '.join(attacks)}; estimators: {', '.join(estimators)}")
+        specs.append({**attack_columns(attacks[attack]), **estimator_columns(estimator, estimators.get(estimator, {}))})
+    table = pd.concat([table, pd.DataFrame(specs, index=table.index, columns=list(SPEC_COLUMNS))], axis=1)
+    _integers(table)
+    return table
+
+
+def _integers(table: pd.DataFrame) -> None:
+    """Counts as integers with blanks (not 10.0); eps_255 too when every radius is whole."""
+    eps = pd.to_numeric(table["eps_255"])
+    table["eps_255"] = eps.astype("Int64") if (eps.dropna() % 1 == 0).all() else eps
+    for column in ("attack_steps", "restarts"):
+        table[column] = pd.to_numeric(table[column]).astype("Int64")
+
+
+def project_root(start: str | os.PathLike | None = None) -> Path:
+    """The checkout: the first folder at or above ``start`` (default: the working directory)
+    that holds the Snakefile, so a notebook finds its inputs from any working directory."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "Snakefile").is_file():
+            return folder
+    raise ConfigError(f"no Snakefile in {here} or any folder above it: run from inside the deqrobust checkout, "
+                      "or set DEQROBUST_CONFIG, DEQROBUST_TABLE and DEQROBUST_ANALYSIS")
+
+
+def default_profile(root: Path) -> str:
+    """DEQROBUST_PROFILE, else the profile params.yaml chooses (DVC's run)."""
+    if os.environ.get("DEQROBUST_PROFILE"):
+        return os.environ["DEQROBUST_PROFILE"]
+    import yaml
+
+    params = root / "params.yaml"
+    profile = (yaml.safe_load(params.read_text()) or {}).get("profile") if params.is_file() else None
+    if not profile:
+        raise ConfigError(f"no profile chosen: set DEQROBUST_PROFILE (paper, quick or smoke) or 'profile' in {params}")
+    return profile
+
+
+def notebook_inputs(profile: str | None = None, start: str | os.PathLike | None = None) -> dict:
+    """Config, reports folder, table and analyses a notebook reads.
+
+    Environment variables win (the workflow sets them; relative paths are read from the
+    working directory): DEQROBUST_CONFIG, DEQROBUST_REPORTS, DEQROBUST_TABLE and
+    DEQROBUST_ANALYSIS (comma-separated). Otherwise the profile's files in the checkout
+    found from ``start``: ``config/<profile>.yaml``, its ``reports`` folder with
+    ``table.csv``, and ``<results>/analysis/*.json``.
+    """
+    from deqrobust.config import load
+
+    env = os.environ.get
+    if env("DEQROBUST_CONFIG"):
+        config_path = Path(env("DEQROBUST_CONFIG"))
+        try:
+            root = project_root(start)
+        except ConfigError:   # a config given outside a checkout: its paths are read from here
+            root = None
+    else:
+        root = project_root(start)
+        config_path = root / "config" / f"{profile or default_profile(root)}.yaml"
+    if not config_path.is_file():
+        raise ConfigError(f"config {config_path} does not exist; valid: a profile under config/ "
+                          "(set DEQROBUST_PROFILE or DEQROBUST_CONFIG)")
+    cfg = load(config_path)
+
+    def in_checkout(path: str) -> Path:   # the config's paths are relative to the checkout (the workflow's workdir)
+        return Path(path) if root is None else root / path
+
+    reports = Path(env("DEQROBUST_REPORTS") or in_checkout(cfg["reports"]))
+    analyses = env("DEQROBUST_ANALYSIS")
+    return {
+        "config": cfg,
+        "reports": reports,
+        "table": Path(env("DEQROBUST_TABLE") or reports / "table.csv"),
+        "analysis": ([Path(p) for p in analyses.split(",") if p] if analyses is not None
+                     else sorted(in_checkout(cfg["results"]).joinpath("analysis").glob("*.json"))),
+    }
+
+
+# ---------------------------------------------------------------- queries
+def state_order(state: str) -> tuple[int, int]:
+    """Sort key of an attacked state: final first, then solver steps in order, then anything else."""
+    return (0, 0) if state == FINAL else (1, int(state)) if str(state).isdigit() else (2, 0)
+
+
+def attacked(table: pd.DataFrame, model: str | None = None, defense: str | None = None) -> pd.DataFrame:
+    """The rows of real attacks (no clean or worst-case rows), of one model and defense if given."""
+    keep = ~table["attack"].isin(PSEUDO_ATTACKS)
+    if model is not None:
+        keep &= table["model"] == model
+    if defense is not None:
+        keep &= table["defense"] == defense
+    return table[keep]
+
+
+def split_by_state(cells: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(final-state cells, intermediate-state cells: attacked at a solver step n)."""
+    final = cells["attacked_state"] == FINAL
+    return cells[final], cells[cells["attacked_state"].fillna("").str.isdigit()]
+
+
+def models_of(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per model: model, arch, training, grad."""
+    return table.drop_duplicates("model")[list(IDENTITY)]
+
+
+def strongest(rows: pd.DataFrame) -> dict | None:
+    """The row with the lowest accuracy (the strongest attack) as a dict, None if there is none."""
+    if rows.empty:
+        return None
+    row = rows.sort_values(["accuracy", "n"], ascending=[True, False]).iloc[0]
+    return {"accuracy": float(row["accuracy"]), "ci_low": float(row["ci_low"]), "ci_high": float(row["ci_high"]),
+            "n": int(row["n"]), "estimator": row["estimator"], "attacked_state": row["attacked_state"],
+            "attack": row["attack"]}
+
+
+def main_column(table: pd.DataFrame) -> pd.Series:
+    """Per row, the main-table column it feeds (one of MAIN_KEYS), or None."""
+    radius = table["eps_255"] == PAPER_EPS_255
+    pgd10 = (table["attack_type"] == "pgd") & (table["attack_steps"] == PAPER_PGD_STEPS) & radius
+    autoattack = table["attack_type"].isin(AUTOATTACK_TYPES) & radius
+    out = pd.Series(None, index=table.index, dtype=object)
+    out[table["attack"] == CLEAN] = "clean"
+    out[table["attack"] == WORST_CASE] = "worst_case"
+    out[pgd10.fillna(False).astype(bool)] = "pgd10"
+    out[autoattack.fillna(False).astype(bool)] = "autoattack"
+    return out
+
+
+def main_columns(table: pd.DataFrame) -> list[tuple[str, str]]:
+    """(key, heading) of the main table's columns; an attack column is headed by what ran in it."""
+    columns = main_column(table)
+    headings = {"clean": "clean", "worst_case": "worst case"}
+    for key, unrun in (("pgd10", f"PGD-{PAPER_PGD_STEPS}"), ("autoattack", "AutoAttack")):
+        rows = table[columns == key].drop_duplicates(["attack_type", "attack_params"])
+        labels = list(dict.fromkeys(attack_label(t, json.loads(p)) for t, p in zip(rows["attack_type"],
+                                                                                     rows["attack_params"])))
+        headings[key] = unrun if not labels else labels[0] if len(labels) == 1 else "strongest of " + ", ".join(labels)
+    return [(key, headings[key]) for key in MAIN_KEYS]
+
+
+def main_rows(table: pd.DataFrame) -> list[dict]:
+    """One row per model and defense with the strongest cell of each main column (None when not run)."""
+    columns = main_column(table)
+    rows = []
+    for model, of_model in table.groupby("model", sort=False):
+        first = of_model.iloc[0]
+        for defense in [d for d in DEFENSES if d in set(of_model["defense"])]:
+            cells = of_model[of_model["defense"] == defense]
+            entry = {**{k: first[k] for k in IDENTITY}, "defense": defense}
+            for key in MAIN_KEYS:
+                entry[key] = strongest(cells[columns[cells.index] == key])
+            rows.append(entry)
+    return rows
+
+
+def headline_metrics(table: pd.DataFrame) -> dict:
+    """{model: {defense: {clean, pgd10, autoattack, worst_case: accuracy or None, n}}} for metrics files."""
+    out: dict = {}
+    for row in main_rows(table):
+        ns = [row[key]["n"] for key in MAIN_KEYS if row[key]]
+        out.setdefault(row["model"], {})[row["defense"]] = {
+            **{key: (row[key]["accuracy"] if row[key] else None) for key in MAIN_KEYS},
+            "n": max(ns) if ns else None}
+    return out
+
+
+def _pct(cell: dict | None) -> str:
+    if cell is None:
+        return NOT_RUN
+    return f"{100 * cell['accuracy']:.1f} ({100 * cell['ci_low']:.1f}-{100 * cell['ci_high']:.1f})"
+
+
+def main_table_rows(table: pd.DataFrame, profile: str) -> tuple[list[str], list[list[str]]]:
+    """Header and text rows of the main table: measured rows, then the RobustBench reference rows
+    (their AutoAttack figure is marked as such when the column holds another attack)."""
+    columns = main_columns(table)
+    header = ["model", "training", "defense", "n", *(heading for _, heading in columns), "source"]
+    rows = []
+    for row in main_rows(table):
+        ns = [row[key]["n"] for key, _ in columns if row[key]]
+        rows.append([row["model"], row["training"], row["defense"], str(max(ns)) if ns else "-",
+                     *(_pct(row[key]) for key, _ in columns), f"measured ({profile})"])
+    tag = "" if dict(columns)["autoattack"] == "AutoAttack" else " (AutoAttack)"
+    for name, clean, aa in REFERENCES:
+        rows.append([name, "adversarial", "-", "10000", f"{clean:.2f}", "-", f"{aa:.2f}{tag}", "-",
+                     "RobustBench (reference only, not measured here)"])
+    return header, rows
+
+
+def markdown_table(header: list[str], rows: Iterable[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _latex_escape(text: str) -> str:
+    return re.sub(r"([_%&#$])", r"\\\1", text)
+
+
+def latex_table(header: list[str], rows: Iterable[list[str]], caption: str) -> str:
+    lines = [r"\begin{table}[t]", r"\centering", f"\\caption{{{_latex_escape(caption)}}}",
+             r"\begin{tabular}{" + "l" * len(header) + "}", r"\toprule",
+             " & ".join(_latex_escape(h) for h in header) + r" \\", r"\midrule"]
+    lines += [" & ".join(_latex_escape(c) for c in cells) + r" \\" for cells in rows]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def heatmap_grid(table: pd.DataFrame, model: str, defense: str) -> pd.DataFrame:
+    """Robust accuracy (%) of one model and defense: rows 'estimator@attacked state' (final first,
+    then by step), columns attacks."""
+    part = attacked(table, model, defense)
+    grid = (part.assign(cell=part["estimator"] + "@" + part["attacked_state"].astype(str))
+            .pivot(index="cell", columns="attack", values="accuracy") * 100)
+    return grid.loc[sorted(grid.index, key=lambda c: (state_order(c.rsplit("@", 1)[1]), c))]
+
+
+def attacked_defenses(table: pd.DataFrame, model: str) -> list[str]:
+    """The defenses (in DEFENSES order) under which a model has attacked cells."""
+    present = set(attacked(table, model)["defense"])
+    return [d for d in DEFENSES if d in present]
+
+
+def worst_case_accuracy(table: pd.DataFrame, model: str, defense: str) -> float | None:
+    """The per-example worst-case accuracy of a model's defense, None without worst-case rows."""
+    rows = table[(table["model"] == model) & (table["defense"] == defense) & (table["attack"] == WORST_CASE)]
+    return None if rows.empty else float(rows["accuracy"].min())
+
+
+def state_models(table: pd.DataFrame) -> list[str]:
+    """Models with per-state rows (the DEQs)."""
+    return list(table.loc[table["defense"] == PER_STATE, "model"].unique())
+
+
+def state_table_frame(table: pd.DataFrame, model: str) -> pd.DataFrame:
+    """Per scored state n of the per-state defense: clean, per-example worst case and, per attack,
+    the strongest cell (columns step, series, accuracy)."""
+    rows = table[(table["model"] == model) & (table["defense"] == PER_STATE)]
+    frame = rows.assign(step=rows["scored_state"].str.removeprefix(STATE_PREFIX).astype(int))
+    series = frame[frame["attack"].isin(PSEUDO_ATTACKS)][["step", "attack", "accuracy"]]
+    per_attack = (frame[~frame["attack"].isin(PSEUDO_ATTACKS)].groupby(["attack", "step"], as_index=False)
+                  ["accuracy"].min().assign(attack=lambda d: d["attack"] + " (strongest cell)"))
+    return pd.concat([series, per_attack], ignore_index=True).rename(columns={"attack": "series"})
