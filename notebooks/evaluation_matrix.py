@@ -31,41 +31,44 @@
 #
 # | variable | meaning | default |
 # |---|---|---|
-# | `DEQROBUST_CONFIG` | the profile config (attack types, models, scale) | `config/smoke.yaml` |
+# | `DEQROBUST_PROFILE` | the profile (paper, quick, smoke) | `profile` of `params.yaml` |
+# | `DEQROBUST_CONFIG` | the profile config (models, scale) | `config/<profile>.yaml` |
 # | `DEQROBUST_REPORTS` | the profile's reports folder | `reports` of the config |
 # | `DEQROBUST_TABLE` | tidy table CSV (`deqrobust merge`) | `$DEQROBUST_REPORTS/table.csv` |
 # | `DEQROBUST_ANALYSIS` | comma-separated analysis JSONs (`deqrobust analyze`) | `<results of the config>/analysis/*.json` |
 #
-# Relative paths are read from the working directory (the repository root when run by the
-# workflow). Without a config file, attack types are guessed from their names (`pgd10`,
-# `autoattack`, ...).
+# The defaults are files of the checkout, found from any working directory (Jupyter starts
+# the kernel in `notebooks/`): the nearest folder above that holds the `Snakefile`. Paths
+# given in the variables are read from the working directory. The table carries each
+# attack's type and settings as columns, so nothing here depends on attack names.
 
 # %%
 # %matplotlib inline
 from IPython.display import Markdown, display
 
-from deqrobust import analysis, figures, report
+from deqrobust import analysis, figures, report, results
 
-paths = figures.notebook_inputs()
+paths = results.notebook_inputs()
 cfg = paths["config"]
-table = figures.load_table(paths["table"])
+table = results.load_table(paths["table"], cfg)
 analyses = [analysis.load(p) for p in paths["analysis"]]
-attacks = cfg.get("evaluation", {}).get("attacks")
 print(f"table {paths['table']}: {len(table)} rows, models {', '.join(table['model'].unique())}")
 
 # %% [markdown]
 # ## Main table
 #
-# Per model and defense: clean accuracy, the strongest PGD-10 cell, the strongest AutoAttack
-# cell, and the per-example worst case over every attack, estimator and attacked state
-# (accuracy in %, Wilson 95 % interval in brackets). "Strongest" means the lowest accuracy over
-# all gradient estimators and attacked states. The RobustBench rows are published figures
+# Per model and defense: clean accuracy, the strongest PGD-10 cell, the strongest cell of the
+# AutoAttack family, and the per-example worst case over every attack, estimator and attacked
+# state (accuracy in %, Wilson 95 % interval in brackets). "Strongest" means the lowest accuracy
+# over all gradient estimators and attacked states. A column is headed by what ran in it:
+# "AutoAttack" only for the standard suite, otherwise the attack and its iterations (for
+# example "APGD-CE (20 it.)"). The RobustBench rows are published figures
 # of large deep networks, given for context only: they were not measured here and come from
 # models trained for hundreds of epochs, so a CPU profile is not expected to approach them.
 
 # %%
-header, rows = figures.main_table_rows(table, attacks, cfg["profile"])
-display(Markdown(figures.markdown_table(header, rows)))
+header, rows = results.main_table_rows(table, cfg["profile"])
+display(Markdown(results.markdown_table(header, rows)))
 
 # %% [markdown]
 # ## Robust accuracy by gradient estimator and attack
@@ -73,8 +76,9 @@ display(Markdown(figures.markdown_table(header, rows)))
 # One figure per model, one panel per defense (final state, early exit, ensemble of states).
 # Rows are the gradient estimator and the state it was computed at (`exact@final`,
 # `unroll@final` use the final state; `intermediate@n` and `adjoint@n` use solver state n);
-# columns are attacks; the colour and number are robust accuracy in %. How to read it
-# against the paper:
+# columns are attacks; the number is robust accuracy in %, and the colour scale spans the
+# model's own range (shared by its panels), so that a few points of difference show. How to
+# read it against the paper:
 #
 # - **Claim 2 (obfuscation):** in the *final* panel, the `@final` rows should be clearly
 #   higher (brighter) than the `@n` rows: final-state gradients over-estimate robustness.

@@ -34,18 +34,20 @@
 # | variable | meaning | default |
 # |---|---|---|
 # | `DEQROBUST_ANALYSIS` | comma-separated analysis JSONs (`deqrobust analyze`) | `<results of the config>/analysis/*.json` |
-# | `DEQROBUST_CONFIG` | the profile config | `config/smoke.yaml` |
+# | `DEQROBUST_PROFILE`, `DEQROBUST_CONFIG` | the profile and its config | `profile` of `params.yaml`, `config/<profile>.yaml` |
 # | `DEQROBUST_REPORTS`, `DEQROBUST_TABLE` | reports folder and tidy table (not needed here) | as in `evaluation_matrix` |
 #
-# Relative paths are read from the working directory (the repository root when run by the workflow).
+# The defaults are files of the checkout, found from any working directory (the nearest folder
+# above that holds the `Snakefile`); paths given in the variables are read from the working
+# directory.
 
 # %%
 # %matplotlib inline
 from IPython.display import Markdown, display
 
-from deqrobust import analysis, figures, report
+from deqrobust import analysis, figures, report, results
 
-paths = figures.notebook_inputs()
+paths = results.notebook_inputs()
 analyses = [analysis.load(p) for p in paths["analysis"]]
 for a in analyses:
     m = a["model"]

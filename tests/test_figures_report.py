@@ -1,25 +1,26 @@
-"""Figures, main table and report verdicts on hand-made results whose answers are known."""
+"""Results queries, figures, main table and report verdicts on hand-made results whose answers are known."""
 from __future__ import annotations
 
 import argparse
 import importlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from deqrobust import analysis, figures, report
-from deqrobust.evaluation import wilson
+from deqrobust import analysis, figures, report, results
+from deqrobust.plan import BASELINE_ESTIMATOR
+from deqrobust.results import wilson
 
 ROOT = Path(__file__).resolve().parents[1]
 STATES = (1, 2, 3, 4)
 ATTACKS = {"pgd10": {"name": "pgd", "steps": 10}, "aa": {"name": "autoattack"}}
+ESTIMATORS = {name: {"name": name} for name in ("exact", "unroll", "intermediate", "adjoint")}
 CFG = {"profile": "unit", "training": {"epochs": 1},
        "solver": {"name": "broyden", "budget": 4, "tol": 1e-3},
-       "evaluation": {"attacks": ATTACKS},
+       "evaluation": {"attacks": ATTACKS, "estimators": ESTIMATORS},
        "models": {"deq_std": {"arch": "mdeq", "size": "tiny", "training": "standard", "grad": "exact"},
                   "deq_pgd": {"arch": "mdeq", "size": "tiny", "training": "pgd", "grad": "exact"},
                   "resnet_pgd": {"arch": "preact_resnet18", "training": "pgd"}}}
@@ -28,12 +29,16 @@ MODELS = {name: (spec["arch"], spec["training"], spec.get("grad", "")) for name,
 
 def row(model: str, estimator: str, attacked: str, attack: str, defense: str, scored: str, acc: float,
         n: int = 400) -> dict:
+    """One table row as merge writes it, with the spec columns of ATTACKS and ESTIMATORS."""
     arch, training, grad = MODELS[model]
     correct = round(min(max(acc, 0.0), 1.0) * n)
     low, high = wilson(correct, n)
+    specs = (dict.fromkeys(results.SPEC_COLUMNS) if attack in results.PSEUDO_ATTACKS else
+             {**results.attack_columns(ATTACKS[attack]),
+              **results.estimator_columns(estimator, ESTIMATORS.get(estimator, {}))})
     return {"model": model, "arch": arch, "training": training, "grad": grad, "estimator": estimator,
             "attacked_state": attacked, "attack": attack, "defense": defense, "scored_state": scored,
-            "correct": correct, "n": n, "accuracy": correct / n, "ci_low": low, "ci_high": high}
+            "correct": correct, "n": n, "accuracy": correct / n, "ci_low": low, "ci_high": high, **specs}
 
 
 def deq_rows(model: str, final_acc: float, inter_acc: float, exit_acc: float, attacks=("pgd10", "aa")) -> list[dict]:
@@ -69,7 +74,7 @@ def make_table(inter_stronger: bool = True, defenses_help: bool = True, autoatta
     rows += deq_rows("deq_std", 0.02, 0.0, 0.01, attacks)
     if baseline_acc is not None:
         for attack in attacks:
-            rows.append(row("resnet_pgd", "backprop", "final", attack, "final", "final", baseline_acc + 0.02))
+            rows.append(row("resnet_pgd", BASELINE_ESTIMATOR, "final", attack, "final", "final", baseline_acc + 0.02))
         rows.append(row("resnet_pgd", "none", "none", "clean", "final", "final", 0.8))
         rows.append(row("resnet_pgd", "any", "any", "worst-case", "final", "final", baseline_acc))
     return pd.DataFrame(rows)
@@ -137,29 +142,109 @@ def test_claim5_not_tested_when_sizes_differ():
 
 
 def test_headline_metrics_and_missing_autoattack():
-    metrics = figures.headline_metrics(make_table(autoattack=False), ATTACKS)
+    metrics = results.headline_metrics(make_table(autoattack=False))
     final = metrics["deq_pgd"]["final"]
     assert final["clean"] == pytest.approx(0.8) and final["pgd10"] == pytest.approx(0.23)
     assert final["autoattack"] is None and final["worst_case"] == pytest.approx(0.20)
     assert set(metrics["resnet_pgd"]) == {"final"}
-    header, rows = figures.main_table_rows(make_table(autoattack=False), ATTACKS, "unit")
-    assert all(r[header.index("AutoAttack")] == figures.NOT_RUN for r in rows if r[-1].startswith("measured"))
+    header, rows = results.main_table_rows(make_table(autoattack=False), "unit")
+    assert all(r[header.index("AutoAttack")] == results.NOT_RUN for r in rows if r[-1].startswith("measured"))
 
 
-def test_attack_kind_from_spec_or_name():
-    assert figures.attack_kind("pgd10", ATTACKS) == "pgd10"
-    assert figures.attack_kind("aa", ATTACKS) == "autoattack"
-    assert figures.attack_kind("pgd100", None) == "other"
-    assert figures.attack_kind("apgd-ce", None) == "autoattack"
-    assert figures.attack_kind("strong", {"strong": {"name": "pgd", "steps": 10, "eps_255": 4}}) == "other"
+def with_attack(table: pd.DataFrame, attack: str, spec: dict) -> pd.DataFrame:
+    """The table with one attack's spec columns replaced, as if the config had given ``spec``."""
+    table = table.copy()
+    rows = table["attack"] == attack
+    for column, value in results.attack_columns(spec).items():
+        table.loc[rows, column] = value
+    return table
+
+
+@pytest.mark.parametrize("spec, heading", [
+    ({"name": "autoattack"}, "AutoAttack"),
+    ({"name": "autoattack", "version": "standard", "eps_255": 8}, "AutoAttack"),
+    ({"name": "autoattack", "n_iter": 20}, "AutoAttack standard (n_iter=20)"),
+    ({"name": "autoattack", "version": "plus"}, "AutoAttack plus"),
+    ({"name": "autoattack", "version": "custom", "attacks": ["apgd-ce", "square"]}, "AutoAttack custom: APGD-CE+Square"),
+    ({"name": "apgd-ce", "n_iter": 20, "restarts": 1}, "APGD-CE (20 it.)"),
+    ({"name": "apgd-t", "n_iter": 100, "n_target_classes": 9, "restarts": 5},
+     "APGD-T (100 it., 9 target classes, 5 restarts)"),
+    ({"name": "square", "n_queries": 5000}, "Square (5000 queries)"),
+])
+def test_autoattack_heading_says_what_ran(spec: dict, heading: str):
+    """'AutoAttack' only for the standard suite at its own settings; else the attack and its iterations."""
+    table = with_attack(make_table(), "aa", spec)
+    assert dict(results.main_columns(table))["autoattack"] == heading
+    header, rows = results.main_table_rows(table, "unit")
+    column = header.index(heading)
+    measured = [r for r in rows if r[-1].startswith("measured")]
+    assert all(r[column] != results.NOT_RUN for r in measured)
+    references = [r[column] for r in rows if r[-1].startswith("RobustBench")]
+    assert all(r.endswith("(AutoAttack)") == (heading != "AutoAttack") for r in references)
+
+
+def test_pgd_heading_and_attacks_outside_the_main_table():
+    table = with_attack(make_table(), "pgd10", {"name": "pgd", "steps": 10, "restarts": 5})
+    assert results.main_columns(table)[1] == ("pgd10", "PGD-10 (5 restarts)")
+    # Another radius or step count is not the paper's PGD-10 / AutoAttack: not run, under the default heading.
+    table = with_attack(with_attack(make_table(), "pgd10", {"name": "pgd", "steps": 20}), "aa",
+                        {"name": "autoattack", "eps_255": 4})
+    assert [h for _, h in results.main_columns(table)] == ["clean", "PGD-10", "AutoAttack", "worst case"]
+    assert results.headline_metrics(table)["deq_pgd"]["final"]["pgd10"] is None
+    assert results.attack_label("autoattack", json.loads(table.loc[table["attack"] == "aa", "attack_params"].iloc[0])) \
+        == "AutoAttack standard (eps 4/255)"
+
+
+def test_heading_of_several_attacks_names_them_all():
+    table = make_table()
+    extra = with_attack(table[table["attack"] == "aa"], "aa", {"name": "apgd-ce", "n_iter": 20})
+    extra = extra.assign(attack="apgd-ce", accuracy=extra["accuracy"] - 0.05)
+    both = pd.concat([table, extra], ignore_index=True)
+    assert dict(results.main_columns(both))["autoattack"] == "strongest of AutoAttack, APGD-CE (20 it.)"
+    assert results.main_rows(both)[0]["autoattack"]["attack"] == "apgd-ce"
 
 
 def test_figures_survive_missing_pieces(tmp_path: Path):
     """A profile with only a baseline and no analysis still gets every file, with notes instead of errors."""
     table = make_table(autoattack=False)
-    written = figures.write_all(table[table["model"] == "resnet_pgd"], [], tmp_path, ATTACKS, "unit")
+    written = figures.write_all(table[table["model"] == "resnet_pgd"], [], tmp_path, "unit")
     assert all(p.stat().st_size > 0 for p in written)
     assert "not run" in (tmp_path / "main.md").read_text()
+
+
+def inside_canvas(fig) -> bool:
+    """All of the figure's text lies inside its canvas (the tight box within the figure's size)."""
+    fig.draw_without_rendering()
+    box, (width, height) = fig.get_tightbbox(), fig.get_size_inches()
+    return box.x0 >= 0 and box.y0 >= 0 and box.x1 <= width and box.y1 <= height
+
+
+def test_heatmap_with_long_names_is_not_clipped_and_scales_to_the_data(tmp_path: Path):
+    long = {"pgd10": "pgd-10-steps-with-a-very-long-configuration-name", "aa": "autoattack-standard-reference-suite"}
+    table = make_table()
+    model = "deq-adversarially-trained-with-pgd-and-a-long-descriptive-name"
+    table = table[table["model"] == "deq_pgd"].assign(
+        model=model, attack=lambda d: d["attack"].replace(long),
+        estimator=lambda d: d["estimator"].where(d["estimator"].isin(["none", "any"]),
+                                                 d["estimator"] + "-gradient-estimator-with-a-long-name"))
+    fig = figures.heatmap_figure(table, model)
+    assert inside_canvas(fig)
+    drawn = table[table["defense"].isin(results.DEFENSES) & ~table["attack"].isin(results.PSEUDO_ATTACKS)]
+    values = 100 * drawn["accuracy"]
+    for ax in fig.axes[:3]:   # one panel per defense, then the colour bar
+        mesh = ax.collections[0]
+        assert (mesh.norm.vmin, mesh.norm.vmax) == (pytest.approx(values.min()), pytest.approx(values.max()))
+    assert {t.get_text() for ax in fig.axes[:3] for t in ax.texts} == {f"{v:.1f}%" for v in values}
+    figures.save_figure(fig, tmp_path / "heatmap.png")
+    assert (tmp_path / "heatmap.png").stat().st_size > 0
+
+
+def test_every_figure_fits_its_canvas():
+    table, records = make_table(), analyses()
+    for fig in (figures.residual_figure(records), figures.convergence_figure(records),
+                figures.sample_traces_figure(records), figures.state_accuracy_figure(records, table),
+                *(figures.heatmap_figure(table, m) for m in table["model"].unique())):
+        assert inside_canvas(fig), fig.get_suptitle() or fig.axes[0].get_title()
 
 
 def write_outputs(folder: Path) -> tuple[Path, list[Path]]:
@@ -214,6 +299,50 @@ def test_figures_and_report_commands(tmp_path: Path):
     assert record["verdicts"]["3"] == report.HELD and record["accuracy"]["deq_pgd"]["final"]["n"] == 400
 
 
+def checkout(root: Path, profile: str = "unit") -> Path:
+    """A minimal checkout: Snakefile, params.yaml choosing ``profile``, its config, table and analyses."""
+    import yaml
+
+    (root / "notebooks").mkdir(parents=True)
+    (root / "Snakefile").write_text("# the project root marker\n")
+    (root / "params.yaml").write_text(yaml.safe_dump({"profile": profile}))
+    (root / "config").mkdir()
+    (root / "config" / f"{profile}.yaml").write_text(yaml.safe_dump(
+        {**CFG, "profile": profile, "reports": f"reports/{profile}", "results": f"results/{profile}"}))
+    table, paths = write_outputs(root / "reports" / profile)
+    (root / "results" / profile / "analysis").mkdir(parents=True)
+    for path in paths:
+        path.rename(root / "results" / profile / "analysis" / path.name)
+    return root
+
+
+def test_notebook_inputs_found_from_another_working_directory(tmp_path: Path, monkeypatch):
+    root = checkout(tmp_path / "clone")
+    for name in ("DEQROBUST_PROFILE", "DEQROBUST_CONFIG", "DEQROBUST_REPORTS", "DEQROBUST_TABLE", "DEQROBUST_ANALYSIS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(root / "notebooks")
+    paths = results.notebook_inputs()
+    assert paths["config"]["profile"] == "unit" and paths["table"] == root / "reports" / "unit" / "table.csv"
+    assert [p.name for p in paths["analysis"]] == ["deq_pgd.json", "deq_std.json"]
+    assert all(p.is_file() for p in paths["analysis"])
+    assert len(results.load_table(paths["table"], paths["config"])) == len(make_table())
+    monkeypatch.chdir(tmp_path)            # outside any checkout: says what to do
+    with pytest.raises(results.ConfigError, match="no Snakefile.*DEQROBUST_CONFIG"):
+        results.notebook_inputs()
+
+
+def test_table_without_spec_columns_needs_the_config(tmp_path: Path):
+    """A table merged before the spec columns existed reads them from the config, else is refused."""
+    old = tmp_path / "table.csv"
+    make_table().drop(columns=list(results.SPEC_COLUMNS)).to_csv(old, index=False)
+    with pytest.raises(results.ConfigError, match="attack_type.*rerun `deqrobust merge`"):
+        results.load_table(old)
+    filled = results.load_table(old, CFG)
+    new = tmp_path / "new.csv"
+    results.write_table(make_table(), new)
+    pd.testing.assert_frame_equal(filled, results.load_table(new), check_dtype=False)
+
+
 @pytest.mark.parametrize("notebook", ["evaluation_matrix.py", "fixed_point_analysis.py"])
 def test_notebooks_execute(tmp_path: Path, monkeypatch, notebook: str):
     import jupytext
@@ -230,3 +359,18 @@ def test_notebooks_execute(tmp_path: Path, monkeypatch, notebook: str):
     images = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs
               if "image/png" in o.get("data", {})]
     assert images, "the notebook showed no figure"
+
+
+def test_notebook_runs_in_its_own_folder_without_variables(tmp_path: Path, monkeypatch):
+    """As Jupyter runs it: the kernel starts in notebooks/ and no DEQROBUST_* variable is set."""
+    import jupytext
+    from nbclient import NotebookClient
+
+    root = checkout(tmp_path / "clone")
+    for name in ("DEQROBUST_PROFILE", "DEQROBUST_CONFIG", "DEQROBUST_REPORTS", "DEQROBUST_TABLE", "DEQROBUST_ANALYSIS"):
+        monkeypatch.delenv(name, raising=False)
+    nb = jupytext.read(ROOT / "notebooks" / "evaluation_matrix.py")
+    NotebookClient(nb, timeout=120, kernel_name="python3",
+                   resources={"metadata": {"path": str(root / "notebooks")}}).execute()
+    text = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs)
+    assert "reports/unit/table.csv" in text

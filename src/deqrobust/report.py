@@ -32,7 +32,9 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from deqrobust.figures import COLUMNS, headline_metrics, main_rows, strongest
+from deqrobust.config import model_spec
+from deqrobust.results import (CLEAN, DEFENSES, FINAL, PSEUDO_ATTACKS, WORST_CASE, attacked, headline_metrics,
+                               main_columns, main_rows, models_of, split_by_state, strongest)
 
 HELD, NOT_HELD, NOT_TESTED = "held", "did not hold", "not tested at this scale"
 ADVERSARIAL = ("pgd", "fgsm")
@@ -82,37 +84,22 @@ def fmt(cell: dict | None) -> str:
     """'44.0 % [40.9, 47.1] (n=500; pgd10 via exact@final)'."""
     if cell is None:
         return "not run"
-    plain = cell["attack"] in ("clean", "worst-case")
+    plain = cell["attack"] in PSEUDO_ATTACKS
     how = "" if plain else f"; {cell['attack']} via {cell['estimator']}@{cell['attacked_state']}"
     return (f"{100 * cell['accuracy']:.1f} % [{100 * cell['ci_low']:.1f}, {100 * cell['ci_high']:.1f}]"
             f" (n={cell['n']}{how})")
 
 
 # ---------------------------------------------------------------- table helpers
-def models_of(table: pd.DataFrame) -> pd.DataFrame:
-    return table.drop_duplicates("model")[["model", "arch", "training", "grad"]]
-
-
 def adversarial_deqs(table: pd.DataFrame) -> list[str]:
     m = models_of(table)
     return m.loc[(m["arch"] == "mdeq") & m["training"].isin(ADVERSARIAL), "model"].tolist()
 
 
-def attacked(table: pd.DataFrame, model: str, defense: str) -> pd.DataFrame:
-    rows = table[(table["model"] == model) & (table["defense"] == defense)]
-    return rows[~rows["attack"].isin(["clean", "worst-case"])]
-
-
-def split_by_state(cells: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(final-state cells, intermediate-state cells)."""
-    final = cells["attacked_state"] == "final"
-    return cells[final], cells[cells["attacked_state"].fillna("").str.isdigit()]
-
-
 def robust(table: pd.DataFrame, model: str, defense: str) -> dict | None:
     """Per-example worst case of a defense, else its strongest cell."""
     rows = table[(table["model"] == model) & (table["defense"] == defense)]
-    return strongest(rows[rows["attack"] == "worst-case"]) or strongest(attacked(table, model, defense))
+    return strongest(rows[rows["attack"] == WORST_CASE]) or strongest(attacked(table, model, defense))
 
 
 # ---------------------------------------------------------------- claims
@@ -161,7 +148,7 @@ def claim2(table: pd.DataFrame) -> Finding:
     finding = Finding(2, NOT_TESTED)
     outcomes = []
     for model in adversarial_deqs(table):
-        final, inter = split_by_state(attacked(table, model, "final"))
+        final, inter = split_by_state(attacked(table, model, FINAL))
         for attack in sorted(set(final["attack"]) & set(inter["attack"])):
             f, i = strongest(final[final["attack"] == attack]), strongest(inter[inter["attack"] == attack])
             ok = f["ci_low"] > i["ci_high"]
@@ -179,7 +166,7 @@ def claim3(table: pd.DataFrame) -> Finding:
     finding = Finding(3, NOT_TESTED)
     outcomes = []
     for model in adversarial_deqs(table):
-        f, i = (strongest(part) for part in split_by_state(attacked(table, model, "final")))
+        f, i = (strongest(part) for part in split_by_state(attacked(table, model, FINAL)))
         if f is None or i is None:
             finding.evidence.append(f"- {model}: final-state {fmt(f)}, intermediate {fmt(i)} (cannot compare)")
             continue
@@ -195,11 +182,11 @@ def claim4(table: pd.DataFrame) -> Finding:
     finding = Finding(4, NOT_TESTED)
     outcomes = []
     for model in adversarial_deqs(table):
-        scores = {d: robust(table, model, d) for d in ("final", "early_exit", "ensemble")}
+        scores = {d: robust(table, model, d) for d in DEFENSES}
         finding.evidence.append(f"- {model}: " + "; ".join(f"{d} {fmt(c)}" for d, c in scores.items()))
-        others = [c["accuracy"] for d, c in scores.items() if d != "final" and c is not None]
-        if scores["final"] is not None and others:
-            outcomes.append(max(others) > scores["final"]["accuracy"])
+        others = [c["accuracy"] for d, c in scores.items() if d != FINAL and c is not None]
+        if scores[FINAL] is not None and others:
+            outcomes.append(max(others) > scores[FINAL]["accuracy"])
     if not adversarial_deqs(table):
         finding.evidence.append("- no adversarially trained DEQ in the table")
     finding.verdict = combine(outcomes)
@@ -226,7 +213,7 @@ def claim5(table: pd.DataFrame, cfg: dict) -> Finding:
             continue
         rival = min(rivals, key=lambda m: abs(params[m] / params[deq] - 1))
         ratio = params[rival] / params[deq]
-        d, b = robust(table, deq, "final"), robust(table, rival, "final")
+        d, b = robust(table, deq, FINAL), robust(table, rival, FINAL)
         line = (f"- {deq} ({params[deq]:,} parameters) {fmt(d)} vs {rival} ({params[rival]:,} parameters, "
                 f"x{ratio:.2g}) {fmt(b)}")
         if not 1 / SIZE_RATIO <= ratio <= SIZE_RATIO:
@@ -250,14 +237,14 @@ def findings(table: pd.DataFrame, analyses: list[dict], cfg: dict) -> list[Findi
 # ---------------------------------------------------------------- document
 def scale_lines(table: pd.DataFrame, analyses: list[dict], cfg: dict) -> list[str]:
     """Profile, sizes and budgets: what "at this scale" means for this report."""
-    training, solver = cfg.get("training", {}), cfg.get("solver", {})
-    attacked_n = table.loc[~table["attack"].isin(["clean"]), "n"]
+    solver = cfg.get("solver", {})
+    attacked_n = table.loc[table["attack"] != CLEAN, "n"]
     lines = [f"- profile: `{cfg.get('profile', '?')}`; device setting `{cfg.get('device', 'auto')}`",
              f"- test images per evaluation cell: {attacked_n.min() if len(attacked_n) else 'none'}"
              f"{'' if attacked_n.nunique() <= 1 else f' to {attacked_n.max()}'}",
              f"- forward solver: {solver.get('name')}, {solver.get('budget')} steps, tolerance {solver.get('tol')}"]
     for name, spec in cfg.get("models", {}).items():
-        epochs = (spec.get("training_overrides") or {}).get("epochs", training.get("epochs", "?"))
+        epochs = model_spec(cfg, name)["training_config"]["epochs"]
         arch = f"{spec.get('arch')}-{spec.get('size', 'tiny')}" if spec.get("arch") == "mdeq" else spec.get("arch")
         lines.append(f"- model `{name}`: {arch}, training {spec.get('training')}, "
                      f"gradient {spec.get('grad', 'exact')}, epochs {epochs}")
@@ -283,13 +270,14 @@ def render(table: pd.DataFrame, analyses: list[dict], cfg: dict, results: list[F
     if warnings:
         out += ["## Attack warnings during the analyses", "", *(f"- {w}" for w in warnings), ""]
     out += ["## Main table", "", "Per model and defense, the strongest cell per attack family (as in `main.md`):", ""]
-    out += [f"- {row['model']} / {row['defense']}: " + "; ".join(f"{label} {fmt(row[key])}" for key, label in COLUMNS)
-            for row in main_rows(table, cfg.get("evaluation", {}).get("attacks"))]
+    columns = main_columns(table)
+    out += [f"- {row['model']} / {row['defense']}: " + "; ".join(f"{label} {fmt(row[key])}" for key, label in columns)
+            for row in main_rows(table)]
     return "\n".join(out) + "\n"
 
 
 def metrics(table: pd.DataFrame, cfg: dict, results: list[Finding]) -> dict:
     """Headline accuracies and verdicts, for a metrics JSON."""
     return {"profile": cfg.get("profile"),
-            "accuracy": headline_metrics(table, cfg.get("evaluation", {}).get("attacks")),
+            "accuracy": headline_metrics(table),
             "verdicts": {str(r.claim): r.verdict for r in results}}

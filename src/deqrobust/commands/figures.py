@@ -16,10 +16,10 @@ def run(args: argparse.Namespace) -> int:
     import matplotlib  # heavy imports stay out of `deqrobust --help`
 
     matplotlib.use("Agg")
-    from deqrobust import analysis, figures
+    from deqrobust import analysis, figures, results
 
     cfg = load(args.config, args.overrides)
-    written = figures.write_all(figures.load_table(args.table), [analysis.load(p) for p in args.analysis],
-                                args.out_dir, cfg["evaluation"]["attacks"], cfg["profile"])
+    written = figures.write_all(results.load_table(args.table, cfg), [analysis.load(p) for p in args.analysis],
+                                args.out_dir, cfg["profile"])
     print(f"wrote {len(written)} files to {args.out_dir}")
     return 0

@@ -16,10 +16,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from deqrobust import analysis, report  # heavy imports stay out of `deqrobust --help`
     from deqrobust.atomic import write_json, write_text
-    from deqrobust.figures import load_table
+    from deqrobust.results import load_table
 
     cfg = load(args.config, args.overrides)
-    table = load_table(args.table)
+    table = load_table(args.table, cfg)
     analyses = [analysis.load(p) for p in args.analysis]
     results = report.findings(table, analyses, cfg)
     write_text(args.out, report.render(table, analyses, cfg, results))
