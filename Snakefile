@@ -6,9 +6,20 @@
 #   snakemake --cores 2 --configfile config/quick.yaml     # CPU reproduction, about an hour
 #   snakemake --cores 2 --configfile config/smoke.yaml \
 #       --config 'data={archive: /path/cifar-10-python.tar.gz}'   # minutes, for tests
+import shutil
+
+from snakemake.exceptions import WorkflowError
+from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
+
+# --use-conda without conda: one line with both routes, before Snakemake's "Error running conda info".
+if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method and not shutil.which("conda"):
+    raise WorkflowError(
+        "--use-conda needs conda on PATH and there is none: install it (Miniforge, https://conda-forge.org/download/) "
+        "or drop --use-conda and run in the pip environment: bash .ci/setup && . .venv/bin/activate"
+    )
 
 
 report: "workflow/report/workflow.rst"

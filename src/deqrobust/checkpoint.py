@@ -7,15 +7,17 @@ caller expects, stops with a message naming both.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from deqrobust.atomic import torch_load, torch_save
+from deqrobust.atomic import torch_load, torch_save, unreadable
 from deqrobust.config import ConfigError
 from deqrobust.models import build_model
 
 FORMAT = "deqrobust-checkpoint/1"
+RESUME = "resume.pt"   # the state of an unfinished training, in its model folder
 SPEC_KEYS = ("arch", "size", "width", "training", "grad", "name",
              "source")   # source: where an imported checkpoint came from (deqrobust.authors)
 
@@ -39,17 +41,29 @@ def _describe(spec: dict) -> str:
 
 
 def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu",
-                    expect_arch: str | dict | None = None) -> tuple[nn.Module, dict]:
+                    expect_arch: str | dict | None = None, partial_ok: bool = False) -> tuple[nn.Module, dict]:
     """Rebuild the model of a checkpoint in eval mode on ``device``; return it and the other fields.
 
     ``expect_arch`` is an architecture name or a spec with ``arch`` (and, for MDEQs, ``size``).
+    A checkpoint with ``resume.pt`` beside it is refused as partial (its training has not
+    finished), except by the trainer itself (``partial_ok``), which reads its own back.
     """
+    path = Path(path)
+    if not partial_ok and (path.parent / RESUME).is_file():
+        raise ConfigError(f"checkpoint {path} is partial: the training in {path.parent} has not finished "
+                          f"({RESUME} is there). Finish it: rerun the workflow (snakemake resumes it) or "
+                          f"`deqrobust train -c CONFIG --model {path.parent.name} --out {path.parent}`.")
+    if path.is_dir():
+        inside = " (it holds one: give that file)" if (path / "checkpoint.pt").is_file() else ""
+        raise ConfigError(f"checkpoint {path} is a directory; valid: the checkpoint.pt file of a model{inside}")
     try:
         ckpt = torch_load(path)
     except FileNotFoundError as err:
-        raise ConfigError(f"checkpoint {path} does not exist") from err
+        raise ConfigError(f"checkpoint {path} does not exist; train the model first (snakemake, or "
+                          "`deqrobust train`) or import it (`deqrobust import`)") from err
     except Exception as err:  # unpickling refused or file damaged: either way not a usable checkpoint
-        raise ConfigError(f"checkpoint {path} cannot be read as a deqrobust checkpoint ({err})") from err
+        raise ConfigError(f"checkpoint {path} cannot be read: {unreadable(path, err)}. Delete it and rerun "
+                          "the training of its model (snakemake reruns it), or copy it again") from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ConfigError(f"checkpoint {path} is not in format {FORMAT}")
     spec = ckpt["spec"]

@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from deqrobust import __version__
+from deqrobust.atomic import refused
 from deqrobust.config import ConfigError
 
 COMMANDS = {
@@ -42,6 +44,7 @@ def add_results_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deqrobust", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, help_text in COMMANDS.items():
         module = importlib.import_module(f"deqrobust.commands.{name.replace('-', '_')}")
@@ -55,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args) or 0
-    except ConfigError as err:
+    except (ConfigError, OSError) as err:
+        if isinstance(err, OSError) and (err := refused(err)) is None:   # only refused writes are the user's to fix
+            raise
         print(f"deqrobust {args.command}: error: {err}", file=sys.stderr)
         return 2
 

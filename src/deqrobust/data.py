@@ -187,8 +187,14 @@ def _verified(root: Path) -> dict | None:
 
 def _existing(archive: str | Path) -> Path:
     path = Path(archive)
+    if path.is_dir():
+        inside = sorted(path.glob("*.tar.gz"))
+        hint = f" (it holds {', '.join(p.name for p in inside[:3])})" if inside else ""
+        raise DataError(f"archive {path} (data.archive / --archive) is a directory{hint}; valid: the path of the "
+                        f"archive file itself, e.g. {path / DOWNLOAD_NAME}, or data.archive: null to download it")
     if not path.is_file():
-        raise DataError(f"archive {path} does not exist (data.archive / --archive)")
+        raise DataError(f"archive {path} (data.archive / --archive) does not exist; valid: the path of an existing "
+                        f"{DOWNLOAD_NAME}, or data.archive: null to download it")
     return path
 
 

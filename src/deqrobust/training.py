@@ -5,6 +5,9 @@ from (seed, epoch) (deqrobust.data), attack starts, Jacobian-regularised iterati
 their budget jitter from (seed, iteration), dropout masks and Hutchinson probes from the
 global torch RNG whose state is saved in ``resume.pt``. A run killed at any moment and
 restarted therefore ends with the same metrics and weights as an uninterrupted run.
+``checkpoint.pt`` is written once, when the training has finished, from the best weights
+kept in ``resume.pt``: a model folder that holds ``resume.pt`` is unfinished, and every
+consumer (``load_checkpoint``) refuses its checkpoint.
 Model selection uses the dev split only; the test set is scored once, for the summary.
 
 Under ``torchrun`` the loop runs data-parallel (``deqrobust.distributed`` explains how:
@@ -28,9 +31,9 @@ from torch import nn
 from tqdm import tqdm
 
 from deqrobust import data, distributed
-from deqrobust.atomic import torch_load, torch_save, write_json, write_text
+from deqrobust.atomic import torch_load, torch_save, unreadable, write_json, write_text
 from deqrobust.attacks.pgd import pgd
-from deqrobust.checkpoint import load_checkpoint, save_checkpoint
+from deqrobust.checkpoint import RESUME, load_checkpoint, save_checkpoint
 from deqrobust.config import ConfigError, model_spec, resolve_device
 from deqrobust.deq_logits import DEQLogits
 from deqrobust.estimators import build_estimator, model_estimator
@@ -177,8 +180,9 @@ class Trainer:
         write_text(self.out / "metrics.csv", buf.getvalue())
 
     def record(self, iteration: int) -> None:
-        """Dev evaluation at ``iteration``: a metrics row, and the best checkpoint if it improved
-        (rank 0 only; the other ranks of a data-parallel run wait for it)."""
+        """Dev evaluation at ``iteration``: a metrics row, and the best weights if they improved, kept
+        for ``resume.pt`` and the final checkpoint (rank 0 only; the other ranks of a data-parallel
+        run wait for it)."""
         st = self.state
         if not self.dist.is_main:
             st["loss_sum"], st["loss_count"] = 0.0, 0
@@ -194,7 +198,6 @@ class Trainer:
         if st["best"] is None or score > st["best"]["score"]:
             st["best"] = {"score": score, "row": row}
             self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            self.write_checkpoint()
         tqdm.write(f"epoch {row['epoch']:.2f}: train loss {row['train_loss']:.4f}, dev clean {row['dev_clean_acc']:.3f}, "
                    f"dev PGD-{self.tc['select']['pgd_steps']} {row['dev_robust_acc']:.3f}")
         self.dist.barrier()
@@ -217,15 +220,21 @@ class Trainer:
                      "best_weights": self.best_weights, "rng": rng}
             if ranks is not None:
                 saved["rng_ranks"] = ranks
-            torch_save(saved, self.out / "resume.pt")
+            torch_save(saved, self.out / RESUME)
         self.dist.barrier()
 
     def load_resume(self) -> None:
-        """Continue from ``resume.pt``; the outputs written so far are rewritten from it, because a
-        workflow manager may delete the outputs of an interrupted job before rerunning it."""
-        saved = torch_load(self.out / "resume.pt")
-        if saved.get("format") != RESUME_FORMAT or saved["fingerprint"] != self.fingerprint:
-            raise ConfigError(f"{self.out / 'resume.pt'} was written by a run with another config or model; "
+        """Continue from ``resume.pt``; ``metrics.csv`` is rewritten from it, because a workflow
+        manager may delete the outputs of an interrupted job before rerunning it."""
+        path = self.out / RESUME
+        try:
+            saved = torch_load(path)
+        except Exception as err:  # damaged by a full disk, a failed copy, ...: the run cannot continue from it
+            raise ConfigError(f"{path} cannot be read: {unreadable(path, err)}. It holds the unfinished training "
+                              f"of {self.spec['name']!r} and nothing else: delete it to restart this training from "
+                              "scratch (finished models and cells are other files and stay intact)") from err
+        if not isinstance(saved, dict) or saved.get("format") != RESUME_FORMAT or saved.get("fingerprint") != self.fingerprint:
+            raise ConfigError(f"{path} was written by a run with another config or model; "
                               "delete it (or the whole folder) to start over")
         self.state = saved["state"]
         self.model.load_state_dict(saved["model"])
@@ -233,7 +242,6 @@ class Trainer:
         self.best_weights = saved["best_weights"]
         if self.state["metrics"] and self.dist.is_main:
             self.write_metrics()
-            self.write_checkpoint()
         rng = saved["rng"]
         if len(saved.get("rng_ranks") or ()) == self.dist.world_size:
             rng = saved["rng_ranks"][self.dist.rank]   # same world size: each rank continues its own streams
@@ -247,7 +255,8 @@ class Trainer:
 
     def summarise(self) -> dict:
         """Test clean accuracy of the selected checkpoint (read back from disk) and run statistics."""
-        self.model, meta = load_checkpoint(self.out / "checkpoint.pt", self.device, expect_arch=self.spec)
+        self.model, meta = load_checkpoint(self.out / "checkpoint.pt", self.device, expect_arch=self.spec,
+                                           partial_ok=True)   # resume.pt goes once the summary is written
         x_test, y_test = data.load_split(self.cfg, "test")
         test = self.evaluate(x_test, y_test, self.total, attack=False)
         st = self.state
@@ -266,7 +275,7 @@ class Trainer:
     def run(self) -> dict | None:
         """Train to the end; the summary (None on the ranks > 0 of a data-parallel run)."""
         self.out.mkdir(parents=True, exist_ok=True)
-        if (self.out / "resume.pt").is_file():
+        if (self.out / RESUME).is_file():
             self.load_resume()
         self.dist.barrier()    # every rank has read resume.pt before rank 0 may rewrite it
         st = self.state
@@ -298,8 +307,9 @@ class Trainer:
         st["wall_seconds"] += time.perf_counter() - started
         summary = None
         if self.dist.is_main:
+            self.write_checkpoint()     # the selected model, now that the training has finished
             summary = self.summarise()
-            (self.out / "resume.pt").unlink(missing_ok=True)
+            (self.out / RESUME).unlink(missing_ok=True)
         self.dist.barrier()
         return summary
 

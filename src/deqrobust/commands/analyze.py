@@ -19,12 +19,14 @@ def run(args: argparse.Namespace) -> int:
 
     from deqrobust import analysis
     from deqrobust.atomic import write_json
+    from deqrobust.joblock import claim
 
     cfg = load(args.config, args.overrides)
     torch.set_num_threads(cfg["threads"])
     torch.manual_seed(cfg["seed"])
-    record = analysis.run(cfg, args.checkpoint, resolve_device(cfg), progress=not args.no_progress)
-    write_json(args.out, record)
+    with claim(args.out):   # one writer; stops if its snakemake dies
+        record = analysis.run(cfg, args.checkpoint, resolve_device(cfg), progress=not args.no_progress)
+        write_json(args.out, record)
     clean = record["inputs"]["clean"]
     print(f"analysis of {record['model']['name']}: {record['num_examples']} images, "
           f"clean never converged {clean['share_never_converged']:.1%}; wrote {args.out}")

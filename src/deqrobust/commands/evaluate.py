@@ -18,9 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from deqrobust.evaluation import run_cell
+    from deqrobust.joblock import claim
 
     cfg = config.load(args.config, args.overrides)
-    cell = run_cell(cfg, args.checkpoint, args.estimator, args.attack, args.state, args.out)
+    with claim(args.out):   # one writer per cell; stops if its snakemake dies
+        cell = run_cell(cfg, args.checkpoint, args.estimator, args.attack, args.state, args.out)
     adv = cell["adversarial"]["final"]
     clean = cell["clean"]["final"]
     print(f"{cell['model']} {args.estimator}@{args.state} {args.attack}: clean {sum(clean) / len(clean):.3f}, "

@@ -15,9 +15,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from deqrobust.evaluation import select_exit
+    from deqrobust.joblock import claim
 
     cfg = config.load(args.config, args.overrides)
-    record = select_exit(cfg, args.checkpoint, args.out)
+    with claim(args.out):   # one writer; stops if its snakemake dies
+        record = select_exit(cfg, args.checkpoint, args.out)
     scores = ", ".join(f"{n}: {acc:.3f}" for n, acc in record["dev_robust_accuracy"].items())
     print(f"{record['model']}: early exit at state {record['state']} (dev robust accuracy by state: {scores})")
     return 0

@@ -18,9 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from deqrobust import config, training
+    from deqrobust.joblock import claim
 
     cfg = config.load(args.config, args.overrides)
-    summary = training.train(cfg, args.model, args.out)
+    with claim(args.out):   # one writer per model folder; stops if its snakemake dies
+        summary = training.train(cfg, args.model, args.out)
     if summary is None:     # a rank > 0 of a data-parallel run (torchrun): rank 0 reports
         return 0
     key = summary["selected_by"]
