@@ -236,13 +236,15 @@ def _integers(table: pd.DataFrame) -> None:
 
 
 def project_root(start: str | os.PathLike | None = None) -> Path:
-    """The checkout: the first folder at or above ``start`` (default: the working directory)
-    that holds the Snakefile, so a notebook finds its inputs from any working directory."""
+    """The checkout: the first folder holding the Snakefile at or above ``start`` (default:
+    the working directory), else above this package (an editable install), so a notebook
+    finds its inputs from any working directory."""
     here = Path(start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
+    for folder in (here, *here.parents, *Path(__file__).resolve().parents):
         if (folder / "Snakefile").is_file():
             return folder
-    raise ConfigError(f"no Snakefile in {here} or any folder above it: run from inside the deqrobust checkout, "
+    raise ConfigError(f"no Snakefile in {here} or any folder above it (nor above the installed package): run "
+                      "from inside the deqrobust checkout, "
                       "or set DEQROBUST_CONFIG, DEQROBUST_TABLE and DEQROBUST_ANALYSIS")
 
 
