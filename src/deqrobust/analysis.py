@@ -122,17 +122,12 @@ def analyse(deq: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, solver: dict
 def make_adversary(cfg: dict, deq: torch.nn.Module) -> tuple[Adversary, dict]:
     """The attack of ``analysis.attack`` through estimator ``analysis.estimator`` at the final state."""
     from deqrobust.attacks import build_attack
-    from deqrobust.config import ConfigError
     from deqrobust.deq_logits import DEQLogits
     from deqrobust.estimators import build_estimator
+    from deqrobust.plan import analysis_slice
 
-    settings, evaluation = cfg["analysis"], cfg["evaluation"]
-    for kind, table in (("attack", evaluation["attacks"]), ("estimator", evaluation["estimators"])):
-        if settings[kind] not in table:
-            raise ConfigError(f"analysis.{kind}={settings[kind]!r} is not one of evaluation.{kind}s: "
-                              f"{', '.join(table) or '(none)'}")
-    attack_spec = evaluation["attacks"][settings["attack"]]
-    estimator_spec = evaluation["estimators"][settings["estimator"]]
+    settings, step = cfg["analysis"], analysis_slice(cfg)   # the slice checks the names analysis refers to
+    attack_spec, estimator_spec = step["attack_spec"], step["estimator_spec"]
     model = DEQLogits(deq, build_estimator(estimator_spec), state=None,
                       solver=cfg["solver"], backward_solver=cfg["backward_solver"]).eval()
     attack = build_attack(settings["attack"], attack_spec)

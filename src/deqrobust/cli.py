@@ -28,20 +28,6 @@ COMMANDS = {
 }
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", "-c", required=True, help="profile config file (config/*.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set training.epochs=2 (repeatable)")
-
-
-def add_results_arguments(parser: argparse.ArgumentParser) -> None:
-    """Inputs shared by the commands that read the merged results (figures, report)."""
-    add_config_arguments(parser)
-    parser.add_argument("--table", required=True, help="tidy table CSV (deqrobust merge)")
-    parser.add_argument("--analysis", nargs="*", default=[], metavar="JSON",
-                        help="fixed-point analyses (deqrobust analyze)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deqrobust", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

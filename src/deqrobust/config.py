@@ -1,68 +1,181 @@
-"""Configuration: one YAML file per profile, dotted ``--set`` overrides, schema validation.
+"""Configuration: profile files merged in order, dotted overrides, validation.
 
-The same file drives the library CLI and the Snakemake workflow, so a profile is
-described once. The schema (``config.schema.yaml`` in this package, linked from
-``workflow/schemas/``) holds descriptions and defaults of every key.
+Torch-free on purpose: the Snakefile imports this module (and ``deqrobust.plan``) and
+builds Snakemake's ``config`` with :func:`load`, so a profile is read, overridden and
+checked by the same code before any job and in every CLI call. The schema
+(``config.schema.yaml`` in this package, linked from ``workflow/schemas/``) holds the
+description, range and default of every key; ``deqrobust.plan`` checks what a schema
+cannot (names used across sections, states within the solver budget, estimator and
+attack specs).
 """
 from __future__ import annotations
 
 import copy
+import math
 import os
+import re
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import jsonschema
-import torch
 import yaml
+
+MAX_LINES = 5   # problems listed per error; the rest are counted
 
 
 class ConfigError(ValueError):
     """A config key or value is wrong; the message names it and the valid choices."""
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with exponent floats: PyYAML follows YAML 1.1, which reads 1e-3 and 1e9 as strings."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def read_yaml(text: str) -> Any:
+    """YAML as the config reads it (files and override values alike)."""
+    return yaml.load(text, Loader=_Loader)
+
+
+@lru_cache(maxsize=None)
 def schema() -> dict:
-    return yaml.safe_load(resources.files("deqrobust").joinpath("config.schema.yaml").read_text())
+    """The config schema (shared: do not modify)."""
+    return read_yaml(resources.files("deqrobust").joinpath("config.schema.yaml").read_text())
 
 
-def _fill_defaults(node: Any, sub: dict) -> None:
-    """Insert the schema's defaults for missing keys (jsonschema only validates)."""
-    if not isinstance(node, dict):
-        return
-    for key, prop in sub.get("properties", {}).items():
-        if key not in node and "default" in prop:
-            node[key] = copy.deepcopy(prop["default"])
-        if key in node:
-            _fill_defaults(node[key], prop)
-    extra = sub.get("additionalProperties")
-    if isinstance(extra, dict):
-        for key, value in node.items():
-            if key not in sub.get("properties", {}):
-                _fill_defaults(value, extra)
+def _resolve(sub: dict) -> dict:
+    """A schema node with its local ``$ref`` (``#/definitions/...``) merged in."""
+    ref = sub.get("$ref")
+    if ref is None:
+        return sub
+    target = schema()
+    for part in ref.removeprefix("#/").split("/"):
+        target = target[part]
+    return {**target, **{k: v for k, v in sub.items() if k != "$ref"}}
 
 
-def validate(cfg: dict) -> dict:
-    """Validate against the schema and fill defaults; raise ConfigError naming the bad key."""
-    sch = schema()
-    _fill_defaults(cfg, sch)
-    errors = sorted(jsonschema.Draft202012Validator(sch).iter_errors(cfg), key=lambda e: list(e.path))
-    if errors:
-        lines = []
-        for err in errors[:5]:
-            where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
-            lines.append(f"  {where}: {err.message}")
-        raise ConfigError("invalid config:\n" + "\n".join(lines))
+def _complete(node: Any, sub: dict) -> Any:
+    """Fill the schema's defaults (jsonschema only validates) and read integral floats at
+    integer keys as integers (``1e3`` is a float in YAML), walking the schema beside the config."""
+    sub = _resolve(sub)
+    if isinstance(node, dict):
+        props = sub.get("properties", {})
+        for key, prop in props.items():
+            default = _resolve(prop).get("default", ...)
+            if key not in node and default is not ...:
+                node[key] = copy.deepcopy(default)
+        extra = sub.get("additionalProperties")
+        for key in node:
+            child = props.get(key, extra if isinstance(extra, dict) else None)
+            if child is not None:
+                node[key] = _complete(node[key], child)
+    elif isinstance(node, list) and isinstance(sub.get("items"), dict):
+        node[:] = [_complete(item, sub["items"]) for item in node]
+    elif isinstance(node, float) and node.is_integer() and "integer" in _types(sub):
+        return int(node)
+    return node
+
+
+def _types(sub: dict) -> list[str]:
+    kind = sub.get("type", [])
+    return [kind] if isinstance(kind, str) else kind
+
+
+def _where(path: Iterable) -> str:
+    """A key path as written in messages: ``evaluation.cells[0].states``."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+    return text or "(top level)"
+
+
+def _not_finite(node: Any, path: tuple = ()) -> list[str]:
+    if isinstance(node, dict):
+        return [line for key, value in node.items() for line in _not_finite(value, (*path, key))]
+    if isinstance(node, list):
+        return [line for i, value in enumerate(node) for line in _not_finite(value, (*path, i))]
+    if isinstance(node, float) and not math.isfinite(node):
+        return [f"{_where(path)}: {node} is not a finite number"]
+    return []
+
+
+def _schema_problems(cfg: dict) -> list[str]:
+    lines = []
+    for err in sorted(jsonschema.Draft202012Validator(schema()).iter_errors(cfg), key=lambda e: list(map(str, e.path))):
+        line = f"{_where(err.absolute_path)}: {err.message}"
+        if err.validator == "additionalProperties":
+            line += f"; valid keys: {', '.join(err.schema.get('properties', {}))}"
+        lines.append(line)
+    return lines
+
+
+def _override_problems(cfg: dict) -> list[str]:
+    """Each model's training section with its ``training_overrides`` merged, validated."""
+    lines = []
+    for name in cfg["models"]:
+        if not cfg["models"][name]["training_overrides"]:
+            continue
+        merged = {**cfg, "training": model_spec(cfg, name)["training_config"]}
+        for line in _schema_problems(merged):
+            if line.startswith("training"):
+                lines.append(f"models.{name}.training_overrides{line.removeprefix('training')}")
+    return lines
+
+
+def problems(cfg: dict) -> list[str]:
+    """Fill defaults, then every problem of the config as ``key: what is wrong`` lines."""
+    from deqrobust import plan   # plan imports this module
+
+    _complete(cfg, schema())
+    found = _not_finite(cfg) + _schema_problems(cfg)
+    return found or _override_problems(cfg) or plan.problems(cfg)
+
+
+def validate(cfg: dict, source: str = "config") -> dict:
+    """The config with defaults filled; ConfigError listing the first problems, by key."""
+    found = problems(cfg)
+    if found:
+        more = len(found) - MAX_LINES
+        lines = [f"  {line}" for line in dict.fromkeys(found[:MAX_LINES])]
+        if more > 0:
+            lines.append(f"  (and {more} more)")
+        raise ConfigError(f"invalid {source}:\n" + "\n".join(lines))
+    return cfg
+
+
+def read_file(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        cfg = read_yaml(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys (profile, models, ...)")
     return cfg
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    if "=" not in text:
+    """``key.sub=value`` -> (['key', 'sub'], value read as YAML)."""
+    key, sep, value = text.partition("=")
+    if not sep or not all(key.split(".")):
         raise ConfigError(f"override {text!r} must look like key.sub=value")
-    key, value = text.split("=", 1)
-    return key.split("."), yaml.safe_load(value)
+    try:
+        return key.split("."), read_yaml(value)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML: {err}") from None
 
 
-def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
+def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
+    """Set each ``key.sub=value``; a mapping value is merged into the section it names, as
+    Snakemake merges ``--config 'data={archive: ...}'``."""
     for text in overrides:
         keys, value = parse_override(text)
         node = cfg
@@ -70,39 +183,31 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {text!r}: {key!r} is not a section")
-        node[keys[-1]] = value
+        if isinstance(value, dict) and isinstance(node.get(keys[-1]), dict):
+            _deep_update(node[keys[-1]], value)
+        else:
+            node[keys[-1]] = value
     return cfg
 
 
-def load(path: str | os.PathLike, overrides: list[str] | None = None) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    cfg = yaml.safe_load(path.read_text()) or {}
-    return validate(apply_overrides(cfg, overrides or []))
-
-
-def resolve_device(cfg: dict) -> torch.device:
-    """The configured device; the GPU-scale paper profile refuses to start on a CPU."""
-    name = cfg.get("device", "auto")
-    has_cuda = torch.cuda.is_available()
-    if cfg.get("require_gpu", False) and not has_cuda:
-        raise ConfigError(
-            f"profile {cfg.get('profile', '?')!r} is GPU-scale (require_gpu: true) and no CUDA device is "
-            "visible. Run the CPU profile instead (--configfile config/quick.yaml), or force this one onto "
-            "the CPU with the override require_gpu=false (expect weeks of compute)."
-        )
-    if name == "auto":
-        return torch.device("cuda" if has_cuda else "cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise ConfigError(f"device {name!r} is not valid; use auto, cpu, cuda or cuda:N")
-    if name.startswith("cuda") and not has_cuda:
-        raise ConfigError(f"device {name!r} requested but CUDA is not available; use device=cpu")
-    return torch.device(name)
+def load(files: str | os.PathLike | Iterable[str | os.PathLike], overrides: Iterable[str] = ()) -> dict:
+    """The validated config of profile files merged in order (later keys win, sections are
+    merged, as Snakemake merges several ``--configfile``) and ``key.sub=value`` overrides."""
+    files = [files] if isinstance(files, (str, os.PathLike)) else list(files)
+    if not files:
+        raise ConfigError("no config file given (config/<profile>.yaml)")
+    overrides = list(overrides)
+    cfg: dict = {}
+    for path in files:
+        _deep_update(cfg, read_file(path))
+    apply_overrides(cfg, overrides)
+    source = ", ".join(str(f) for f in files) + "".join(f", {o}" for o in overrides)
+    return validate(cfg, f"config ({source})")
 
 
 def model_spec(cfg: dict, name: str) -> dict:
-    """The spec of one model of the config, with the training section merged in."""
+    """The spec of one model of the config, with its ``training_overrides`` deep-merged into
+    the training section as ``training_config``: the one place that merge is made."""
     models = cfg.get("models", {})
     if name not in models:
         raise ConfigError(f"unknown model {name!r}; models of this config: {', '.join(models) or '(none)'}")
@@ -119,5 +224,5 @@ def _deep_update(base: dict, new: dict) -> dict:
         if isinstance(value, dict) and isinstance(base.get(key), dict):
             _deep_update(base[key], value)
         else:
-            base[key] = value
+            base[key] = copy.deepcopy(value)
     return base

@@ -32,6 +32,8 @@ import torch
 
 from deqrobust.config import ConfigError
 from deqrobust.solvers import SolverResult, solve
+from deqrobust.specs import ESTIMATORS as ESTIMATOR_PARAMS
+from deqrobust.specs import estimator_params
 
 
 # The adjoint iterations start at u = 0, where J^T u = 0, so they skip that product: the
@@ -140,7 +142,7 @@ class Neumann(Estimator):
 class Adjoint(Estimator):
     name: ClassVar[str] = "adjoint"
     variant: str = "lockstep"
-    VARIANTS: ClassVar[tuple[str, ...]] = ("lockstep", "quasi_newton")
+    VARIANTS: ClassVar[tuple[str, ...]] = ESTIMATOR_PARAMS["adjoint"]["variant"].choices
     needs_iterates: ClassVar[bool] = True
 
     def __post_init__(self):
@@ -176,22 +178,10 @@ ESTIMATORS: dict[str, type[Estimator]] = {e.name: e for e in (Exact, Unroll, Int
 
 
 def build_estimator(spec: dict) -> Estimator:
-    """Estimator from its config ``{name: ..., <params>}``; bad names and keys are named."""
-    spec = dict(spec)
-    name = spec.pop("name", None)
-    if name not in ESTIMATORS:
-        raise ConfigError(f"unknown gradient estimator {name!r}; valid estimators: {', '.join(ESTIMATORS)}")
-    cls = ESTIMATORS[name]
-    valid = [k for k in cls.__dataclass_fields__]
-    unknown = sorted(set(spec) - set(valid))
-    if unknown:
-        raise ConfigError(f"estimator {name!r} has no parameter {unknown[0]!r}; valid parameters: {', '.join(valid) or '(none)'}")
-    est = cls(**spec)
-    if getattr(est, "lam", 1.0) <= 0 or getattr(est, "lam", 1.0) > 1:
-        raise ConfigError(f"estimator {name!r}: lam={est.lam} must be in (0, 1]")
-    if getattr(est, "k", 1) < (0 if isinstance(est, Unroll) else 1):
-        raise ConfigError(f"estimator {name!r}: k={est.k} is too small")
-    return est
+    """Estimator from its config ``{name: ..., <params>}``, checked against deqrobust.specs
+    (the description the config checks use); bad names, keys and values are named."""
+    name, params = estimator_params(spec)
+    return ESTIMATORS[name](**params)
 
 
 def model_estimator(spec: dict, training_cfg: dict) -> Estimator:

@@ -8,7 +8,6 @@ written atomically at the end. ``deqrobust.results.merge`` turns the cells into 
 """
 from __future__ import annotations
 
-import json
 import platform
 import shutil
 import time
@@ -22,19 +21,14 @@ from tqdm import tqdm
 from deqrobust.atomic import torch_load, torch_save, write_json, write_text
 from deqrobust.attacks import build_attack
 from deqrobust.checkpoint import load_checkpoint
-from deqrobust.config import ConfigError, model_spec, resolve_device
+from deqrobust.config import ConfigError, model_spec
 from deqrobust.data import batches, load_split, md5_of
+from deqrobust.device import resolve_device
 from deqrobust.deq_logits import DEQLogits
 from deqrobust.estimators import build_estimator, model_estimator
 from deqrobust.models import is_deq
-from deqrobust.plan import BASELINE_ESTIMATOR, parse_state
+from deqrobust.plan import BASELINE_ESTIMATOR, cell_slice, parse_state, select_slice, settings, spec_of, state_name
 from deqrobust.scoring import all_state_logits
-
-
-def _named(section: dict, name: str, kind: str) -> dict:
-    if name not in section:
-        raise ConfigError(f"unknown {kind} {name!r}; {kind}s of this config: {', '.join(section) or '(none)'}")
-    return section[name]
 
 
 def attacked_model(cfg: dict, model: nn.Module, estimator: str, state) -> nn.Module:
@@ -44,8 +38,8 @@ def attacked_model(cfg: dict, model: nn.Module, estimator: str, state) -> nn.Mod
             raise ConfigError(f"baselines are attacked with estimator {BASELINE_ESTIMATOR!r} at state 'final', "
                               f"not {estimator!r} at {state!r}")
         return model
-    spec = _named(cfg["evaluation"]["estimators"], estimator, "estimator")
-    return DEQLogits(model, build_estimator(spec), state, cfg["solver"], cfg["backward_solver"])
+    return DEQLogits(model, build_estimator(spec_of(cfg, "estimator", estimator)), state, cfg["solver"],
+                     cfg["backward_solver"])
 
 
 def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, solver: dict, own) -> dict[str, torch.Tensor]:
@@ -92,11 +86,11 @@ def load_for_config(cfg: dict, checkpoint: str, device: torch.device) -> tuple[n
     return model, meta
 
 
-def _partial_dir(out: Path, settings: dict) -> Path:
+def _partial_dir(out: Path, stamp_of: dict) -> Path:
     """The folder of finished batches, emptied when it was made with other settings."""
     partial = out.with_name(out.name + ".partial")
     stamp = partial / "settings.json"
-    text = json.dumps(settings, sort_keys=True, default=str)
+    text = settings(stamp_of)
     if partial.exists() and (not stamp.exists() or stamp.read_text() != text):
         shutil.rmtree(partial)
     if not partial.exists():
@@ -114,16 +108,15 @@ def run_cell(cfg: dict, checkpoint: str, estimator: str, attack: str, state, out
     deq = is_deq(model)
     state = parse_state(state, cfg["solver"]["budget"]) if deq else state
     target = attacked_model(cfg, model, estimator, state)
-    attack_spec = _named(cfg["evaluation"]["attacks"], attack, "attack")
+    attack_spec = spec_of(cfg, "attack", attack)
     runner = build_attack(attack, attack_spec)
     own = own_estimator(cfg, spec) if deq else None
     x, y = _test_examples(cfg)
     out = Path(out)
     size = cfg["evaluation"]["batch_size"]
-    partial = _partial_dir(out, {
-        "checkpoint": md5_of(Path(checkpoint)), "estimator": cfg["evaluation"]["estimators"].get(estimator),
-        "attack": attack_spec, "state": state, "solver": cfg["solver"], "backward_solver": cfg["backward_solver"],
-        "examples": len(y), "batch_size": size, "seed": cfg["seed"], "test": cfg["data"]["test_subset"]})
+    # finished batches count only for this checkpoint, state and test set, and the evaluate rule's slice
+    partial = _partial_dir(out, {"checkpoint": md5_of(Path(checkpoint)), "state": state_name(state),
+                                 "examples": len(y), **cell_slice(cfg, estimator, attack)})
     chunks = list(batches(x, y, size))
     for i, (xb, yb) in enumerate(tqdm(chunks, desc=f"{spec['name']} {estimator}@{state or 'final'} {attack}", unit="batch")):
         done = partial / f"batch-{i:05d}.pt"
@@ -171,7 +164,7 @@ def select_exit(cfg: dict, checkpoint: str, out: str | Path) -> dict:
     x, y = load_split(cfg, "dev")
     if choice["num_examples"] is not None:
         x, y = x[: choice["num_examples"]], y[: choice["num_examples"]]
-    runner = build_attack(choice["attack"], _named(cfg["evaluation"]["attacks"], choice["attack"], "attack"))
+    runner = build_attack(choice["attack"], select_slice(cfg)["attack_spec"])
     budget = cfg["solver"]["budget"]
     own = own_estimator(cfg, meta["spec"])
     accuracy = {}

@@ -1,4 +1,5 @@
-"""The plan of a profile: names, the state grammar and what each step depends on.
+"""The plan of a profile: names, the state grammar, the checks across sections, the cells,
+what each step depends on, and what each job needs.
 
 Torch-free on purpose: the Snakefile imports this module (and ``deqrobust.config``)
 directly, so every rule, check and rerun trigger here is the one the library uses.
@@ -6,12 +7,22 @@ Each fact below is defined once; docs/architecture.md says who imports it.
 """
 from __future__ import annotations
 
-from deqrobust.config import ConfigError
+import json
+import re
+from typing import NamedTuple
+
+from deqrobust import specs
+from deqrobust.config import ConfigError, model_spec
+from deqrobust.sizes import SIZES
+
+# Names of models, estimators and attacks become path components.
+NAME_RE = r"[A-Za-z0-9][A-Za-z0-9._+-]*"
 
 # Attacked and scored states besides the solver steps 0..N.
 FINAL = "final"          # the DEQ's output z* (the final state)
 ENSEMBLE = "ensemble"    # the head of the mean of z_1..z_N
 NAMED_STATES = (FINAL, ENSEMBLE)
+STATE_RE = "|".join((*NAMED_STATES, "[0-9]+"))   # a state in a path; parse_state checks the budget
 
 # Plain backprop: the only estimator of the deep-network baselines (attacked at FINAL).
 BASELINE_ESTIMATOR = "autograd"
@@ -40,3 +51,190 @@ def parse_state(state: State, budget: int) -> State:
 def state_name(state: State) -> str:
     """The text form of a parsed state, as used in paths and tables ('final', 'ensemble', '3')."""
     return FINAL if state is None else str(state)
+
+
+# ----------------------------------------------------------------------------- checks
+def problems(cfg: dict) -> list[str]:
+    """What the schema cannot check, as ``key: what is wrong`` lines (``config.load`` runs
+    it on every config): names, references across sections, states within the solver
+    budget, MDEQ sizes, estimator and attack specs."""
+    ev = cfg["evaluation"]
+    estimators, attacks = ev["estimators"], ev["attacks"]
+    found = [f"{section}.{name}: the name must match {NAME_RE} (it becomes a path component)"
+             for section, names in (("models", cfg["models"]), ("evaluation.estimators", estimators),
+                                    ("evaluation.attacks", attacks))
+             for name in names if not re.fullmatch(NAME_RE, name)]
+    if BASELINE_ESTIMATOR in estimators:
+        found.append(f"evaluation.estimators.{BASELINE_ESTIMATOR}: the name is reserved for the baselines' plain backprop")
+    for name, spec in cfg["models"].items():
+        if spec["arch"] == "mdeq" and spec["size"] not in SIZES:
+            found.append(f"models.{name}.size: {spec['size']!r} is not an MDEQ size; valid sizes: {', '.join(SIZES)}")
+    for i, group in enumerate(ev["cells"]):
+        found += _undefined(f"evaluation.cells[{i}].estimators", group["estimators"], "estimator", estimators)
+        found += _undefined(f"evaluation.cells[{i}].attacks", group["attacks"], "attack", attacks)
+        for state in group["states"]:
+            try:
+                parse_state(state, cfg["solver"]["budget"])
+            except ConfigError as err:
+                found.append(f"evaluation.cells[{i}].states: {err}")
+    found += _undefined("evaluation.baseline_attacks", ev["baseline_attacks"], "attack", attacks)
+    for kind, table, check in (("estimators", estimators, specs.estimator_params),
+                               ("attacks", attacks, specs.attack_params)):
+        for name, spec in table.items():
+            try:
+                check(spec, f"evaluation.{kind}.{name}")
+            except ConfigError as err:
+                found.append(str(err))
+    return found
+
+
+def _undefined(key: str | None, names: list[str], kind: str, defined: dict) -> list[str]:
+    where = f"{key}: " if key else ""
+    return [f"{where}unknown {kind} {name!r}; defined in evaluation.{kind}s: {', '.join(defined) or 'none'}"
+            for name in names if name not in defined]
+
+
+def spec_of(cfg: dict, kind: str, name: str, key: str | None = None) -> dict:
+    """The spec of estimator or attack ``name`` (kind 'estimator' or 'attack'); ConfigError
+    naming ``key`` (the config key that refers to it) and the names defined."""
+    defined = cfg["evaluation"][f"{kind}s"]
+    if name not in defined:
+        raise ConfigError(_undefined(key, [name], kind, defined)[0])
+    return defined[name]
+
+
+def check_steps(cfg: dict) -> None:
+    """The references only some steps use (``evaluation.early_exit`` and ``analysis``, for the
+    DEQs): the workflow checks them before any job, the steps through the same slices."""
+    if deqs(cfg):
+        select_slice(cfg)
+        analysis_slice(cfg)
+
+
+def require_gpu_message(cfg: dict) -> str:
+    """Why a GPU-scale profile (``require_gpu: true``) stops without CUDA, and what to run instead."""
+    return (f"profile {cfg['profile']!r} is GPU-scale (require_gpu: true) and no CUDA device is visible. "
+            "Run the CPU profile instead (config/quick.yaml), or force this one onto the CPU with the "
+            "override require_gpu=false (expect weeks of compute).")
+
+
+# ----------------------------------------------------------------------------- models and cells
+class Cell(NamedTuple):
+    """One evaluation job: a model attacked through an estimator at a state (its text form)."""
+
+    model: str
+    estimator: str
+    attack: str
+    state: str
+
+
+def deqs(cfg: dict) -> list[str]:
+    return [name for name, spec in cfg["models"].items() if spec["arch"] == "mdeq"]
+
+
+def baselines(cfg: dict) -> list[str]:
+    return [name for name, spec in cfg["models"].items() if spec["arch"] != "mdeq"]
+
+
+def cells(cfg: dict) -> list[Cell]:
+    """Every evaluation job, in config order: each DEQ under every estimator x attack x state
+    of each group of ``evaluation.cells``; each baseline under ``baseline_attacks`` through
+    plain backprop at the final state."""
+    ev, budget = cfg["evaluation"], cfg["solver"]["budget"]
+    found = [Cell(model, estimator, attack, state_name(parse_state(state, budget)))
+             for model in deqs(cfg) for group in ev["cells"] for estimator in group["estimators"]
+             for attack in group["attacks"] for state in group["states"]]
+    found += [Cell(model, BASELINE_ESTIMATOR, attack, FINAL) for model in baselines(cfg)
+              for attack in ev["baseline_attacks"]]
+    return list(dict.fromkeys(found))
+
+
+# ----------------------------------------------------------------------------- what each step depends on
+# Each slice is the part of the config a step's output depends on: Snakemake's `params`
+# rerun trigger of the step's jobs and, for training and evaluation, the stamp a resumed
+# job must match (training's resume.pt, a cell's finished batches).
+
+# Training keys left out of a model's slice: the backend of a data-parallel run never
+# changes the result; amp only counts when on, so models trained before the key existed
+# (at its neutral value) stay up to date.
+NOT_RESULT_KEYS = ("distributed_backend",)
+NEUTRAL_VALUES = {"amp": False}
+
+
+def settings(part: dict) -> str:
+    """A slice as canonical JSON (the form Snakemake and the stamps compare)."""
+    return json.dumps(part, sort_keys=True)
+
+
+def _solvers(cfg: dict) -> dict:
+    return {"solver": cfg["solver"], "backward_solver": cfg["backward_solver"], "seed": cfg["seed"]}
+
+
+def data_slice(cfg: dict) -> dict:
+    return {key: cfg["data"][key] for key in ("dev_size", "split_seed")}
+
+
+def train_slice(cfg: dict, model: str) -> dict:
+    """One model's spec with its merged training section, the solvers, the seed and the split."""
+    spec = model_spec(cfg, model)
+    training = {key: value for key, value in spec["training_config"].items()
+                if key not in NOT_RESULT_KEYS and not (key in NEUTRAL_VALUES and value == NEUTRAL_VALUES[key])}
+    return {"spec": {**spec, "training_config": training},
+            "data": {key: cfg["data"][key] for key in ("dev_size", "split_seed", "train_subset")}, **_solvers(cfg)}
+
+
+def select_slice(cfg: dict) -> dict:
+    """The early-exit choice: ``evaluation.early_exit`` with the specs it names."""
+    choice = cfg["evaluation"]["early_exit"]
+    return {**choice, **_referenced(cfg, "evaluation.early_exit", choice), **_solvers(cfg),
+            "batch_size": cfg["evaluation"]["batch_size"]}
+
+
+def cell_slice(cfg: dict, estimator: str, attack: str) -> dict:
+    """One cell: the estimator's spec (None for the baselines' plain backprop), the attack's,
+    the test images and their batches, the solvers and the seed."""
+    ev = cfg["evaluation"]
+    return {"estimator": None if estimator == BASELINE_ESTIMATOR else spec_of(cfg, "estimator", estimator),
+            "attack": spec_of(cfg, "attack", attack), "num_examples": ev["num_examples"],
+            "batch_size": ev["batch_size"], "test_subset": cfg["data"]["test_subset"], **_solvers(cfg)}
+
+
+def analysis_slice(cfg: dict) -> dict:
+    """The fixed-point analysis: the ``analysis`` section with the specs it names."""
+    an = cfg["analysis"]
+    return {**an, **_referenced(cfg, "analysis", an), "test_subset": cfg["data"]["test_subset"],
+            "batch_size": cfg["evaluation"]["batch_size"], **_solvers(cfg)}
+
+
+def _referenced(cfg: dict, key: str, section: dict) -> dict:
+    return {f"{kind}_spec": spec_of(cfg, kind, section[kind], f"{key}.{kind}") for kind in ("estimator", "attack")}
+
+
+# ----------------------------------------------------------------------------- what each job needs
+class Resources(NamedTuple):
+    train_minutes: int   # runtime of a train job
+    eval_minutes: int    # runtime of an evaluate, select_exit or analyze job
+    mem_mb: int
+
+
+# By MDEQ size (every one of deqrobust.sizes) and by baseline architecture; a cluster
+# profile may override them per rule.
+RESOURCES = {
+    "mini": Resources(60, 30, 3000),
+    "tiny": Resources(120, 60, 4000),
+    "small": Resources(240, 120, 6000),
+    "large": Resources(4320, 720, 16000),
+    "xl": Resources(10080, 1440, 32000),
+    "preact_resnet18": Resources(1440, 240, 16000),
+    "wrn34_10": Resources(4320, 720, 32000),
+}
+
+
+def resources(cfg: dict, model: str) -> Resources:
+    spec = cfg["models"][model]
+    return RESOURCES[spec["size"] if spec["arch"] == "mdeq" else spec["arch"]]
+
+
+def gpus(cfg: dict) -> int:
+    """GPUs per model job: one when the profile runs on CUDA."""
+    return 1 if cfg["require_gpu"] or cfg["device"].startswith("cuda") else 0

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import random
 import time
@@ -34,10 +33,12 @@ from deqrobust import data, distributed
 from deqrobust.atomic import torch_load, torch_save, unreadable, write_json, write_text
 from deqrobust.attacks.pgd import pgd
 from deqrobust.checkpoint import RESUME, load_checkpoint, save_checkpoint
-from deqrobust.config import ConfigError, model_spec, resolve_device
+from deqrobust.config import ConfigError, model_spec
+from deqrobust.device import resolve_device
 from deqrobust.deq_logits import DEQLogits
 from deqrobust.estimators import build_estimator, model_estimator
 from deqrobust.models import build_model, is_deq
+from deqrobust.plan import settings, train_slice
 
 RESUME_FORMAT = "deqrobust-resume/1"
 COLUMNS = ("epoch", "iteration", "lr", "train_loss", "dev_loss", "dev_clean_acc", "dev_robust_acc",
@@ -72,10 +73,7 @@ class Trainer:
         self.per_epoch = data.num_batches(self.n_train, self.tc["batch_size"])
         self.total = math.ceil(round(self.tc["epochs"] * self.per_epoch, 6))
         self.eval_every = max(1, round(self.tc["select"]["every_epochs"] * self.per_epoch))
-        self.fingerprint = json.dumps({"spec": _fingerprint_spec(self.spec), "solver": cfg["solver"], "seed": cfg["seed"],
-                                       "backward_solver": cfg["backward_solver"],
-                                       "data": {k: cfg["data"][k] for k in ("dev_size", "split_seed", "train_subset")}},
-                                      sort_keys=True)
+        self.fingerprint = settings(train_slice(cfg, name))   # what resume.pt must match: the train rule's slice
         self.state = {"iteration": 0, "metrics": [], "best": None, "loss_sum": 0.0, "loss_count": 0,
                       "wall_seconds": 0.0, "train_seconds": 0.0}
         self.best_weights: dict | None = None
@@ -312,15 +310,6 @@ class Trainer:
             (self.out / RESUME).unlink(missing_ok=True)
         self.dist.barrier()
         return summary
-
-
-def _fingerprint_spec(spec: dict) -> dict:
-    """The spec a resume must match: without the keys that do not change the result
-    (training.distributed_backend) or are at their neutral default (training.amp=false),
-    so resume files and workflow settings from before those keys existed stay valid."""
-    tc = {k: v for k, v in spec["training_config"].items()
-          if k != "distributed_backend" and not (k == "amp" and v is False)}
-    return {**spec, "training_config": tc}
 
 
 def train(cfg: dict, name: str, out: str | Path) -> dict | None:

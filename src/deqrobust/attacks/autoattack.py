@@ -28,18 +28,9 @@ from pyautoattack import AutoAttack, checks
 from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
 from torch import nn
 
-COMPONENTS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
-VERSIONS = ("standard", "plus", "custom")
-# Settings over the version's own (None = as the version sets it): name -> (component, attribute).
-SETTINGS = {
-    "apgd_restarts": [("apgd", "n_restarts")],  # APGD-CE and APGD-DLR
-    "apgd_t_restarts": [("apgd_targeted", "n_restarts")],
-    "fab_restarts": [("fab", "n_restarts")],  # untargeted FAB only: AutoAttack runs FAB-T with 1
-    "square_restarts": [("square", "n_restarts")],
-    "n_queries": [("square", "n_queries")],
-    "n_target_classes": [("apgd_targeted", "n_target_classes"), ("fab", "n_target_classes")],
-    "n_iter": [("fab", "n_iter")],  # APGD objects are rebuilt, see configure()
-}
+# The settings a spec may give over the version's own -> the (component, attribute) pairs they set.
+from deqrobust.specs import AUTOATTACK_SETTINGS as SETTINGS
+
 PACKAGE_DIR = os.path.dirname(pyautoattack.__file__)
 log = logging.getLogger(__name__)
 

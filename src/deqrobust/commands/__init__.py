@@ -1,1 +1,25 @@
-"""CLI subcommands; each module has ``add_arguments(parser)`` and ``run(args)``."""
+"""CLI subcommands; each module has ``add_arguments(parser)`` and ``run(args)``.
+
+The argument helpers the subcommands share live here, not in ``deqrobust.cli``, so that
+the CLI imports its commands and never the other way round.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """``-c FILE [-c FILE ...] [--set KEY=VALUE ...]``, read by ``deqrobust.config.load``."""
+    parser.add_argument("--config", "-c", action="append", required=True, metavar="FILE",
+                        help="profile config file (config/*.yaml); repeat to merge several, later ones win")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set training.epochs=2 (repeatable; the value is "
+                             "YAML, and a mapping is merged into the section it names)")
+
+
+def add_results_arguments(parser: argparse.ArgumentParser) -> None:
+    """Inputs shared by the commands that read the merged results (figures, report)."""
+    add_config_arguments(parser)
+    parser.add_argument("--table", required=True, help="tidy table CSV (deqrobust merge)")
+    parser.add_argument("--analysis", nargs="*", default=[], metavar="JSON",
+                        help="fixed-point analyses (deqrobust analyze)")

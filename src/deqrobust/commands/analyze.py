@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from deqrobust.cli import add_config_arguments
-from deqrobust.config import load, resolve_device
+from deqrobust.commands import add_config_arguments
+from deqrobust.config import load
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +19,7 @@ def run(args: argparse.Namespace) -> int:
 
     from deqrobust import analysis
     from deqrobust.atomic import write_json
+    from deqrobust.device import resolve_device
     from deqrobust.joblock import claim
 
     cfg = load(args.config, args.overrides)

@@ -5,11 +5,10 @@ import argparse
 from pathlib import Path
 
 from deqrobust import config, data
+from deqrobust.commands import add_config_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from deqrobust.cli import add_config_arguments
-
     add_config_arguments(parser)
     parser.add_argument("--archive", help="local cifar-10-python.tar.gz (overrides data.archive; offline path)")
 

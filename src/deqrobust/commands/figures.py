@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from deqrobust.cli import add_results_arguments
+from deqrobust.commands import add_results_arguments
 from deqrobust.config import load
 
 

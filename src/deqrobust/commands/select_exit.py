@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from deqrobust import config
-from deqrobust.cli import add_config_arguments
+from deqrobust.commands import add_config_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

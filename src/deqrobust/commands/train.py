@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import argparse
 
+from deqrobust.commands import add_config_arguments
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from deqrobust.cli import add_config_arguments
-
     add_config_arguments(parser)
     parser.add_argument("--model", required=True, help="name of a model of the config (models.<NAME>)")
     parser.add_argument("--out", required=True, help="output folder: checkpoint.pt, metrics.csv, summary.json")

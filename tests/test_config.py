@@ -1,0 +1,220 @@
+"""The torch-free configuration core: loading, overrides, validation, and the plan.
+
+What the Snakefile imports must not import torch; every bad value is refused by name with
+the valid choices; the plan's lists and slices follow the config, not the code's guesses.
+The same messages through Snakemake: tests/test_workflow.py.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deqrobust import config, plan, specs
+from deqrobust.config import ConfigError
+from deqrobust.sizes import SIZES
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "config" / "smoke.yaml"
+
+
+def load(*overrides: str, files=(SMOKE,)) -> dict:
+    return config.load(list(files), list(overrides))
+
+
+def refused(*overrides: str) -> str:
+    with pytest.raises(ConfigError) as err:
+        load(*overrides)
+    return str(err.value)
+
+
+def test_config_and_plan_import_no_torch():
+    code = ("import sys; from deqrobust import config, plan; cfg = config.load('config/smoke.yaml'); "
+            "plan.cells(cfg); plan.check_steps(cfg); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_commands_never_import_the_cli():
+    """cli.py imports the commands; the commands take their helpers from deqrobust.commands."""
+    names = [p.stem for p in (REPO / "src" / "deqrobust" / "commands").glob("*.py") if p.stem != "__init__"]
+    code = ("import importlib, sys\n"
+            f"for name in {names!r}: importlib.import_module('deqrobust.commands.' + name)\n"
+            "print('deqrobust.cli' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+# ---- reading -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, value", [("1e-3", 1e-3), ("1e9", 1e9), ("-2.5E+2", -250.0), ("1.0e-3", 1e-3),
+                                         ("8", 8), (".nan", None), ("1e", "1e"), ("abc1e3", "abc1e3")])
+def test_numbers_in_exponent_form_are_numbers(text, value):
+    read = config.read_yaml(text)
+    if value is None:
+        assert read != read    # NaN
+    else:
+        assert read == value and type(read) is type(value)
+
+
+def test_exponent_values_reach_the_config_typed():
+    cfg = load("training.lr=1e-4", "evaluation.num_examples=1e1", "data={archive: /x.tar.gz, allow_md5_mismatch: true}")
+    assert cfg["training"]["lr"] == 1e-4
+    assert cfg["evaluation"]["num_examples"] == 10 and type(cfg["evaluation"]["num_examples"]) is int
+    assert cfg["data"]["archive"] == "/x.tar.gz" and cfg["data"]["allow_md5_mismatch"] is True
+    assert cfg["data"]["dev_size"] == 50          # a mapping override is merged into its section
+
+
+def test_files_merge_in_order_and_overrides_win(tmp_path):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(yaml.safe_dump({"training": {"epochs": 3, "unroll": {"k": 4}}, "seed": 7}))
+    cfg = load("seed=9", files=(SMOKE, extra))
+    smoke = yaml.safe_load(SMOKE.read_text())
+    assert cfg["training"]["epochs"] == 3 and cfg["training"]["unroll"] == {"lam": smoke["training"]["unroll"]["lam"], "k": 4}
+    assert cfg["training"]["batch_size"] == smoke["training"]["batch_size"]
+    assert cfg["seed"] == 9
+
+
+def test_model_spec_deep_merges_training_overrides():
+    cfg = load("models.deq-std.training_overrides={unroll: {k: 7}, epochs: 2}")
+    merged = config.model_spec(cfg, "deq-std")["training_config"]
+    assert merged["unroll"] == {"lam": cfg["training"]["unroll"]["lam"], "k": 7} and merged["epochs"] == 2
+    assert config.model_spec(cfg, "deq-adv")["training_config"] == cfg["training"]
+
+
+# ---- refused, by key, with what is valid ---------------------------------------------------
+
+@pytest.mark.parametrize("override, message", [
+    ("evaluation.num_examples=-5", "evaluation.num_examples: -5 is less than the minimum of 1"),
+    ("evaluation.early_exit.num_examples=0", "evaluation.early_exit.num_examples: 0 is less than the minimum of 1"),
+    ("training.adv.eps_255=1000", "training.adv.eps_255: 1000 is greater than the maximum of 255"),
+    ("training.lr=.nan", "training.lr: nan is not a finite number"),
+    ("training.lr=-1e-3", "training.lr: -0.001 is less than or equal to the minimum of 0"),
+    ("training.batch_size=0", "training.batch_size: 0 is less than the minimum of 1"),
+    ("models.deq-std.size=huge", "models.deq-std.size: 'huge' is not an MDEQ size; valid sizes: mini, tiny, small, large, xl"),
+    ("models.deq-std.training=sgd", "models.deq-std.training: 'sgd' is not one of ['standard', 'pgd', 'fgsm']"),
+    ("training.epochz=3", "training: Additional properties are not allowed ('epochz' was unexpected); valid keys: epochs,"),
+    ("models.deq-std.training_overrides={epochz: 1}", "models.deq-std.training_overrides: Additional properties are not "
+                                                       "allowed ('epochz' was unexpected)"),
+    ("models.deq-std.training_overrides={lr: .inf}", "models.deq-std.training_overrides.lr: inf is not a finite number"),
+    ("evaluation.cells=[{estimators: [exact], attacks: [pgd2], states: [4]}]",
+     "evaluation.cells[0].states: state 4 is not valid for a solver budget of 3 (solver.budget); "
+     "valid states: 'final', 'ensemble', 0..3"),
+    ("evaluation.cells=[{estimators: [exact], attacks: [pgd2], states: [middle]}]", "state 'middle' is not valid"),
+    ("evaluation.cells=[{estimators: [exact], attacks: [pgd9], states: [final]}]",
+     "evaluation.cells[0].attacks: unknown attack 'pgd9'; defined in evaluation.attacks: pgd2, apgd-ce"),
+    ("evaluation.baseline_attacks=[fgsm]", "evaluation.baseline_attacks: unknown attack 'fgsm'"),
+    ("evaluation.attacks.pgd2.eps_255=1000", "evaluation.attacks.pgd2: eps_255 must be a number in (0, 255], got 1000"),
+    ("evaluation.attacks.pgd2.stepz=1", "evaluation.attacks.pgd2 (pgd): unknown parameter 'stepz'; valid parameters: "
+                                        "eps_255, step_255, steps, restarts, random_start, loss"),
+    ("evaluation.estimators.unroll.lam=0", "evaluation.estimators.unroll: lam must be a number in (0, 1], got 0"),
+    ("evaluation.estimators.autograd={name: exact}", "evaluation.estimators.autograd: the name is reserved"),
+    ("models={'bad name': {arch: mdeq, training: standard}}", "models.bad name: the name must match"),
+])
+def test_bad_values_are_refused_by_key(override, message):
+    text = refused(override)
+    assert message in text, text
+    assert text.startswith(f"invalid config ({SMOKE}, {override}):")
+
+
+def test_errors_are_a_few_lines_not_the_schema():
+    text = refused("evaluation.num_examples=-1", "training.batch_size=0", "training.lr=-1", "training.epochs=0",
+                   "data.dev_size=0", "training.pretrain_unroll=0", "training.adv.steps=0")
+    lines = text.splitlines()
+    assert len(lines) == 1 + config.MAX_LINES + 1 and lines[-1] == "  (and 2 more)"
+    assert "properties" not in text and "$schema" not in text
+
+
+def test_states_follow_the_one_grammar():
+    cfg = load("evaluation.cells=[{estimators: [intermediate], attacks: [pgd2], states: [0, '3', final, ensemble]}]")
+    states = [c.state for c in plan.cells(cfg) if c.model == "deq-std"]
+    assert states == ["0", "3", "final", "ensemble"]
+    for text in states:
+        import re
+        assert re.fullmatch(plan.STATE_RE, text)
+
+
+@pytest.mark.parametrize("file, message", [("missing.yaml", "does not exist"), (".", "does not exist (it is a folder)")])
+def test_unreadable_files_are_named(tmp_path, file, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        config.load(tmp_path / file)
+
+
+def test_bad_override_syntax_is_named():
+    with pytest.raises(ConfigError, match="override 'training.epochs' must look like key.sub=value"):
+        load("training.epochs")
+    with pytest.raises(ConfigError, match="'seed' is not a section"):
+        load("seed.x=1")
+
+
+# ---- the plan --------------------------------------------------------------------------------
+
+def test_cells_follow_the_config():
+    cfg = load()
+    cells = plan.cells(cfg)
+    assert len(cells) == len(set(cells))
+    ev = cfg["evaluation"]
+    expected = {(m, e, a, str(s)) for m in ("deq-std", "deq-adv") for g in ev["cells"]
+                for e in g["estimators"] for a in g["attacks"] for s in g["states"]}
+    expected |= {("resnet18-adv", plan.BASELINE_ESTIMATOR, a, plan.FINAL) for a in ev["baseline_attacks"]}
+    assert set(cells) == expected
+    assert plan.deqs(cfg) == ["deq-std", "deq-adv"] and plan.baselines(cfg) == ["resnet18-adv"]
+
+
+def test_step_references_are_checked_by_their_slices():
+    cfg = load("evaluation.early_exit.estimator=nope")   # a valid config for the steps that do not use it
+    with pytest.raises(ConfigError, match="evaluation.early_exit.estimator: unknown estimator 'nope'; "
+                                          "defined in evaluation.estimators: exact, unroll, intermediate, adjoint"):
+        plan.check_steps(cfg)
+    cfg = load("analysis.attack=nope")
+    with pytest.raises(ConfigError, match="analysis.attack: unknown attack 'nope'"):
+        plan.analysis_slice(cfg)
+
+
+def test_train_slice_ignores_what_never_changes_a_model():
+    base = plan.settings(plan.train_slice(load(), "deq-std"))
+    assert plan.settings(plan.train_slice(load("training.distributed_backend=gloo"), "deq-std")) == base
+    assert "amp" not in plan.train_slice(load(), "deq-std")["spec"]["training_config"]   # off: as before the key existed
+    for change in ("training.amp=true", "training.epochs=2", "models.deq-std.training=pgd",
+                   "models.deq-std.training_overrides={unroll: {k: 3}}", "data.train_subset=100", "solver.tol=0"):
+        assert plan.settings(plan.train_slice(load(change), "deq-std")) != base, change
+    assert plan.settings(plan.train_slice(load("evaluation.num_examples=5"), "deq-std")) == base
+
+
+def test_cell_slice_holds_the_specs_of_its_cell():
+    cfg = load()
+    one = plan.cell_slice(cfg, "exact", "pgd2")
+    assert one["estimator"] == {"name": "exact"} and one["attack"] == cfg["evaluation"]["attacks"]["pgd2"]
+    assert plan.cell_slice(cfg, plan.BASELINE_ESTIMATOR, "pgd2")["estimator"] is None
+    other = load("evaluation.attacks.apgd-ce.n_iter=3")
+    assert plan.cell_slice(other, "exact", "pgd2") == one and plan.cell_slice(other, "exact", "apgd-ce") != \
+        plan.cell_slice(cfg, "exact", "apgd-ce")
+
+
+def test_every_model_has_resources():
+    archs = config.schema()["properties"]["models"]["additionalProperties"]["properties"]["arch"]["enum"]
+    assert set(plan.RESOURCES) == set(SIZES) | {a for a in archs if a != "mdeq"}
+    cfg = load()
+    assert plan.resources(cfg, "deq-std") == plan.RESOURCES["mini"] != plan.RESOURCES["large"]
+    assert plan.resources(cfg, "resnet18-adv") == plan.RESOURCES["preact_resnet18"]
+
+
+# ---- one description of estimators and attacks, used by the builders ----------------------------
+
+def test_builders_use_the_spec_table():
+    from deqrobust.attacks import build_attack
+    from deqrobust.attacks.pgd import LOSSES
+    from deqrobust.estimators import ESTIMATORS, build_estimator
+
+    assert set(specs.ESTIMATORS) == set(ESTIMATORS)
+    for name, params in specs.ESTIMATORS.items():
+        built = build_estimator({"name": name})
+        assert built == ESTIMATORS[name](**{k: p.default for k, p in params.items()})
+    assert specs.PGD_LOSSES == tuple(LOSSES)
+    pgd = build_attack("a", {"name": "pgd", "steps": 1e1, "eps_255": 4})
+    assert pgd.steps == 10 and type(pgd.steps) is int and pgd.eps == 4 / 255
+    with pytest.raises(ConfigError, match="attack 'a': eps_255 must be a number in \\(0, 255\\], got 256"):
+        build_attack("a", {"name": "square", "eps_255": 256})
