@@ -1,6 +1,7 @@
 # deqrobust: reproduction of "A Closer Look at the Adversarial Robustness of Deep
 # Equilibrium Models" (NeurIPS 2022). Every rule is one call of the `deqrobust` CLI;
-# workflow/rules/common.smk owns every path. See docs/workflow.md.
+# workflow/rules/common.smk owns every path; deqrobust.plan says which jobs exist and what
+# each depends on. See docs/workflow.md.
 #
 #   snakemake --cores 8 --use-conda                        # the paper (config/config.yaml, GPU)
 #   snakemake --cores 2 --configfile config/quick.yaml     # CPU reproduction, about an hour
@@ -10,7 +11,7 @@ import shutil
 
 from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -32,13 +33,10 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
+# `config` from the library's loader and checks (deqrobust.config, deqrobust.plan): a wrong
+# key or value stops here, before any job, naming it.
+include: "workflow/rules/config.smk"
 include: "workflow/rules/common.smk"
-
-
-coerce_cli_config()  # --config 'data={archive: PATH}': nested values are read as YAML
-# Stops before any job runs, naming the wrong key or value.
-validate(config, "workflow/schemas/config.schema.yaml")
-check_config()  # names used across sections, states within the solver budget
 
 
 onstart:
@@ -46,10 +44,10 @@ onstart:
 
 
 wildcard_constraints:
-    model=NAME_RE,
-    estimator=NAME_RE,
-    attack=NAME_RE,
-    notebook=NAME_RE,
+    model=plan.NAME_RE,
+    estimator=plan.NAME_RE,
+    attack=plan.NAME_RE,
+    notebook=plan.NAME_RE,
 
 
 include: "workflow/rules/data.smk"

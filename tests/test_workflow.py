@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -220,15 +221,91 @@ def test_lint_is_clean(profile, workdir):
 
 
 def test_command_line_overrides_reach_the_cli(workdir):
-    """`--config 'data={...}'` is typed as YAML and passed to every CLI call as --set."""
-    proc = snakemake(workdir, "-n", "-p", "--configfile", PROFILES["smoke"], "--config",
-                     "data={archive: /tmp/c.tar.gz, allow_md5_mismatch: true}")
+    """Every CLI call gets the config files and the raw --config entries, which the library
+    reads as Snakemake's config was built: same files, same overrides, same loader."""
+    write_yaml(workdir / "config" / "extra.yaml", {"training": {"epochs": 2}})
+    overrides = ["data={archive: /tmp/c.tar.gz, allow_md5_mismatch: true}", "training={lr: 1e-4}"]
+    proc = snakemake(workdir, "-n", "-p", "--configfile", PROFILES["smoke"], "config/extra.yaml",
+                     "--config", *overrides)
     text = output_of(proc)
     assert proc.returncode == 0, text[-3000:]
     commands = [line for line in text.splitlines() if re.match(r"\s*(Shell command: )?deqrobust ", line)]
-    assert commands and all("--config config/smoke.yaml" in c for c in commands)
-    assert all("--set data.allow_md5_mismatch=true" in c for c in commands)
-    assert all("data.archive=\"/tmp/c.tar.gz\"" in c for c in commands)
+    expected = ("-c config/smoke.yaml -c config/extra.yaml --set 'data={archive: /tmp/c.tar.gz, allow_md5_mismatch: "
+                "true}' --set 'training={lr: 1e-4}' --set threads=1")
+    assert commands and all(expected in c for c in commands), commands[:2]
+    from deqrobust import config
+
+    args = shlex.split(expected)
+    cfg = config.load([workdir / a for a in args[1:4:2]], args[5:8:2])
+    assert cfg["data"]["archive"] == "/tmp/c.tar.gz" and cfg["data"]["allow_md5_mismatch"] is True
+    assert cfg["training"]["lr"] == 1e-4 and cfg["training"]["epochs"] == 2 and cfg["threads"] == 1
+
+
+def deqrobust(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return run([str(Path(BIN) / "deqrobust"), *args], cwd)
+
+
+def _edit_first(section: str, key: str, value, arch: str | None = None):
+    """An edit of the smoke profile: ``key`` of the first entry of ``section`` (of that arch)."""
+    def edit(cfg):
+        entries = cfg[section] if section == "models" else cfg["evaluation"][section]
+        name = next(n for n, e in entries.items() if arch is None or e.get("arch") == arch)
+        entries[name][key] = value
+    return edit
+
+
+# Each bad value, and what the message says about it (the key, the value, what is valid).
+BAD_VALUES = {
+    "negative num_examples": (lambda c: c["evaluation"].update(num_examples=-5),
+                              "evaluation.num_examples: -5 is less than the minimum of 1"),
+    "unknown model size": (_edit_first("models", "size", "huge", arch="mdeq"),
+                           "is not an MDEQ size; valid sizes: mini, tiny, small, large, xl"),
+    "attacked state outside the grammar": (lambda c: c["evaluation"]["cells"][0].update(states=["final", 99]),
+                                           "evaluation.cells[0].states: state 99 is not valid for a solver budget"),
+    "eps above 255": (_edit_first("attacks", "eps_255", 1000), "eps_255 must be a number in (0, 255], got 1000"),
+    "learning rate not a number": (lambda c: c["training"].update(lr=float("nan")),
+                                   "training.lr: nan is not a finite number"),
+    "unknown estimator parameter": (_edit_first("estimators", "lambda", 0.5), "unknown parameter 'lambda'"),
+    "bad training override": (_edit_first("models", "training_overrides", {"epochz": 1}),
+                              "training_overrides: Additional properties are not allowed ('epochz' was unexpected)"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_VALUES)
+def test_config_errors_stop_the_workflow_with_the_cli_message(case, workdir):
+    """`snakemake -n` refuses before any job, with exactly the message the CLI gives."""
+    edit, expected = BAD_VALUES[case]
+    cfg = load("smoke")
+    edit(cfg)
+    write_yaml(workdir / "config" / "bad.yaml", cfg)
+    proc = snakemake(workdir, "-n", "--configfile", "config/bad.yaml")
+    text = output_of(proc)
+    assert proc.returncode != 0 and "Job stats" not in text, text[-2000:]
+    cli = deqrobust(workdir, "data", "-c", "config/bad.yaml")
+    assert cli.returncode == 2, output_of(cli)[-2000:]
+    message = cli.stderr.split("deqrobust data: error: ", 1)[1].strip()
+    assert expected in message, message
+    assert message in text, text[-2000:]
+
+
+def test_override_errors_stop_the_workflow_with_the_cli_message(workdir):
+    override = "evaluation={num_examples: -5, batch_size: 1e1}"
+    proc = snakemake(workdir, "-n", "--configfile", PROFILES["smoke"], "--config", override)
+    text = output_of(proc)
+    assert proc.returncode != 0 and "Job stats" not in text
+    cli = deqrobust(workdir, "data", "-c", PROFILES["smoke"], "--set", override)
+    message = cli.stderr.split("error: ", 1)[1].strip()
+    assert message.startswith(f"invalid config ({PROFILES['smoke']}, {override}):") and message in text
+    assert message.splitlines()[1:] == ["  evaluation.num_examples: -5 is less than the minimum of 1"]  # 1e1 is 10
+
+
+def test_references_of_early_exit_are_checked_before_any_job(workdir):
+    cfg = load("smoke")
+    cfg["evaluation"]["early_exit"]["estimator"] = "nope"
+    bad = write_yaml(workdir / "config" / "bad.yaml", cfg)
+    text = output_of(snakemake(workdir, "-n", "--configfile", str(bad)))
+    assert "evaluation.early_exit.estimator: unknown estimator 'nope'; defined in evaluation.estimators:" in text
+    assert "Job stats" not in text
 
 
 @pytest.mark.skipif(bool(shutil.which("nvidia-smi")), reason="a GPU driver is present: the no-GPU path is not testable here")

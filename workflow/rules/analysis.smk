@@ -10,16 +10,16 @@ rule analyze:
         analysis(),
     params:
         cli=cli_args,
-        settings=analysis_settings,
+        settings=lambda w: plan.settings(plan.analysis_slice(config)),
     log:
         log("analyze", "{model}.log"),
     wildcard_constraints:
         model=deq_pattern(),
     threads: config["threads"]
     resources:
-        gpu=gpus(),
-        mem_mb=model_mem,
-        runtime=eval_runtime,
+        gpu=plan.gpus(config),
+        mem_mb=lambda w: plan.resources(config, w.model).mem_mb,
+        runtime=lambda w: plan.resources(config, w.model).eval_minutes,
     conda:
         ENV
     shell:

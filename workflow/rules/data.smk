@@ -7,7 +7,7 @@ rule data:
         batches=directory(batches_dir()),
     params:
         cli=cli_args,
-        settings=data_settings(),
+        settings=plan.settings(plan.data_slice(config)),
     log:
         log("data.log"),
     threads: 1

@@ -10,16 +10,16 @@ rule evaluate:
         cell(),
     params:
         cli=cli_args,
-        settings=cell_settings,
+        settings=lambda w: plan.settings(plan.cell_slice(config, w.estimator, w.attack)),
     log:
         log("evaluate", "{model}", "{estimator}", "{attack}", "state-{state}.log"),
     wildcard_constraints:
-        state=r"final|ensemble|[0-9]+",
+        state=plan.STATE_RE,
     threads: config["threads"]
     resources:
-        gpu=gpus(),
-        mem_mb=model_mem,
-        runtime=eval_runtime,
+        gpu=plan.gpus(config),
+        mem_mb=lambda w: plan.resources(config, w.model).mem_mb,
+        runtime=lambda w: plan.resources(config, w.model).eval_minutes,
     conda:
         ENV
     shell:
@@ -31,7 +31,7 @@ rule evaluate:
 rule merge:
     input:
         cells=all_cells(),
-        early_exit=[early_exit(m) for m in deqs()],
+        early_exit=all_early_exits(),
     output:
         report(
             table(),

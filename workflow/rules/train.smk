@@ -17,15 +17,15 @@ rule train:
         cli=cli_args,
         launcher=train_launcher,
         rank_threads=rank_threads,
-        settings=train_settings,
+        settings=lambda w: plan.settings(plan.train_slice(config, w.model)),
         out=lambda wildcards, output: os.path.dirname(output.checkpoint),
     log:
         log("train", "{model}.log"),
     threads: config["threads"]
     resources:
-        gpu=gpus(),
-        mem_mb=model_mem,
-        runtime=train_runtime,
+        gpu=plan.gpus(config),
+        mem_mb=lambda w: plan.resources(config, w.model).mem_mb,
+        runtime=lambda w: plan.resources(config, w.model).train_minutes,
     conda:
         ENV
     shell:
@@ -41,16 +41,16 @@ rule select_exit:
         early_exit(),
     params:
         cli=cli_args,
-        settings=select_settings,
+        settings=lambda w: plan.settings(plan.select_slice(config)),
     log:
         log("select_exit", "{model}.log"),
     wildcard_constraints:
         model=deq_pattern(),
     threads: config["threads"]
     resources:
-        gpu=gpus(),
-        mem_mb=model_mem,
-        runtime=eval_runtime,
+        gpu=plan.gpus(config),
+        mem_mb=lambda w: plan.resources(config, w.model).mem_mb,
+        runtime=lambda w: plan.resources(config, w.model).eval_minutes,
     conda:
         ENV
     shell:
