@@ -198,3 +198,55 @@ def test_bad_cell_inputs_name_the_value_and_the_choices(setup):
     save_checkpoint(tmp / "other.pt", build_model(other), other, epoch=1.0, metrics={}, profile="test")
     with pytest.raises(ConfigError, match="holds a mdeq-tiny model.*'deq' is a mdeq-mini"):
         run_cell(cfg, str(tmp / "other.pt"), "exact", "pgd2", "final", tmp / "x.json")
+
+
+def smoke_like_cells(folder) -> tuple[list[str], list[str]]:
+    """Cells of two DEQs (4 estimators x 2 attacks) and a baseline with seeded random scores,
+    in the smoke profile's attacks and estimators, and their early-exit choices."""
+    import random
+
+    rng = random.Random(0)
+    attacks = {"pgd2": {"name": "pgd", "eps_255": 8, "step_255": 4, "steps": 2, "restarts": 1},
+               "apgd-ce": {"name": "apgd-ce", "eps_255": 8, "n_iter": 2, "restarts": 1}}
+    estimators = {"exact": {"name": "exact"}, "unroll": {"name": "unroll", "lam": 0.5, "k": 2},
+                  "intermediate": {"name": "intermediate", "lam": 0.5, "k": 2},
+                  "adjoint": {"name": "adjoint", "variant": "lockstep"}}
+    n, labels = 12, [rng.randrange(10) for _ in range(12)]
+    cells = []
+    for model, training, keys, runs in [
+            ("deq-std", "standard", ["final", "ensemble", "state_1", "state_2", "state_3"],
+             [("exact", "final"), ("unroll", "final"), ("intermediate", 2), ("adjoint", 1)]),
+            ("deq-adv", "pgd", ["final", "ensemble", "state_1", "state_2", "state_3"],
+             [("exact", "final"), ("unroll", "final"), ("intermediate", 2), ("adjoint", 1)]),
+            ("resnet", "pgd", ["final"], [("autograd", "final")])]:
+        clean = {k: [rng.randrange(2) for _ in range(n)] for k in keys}
+        for estimator, state in runs:
+            for attack, spec in attacks.items():
+                cells.append({"model": model, "arch": "mdeq" if len(keys) > 1 else "preact_resnet18",
+                              "training": training, "grad": "exact" if len(keys) > 1 else None,
+                              "estimator": estimator, "estimator_spec": estimators.get(estimator, {}),
+                              "attack": attack, "attack_spec": spec, "attacked_state": state, "seed": 0,
+                              "profile": "smoke", "num_examples": n, "indices": list(range(n)), "labels": labels,
+                              "clean": clean, "adversarial": {k: [c & rng.randrange(2) for c in clean[k]]
+                                                              for k in keys}})
+    paths = []
+    for i, cell in enumerate(cells):
+        paths.append(str(folder / f"cell-{i:02d}.json"))
+        open(paths[-1], "w").write(json.dumps(cell))
+    exits = []
+    for model, state in [("deq-std", 2), ("deq-adv", 1)]:
+        exits.append(str(folder / f"exit-{model}.json"))
+        open(exits[-1], "w").write(json.dumps({"model": model, "state": state}))
+    return paths, exits
+
+
+def test_merge_rows_are_those_of_the_merge_before_the_spec_columns(tmp_path):
+    """The spec columns are new columns only: the other columns' CSV text is byte-identical to the
+    table the merge of commit cb976f8 (before the results module) wrote from these cells."""
+    import hashlib
+
+    results.write_table(merge(*smoke_like_cells(tmp_path)), tmp_path / "table.csv")
+    old = pd.read_csv(tmp_path / "table.csv", dtype=str, keep_default_na=False)[list(results.COLUMNS[:14])]
+    text = old.to_csv(index=False)
+    assert len(old) == 124
+    assert hashlib.md5(text.encode()).hexdigest() == "0dc4448d1538fa9503709147f801f2ec"
