@@ -6,6 +6,7 @@ The same messages through Snakemake: tests/test_workflow.py.
 """
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -79,9 +80,10 @@ def test_files_merge_in_order_and_overrides_win(tmp_path):
 
 
 def test_model_spec_deep_merges_training_overrides():
-    cfg = load("models.deq-std.training_overrides={unroll: {k: 7}, epochs: 2}")
+    cfg = load("models.deq-std.training_overrides={unroll: {k: 7}, epochs: 2, batch_size: 1e1}")
     merged = config.model_spec(cfg, "deq-std")["training_config"]
     assert merged["unroll"] == {"lam": cfg["training"]["unroll"]["lam"], "k": 7} and merged["epochs"] == 2
+    assert merged["batch_size"] == 10 and type(merged["batch_size"]) is int
     assert config.model_spec(cfg, "deq-adv")["training_config"] == cfg["training"]
 
 
@@ -132,9 +134,7 @@ def test_states_follow_the_one_grammar():
     cfg = load("evaluation.cells=[{estimators: [intermediate], attacks: [pgd2], states: [0, '3', final, ensemble]}]")
     states = [c.state for c in plan.cells(cfg) if c.model == "deq-std"]
     assert states == ["0", "3", "final", "ensemble"]
-    for text in states:
-        import re
-        assert re.fullmatch(plan.STATE_RE, text)
+    assert all(re.fullmatch(plan.STATE_RE, text) for text in states)
 
 
 @pytest.mark.parametrize("file, message", [("missing.yaml", "does not exist"), (".", "does not exist (it is a folder)")])

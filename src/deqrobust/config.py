@@ -60,23 +60,24 @@ def _resolve(sub: dict) -> dict:
     return {**target, **{k: v for k, v in sub.items() if k != "$ref"}}
 
 
-def _complete(node: Any, sub: dict) -> Any:
-    """Fill the schema's defaults (jsonschema only validates) and read integral floats at
-    integer keys as integers (``1e3`` is a float in YAML), walking the schema beside the config."""
+def _complete(node: Any, sub: dict, fill: bool = True) -> Any:
+    """Fill the schema's defaults (jsonschema only validates; not with ``fill=False``) and read
+    integral floats at integer keys as integers (``1e3`` is a float in YAML), walking the
+    schema beside the config."""
     sub = _resolve(sub)
     if isinstance(node, dict):
         props = sub.get("properties", {})
         for key, prop in props.items():
             default = _resolve(prop).get("default", ...)
-            if key not in node and default is not ...:
+            if fill and key not in node and default is not ...:
                 node[key] = copy.deepcopy(default)
         extra = sub.get("additionalProperties")
         for key in node:
             child = props.get(key, extra if isinstance(extra, dict) else None)
             if child is not None:
-                node[key] = _complete(node[key], child)
+                node[key] = _complete(node[key], child, fill)
     elif isinstance(node, list) and isinstance(sub.get("items"), dict):
-        node[:] = [_complete(item, sub["items"]) for item in node]
+        node[:] = [_complete(item, sub["items"], fill) for item in node]
     elif isinstance(node, float) and node.is_integer() and "integer" in _types(sub):
         return int(node)
     return node
@@ -121,6 +122,7 @@ def _override_problems(cfg: dict) -> list[str]:
     for name in cfg["models"]:
         if not cfg["models"][name]["training_overrides"]:
             continue
+        _complete(cfg["models"][name]["training_overrides"], schema()["properties"]["training"], fill=False)
         merged = {**cfg, "training": model_spec(cfg, name)["training_config"]}
         for line in _schema_problems(merged):
             if line.startswith("training"):

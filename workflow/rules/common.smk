@@ -4,7 +4,9 @@
 # Which jobs exist (models, cells), what each depends on (its `settings` param: Snakemake's
 # params rerun trigger) and what each needs (resources) come from deqrobust.plan, the same
 # functions the library uses; workflow/rules/config.smk builds `config`.
+import os
 import re
+from pathlib import Path
 
 ENV = "../envs/deqrobust.yaml"
 # A conda env (--use-conda) installs this clone editable through pip's ${VAR} expansion.

@@ -33,7 +33,8 @@ def _shown(path):
 
 
 CONFIGFILES = [_shown(f) for f in workflow.configfiles]
-OVERRIDES = list(workflow.config_settings.config_args or [])  # raw --config entries
+_args = workflow.config_settings.config_args or []
+OVERRIDES = [_args] if isinstance(_args, str) else list(_args)  # the raw --config entries
 
 try:
     _checked = load(CONFIGFILES, OVERRIDES)
