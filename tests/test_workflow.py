@@ -241,6 +241,25 @@ def test_command_line_overrides_reach_the_cli(workdir):
     assert cfg["training"]["lr"] == 1e-4 and cfg["training"]["epochs"] == 2 and cfg["threads"] == 1
 
 
+def test_snakefile_imports_the_clone_when_the_package_is_not_installed(workdir):
+    """Without an installed deqrobust (e.g. snakemake in a base env with --use-conda) the
+    Snakefile imports this clone's src/; the config core never imports torch."""
+    import deqrobust
+
+    shutil.copytree(Path(deqrobust.__file__).parent, workdir / "src" / "deqrobust", dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    installed = str(Path(deqrobust.__file__).parents[1])
+    code = (f"import sys; sys.path = [p for p in sys.path if p != {installed!r}]\n"
+            "import importlib.util; assert importlib.util.find_spec('deqrobust') is None\n"
+            "sys.argv = ['snakemake', '-n', '--configfile', 'config/smoke.yaml']\n"
+            "from snakemake.cli import main\n"
+            "try:\n    main()\nexcept SystemExit as end:\n"
+            "    import deqrobust; print('RESULT', end.code, deqrobust.__file__, 'torch' in sys.modules)")
+    proc = run([sys.executable, "-c", code], workdir)
+    result = [line for line in output_of(proc).splitlines() if line.startswith("RESULT")]
+    assert result == [f"RESULT 0 {workdir / 'src' / 'deqrobust' / '__init__.py'} False"], output_of(proc)[-3000:]
+
+
 def deqrobust(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     return run([str(Path(BIN) / "deqrobust"), *args], cwd)
 
