@@ -13,7 +13,12 @@ Main table columns, per model and defense (accuracy in %, Wilson 95 % CI):
   separate attacks (at 8/255); headed "AutoAttack" only when the standard suite at its
   own settings is all that ran, otherwise by the attacks that did run
   (e.g. "APGD-CE (20 it.)");
-- worst case: the per-example worst case over every attack, estimator and state.
+- worst case: the per-example worst case over clean and every attack, estimator and state.
+
+Per-example outcomes (``merge_outcomes``; ``results/<profile>/outcomes.csv.gz``): the same
+rows before counting, each with its 0/1 outcomes over the cell's example indices as one
+string, so paired tests (``deqrobust.stats``) compare two rows example by example; the
+table is computed from them (``tabulate``).
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ import re
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import pandas as pd
 
 from deqrobust.atomic import atomic_path
@@ -55,6 +61,11 @@ SPEC_COLUMNS = ("attack_type", "attack_version", "eps_255", "attack_steps", "res
 COLUMNS = (*IDENTITY, "estimator", "attacked_state", "attack", "defense", "scored_state", "correct", "n",
            "accuracy", "ci_low", "ci_high", *SPEC_COLUMNS)
 SORT = ["model", "attack", "estimator", "attacked_state", "defense", "scored_state"]
+# Per-example outcomes: the table's rows before counting. ``base_model`` is the model's name
+# without its seed suffix (the model itself when the profile has one seed); ``indices`` the
+# test examples as ranges ("0-299"); ``outcomes`` one character 0/1 per example, in that order.
+OUTCOME_COLUMNS = (*IDENTITY, "base_model", "seed", "estimator", "attacked_state", "attack", "defense",
+                   "scored_state", "n", "indices", "outcomes", *SPEC_COLUMNS)
 
 MAIN_KEYS = ("clean", "pgd10", "autoattack", "worst_case")   # keys of main rows and headline metrics
 NOT_RUN = "not run"
@@ -81,10 +92,45 @@ def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def worst_case(cells: list[dict]) -> dict[str, list[int]]:
-    """Per score key and example: 1 only if the example survived every cell's attack."""
+    """Per score key and example: 1 only if the example is classified correctly on clean input AND
+    under every cell's attack. Clean counts: an attack that fails on an example the model already
+    gets wrong does not make that example robust. The cells are one model's (same clean outcomes)."""
     keys = cells[0]["adversarial"]
-    return {key: [min(c["adversarial"][key][i] for c in cells) for i in range(cells[0]["num_examples"])]
-            for key in keys}
+    vectors = [cells[0]["clean"], *(c["adversarial"] for c in cells)]
+    return {key: [min(v[key][i] for v in vectors) for i in range(cells[0]["num_examples"])] for key in keys}
+
+
+def index_ranges(indices: list[int]) -> str:
+    """Example indices as ranges: [0, 1, 2, 5] -> '0-2,5' (compact for the usual 0..n-1)."""
+    parts, start = [], None
+    for i, index in enumerate(indices):
+        if start is None:
+            start = index
+        if i + 1 == len(indices) or indices[i + 1] != index + 1:
+            parts.append(str(start) if start == index else f"{start}-{index}")
+            start = None
+    return ",".join(parts)
+
+
+def expand_ranges(text: str) -> list[int]:
+    """The inverse of ``index_ranges``."""
+    out: list[int] = []
+    for part in filter(None, str(text).split(",")):
+        low, _, high = part.partition("-")
+        out += range(int(low), int(high or low) + 1)
+    return out
+
+
+def outcome_text(outcomes: list[int]) -> str:
+    return "".join("1" if v else "0" for v in outcomes)
+
+
+def outcome_array(text: str) -> np.ndarray:
+    """An ``outcomes`` string as a 0/1 array (1 = correct)."""
+    arr = np.frombuffer(str(text).encode(), dtype=np.uint8) - ord("0")
+    if arr.size and arr.max() > 1:
+        raise ValueError(f"outcomes must be a string of 0 and 1, got {str(text)[:20]!r}...")
+    return arr.astype(np.int8)
 
 
 # ---------------------------------------------------------------- spec columns
@@ -143,13 +189,13 @@ def _rows_of(scores: dict, exit_state: int | None) -> list[dict]:
     if exit_state is not None:
         picks.append((EARLY_EXIT, f"{STATE_PREFIX}{exit_state}"))
     picks += [(PER_STATE, key) for key in scores if key.startswith(STATE_PREFIX)]
-    return [{"defense": defense, "scored_state": key, "correct": sum(scores[key]), "n": len(scores[key])}
+    return [{"defense": defense, "scored_state": key, "n": len(scores[key]), "outcomes": outcome_text(scores[key])}
             for defense, key in picks if key in scores]
 
 
-def merge(cell_paths: Iterable[str | os.PathLike], exit_paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
-    """The tidy table from evaluation cells and early-exit choices: attacked rows, clean rows,
-    and the per-example worst case over every cell of a model."""
+def merge_outcomes(cell_paths: Iterable[str | os.PathLike], exit_paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
+    """Per-example outcomes (OUTCOME_COLUMNS) from evaluation cells and early-exit choices: attacked
+    rows, clean rows, and the per-example worst case over clean and every cell of a model."""
     exits = {}
     for path in exit_paths:
         record = json.loads(Path(path).read_text())
@@ -160,7 +206,8 @@ def merge(cell_paths: Iterable[str | os.PathLike], exit_paths: Iterable[str | os
     blank = dict.fromkeys(SPEC_COLUMNS)
     rows, by_model = [], {}
     for cell in cells:
-        ident = {k: cell[k] for k in IDENTITY}
+        ident = {**{k: cell[k] for k in IDENTITY}, "base_model": cell.get("base_model") or cell["model"],
+                 "seed": cell.get("seed"), "indices": index_ranges(cell["indices"])}
         by_model.setdefault(cell["model"], (ident, []))[1].append(cell)
         specs = {**attack_columns(cell["attack_spec"]), **estimator_columns(cell["estimator"], cell["estimator_spec"])}
         for row in _rows_of(cell["adversarial"], exits.get(cell["model"])):
@@ -169,20 +216,32 @@ def merge(cell_paths: Iterable[str | os.PathLike], exit_paths: Iterable[str | os
     for model, (ident, group) in by_model.items():
         reference = group[0]
         for other in group[1:]:
-            if other["labels"] != reference["labels"] or other["clean"] != reference["clean"]:
+            if any(other[k] != reference[k] for k in ("indices", "labels", "clean")):
                 raise ConfigError(f"cells of model {model!r} disagree on the clean examples; "
                                   "were they run with different configs?")
         for row in _rows_of(reference["clean"], exits.get(model)):
             rows.append({**ident, "estimator": NONE, "attacked_state": NONE, "attack": CLEAN, **row, **blank})
         for row in _rows_of(worst_case(group), exits.get(model)):
             rows.append({**ident, "estimator": ANY, "attacked_state": ANY, "attack": WORST_CASE, **row, **blank})
-    table = pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    frame["seed"] = pd.to_numeric(frame["seed"]).astype("Int64")
+    _integers(frame)
+    return frame[list(OUTCOME_COLUMNS)].sort_values(SORT, kind="stable").reset_index(drop=True)
+
+
+def tabulate(outcomes: pd.DataFrame) -> pd.DataFrame:
+    """The tidy table (COLUMNS) from per-example outcomes: counts, accuracy and Wilson interval."""
+    table = outcomes.assign(correct=[str(o).count("1") for o in outcomes["outcomes"]])
     table["accuracy"] = table["correct"] / table["n"]
     bounds = [wilson(c, n) for c, n in zip(table["correct"], table["n"])]
     table["ci_low"] = [b[0] for b in bounds]
     table["ci_high"] = [b[1] for b in bounds]
-    _integers(table)
-    return table[list(COLUMNS)].sort_values(SORT, kind="stable").reset_index(drop=True)
+    return table[list(COLUMNS)].reset_index(drop=True)
+
+
+def merge(cell_paths: Iterable[str | os.PathLike], exit_paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
+    """The tidy table from evaluation cells and early-exit choices (``tabulate`` of ``merge_outcomes``)."""
+    return tabulate(merge_outcomes(cell_paths, exit_paths))
 
 
 # ---------------------------------------------------------------- files
@@ -190,6 +249,28 @@ def write_table(table: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write the table as CSV atomically (a killed job leaves no complete-looking table)."""
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False)
+
+
+def write_outcomes(outcomes: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write per-example outcomes as gzipped CSV atomically; the gzip header carries no time stamp,
+    so equal outcomes give equal bytes (DVC and the rerun checks see no change)."""
+    with atomic_path(path) as tmp:
+        outcomes.to_csv(tmp, index=False, compression={"method": "gzip", "mtime": 0})
+
+
+def load_outcomes(path: str | os.PathLike) -> pd.DataFrame:
+    """Per-example outcomes as ``merge_outcomes`` made them (outcomes and indices kept as text)."""
+    if not Path(path).is_file():
+        raise ConfigError(f"per-example outcomes {path} do not exist; make them with `deqrobust merge --outcomes` "
+                          "(the workflow's merge rule)")
+    text = {c: str for c in ("model", "base_model", "attacked_state", "scored_state", "indices", "outcomes",
+                             "attack_params", "estimator_params")}
+    frame = pd.read_csv(path, dtype=text, compression="gzip")
+    missing = [c for c in OUTCOME_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ConfigError(f"{path} is not a per-example outcomes file: no columns {', '.join(missing)}")
+    frame["seed"] = frame["seed"].astype("Int64")
+    return frame
 
 
 def load_table(path: str | os.PathLike, cfg: dict | None = None) -> pd.DataFrame:

@@ -81,6 +81,11 @@ def table():
     return reports("table.csv")
 
 
+def outcomes():
+    """Per-example outcomes of every cell (the report's paired tests); gzipped, beside the cells."""
+    return results("outcomes.csv.gz")
+
+
 def figures_dir():
     return reports("figures")
 

@@ -33,11 +33,12 @@ rule merge:
         cells=all_cells(),
         early_exit=all_early_exits(),
     output:
-        report(
+        table=report(
             table(),
             caption="../report/table.rst",
             category="Robustness table",
         ),
+        outcomes=outcomes(),
     params:
         cli=cli_args,
     log:
@@ -51,4 +52,5 @@ rule merge:
         ENV
     shell:
         "deqrobust merge {params.cli}"
-        " --cells {input.cells} --early-exit {input.early_exit} --out {output} > {log} 2>&1"
+        " --cells {input.cells} --early-exit {input.early_exit} --out {output.table}"
+        " --outcomes {output.outcomes} > {log} 2>&1"
