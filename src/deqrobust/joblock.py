@@ -8,18 +8,19 @@ two processes writing one checkpoint. ``claim(output)`` guards a long job agains
   drops it when the process ends, however it ends, so a lock is never stale) and refuses to
   start when another process holds it, naming that process and what to do;
 - when the job was started by Snakemake (an ancestor process runs ``snakemake``), a watchdog
-  thread stops the job as Ctrl-C would as soon as that Snakemake process is gone, so the
-  rerun resumes it from its last saved state (``resume.pt``, ``<cell>.json.partial/``).
+  thread stops the job as Ctrl-C would (SIGINT to itself) within a second of that Snakemake
+  process being gone, so the rerun resumes it from its last saved state (``resume.pt``,
+  ``<cell>.json.partial/``).
 
 The lock works wherever ``flock`` does (Linux and macOS; on network file systems as far as
 they support it); the watchdog needs Linux's ``/proc`` and is off elsewhere.
 """
 from __future__ import annotations
 
-import _thread
 import fcntl
 import json
 import os
+import signal
 import socket
 import sys
 import threading
@@ -28,6 +29,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Iterator
 
+from deqrobust.atomic import refused
 from deqrobust.config import ConfigError
 
 POLL_SECONDS = 1.0      # how often the watchdog looks for the Snakemake process
@@ -60,9 +62,14 @@ def claim(output: str | os.PathLike) -> Iterator[None]:
 @contextmanager
 def _locked(output: Path) -> Iterator[None]:
     path = lock_path(output)
-    path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as err:    # read-only or not ours: say so for the output, not for its lock file
+            if refused(err) is None:
+                raise
+            raise refused(err, output) from err
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -153,7 +160,10 @@ def _watch(pid: int, start: int, stop: threading.Event) -> None:
             continue        # still the same Snakemake process (a reused pid has another start time)
         print(f"deqrobust: the snakemake process that started this job (pid {pid}) is gone; stopping, "
               "so that a rerun resumes this job from its last saved state", file=sys.stderr, flush=True)
-        _thread.interrupt_main()          # KeyboardInterrupt: as Ctrl-C, cleanup runs and the lock is released
-        if not stop.wait(GRACE_SECONDS):
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            os.kill(os.getpid(), signal.SIGINT)   # as Ctrl-C: wakes a blocking call, cleanup runs, the lock is released
+        else:                                     # SIGINT ignored (inherited): end without cleanup
+            os.kill(os.getpid(), signal.SIGTERM)
+        if not stop.wait(GRACE_SECONDS):          # stuck in native code that never returns to Python
             os._exit(130)
         return
