@@ -63,7 +63,12 @@ def _resolve(sub: dict) -> dict:
 def _complete(node: Any, sub: dict, fill: bool = True) -> Any:
     """Fill the schema's defaults (jsonschema only validates; not with ``fill=False``) and read
     integral floats at integer keys as integers (``1e3`` is a float in YAML), walking the
-    schema beside the config."""
+    schema beside the config.
+
+    Sections defined by a ``$ref`` (the solvers) get no defaults inside: they hold what the
+    profile writes, so a key added to them later changes no step's slice (deqrobust.plan).
+    """
+    fill = fill and "$ref" not in sub
     sub = _resolve(sub)
     if isinstance(node, dict):
         props = sub.get("properties", {})
