@@ -285,3 +285,18 @@ def test_read_only_results_name_the_output(setup, tmp_path):
     message = proc.stderr.strip().splitlines()[-1]
     assert f"cannot write {out} (Read-only file system)" in message, message
     assert "remount it writable" in message and "results" in message
+
+
+# ---- the workflow --------------------------------------------------------------------------
+
+def test_use_conda_without_conda_gives_both_routes_in_one_line(tmp_path):
+    shutil.copy(Path(__file__).resolve().parents[1] / "Snakefile", tmp_path / "Snakefile")
+    path = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d and not (Path(d) / "conda").exists()]
+    env = {**os.environ, "PATH": os.pathsep.join([str(BIN), *path])}
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--use-conda"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    line = next(line for line in text.splitlines() if "--use-conda" in line)
+    assert "install it" in line and "drop --use-conda" in line and "bash .ci/setup" in line, line
+    assert "Error running conda info" not in text
