@@ -36,6 +36,8 @@
 # | `DEQROBUST_REPORTS` | the profile's reports folder | `reports` of the config |
 # | `DEQROBUST_TABLE` | tidy table CSV (`deqrobust merge`) | `$DEQROBUST_REPORTS/table.csv` |
 # | `DEQROBUST_ANALYSIS` | comma-separated analysis JSONs (`deqrobust analyze`) | `<results of the config>/analysis/*.json` |
+# | `DEQROBUST_OUTCOMES` | per-example outcomes (`deqrobust merge --outcomes`) | `<results of the config>/outcomes.csv.gz` |
+# | `DEQROBUST_EARLY_EXIT` | comma-separated development records (`deqrobust select-exit`) | `<results of the config>/early_exit/*.json` |
 #
 # The defaults are files of the checkout, found from any working directory (Jupyter starts
 # the kernel in `notebooks/`): the nearest folder above that holds the `Snakefile`. Paths
@@ -109,10 +111,11 @@ display(figures.state_accuracy_figure(analyses, table))
 # ## Verdicts on claims 2 to 5
 #
 # The rules are fixed in `deqrobust.report` (and printed in the reproduction report); they
-# were not tuned to the results. "not tested at this scale" means this profile lacks the
-# models or cells the rule needs.
+# were not tuned to the results. Each is a paired test on the per-example outcomes the merge
+# wrote; "not tested" says which model, cell or record the rule needs and this profile lacks.
 
 # %%
-for finding in report.findings(table, analyses, cfg)[1:]:
+outcomes = results.load_outcomes(paths["outcomes"]) if paths["outcomes"].is_file() else None
+for finding in report.findings(analyses, cfg, outcomes, report.load_exits(paths["early_exit"]))[1:]:
     display(Markdown(f"**Claim {finding.claim}: {finding.verdict}.** {report.CLAIMS[finding.claim]}\n\n"
                      f"*Rule:* {report.RULES[finding.claim]}\n\n" + "\n".join(finding.evidence)))

@@ -1,45 +1,42 @@
-"""The reproduction report: each claim of the paper, the figures that test it, and a verdict.
+"""The reproduction report: each claim of the paper, the evidence that tests it, and a verdict.
 
-A verdict is "held", "did not hold" or "not tested at this scale" (the data that would test
-the claim is missing: no such model, cell or analysis in this profile). It comes from a rule
-fixed here, before any result was seen, and printed in the report beside the numbers; nothing
-is tuned. Accuracies are read from the tidy table (Wilson 95 % intervals); a "strongest" cell
-is the one with the lowest accuracy. "Final-state" cells are attacks whose gradient is
-estimated at the final state (attacked_state 'final': exact, unroll, neumann); "intermediate"
-cells estimate it at a solver state n (intermediate unrolling, simultaneous adjoint); attacks
-on the ensemble of states count as neither. The adversarially trained DEQs are the models with arch 'mdeq' and training 'pgd' or 'fgsm'.
+Every verdict comes from a paired test fixed before any result was seen (``RULES``, and
+docs/results.md "How a verdict is decided"), through ``deqrobust.stats``: a claim is *held*,
+*did not hold*, *precondition absent* (measured), *underpowered* (the minimum detectable
+effect at this n exceeds the smallest effect that matters) or *not tested* (the data the rule
+needs are missing, and the reason says which). Comparisons of attacks or defenses read the
+per-example outcomes (``results.merge_outcomes``), never two intervals or point estimates;
+claim 1 reads per-sample residuals of the fixed-point analyses; claim 2's precondition their
+gradient alignment; claim 3 the state chosen on the development split (``select-exit``).
 
-Rules, per model; a claim holds when it holds for every model it could be tested on:
-1. (analyses, clean inputs) Each adversarially trained DEQ is paired with the standard DEQ of
-   the same size and gradient mode (else the same size). Held if the adversarially trained
-   one has the higher median relative residual at the last traced step AND a capped mean of
-   steps-to-tolerance that is not lower (equal when neither converges within the budget).
-2. (table, defense final) For every attack run with both final-state and intermediate
-   estimators: the strongest final-state cell's accuracy exceeds the strongest intermediate
-   cell's with non-overlapping intervals (ci_low of final > ci_high of intermediate).
-3. (table, defense final) The strongest intermediate cell over all attacks has a lower
-   accuracy than the strongest final-state cell over all attacks.
-4. (table) Robust accuracy of a defense = its per-example worst case ('worst-case' rows),
-   else its strongest cell. Held if early exit or ensemble exceeds the final-state defense.
-5. (table, defense final, worst case as in 4) Each adversarially trained DEQ is paired with
-   the deep baseline of the same training whose parameter count is closest; the pair counts
-   only when the ratio of parameter counts is within [1/2, 2] ("similar size"). Held if the
-   DEQ's robust accuracy is at least the baseline's minus SIMILAR_MARGIN.
+A unit is one adversarially trained DEQ as trained with one seed (a model name carries its
+seed when a profile has several). Within a unit, competing comparisons are Holm-adjusted
+and any held one decides (``stats.combine(require="any")``); across units (seeds and models)
+every unit must hold (``require="all"``, an intersection-union rule): the claims are about
+adversarially trained DEQs, not one lucky run.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from deqrobust import stats
 from deqrobust.config import model_spec
-from deqrobust.results import (CLEAN, DEFENSES, FINAL, PSEUDO_ATTACKS, WORST_CASE, attacked, headline_metrics,
-                               main_columns, main_rows, models_of, split_by_state, strongest)
+from deqrobust.results import (CLEAN, EARLY_EXIT, ENSEMBLE, FINAL, PSEUDO_ATTACKS, STATE_PREFIX, WORST_CASE,
+                               expand_ranges, headline_metrics, main_columns, main_rows, outcome_array, state_order)
+from deqrobust.stats import (ALIGNED_COSINE, ALPHA, NOT_TESTED, PRECONDITION_ABSENT, SMALLEST_EFFECT, UNDERPOWERED,
+                             VERDICTS, Comparison, Precondition, Verdict)
 
-HELD, NOT_HELD, NOT_TESTED = "held", "did not hold", "not tested at this scale"
-ADVERSARIAL = ("pgd", "fgsm")
-SIMILAR_MARGIN = 0.05   # claim 5: "competitive" = within 5 percentage points (ours)
-SIZE_RATIO = 2.0        # claim 5: "similar size" = parameter counts within a factor of 2 (ours)
+ADVERSARIAL = ("pgd", "fgsm")        # adversarial trainings; claims 1-4 are about DEQs trained so
+PGD_AT = "pgd"                       # claim 5 speaks of PGD-AT only
+TRUE_GRADIENT = "solver_autograd"    # estimator type of the deployed map's own gradient (the reference)
+FINAL_STATE_TYPES = ("exact", "unroll")   # the ready-made final-state gradients of claims 2 and 3
+SIZE_RATIO = 2.0                     # claim 5: "similar size" = parameter counts within a factor of 2 (ours)
+DIVERGED = float(np.finfo(float).max)   # rank of a non-finite residual: above every finite one
 
 CLAIMS = {
     1: "An adversarially trained DEQ needs more solver steps to reach its fixed point, or never reaches it.",
@@ -49,83 +46,172 @@ CLAIMS = {
     4: "Defenses that use intermediate states (early exit, ensemble of states) improve robustness under those attacks.",
     5: "PGD-AT DEQs reach robustness competitive with deep networks of similar size.",
 }
+COMMON = (f"One-sided tests at alpha {ALPHA:g}, MDE at power {stats.POWER:g}; per unit the verdict is, in this "
+          "order: not tested (data missing), precondition absent, held (significant, Holm-adjusted p where a "
+          "family competes), underpowered (not significant and the MDE exceeds the smallest effect that matters), "
+          "did not hold. Units (models x seeds) combine by intersection-union: every tested unit must hold.")
 RULES = {
-    1: "Paired with the standard DEQ of the same size (and gradient mode when available), on clean inputs: held if "
-       "the median relative residual at the last traced step is higher AND the mean steps to the solver tolerance "
-       "(never-converging samples counted as the budget) is not lower.",
-    2: "Per adversarially trained DEQ, defense final, per attack run with both kinds of estimator: held if the "
-       "strongest final-state cell's accuracy exceeds the strongest intermediate-state cell's with non-overlapping "
-       "95 % intervals, for every such attack.",
-    3: "Per adversarially trained DEQ, defense final: held if the strongest intermediate-state cell over all attacks "
-       "has a lower accuracy than the strongest final-state cell over all attacks.",
-    4: "Per adversarially trained DEQ: robust accuracy of a defense is its per-example worst case over every "
-       "attack (else its strongest cell); held if early exit or ensemble exceeds the final-state defense.",
-    5: f"Per adversarially trained DEQ, against the deep baseline of the same training with the closest parameter "
-       f"count (counted only within a factor {SIZE_RATIO:g}): held if the DEQ's worst-case robust accuracy "
-       f"(defense final) is at least the baseline's minus {100 * SIMILAR_MARGIN:g} percentage points.",
+    1: "Per adversarially trained DEQ and seed, against the standard DEQ of the same size and seed (same gradient "
+       "mode when there is one): one-sided Mann-Whitney U on the per-sample forward relative residuals of clean test "
+       "images at the deployed budget (the residual of the iterate the deployed solver returns; a diverging sample "
+       "ranks above every finite one); claimed: the adversarially trained DEQ's are larger. Effect: probability of "
+       f"superiority with Newcombe's 95 % interval; smallest effect that matters {0.5 + SMALLEST_EFFECT[1]:.2f}. "
+       "Held only if held in every seed.",
+    2: "Per adversarially trained DEQ and seed, defense final: for each final-state estimator E (types "
+       f"{', '.join(FINAL_STATE_TYPES)}) at the final state and each attack A also run with the true gradient "
+       f"({TRUE_GRADIENT} at the final state), one-sided exact McNemar on per-example outcomes; claimed: accuracy under "
+       "E with A is higher than under the true gradient with A (E over-estimates robustness). The (E, A) comparisons "
+       "are Holm-adjusted and the unit holds if any holds: one ready-made attack that over-estimates robustness shows "
+       "the obfuscation (each is listed). Precondition for E: its final-state input gradient is misaligned with the "
+       f"true gradient, median cosine below {ALIGNED_COSINE:g} (analysis 'alignment'; the lower of the clean and the "
+       f"adversarial medians), else precondition absent. Smallest effect {100 * SMALLEST_EFFECT[2]:g} points.",
+    3: "Per adversarially trained DEQ and seed, defense final: the intermediate-state attack is the development "
+       "record's estimator at its strongest_attack_state n* (the state whose attack gave the final defense its lowest "
+       "development accuracy, chosen on the development split: no minimum over test cells). For each attack A run "
+       "both at n* and at the final state, one-sided exact McNemar: accuracy under the estimator at n* with A is lower "
+       f"than under each final-state estimator E (types {', '.join(FINAL_STATE_TYPES)}) with the same A. Per attack "
+       "the intermediate attack must beat every E (intersection-union: the largest p); the attacks are Holm-adjusted "
+       f"and the unit holds if any attack holds. Smallest effect {100 * SMALLEST_EFFECT[3]:g} points.",
+    4: "Per adversarially trained DEQ and seed: a defense's robust outcome per example is its worst case over clean "
+       "inputs and every attacked cell (correct clean and under every attack). One-sided exact McNemar of early exit "
+       "vs final and of ensemble vs final; claimed: higher. Holm over the two defenses; the unit holds if either "
+       f"holds. Smallest effect {100 * SMALLEST_EFFECT[4]:g} points.",
+    5: "Only DEQs trained with PGD-AT (training 'pgd'). Per such DEQ and seed, against the deep baseline trained with "
+       "PGD-AT whose parameter count is closest (same seed when there is one; counted only within a factor "
+       f"{SIZE_RATIO:g}): non-inferiority of the DEQ's per-example worst case (defense final) to the baseline's on "
+       f"the same test images, margin {100 * SMALLEST_EFFECT[5]:g} points (Newcombe's paired interval, one-sided "
+       f"{100 * (1 - ALPHA):g} % lower limit above -margin).",
 }
 
 
 @dataclass
 class Finding:
     claim: int
-    verdict: str
+    verdict: str                        # one of stats.VERDICTS
+    reason: str = ""
+    result: Comparison | None = None    # the comparison that decided (verdict table row)
     evidence: list[str] = field(default_factory=list)   # Markdown lines
 
 
-def combine(outcomes: list[bool]) -> str:
-    """Held when every tested model supports the claim; not tested when no model could test it."""
-    if not outcomes:
-        return NOT_TESTED
-    return HELD if all(outcomes) else NOT_HELD
+def not_tested(reason: str) -> Verdict:
+    return Verdict(NOT_TESTED, reason)
 
 
-def fmt(cell: dict | None) -> str:
-    """'44.0 % [40.9, 47.1] (n=500; pgd10 via exact@final)'."""
-    if cell is None:
-        return "not run"
-    plain = cell["attack"] in PSEUDO_ATTACKS
-    how = "" if plain else f"; {cell['attack']} via {cell['estimator']}@{cell['attacked_state']}"
-    return (f"{100 * cell['accuracy']:.1f} % [{100 * cell['ci_low']:.1f}, {100 * cell['ci_high']:.1f}]"
-            f" (n={cell['n']}{how})")
+def combine(verdicts: list[Verdict], require: str) -> Verdict:
+    """``stats.combine`` carrying the deciding comparison: among the units of the combined kind, the
+    least favourable one ("all": largest p) or the most favourable one ("any": smallest p). The
+    reason is the tally, plus what was missing or measured when that decides, or the MDE."""
+    joint = stats.combine(verdicts, require)
+    same = [v for v in verdicts if v.kind == joint.kind]
+    with_result = [v for v in same if v.result is not None]
+    pick = max if require == "all" else min
+    decider = pick(with_result, key=lambda v: v.result.p) if with_result else (same[0] if same else None)
+    reason = joint.reason
+    if decider is not None and decider.kind in (NOT_TESTED, PRECONDITION_ABSENT):
+        reason += f"; {decider.reason}"
+    elif decider is not None and decider.kind == UNDERPOWERED:
+        reason += f"; smallest detectable effect at this n: {decider.result.distance(decider.result.mde)}"
+    return Verdict(joint.kind, reason, decider.result if decider else None)
 
 
-# ---------------------------------------------------------------- table helpers
-def adversarial_deqs(table: pd.DataFrame) -> list[str]:
-    m = models_of(table)
-    return m.loc[(m["arch"] == "mdeq") & m["training"].isin(ADVERSARIAL), "model"].tolist()
+def finish(claim: int, units: list[tuple[str, Verdict]], evidence: list[str], empty: str) -> Finding:
+    """The claim's finding from its units (label, verdict), all of which must hold."""
+    if not units:
+        return Finding(claim, NOT_TESTED, empty, None, [*evidence, f"- {empty}"])
+    joint = combine([v for _, v in units], "all")
+    lines = [*evidence, *(f"- {label}: **{v.kind}**: {v.reason}" for label, v in units)]
+    return Finding(claim, joint.kind, joint.reason, joint.result, lines)
 
 
-def robust(table: pd.DataFrame, model: str, defense: str) -> dict | None:
-    """Per-example worst case of a defense, else its strongest cell."""
-    rows = table[(table["model"] == model) & (table["defense"] == defense)]
-    return strongest(rows[rows["attack"] == WORST_CASE]) or strongest(attacked(table, model, defense))
+# ---------------------------------------------------------------- inputs
+def load_exits(paths) -> dict[str, dict]:
+    """Early-exit / development-selection records (``select-exit``) by model name."""
+    records = [json.loads(Path(p).read_text()) for p in paths]
+    return {r["model"]: r for r in records}
 
 
-# ---------------------------------------------------------------- claims
+def seed_of(record: dict):
+    """The training seed of an analysis record (its model's, else the config's)."""
+    return record["model"].get("seed", record.get("seed"))
+
+
+def deployed_residuals(record: dict, kind: str = "clean") -> np.ndarray | None:
+    """Per-sample forward relative residual of the iterate the deployed solver returns (None if not kept).
+
+    The record's ``forward_residual`` when the analysis wrote it; else derived from the per-sample
+    trace (tolerance 0, same iterates as the deployed solver up to where a sample meets the
+    tolerance): the lowest residual over steps 1..k, k the first step meeting ``tol`` or the
+    deployed budget. Non-finite residuals (diverging samples) become DIVERGED."""
+    if "forward_residual" in record:
+        values = record["forward_residual"].get(kind)
+    else:
+        trace = record.get("inputs", {}).get(kind, {}).get("per_sample", {}).get("rel_residual")
+        if trace is None:
+            return None
+        budget, tol, values = record["deployed_budget"], record["tol"], []
+        for row in trace:
+            head = [np.inf if v is None else float(v) for v in row[:budget]]
+            stop = next((i + 1 for i, v in enumerate(head) if v <= tol), len(head))
+            values.append(min(head[:stop]))
+    if values is None:
+        return None
+    arr = np.array([np.nan if v is None else v for v in values], dtype=float)
+    return np.where(np.isfinite(arr), arr, DIVERGED)
+
+
+def adversarial_deqs(outcomes: pd.DataFrame) -> list[str]:
+    models = outcomes.drop_duplicates("model")
+    return models.loc[(models["arch"] == "mdeq") & models["training"].isin(ADVERSARIAL), "model"].tolist()
+
+
+def rows_of(outcomes: pd.DataFrame, model: str, **equal) -> pd.DataFrame:
+    keep = outcomes["model"] == model
+    for column, value in equal.items():
+        keep &= outcomes[column].isin(value) if isinstance(value, (list, tuple)) else outcomes[column] == value
+    return outcomes[keep]
+
+
+def final_defense(outcomes: pd.DataFrame, model: str) -> pd.DataFrame:
+    """Attacked cells of a model scored by the final-state defense."""
+    part = rows_of(outcomes, model, defense=FINAL, scored_state=FINAL)
+    return part[~part["attack"].isin(PSEUDO_ATTACKS)]
+
+
+def vector(row) -> np.ndarray:
+    return outcome_array(row["outcomes"])
+
+
+def cell_name(row) -> str:
+    return f"{row['estimator']}@{row['attacked_state']} {row['attack']}"
+
+
+def holm_family(comparisons: list[Comparison]) -> list[Comparison]:
+    return stats.holm_adjust(comparisons) if len(comparisons) > 1 else comparisons
+
+
+# ---------------------------------------------------------------- claim 1
 def claim1(analyses: list[dict]) -> Finding:
-    finding = Finding(1, NOT_TESTED)
-    outcomes = []
+    units, evidence = [], []
     std = [a for a in analyses if a["model"]["training"] == "standard"]
     for adv in (a for a in analyses if a["model"]["training"] in ADVERSARIAL):
-        same_size = [s for s in std if s["model"]["size"] == adv["model"]["size"]]
-        same_grad = [s for s in same_size if s["model"]["grad"] == adv["model"]["grad"]]
-        if not same_size:
-            finding.evidence.append(f"- {adv['model']['name']}: no standard DEQ of its size analysed")
+        name = adv["model"]["name"]
+        same = [s for s in std if s["model"].get("size") == adv["model"].get("size") and seed_of(s) == seed_of(adv)]
+        same_grad = [s for s in same if s["model"].get("grad") == adv["model"].get("grad")]
+        if not same:
+            units.append((name, not_tested(f"no standard DEQ of size {adv['model'].get('size')} and seed "
+                                           f"{seed_of(adv)} was analysed")))
             continue
-        partner = (same_grad or same_size)[0]
-        (res_a, steps_a), (res_s, steps_s) = (
-            (a["inputs"]["clean"]["residual"]["median"][-1], a["inputs"]["clean"]["steps_to_tol"]["mean_capped"])
-            for a in (adv, partner))
-        ok = None not in (res_a, res_s) and res_a > res_s and steps_a >= steps_s
-        outcomes.append(ok)
-        finding.evidence.append(f"- {adv['model']['name']} vs {partner['model']['name']}:")
-        finding.evidence += [f"  - {line}" for a in (adv, partner) for line in convergence_lines(a)]
-        finding.evidence.append(f"  - pair verdict: {HELD if ok else NOT_HELD}")
-    if not analyses:
-        finding.evidence.append("- no fixed-point analysis was given")
-    finding.verdict = combine(outcomes)
-    return finding
+        partner = (same_grad or same)[0]
+        label = f"{name} vs {partner['model']['name']} (seed {seed_of(adv)})"
+        evidence += [f"- {line}" for a in (adv, partner) for line in convergence_lines(a)]
+        x, y = deployed_residuals(adv), deployed_residuals(partner)
+        if x is None or y is None:
+            units.append((label, not_tested("the analyses keep no per-sample residuals on clean inputs "
+                                            "(rerun `deqrobust analyze`)")))
+            continue
+        units.append((label, stats.decide(stats.mann_whitney(x, y, "greater"), SMALLEST_EFFECT[1])))
+    return finish(1, units, evidence, "no adversarially trained DEQ was analysed" if analyses
+                  else "no fixed-point analysis was given")
 
 
 def convergence_lines(a: dict) -> list[str]:
@@ -133,10 +219,10 @@ def convergence_lines(a: dict) -> list[str]:
     name = f"{a['model']['name']} ({a['model']['training']})"
     deployed = min(a["deployed_budget"], len(next(iter(a["inputs"].values()))["residual"]["median"]))
     return [f"{name}, {kind} inputs, n={s['n']}: median relative residual "
-            f"{_num(s['residual']['median'][deployed - 1])} at the deployed budget (step {deployed}), {_num(s['residual']['median'][-1])} at step "
-            f"{len(s['residual']['median'])}; mean steps to tol {a['tol']:g} {_num(s['steps_to_tol']['mean_capped'])} "
-            f"(capped at the budget); never converged {100 * s['share_never_converged']:.1f} %; "
-            f"accuracy of h(z*) {100 * s['accuracy_fixed_point']:.1f} %"
+            f"{_num(s['residual']['median'][deployed - 1])} at the deployed budget (step {deployed}), "
+            f"{_num(s['residual']['median'][-1])} at step {len(s['residual']['median'])}; mean steps to tol "
+            f"{a['tol']:g} {_num(s['steps_to_tol']['mean_capped'])} (capped at the budget); never converged "
+            f"{100 * s['share_never_converged']:.1f} %; accuracy of h(z*) {100 * s['accuracy_fixed_point']:.1f} %"
             for kind, s in a["inputs"].items()]
 
 
@@ -144,97 +230,205 @@ def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3g}"
 
 
-def claim2(table: pd.DataFrame) -> Finding:
-    finding = Finding(2, NOT_TESTED)
-    outcomes = []
-    for model in adversarial_deqs(table):
-        final, inter = split_by_state(attacked(table, model, FINAL))
-        for attack in sorted(set(final["attack"]) & set(inter["attack"])):
-            f, i = strongest(final[final["attack"] == attack]), strongest(inter[inter["attack"] == attack])
-            ok = f["ci_low"] > i["ci_high"]
-            outcomes.append(ok)
-            finding.evidence.append(f"- {model}, {attack}: final-state {fmt(f)} vs intermediate {fmt(i)} -> "
-                                    f"{'separated' if ok else 'not separated'}")
-    if not outcomes:
-        finding.evidence.append("- no adversarially trained DEQ was attacked with both final-state and "
-                                "intermediate-state estimators under the same attack")
-    finding.verdict = combine(outcomes)
-    return finding
+# ---------------------------------------------------------------- claim 2
+def alignment_precondition(record: dict | None, estimator: str, estimator_type: str) -> Precondition | None:
+    """Claim 2's precondition for one final-state estimator, from an analysis' alignment entries
+    (by the estimator's config name, else its type); None when not measured."""
+    entries = [e for e in (record or {}).get("alignment", []) if str(e["state"]) == FINAL]
+    mine = [e for e in entries if e["estimator"] == estimator] or \
+        [e for e in entries if e.get("estimator_type") == estimator_type]
+    if not mine:
+        return None
+    low = min(mine, key=lambda e: e["median"])
+    return Precondition("final-state gradient misaligned with the true gradient",
+                        f"median cosine of {estimator}@final to the true gradient ({low['inputs']} inputs)",
+                        float(low["median"]), ALIGNED_COSINE, present_below=True)
 
 
-def claim3(table: pd.DataFrame) -> Finding:
-    finding = Finding(3, NOT_TESTED)
-    outcomes = []
-    for model in adversarial_deqs(table):
-        f, i = (strongest(part) for part in split_by_state(attacked(table, model, FINAL)))
-        if f is None or i is None:
-            finding.evidence.append(f"- {model}: final-state {fmt(f)}, intermediate {fmt(i)} (cannot compare)")
+def claim2(outcomes: pd.DataFrame, analyses: list[dict]) -> Finding:
+    units, evidence = [], []
+    records = {a["model"]["name"]: a for a in analyses}
+    for model in adversarial_deqs(outcomes):
+        cells = final_defense(outcomes, model)
+        at_final = cells[cells["attacked_state"] == FINAL]
+        truth = at_final[at_final["estimator_type"] == TRUE_GRADIENT].drop_duplicates("attack")
+        ready = at_final[at_final["estimator_type"].isin(FINAL_STATE_TYPES) & at_final["attack"].isin(truth["attack"])]
+        if ready.empty:
+            units.append((model, not_tested(
+                f"no attack was run both with the true gradient ({TRUE_GRADIENT}@final) and with a final-state "
+                f"estimator ({', '.join(FINAL_STATE_TYPES)}) on this model")))
             continue
-        outcomes.append(i["accuracy"] < f["accuracy"])
-        finding.evidence.append(f"- {model}: strongest intermediate {fmt(i)} vs strongest final-state {fmt(f)}")
-    if not adversarial_deqs(table):
-        finding.evidence.append("- no adversarially trained DEQ in the table")
-    finding.verdict = combine(outcomes)
-    return finding
+        reference = truth.set_index("attack")
+        pairs = list(ready.iterrows())
+        family = holm_family([stats.mcnemar(vector(r), vector(reference.loc[r["attack"]]), "greater",
+                                            alpha=ALPHA / len(pairs)) for _, r in pairs])
+        verdicts, preconditions = [], {}
+        for (_, r), result in zip(pairs, family):
+            pre = preconditions.setdefault(r["estimator"], alignment_precondition(records.get(model), r["estimator"],
+                                                                                   r["estimator_type"]))
+            verdict = stats.decide(result, SMALLEST_EFFECT[2], pre)
+            verdicts.append(verdict)
+            evidence.append(f"- {model}: {cell_name(r)} vs {reference.loc[r['attack'], 'estimator']}@final "
+                            f"{r['attack']}: {verdict.kind}: {result.summary()}")
+        evidence += [f"- {model}: precondition for {estimator}@final "
+                     + ("not measured (no alignment in the analysis)" if pre is None else
+                        f"{'present' if pre.present else 'absent'}: {pre.describe()}")
+                     for estimator, pre in preconditions.items()]
+        units.append((model, combine(verdicts, "any")))
+    return finish(2, units, evidence, "no adversarially trained DEQ was evaluated")
 
 
-def claim4(table: pd.DataFrame) -> Finding:
-    finding = Finding(4, NOT_TESTED)
-    outcomes = []
-    for model in adversarial_deqs(table):
-        scores = {d: robust(table, model, d) for d in DEFENSES}
-        finding.evidence.append(f"- {model}: " + "; ".join(f"{d} {fmt(c)}" for d, c in scores.items()))
-        others = [c["accuracy"] for d, c in scores.items() if d != FINAL and c is not None]
-        if scores[FINAL] is not None and others:
-            outcomes.append(max(others) > scores[FINAL]["accuracy"])
-    if not adversarial_deqs(table):
-        finding.evidence.append("- no adversarially trained DEQ in the table")
-    finding.verdict = combine(outcomes)
-    return finding
+# ---------------------------------------------------------------- claim 3
+def claim3(outcomes: pd.DataFrame, exits: dict[str, dict]) -> Finding:
+    units, evidence = [], []
+    for model in adversarial_deqs(outcomes):
+        record = exits.get(model)
+        if record is None:
+            units.append((model, not_tested("no development-selection record (select-exit) for this model")))
+            continue
+        n_star, estimator = record.get("strongest_attack_state"), record.get("estimator")
+        if n_star is None or estimator is None:
+            units.append((model, not_tested(
+                "its development-selection record has no strongest_attack_state (made before the intermediate "
+                "state was chosen on the development split); rerun `deqrobust select-exit`")))
+            continue
+        cells = final_defense(outcomes, model)
+        inter = cells[(cells["attacked_state"] == str(n_star)) & (cells["estimator"] == estimator)]
+        finals = cells[(cells["attacked_state"] == FINAL) & cells["estimator_type"].isin(FINAL_STATE_TYPES)]
+        attacks = sorted(set(inter["attack"]) & set(finals["attack"]))
+        label = f"{model} ({estimator}@{n_star}, n* chosen on {record.get('num_examples', '?')} development images)"
+        if not attacks:
+            units.append((label, not_tested(f"no attack was run both with {estimator} at state {n_star} and with a "
+                                            f"final-state estimator ({', '.join(FINAL_STATE_TYPES)})")))
+            continue
+        binding = []
+        for attack in attacks:
+            a = inter[inter["attack"] == attack].iloc[0]
+            tests = []
+            for _, e in finals[finals["attack"] == attack].iterrows():
+                result = stats.mcnemar(vector(a), vector(e), "less", alpha=ALPHA / len(attacks))
+                tests.append(result)
+                evidence.append(f"- {model}: {cell_name(a)} vs {cell_name(e)}: {result.summary()}")
+            binding.append(max(tests, key=lambda r: (r.p_value, r.mde)))   # intersection-union: the weakest
+        family = holm_family(binding)
+        verdicts = [stats.decide(r, SMALLEST_EFFECT[3]) for r in family]
+        evidence += [f"- {model}, {attack} (against every final-state estimator): {v.kind}"
+                     for attack, v in zip(attacks, verdicts)]
+        units.append((label, combine(verdicts, "any")))
+    return finish(3, units, evidence, "no adversarially trained DEQ was evaluated")
 
 
+# ---------------------------------------------------------------- claim 4
+def claim4(outcomes: pd.DataFrame) -> Finding:
+    units, evidence = [], []
+    for model in adversarial_deqs(outcomes):
+        worst = rows_of(outcomes, model, attack=WORST_CASE).set_index("defense")
+        others = [d for d in (EARLY_EXIT, ENSEMBLE) if d in worst.index]
+        if FINAL not in worst.index or not others:
+            units.append((model, not_tested("no worst-case outcomes of the final defense and of early exit or "
+                                            "the ensemble")))
+            continue
+        family = holm_family([stats.mcnemar(vector(worst.loc[d]), vector(worst.loc[FINAL]), "greater",
+                                            alpha=ALPHA / len(others)) for d in others])
+        verdicts = [stats.decide(r, SMALLEST_EFFECT[4]) for r in family]
+        attacked = set(rows_of(outcomes, model)["attacked_state"])
+        for defense, result, verdict in zip(others, family, verdicts):
+            state = worst.loc[defense, "scored_state"]
+            adaptive = state.removeprefix(STATE_PREFIX) if defense == EARLY_EXIT else ENSEMBLE
+            target = f"state {adaptive}" if defense == EARLY_EXIT else "the ensemble"
+            note = "" if adaptive in attacked else f"; no attack aimed at {target} was run (not adaptive)"
+            evidence.append(f"- {model}: {defense} ({state}) vs final, worst case incl. clean{note}: {verdict.kind}: "
+                            f"{result.summary()}")
+        units.append((model, combine(verdicts, "any")))
+    return finish(4, units, evidence, "no adversarially trained DEQ was evaluated")
+
+
+# ---------------------------------------------------------------- claim 5
 def parameter_count(spec: dict) -> int:
     from deqrobust.models import build_model
 
     return sum(p.numel() for p in build_model(spec).parameters())
 
 
-def claim5(table: pd.DataFrame, cfg: dict) -> Finding:
-    finding = Finding(5, NOT_TESTED)
-    outcomes = []
-    models = models_of(table).set_index("model")
+def claim5(outcomes: pd.DataFrame, cfg: dict) -> Finding:
+    units, evidence = [], []
+    deqs = adversarial_deqs(outcomes)
+    models = outcomes.drop_duplicates("model").set_index("model")
+    pgd = [m for m in deqs if models.loc[m, "training"] == PGD_AT]
+    if deqs and not pgd:
+        trainings = sorted({models.loc[m, "training"].upper() for m in deqs})
+        reason = (f"the adversarially trained DEQs were trained with {'/'.join(trainings)}-AT, the claim is about "
+                  "PGD-AT")
+        return Finding(5, NOT_TESTED, reason, None, [f"- {reason}"])
     specs = cfg.get("models", {})
-    params = {m: parameter_count(specs[m]) for m in models.index if m in specs}
-    for deq in adversarial_deqs(table):
-        rivals = [m for m in models.index if models.loc[m, "arch"] != "mdeq"
-                  and models.loc[m, "training"] == models.loc[deq, "training"] and m in params]
-        if deq not in params or not rivals:
-            finding.evidence.append(f"- {deq}: no deep baseline with the same training ({models.loc[deq, 'training']})")
+
+    def spec_of(model):
+        return specs.get(model) or specs.get(models.loc[model, "base_model"])
+
+    rivals = [m for m in models.index if models.loc[m, "arch"] != "mdeq" and models.loc[m, "training"] == PGD_AT
+              and spec_of(m)]
+    for deq in pgd:
+        same_seed = [m for m in rivals if str(models.loc[m, "seed"]) == str(models.loc[deq, "seed"])]
+        if spec_of(deq) is None or not rivals:
+            units.append((deq, not_tested("no deep baseline trained with PGD-AT in this profile")))
             continue
-        rival = min(rivals, key=lambda m: abs(params[m] / params[deq] - 1))
-        ratio = params[rival] / params[deq]
-        d, b = robust(table, deq, FINAL), robust(table, rival, FINAL)
-        line = (f"- {deq} ({params[deq]:,} parameters) {fmt(d)} vs {rival} ({params[rival]:,} parameters, "
-                f"x{ratio:.2g}) {fmt(b)}")
+        size = parameter_count(spec_of(deq))
+        counts = {m: parameter_count(spec_of(m)) for m in (same_seed or rivals)}
+        rival = min(counts, key=lambda m: abs(counts[m] / size - 1))
+        ratio = counts[rival] / size
+        label = f"{deq} ({size:,} parameters) vs {rival} ({counts[rival]:,} parameters, x{ratio:.2g})"
         if not 1 / SIZE_RATIO <= ratio <= SIZE_RATIO:
-            finding.evidence.append(f"{line} -> not comparable: sizes differ by more than a factor {SIZE_RATIO:g}")
+            units.append((label, not_tested(f"not comparable: sizes differ by more than a factor {SIZE_RATIO:g}")))
             continue
-        if d is None or b is None:
-            finding.evidence.append(f"{line} -> not comparable: attacked cells missing")
+        d, b = (rows_of(outcomes, m, attack=WORST_CASE, defense=FINAL) for m in (deq, rival))
+        if d.empty or b.empty or expand_ranges(d.iloc[0]["indices"]) != expand_ranges(b.iloc[0]["indices"]):
+            units.append((label, not_tested("worst-case outcomes missing or not on the same test images")))
             continue
-        outcomes.append(d["accuracy"] >= b["accuracy"] - SIMILAR_MARGIN)
-        finding.evidence.append(line)
-    if not adversarial_deqs(table):
-        finding.evidence.append("- no adversarially trained DEQ in the table")
-    finding.verdict = combine(outcomes)
-    return finding
+        units.append((label, stats.decide(stats.noninferiority(vector(d.iloc[0]), vector(b.iloc[0]),
+                                                               SMALLEST_EFFECT[5]), SMALLEST_EFFECT[5])))
+    return finish(5, units, evidence, "no adversarially trained DEQ was evaluated")
 
 
-def findings(table: pd.DataFrame, analyses: list[dict], cfg: dict) -> list[Finding]:
-    return [claim1(analyses), claim2(table), claim3(table), claim4(table), claim5(table, cfg)]
+def findings(analyses: list[dict], cfg: dict, outcomes: pd.DataFrame | None = None,
+             exits: dict[str, dict] | None = None) -> list[Finding]:
+    """Every claim's finding. Without per-example outcomes claims 2-5 are not tested."""
+    if outcomes is None:
+        missing = ("no per-example outcomes were given (results/<profile>/outcomes.csv.gz, from "
+                   "`deqrobust merge --outcomes`)")
+        return [claim1(analyses), *(Finding(c, NOT_TESTED, missing, None, [f"- {missing}"]) for c in (2, 3, 4, 5))]
+    return [claim1(analyses), claim2(outcomes, analyses), claim3(outcomes, exits or {}), claim4(outcomes),
+            claim5(outcomes, cfg)]
 
 
 # ---------------------------------------------------------------- document
+def verdict_row(f: Finding) -> list[str]:
+    """claim, verdict, statistic, p, effect [CI], n, MDE."""
+    r = f.result
+    if r is None:
+        return [str(f.claim), f"**{f.verdict}**", "-", "-", "-", "-", "-"]
+    scale, fmt = (100, "+.1f") if r.effect == stats.DIFFERENCE else (1, ".3f")
+    est, lo, hi = (format(scale * v, fmt) for v in (r.estimate, *r.ci))
+    unit = " points" if r.effect == stats.DIFFERENCE else ""
+    p = f"{r.p:.3g}" + (f" (Holm, {r.family})" if r.p_adjusted is not None else "")
+    return [str(f.claim), f"**{f.verdict}**", f"{r.method}: {r.counts}", p,
+            f"{r.effect} {est}{unit} [{lo}, {hi}]", str(r.n), r.distance(r.mde)]
+
+
+def alignment_rows(analyses: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Median cosine to the true gradient per estimator and state (rows) and model and inputs (columns)."""
+    with_alignment = [a for a in analyses if a.get("alignment")]
+    columns = [(a["model"]["name"], a["model"]["training"], kind) for a in with_alignment for kind in ("clean",
+                                                                                                      "adversarial")]
+    values: dict[tuple[str, str], dict] = {}
+    for a in with_alignment:
+        for e in a["alignment"]:
+            values.setdefault((e["estimator"], str(e["state"])), {})[(a["model"]["name"], e["inputs"])] = e["median"]
+    header = ["estimator", "state", *(f"{m} ({t}), {k}" for m, t, k in columns)]
+    rows = [[est, state, *(_num(values[(est, state)].get((m, k))) for m, _, k in columns)]
+            for est, state in sorted(values, key=lambda key: (key[0], state_order(key[1])))]
+    return header, rows
+
+
 def scale_lines(table: pd.DataFrame, analyses: list[dict], cfg: dict) -> list[str]:
     """Profile, sizes and budgets: what "at this scale" means for this report."""
     solver = cfg.get("solver", {})
@@ -254,18 +448,37 @@ def scale_lines(table: pd.DataFrame, analyses: list[dict], cfg: dict) -> list[st
     return lines
 
 
+def fmt(cell: dict | None) -> str:
+    """'44.0 % [40.9, 47.1] (n=500; pgd10 via exact@final)'."""
+    if cell is None:
+        return "not run"
+    how = "" if cell["attack"] in PSEUDO_ATTACKS else f"; {cell['attack']} via {cell['estimator']}@{cell['attacked_state']}"
+    return (f"{100 * cell['accuracy']:.1f} % [{100 * cell['ci_low']:.1f}, {100 * cell['ci_high']:.1f}]"
+            f" (n={cell['n']}{how})")
+
+
 def render(table: pd.DataFrame, analyses: list[dict], cfg: dict, results: list[Finding]) -> str:
-    """The report in Markdown."""
+    """The report in Markdown: verdict table, per claim its rule and evidence, alignment, main table."""
+    from deqrobust.results import markdown_table
+
     out = [f"# Reproduction report: profile `{cfg.get('profile', '?')}`", "",
            "Yang, Pang, Liu. *A Closer Look at the Adversarial Robustness of Deep Equilibrium Models*, NeurIPS 2022. "
-           "Each claim below is tested by a rule fixed in `deqrobust/report.py` before results were seen; nothing "
-           "was tuned. Verdicts speak for this profile's scale only: small models, few epochs and few test images "
-           "can neither confirm nor refute the paper at its own scale.", "", "## Scale", "",
-           *scale_lines(table, analyses, cfg), "", "## Verdicts", "", "| claim | verdict |", "|---|---|",
-           *(f"| {r.claim}. {CLAIMS[r.claim]} | **{r.verdict}** |" for r in results), ""]
+           "Each claim below is decided by a paired test whose rule was fixed in `deqrobust/report.py` before results "
+           "were seen (docs/results.md, \"How a verdict is decided\"); nothing was tuned. Verdicts speak for this "
+           "profile's scale only.", "", "## Scale", "", *scale_lines(table, analyses, cfg), "", "## Verdicts", "",
+           COMMON, "",
+           markdown_table(["claim", "verdict", "statistic", "p", "effect [95 % CI]", "n", "MDE"],
+                          [verdict_row(r) for r in results]).rstrip(), "",
+           "Kinds: " + ", ".join(f"*{k}*" for k in VERDICTS) + ". p is one-sided (Holm-adjusted where a family "
+           "competes); the MDE is the smallest effect the test detects with power 0.8 at this n.", ""]
     for r in results:
         out += [f"## Claim {r.claim}", "", f"> {CLAIMS[r.claim]}", "", f"Rule: {RULES[r.claim]}", "",
-                "Measured:", "", *r.evidence, "", f"Verdict: **{r.verdict}**", ""]
+                "Measured:", "", *r.evidence, "", f"Verdict: **{r.verdict}** ({r.reason})", ""]
+    header, rows = alignment_rows(analyses)
+    if rows:
+        out += ["## Gradient alignment", "", "Median cosine between each estimator's input gradient and the true "
+                f"gradient ({TRUE_GRADIENT}) of the same output, per state; below {ALIGNED_COSINE:g} counts as "
+                "misaligned (claim 2's precondition).", "", markdown_table(header, rows).rstrip(), ""]
     warnings = sorted({w for a in analyses for w in a.get("warnings", [])})
     if warnings:
         out += ["## Attack warnings during the analyses", "", *(f"- {w}" for w in warnings), ""]
@@ -277,7 +490,14 @@ def render(table: pd.DataFrame, analyses: list[dict], cfg: dict, results: list[F
 
 
 def metrics(table: pd.DataFrame, cfg: dict, results: list[Finding]) -> dict:
-    """Headline accuracies and verdicts, for a metrics JSON."""
+    """Headline accuracies, verdict kinds and p-values, for a metrics JSON."""
+    def detail(r: Comparison | None) -> dict | None:
+        return None if r is None else {"method": r.method, "p": r.p, "p_unadjusted": r.p_value, "effect": r.effect,
+                                       "estimate": r.estimate, "ci": list(r.ci), "n": r.n,
+                                       "mde": r.mde if np.isfinite(r.mde) else None}
     return {"profile": cfg.get("profile"),
             "accuracy": headline_metrics(table),
-            "verdicts": {str(r.claim): r.verdict for r in results}}
+            "verdicts": {str(r.claim): r.verdict for r in results},
+            "p_values": {str(r.claim): (r.result.p if r.result else None) for r in results},
+            "claims": {str(r.claim): {"verdict": r.verdict, "reason": r.reason, "test": detail(r.result)}
+                       for r in results}}

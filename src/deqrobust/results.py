@@ -22,6 +22,7 @@ table is computed from them (``tabulate``).
 """
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -252,10 +253,11 @@ def write_table(table: pd.DataFrame, path: str | os.PathLike) -> None:
 
 
 def write_outcomes(outcomes: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write per-example outcomes as gzipped CSV atomically; the gzip header carries no time stamp,
-    so equal outcomes give equal bytes (DVC and the rerun checks see no change)."""
-    with atomic_path(path) as tmp:
-        outcomes.to_csv(tmp, index=False, compression={"method": "gzip", "mtime": 0})
+    """Write per-example outcomes as gzipped CSV atomically; the gzip header carries no time stamp
+    or file name, so equal outcomes give equal bytes (DVC and the rerun checks see no change)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as raw, \
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as packed:
+        packed.write(outcomes.to_csv(index=False).encode())
 
 
 def load_outcomes(path: str | os.PathLike) -> pd.DataFrame:
@@ -343,13 +345,14 @@ def default_profile(root: Path) -> str:
 
 
 def notebook_inputs(profile: str | None = None, start: str | os.PathLike | None = None) -> dict:
-    """Config, reports folder, table and analyses a notebook reads.
+    """Config, reports folder, table, per-example outcomes, analyses and development records a notebook reads.
 
     Environment variables win (the workflow sets them; relative paths are read from the
-    working directory): DEQROBUST_CONFIG, DEQROBUST_REPORTS, DEQROBUST_TABLE and
-    DEQROBUST_ANALYSIS (comma-separated). Otherwise the profile's files in the checkout
-    found from ``start``: ``config/<profile>.yaml``, its ``reports`` folder with
-    ``table.csv``, and ``<results>/analysis/*.json``.
+    working directory): DEQROBUST_CONFIG, DEQROBUST_REPORTS, DEQROBUST_TABLE, DEQROBUST_OUTCOMES,
+    DEQROBUST_ANALYSIS and DEQROBUST_EARLY_EXIT (comma-separated). Otherwise the profile's files
+    in the checkout found from ``start``: ``config/<profile>.yaml``, its ``reports`` folder with
+    ``table.csv``, ``<results>/outcomes.csv.gz``, ``<results>/analysis/*.json`` and
+    ``<results>/early_exit/*.json``.
     """
     from deqrobust.config import load
 
@@ -372,13 +375,21 @@ def notebook_inputs(profile: str | None = None, start: str | os.PathLike | None 
         return Path(path) if root is None else root / path
 
     reports = Path(env("DEQROBUST_REPORTS") or in_checkout(cfg["reports"]))
-    analyses = env("DEQROBUST_ANALYSIS")
+    found = in_checkout(cfg["results"])
+
+    def listed(variable: str, folder: str) -> list[Path]:
+        given = env(variable)
+        if given is not None:
+            return [Path(p) for p in given.split(",") if p]
+        return sorted(found.joinpath(folder).glob("*.json"))
+
     return {
         "config": cfg,
         "reports": reports,
         "table": Path(env("DEQROBUST_TABLE") or reports / "table.csv"),
-        "analysis": ([Path(p) for p in analyses.split(",") if p] if analyses is not None
-                     else sorted(in_checkout(cfg["results"]).joinpath("analysis").glob("*.json"))),
+        "outcomes": Path(env("DEQROBUST_OUTCOMES") or found / "outcomes.csv.gz"),
+        "analysis": listed("DEQROBUST_ANALYSIS", "analysis"),
+        "early_exit": listed("DEQROBUST_EARLY_EXIT", "early_exit"),
     }
 
 

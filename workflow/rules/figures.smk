@@ -31,6 +31,8 @@ rule figures:
 rule report:
     input:
         table=table(),
+        outcomes=outcomes(),
+        early_exit=all_early_exits(),
         analyses=all_analyses(),
     output:
         report=report(
@@ -52,8 +54,8 @@ rule report:
         ENV
     shell:
         "deqrobust report {params.cli}"
-        " --table {input.table} --analysis {input.analyses} --out {output.report}"
-        " --metrics {output.metrics} > {log} 2>&1"
+        " --table {input.table} --outcomes {input.outcomes} --early-exit {input.early_exit}"
+        " --analysis {input.analyses} --out {output.report} --metrics {output.metrics} > {log} 2>&1"
 
 
 # notebooks/*.py are jupytext (percent format) notebooks; they read their inputs from

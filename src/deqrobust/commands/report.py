@@ -9,19 +9,24 @@ from deqrobust.config import load
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_results_arguments(parser)
+    parser.add_argument("--outcomes", help="per-example outcomes (deqrobust merge --outcomes); without them the "
+                                           "paired tests of claims 2-5 are not run")
+    parser.add_argument("--early-exit", nargs="*", default=[], metavar="JSON",
+                        help="development-selection records (deqrobust select-exit): claim 3's state")
     parser.add_argument("--out", required=True, help="report Markdown to write")
-    parser.add_argument("--metrics", help="also write headline accuracies and verdicts to this JSON")
+    parser.add_argument("--metrics", help="also write headline accuracies, verdicts and p-values to this JSON")
 
 
 def run(args: argparse.Namespace) -> int:
     from deqrobust import analysis, report  # heavy imports stay out of `deqrobust --help`
     from deqrobust.atomic import write_json, write_text
-    from deqrobust.results import load_table
+    from deqrobust.results import load_outcomes, load_table
 
     cfg = load(args.config, args.overrides)
     table = load_table(args.table, cfg)
     analyses = [analysis.load(p) for p in args.analysis]
-    results = report.findings(table, analyses, cfg)
+    outcomes = load_outcomes(args.outcomes) if args.outcomes else None
+    results = report.findings(analyses, cfg, outcomes, report.load_exits(args.early_exit))
     write_text(args.out, report.render(table, analyses, cfg, results))
     if args.metrics:
         write_json(args.metrics, report.metrics(table, cfg, results))
