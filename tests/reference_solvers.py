@@ -54,8 +54,10 @@ REFERENCE_SOLVERS = {"broyden": ReferenceBroyden, "anderson": Anderson, "fixed_p
 
 @torch.no_grad()
 def reference_solve(spec: dict, f: Map, z0: torch.Tensor, keep_iterates: bool = False,
-                    f_z0: torch.Tensor | None = None) -> SolverResult:
-    """deqrobust.solvers.solve as first written: every per-sample selection is a torch.where."""
+                    f_z0: torch.Tensor | None = None, differentiable: bool = False) -> SolverResult:
+    """deqrobust.solvers.solve as first written: every per-sample selection is a torch.where
+    (per-sample coupling, no graph: the settings the original code had)."""
+    assert not differentiable and spec.get("coupling", "sample") == "sample", "the oracle predates these settings"
     name, budget, tol = solver_settings(spec)
     rule = REFERENCE_SOLVERS[name](z0, budget)
     batch = z0.shape[0]
@@ -63,6 +65,7 @@ def reference_solve(spec: dict, f: Map, z0: torch.Tensor, keep_iterates: bool = 
     g = (f(z0) if f_z0 is None else f_z0) - z0
     best_z = z0.clone()
     best_rel = torch.full((batch,), float("inf"), device=z0.device, dtype=z0.dtype)
+    best_step = torch.zeros(batch, dtype=torch.long, device=z0.device)
     active = torch.ones(batch, dtype=torch.bool, device=z0.device)
     converged = torch.zeros_like(active)
     diverged = torch.zeros_like(active)
@@ -85,6 +88,7 @@ def reference_solve(spec: dict, f: Map, z0: torch.Tensor, keep_iterates: bool = 
         improved = rel_res < best_rel
         best_z = torch.where(improved[:, None], z_next, best_z)
         best_rel = torch.where(improved, rel_res, best_rel)
+        best_step = torch.where(improved, n + 1, best_step)
         rel_trace[:, n], abs_trace[:, n] = rel_res, abs_res
         met = active & ~bad & (rel_res <= tol)
         converged |= met
@@ -101,4 +105,4 @@ def reference_solve(spec: dict, f: Map, z0: torch.Tensor, keep_iterates: bool = 
         iterates += [z] * (budget - done)
     factors = rule.factors() if isinstance(rule, ReferenceBroyden) else None
     return SolverResult(best_z, rel_trace, abs_trace, steps, converged, diverged,
-                        iterates if keep_iterates else None, factors)
+                        iterates if keep_iterates else None, factors, best_step)

@@ -193,7 +193,7 @@ def test_solver_outputs_are_unchanged_with_frozen_and_diverging_samples(name, po
     assert ref.steps.unique().numel() > 1                    # samples stop at different steps: frozen beside active
     for field in ("z", "rel_trace", "abs_trace"):
         torch.testing.assert_close(getattr(new, field), getattr(ref, field), rtol=1e-9, atol=1e-12, equal_nan=True)
-    for field in ("steps", "converged", "diverged"):
+    for field in ("steps", "converged", "diverged", "best_step"):
         assert torch.equal(getattr(new, field), getattr(ref, field)), field
     for a, b in zip(new.iterates, ref.iterates):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)

@@ -1,10 +1,18 @@
 """Fixed-point solvers with per-sample stopping, residual traces and iterates.
 
 Every solver is ``solve(spec, f, z0, keep_iterates) -> SolverResult`` on flat states of
-shape (batch, dim). Unlike the authors' code, residuals and the stopping rule are per
-sample: a sample that meets the tolerance is frozen (its later iterates repeat), so a
-result never depends on which other images share the batch. The step rule of each
-solver is a small class; the loop, bookkeeping and divergence handling are shared.
+shape (batch, dim). The step rule of each solver is a small class; the loop, bookkeeping
+and divergence handling are shared. Two settings change what the loop computes:
+
+- ``coupling`` (spec key): ``sample`` (default) decides per sample: each sample's relative
+  residual, stop and lowest-residual iterate are its own, a sample that meets the tolerance
+  is frozen (its later iterates repeat), and a result never depends on which other images
+  share the batch. ``batch`` is the authors' rule: one relative residual over the whole
+  batch (Frobenius norms), every sample iterates until that residual meets the tolerance,
+  and the returned iterate is the step with the lowest batch residual.
+- ``differentiable`` (argument): the solve keeps its autograd graph (through every step
+  rule, the freezing and the lowest-residual selection), so backpropagating through the
+  returned state gives the gradient of what the solver actually computed.
 """
 from __future__ import annotations
 
@@ -13,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from deqrobust.config import ConfigError
+from deqrobust.config import ConfigError, schema
 
 Map = Callable[[torch.Tensor], torch.Tensor]
 TINY = 1e-12
@@ -42,11 +50,13 @@ class SolverResult:
     diverged: torch.Tensor               # [B] bool, a non-finite residual was met
     iterates: list[torch.Tensor] | None = None   # z_1..z_N when asked
     broyden_factors: tuple[torch.Tensor, torch.Tensor] | None = None  # (U [B,D,m], VT [B,m,D])
+    best_step: torch.Tensor | None = None  # [B] step n (1..N) of the returned iterate z = z_n
 
     @property
     def final_rel(self) -> torch.Tensor:
-        """Relative residual of the returned estimate, per sample."""
-        return self.rel_trace.min(dim=1).values
+        """Relative residual of the returned estimate, per sample (under batch coupling the
+        batch's lowest step, not each sample's)."""
+        return self.rel_trace.gather(1, (self.best_step - 1)[:, None]).squeeze(1)
 
 
 class FixedPointIteration:
@@ -74,42 +84,61 @@ class Broyden:
         # U is stored transposed, as [B, m, D], and both low-rank products are row-vector
         # times matrix batched products: einsums over [B, D, m] run as slow batched GEMVs.
         # Uninitialised: only the filled rows are ever read.
-        self.U = z0.new_empty(b, budget, d)
-        self.VT = z0.new_empty(b, budget, d)
-        self.rank = 0
+        self.keep_graph = torch.is_grad_enabled()
+        if not self.keep_graph:
+            self.U = z0.new_empty(b, budget, d)
+            self.VT = torch.empty_like(self.U)
+        self.updates: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.rank, self.capacity = 0, budget
+
+    def _blocks(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The low-rank part as (U^T, V^T) blocks of shape [B, m, D]: the filled rows of the
+        buffers, or, in a solve that keeps its graph, one block per update (autograd then
+        saves each row once, instead of a growing copy of the factors at every step)."""
+        if self.keep_graph:
+            return self.updates
+        return [(self.U[:, : self.rank], self.VT[:, : self.rank])] if self.rank else []
+
+    @staticmethod
+    def _minus_plus_low_rank(x: torch.Tensor, blocks: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """-x + sum over blocks of (x A^T) C, for blocks (A, C) of shape [B, m, D]."""
+        out = -x
+        for a, c in blocks:
+            coef = torch.bmm(x.unsqueeze(1), a.transpose(1, 2))       # [B, 1, m]: row times matrix, not bmm(A, x)
+            out = torch.baddbmm(out.unsqueeze(1), coef, c).squeeze(1)
+        return out
 
     def _matvec(self, x: torch.Tensor) -> torch.Tensor:   # B x
-        if self.rank == 0:
-            return -x
-        UT, VT = self.U[:, : self.rank], self.VT[:, : self.rank]
-        coef = torch.bmm(x.unsqueeze(1), VT.transpose(1, 2))      # [B, 1, m]: row times matrix, not bmm(VT, x)
-        return torch.baddbmm(x.unsqueeze(1), coef, UT, beta=-1).squeeze(1)
+        return self._minus_plus_low_rank(x, [(VT, UT) for UT, VT in self._blocks()])
 
     def _rmatvec(self, x: torch.Tensor) -> torch.Tensor:  # x^T B
-        if self.rank == 0:
-            return -x
-        UT, VT = self.U[:, : self.rank], self.VT[:, : self.rank]
-        coef = torch.bmm(x.unsqueeze(1), UT.transpose(1, 2))      # [B, 1, m]
-        return torch.baddbmm(x.unsqueeze(1), coef, VT, beta=-1).squeeze(1)
+        return self._minus_plus_low_rank(x, self._blocks())
 
     def propose(self, z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         return z - self._matvec(g)
 
     def observe(self, z, g, z_next, g_next, active) -> None:
-        if self.rank >= self.U.shape[1]:
+        if self.rank >= self.capacity:
             return
         dz, dg = z_next - z, g_next - g
         vT = self._rmatvec(dz)
         denom = (vT * dg).sum(dim=1, keepdim=True)
         ok = active[:, None] & (denom.abs() > TINY) & torch.isfinite(denom)
         u = torch.where(ok, (dz - self._matvec(dg)) / torch.where(ok, denom, torch.ones_like(denom)), 0.0)
-        self.U[:, self.rank] = u
-        self.VT[:, self.rank] = torch.where(ok, vT, 0.0)
+        vT = torch.where(ok, vT, 0.0)
+        if self.keep_graph:     # an in-place write would change rows that autograd saved
+            self.updates.append((u.unsqueeze(1), vT.unsqueeze(1)))
+        else:
+            self.U[:, self.rank], self.VT[:, self.rank] = u, vT
         self.rank += 1
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(U [B, D, m], VT [B, m, D]); U is a transposed view."""
-        return self.U[:, : self.rank].transpose(1, 2), self.VT[:, : self.rank]
+        if self.keep_graph:
+            UT, VT = (torch.cat(rows, dim=1) for rows in zip(*self.updates))
+        else:
+            UT, VT = self.U[:, : self.rank], self.VT[:, : self.rank]
+        return UT.transpose(1, 2), VT
 
 
 class Anderson:
@@ -143,6 +172,8 @@ class Anderson:
 
 
 SOLVERS = {"broyden": Broyden, "anderson": Anderson, "fixed_point": FixedPointIteration}
+SAMPLE, BATCH = "sample", "batch"
+COUPLINGS: tuple[str, ...] = tuple(schema()["definitions"]["solver"]["properties"]["coupling"]["enum"])
 
 
 def solver_settings(spec: dict) -> tuple[str, int, float]:
@@ -155,22 +186,38 @@ def solver_settings(spec: dict) -> tuple[str, int, float]:
     return name, budget, tol
 
 
-@torch.no_grad()
+def solver_coupling(spec: dict) -> str:
+    """``sample`` (per-sample residuals and decisions, the default) or ``batch`` (the authors')."""
+    coupling = spec.get("coupling", SAMPLE)
+    if coupling not in COUPLINGS:
+        raise ConfigError(f"solver coupling {coupling!r} is not valid; choose one of {', '.join(COUPLINGS)}")
+    return coupling
+
+
 def solve(spec: dict, f: Map, z0: torch.Tensor, keep_iterates: bool = False,
-          f_z0: torch.Tensor | None = None) -> SolverResult:
-    """Run the solver named in ``spec`` (name, budget, tol) from ``z0`` on ``f``.
+          f_z0: torch.Tensor | None = None, differentiable: bool = False) -> SolverResult:
+    """Run the solver named in ``spec`` (name, budget, tol, coupling) from ``z0`` on ``f``.
 
     When every sample has stopped early the loop ends; traces and iterates are padded
     with the frozen values so their shapes never depend on the batch. ``f_z0`` is f(z0)
-    when the caller already knows it (saves one application of f).
+    when the caller already knows it (saves one application of f). ``differentiable``
+    keeps the graph from ``f`` (and ``z0``) to the returned state and iterates; otherwise
+    the solve runs without one. Traces and decisions never carry a graph.
     """
+    with torch.set_grad_enabled(differentiable):
+        return _solve(spec, f, z0, keep_iterates, f_z0)
+
+
+def _solve(spec: dict, f: Map, z0: torch.Tensor, keep_iterates: bool, f_z0: torch.Tensor | None) -> SolverResult:
     name, budget, tol = solver_settings(spec)
+    coupled = solver_coupling(spec) == BATCH
     rule = SOLVERS[name](z0, budget)
     batch = z0.shape[0]
     z = z0
     g = (f(z0) if f_z0 is None else f_z0) - z0
     best_z = z0.clone()
-    best_rel = torch.full((batch,), float("inf"), device=z0.device, dtype=z0.dtype)
+    best_rel = torch.full((batch,), float("inf"), device=z0.device, dtype=z0.dtype)   # of the stop rule's residual
+    best_step = torch.zeros(batch, dtype=torch.long, device=z0.device)
     active = torch.ones(batch, dtype=torch.bool, device=z0.device)
     converged = torch.zeros_like(active)
     diverged = torch.zeros_like(active)
@@ -182,8 +229,8 @@ def solve(spec: dict, f: Map, z0: torch.Tensor, keep_iterates: bool = False,
         all_active = bool(active.all())
         z_next = _select(active, rule.propose(z, g), z, all_active)
         g_next = _select(active, f(z_next) - z_next, g, all_active)
-        abs_res = g_next.norm(dim=1)
-        rel_res = abs_res / ((g_next + z_next).norm(dim=1) + TINY)
+        abs_res = g_next.detach().norm(dim=1)
+        rel_res = abs_res / ((g_next + z_next).detach().norm(dim=1) + TINY)
         bad = active & ~torch.isfinite(rel_res)   # a non-finite entry of z_next always makes rel_res non-finite
         diverged |= bad
         # A diverging sample stops at its last finite state; its residual this step is inf.
@@ -193,14 +240,18 @@ def solve(spec: dict, f: Map, z0: torch.Tensor, keep_iterates: bool = False,
             rel_res = torch.where(bad, float("inf"), rel_res)
             abs_res = torch.where(bad, float("inf"), abs_res)
         rule.observe(z, g, z_next, g_next, active & ~bad)
-        improved = rel_res < best_rel
+        # The residual the stop rule and the lowest-residual choice read: each sample's own, or
+        # the whole batch's (a diverged sample counts with its last finite state).
+        score = _batch_residual(g_next, z_next).expand(batch) if coupled else rel_res
+        improved = score < best_rel
         best_z = _select(improved, z_next, best_z)
-        best_rel = torch.where(improved, rel_res, best_rel)
+        best_rel = torch.where(improved, score, best_rel)
+        best_step = torch.where(improved, n + 1, best_step)
         rel_trace[:, n], abs_trace[:, n] = rel_res, abs_res
-        met = active & ~bad & (rel_res <= tol)
+        met = active & ~bad & (score <= tol)
         converged |= met
         steps = torch.where(met, n + 1, steps)
-        active &= ~(met | bad)
+        active = active & ~(met | bad)     # not in place: torch.where saved the old mask for backward
         z, g = z_next, g_next
         iterates.append(z)
         if not active.any():
@@ -212,4 +263,10 @@ def solve(spec: dict, f: Map, z0: torch.Tensor, keep_iterates: bool = False,
         iterates += [z] * (budget - done)
     factors = rule.factors() if isinstance(rule, Broyden) else None
     return SolverResult(best_z, rel_trace, abs_trace, steps, converged, diverged,
-                        iterates if keep_iterates else None, factors)
+                        iterates if keep_iterates else None, factors, best_step)
+
+
+def _batch_residual(g: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """The authors' relative residual: ||f(Z) - Z|| / ||f(Z)|| over the whole batch Z."""
+    g = g.detach()
+    return g.norm() / ((g + z.detach()).norm() + TINY)
