@@ -1,7 +1,10 @@
-"""Shared fixtures: a synthetic CIFAR-10 archive in the official layout and small test configs."""
+"""Shared fixtures: a synthetic CIFAR-10 archive in the official layout, small test configs, and
+the authors' MDEQ-LARGE state dict (tests/fixtures/authors-mdeq-large.json) in their file layouts."""
 from __future__ import annotations
 
 import io
+import json
+import math
 import pickle
 import tarfile
 from pathlib import Path
@@ -84,3 +87,64 @@ def make_config(tmp_path: Path) -> Callable[..., Path]:
     def make(archive: Path | None = None, name: str = "config.yaml", **sections) -> Path:
         return write_config(tmp_path / name, tmp_path / "data", archive, **sections)
     return make
+
+
+# ---- the authors' MDEQ-LARGE (tests/fixtures/authors-mdeq-large.json, made with their code) ----
+AUTHORS_FIXTURE = Path(__file__).parent / "fixtures" / "authors-mdeq-large.json"
+# The files their training writes (fixture "checkpoint_formats").
+AUTHORS_FILES = {"checkpoint": "checkpoint_220.pth.tar", "model_best": "model_best.pth.tar",
+                 "final_state": "final_state.pth.tar"}
+
+
+def draw(kind: str, shape: list[int], g):
+    """One tensor of the fixture's weights_recipe."""
+    import torch
+
+    f64 = torch.float64
+    if kind == "count":
+        return torch.full(shape, 7, dtype=torch.long)
+    if kind == "running_mean":
+        return 0.3 * torch.randn(shape, generator=g, dtype=f64)
+    if kind in ("running_var", "weight_g"):
+        return 0.5 + torch.rand(shape, generator=g, dtype=f64)
+    if kind == "weight":
+        return torch.randn(shape, generator=g, dtype=f64) / math.sqrt(math.prod(shape[1:]))
+    if kind == "scale":
+        return 1 + 0.2 * torch.randn(shape, generator=g, dtype=f64)
+    if kind == "bias":
+        return 0.1 * torch.randn(shape, generator=g, dtype=f64)
+    raise AssertionError(f"fixture kind {kind!r} is not in the recipe")
+
+
+@pytest.fixture(scope="session")
+def authors() -> dict:
+    return json.loads(AUTHORS_FIXTURE.read_text())
+
+
+@pytest.fixture(scope="session")
+def their_state(authors) -> dict:
+    """Their state dict, in their naming and order, rebuilt from the recipe."""
+    import torch
+
+    return {t["key"]: draw(t["kind"], t["shape"], torch.Generator().manual_seed(1000 + i))
+            for i, t in enumerate(authors["tensors"])}
+
+
+def write_authors_file(folder: Path, state: dict, layout: str, prefix: str = "") -> Path:
+    """One file as their training writes it (``layout`` a key of AUTHORS_FILES): the training
+    checkpoint dict or the bare state dict, each key with ``prefix`` (``module.``: DataParallel)."""
+    import torch
+
+    state = {prefix + key: value for key, value in state.items()}
+    obj = state
+    if layout == "checkpoint":
+        param = torch.nn.Parameter(torch.zeros(3))
+        optimizer = torch.optim.Adam([param], lr=1e-3)
+        param.sum().backward()
+        optimizer.step()
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, 100, eta_min=1e-6)
+        obj = {"epoch": 220, "model": "mdeq", "state_dict": state, "perf": 0.5625, "optimizer": optimizer.state_dict(),
+               "lr_scheduler": scheduler.state_dict(), "train_global_steps": 114400}
+    path = folder / AUTHORS_FILES[layout]
+    torch.save(obj, path)
+    return path

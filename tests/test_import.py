@@ -8,7 +8,6 @@ estimator) on each image alone, as the fixture was made.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import AUTHORS_FILES, write_authors_file
 from deqrobust import cli
 from deqrobust.atomic import torch_load
 from deqrobust.authors import import_checkpoint, ours_from_theirs, theirs_from_ours, to_ours
@@ -28,33 +28,10 @@ from deqrobust.scoring import all_state_logits
 from deqrobust.models import build_model
 from deqrobust.models.mdeq import MDEQ
 
-FIXTURE = Path(__file__).parent / "fixtures" / "authors-mdeq-large.json"
 # The fixture's "forward" and "input_gradient" settings (checked against its text below).
 SOLVER = {"name": "broyden", "budget": 8, "tol": 1e-3}
 BACKWARD_SOLVER = {"name": "broyden", "budget": 7, "tol": 1e-3}
 TOLERANCE = 1e-10
-# The files their training writes (fixture "checkpoint_formats").
-FILES = {"checkpoint": "checkpoint_220.pth.tar", "model_best": "model_best.pth.tar", "final_state": "final_state.pth.tar"}
-
-
-def draw(kind: str, shape: list[int], g: torch.Generator) -> torch.Tensor:
-    """One tensor of the fixture's weights_recipe."""
-    f64 = torch.float64
-    if kind == "count":
-        return torch.full(shape, 7, dtype=torch.long)
-    if kind == "running_mean":
-        return 0.3 * torch.randn(shape, generator=g, dtype=f64)
-    if kind in ("running_var", "weight_g"):
-        return 0.5 + torch.rand(shape, generator=g, dtype=f64)
-    if kind == "weight":
-        return torch.randn(shape, generator=g, dtype=f64) / math.sqrt(math.prod(shape[1:]))
-    if kind == "scale":
-        return 1 + 0.2 * torch.randn(shape, generator=g, dtype=f64)
-    if kind == "bias":
-        return 0.1 * torch.randn(shape, generator=g, dtype=f64)
-    raise AssertionError(f"fixture kind {kind!r} is not in the recipe")
-
-
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Measured: one thread is fastest for single images, and the test machine is shared."""
@@ -62,35 +39,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(saved)
-
-
-@pytest.fixture(scope="module")
-def authors() -> dict:
-    return json.loads(FIXTURE.read_text())
-
-
-@pytest.fixture(scope="module")
-def their_state(authors) -> dict[str, torch.Tensor]:
-    """Their state dict, in their naming and order, rebuilt from the recipe."""
-    return {t["key"]: draw(t["kind"], t["shape"], torch.Generator().manual_seed(1000 + i))
-            for i, t in enumerate(authors["tensors"])}
-
-
-def write_authors_file(folder: Path, state: dict, layout: str, prefix: str = "") -> Path:
-    """One file as their training writes it: the training checkpoint dict or the bare state dict."""
-    state = {prefix + key: value for key, value in state.items()}
-    obj = state
-    if layout == "checkpoint":
-        param = torch.nn.Parameter(torch.zeros(3))
-        optimizer = torch.optim.Adam([param], lr=1e-3)
-        param.sum().backward()
-        optimizer.step()
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, 100, eta_min=1e-6)
-        obj = {"epoch": 220, "model": "mdeq", "state_dict": state, "perf": 0.5625, "optimizer": optimizer.state_dict(),
-               "lr_scheduler": scheduler.state_dict(), "train_global_steps": 114400}
-    path = folder / FILES[layout]
-    torch.save(obj, path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +106,7 @@ def test_imported_checkpoint_loads_and_records_its_source(imported, their_state)
 
 
 @pytest.mark.parametrize("prefix", ["", "module."])
-@pytest.mark.parametrize("layout", list(FILES))
+@pytest.mark.parametrize("layout", list(AUTHORS_FILES))
 def test_each_file_layout_imports_to_the_same_checkpoint(tmp_path, imported, their_state, layout, prefix):
     source = write_authors_file(tmp_path, their_state, layout, prefix)
     out = tmp_path / "checkpoint.pt"
@@ -229,7 +177,7 @@ class _Marker:
 @pytest.mark.parametrize("zipfile", [True, False], ids=["zip", "legacy"])
 def test_pickled_object_is_refused_without_running_it(tmp_path, zipfile):
     marker = tmp_path / "marker"
-    source = tmp_path / FILES["checkpoint"]
+    source = tmp_path / AUTHORS_FILES["checkpoint"]
     torch.save({"epoch": 1, "state_dict": {"classifier.bias": torch.zeros(10)}, "perf": _Marker(marker)}, source,
                _use_new_zipfile_serialization=zipfile)
     with pytest.raises(ConfigError, match=r"it asks for (builtins|io)\.open, which loading without running code "
