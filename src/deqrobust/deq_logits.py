@@ -2,8 +2,9 @@
 
 ``DEQLogits`` decides which state is attacked (the final state z*, a solver step n, or
 the ensemble of the steps), how far the forward solver runs (only as far as that state
-needs), which solver iterates are kept for the estimator, and whether training adds the
-Jacobian regulariser. The estimators themselves are in deqrobust.estimators.
+needs), which solver iterates are kept for the estimator, whether the solve keeps its graph
+(``solver_autograd`` and ``true_gradient(E)``: the true gradient), and whether training adds
+the Jacobian regulariser. The estimators themselves are in deqrobust.estimators.
 
 One forward of DEQLogits (and each lockstep backward) runs inside the model's
 ``cached_weights()`` scope if it has one.
@@ -34,15 +35,18 @@ class DEQLogits(nn.Module):
     ``state=None`` is the final state z*, an integer n the n-th solver iterate (0 is the
     zero state: with ``intermediate`` and lam=1 that is the paper's unrolled pretraining),
     ``"ensemble"`` the head of the mean of the estimator's states 1..N (states weighted
-    equally). The solver runs only as far as the attacked state needs. ``stats`` holds the
-    last forward's SolverResult and, if ``jac_probes`` > 0 in training, the Jacobian loss.
+    equally). The solver runs only as far as the attacked state needs. ``own`` is the
+    model's training estimator (``estimators.model_estimator``), which defines its own output;
+    ``solver_autograd`` needs it at the final state. ``stats`` holds the last forward's
+    SolverResult and, if ``jac_probes`` > 0 in training, the Jacobian loss.
     """
 
     def __init__(self, deq: nn.Module, estimator: Estimator, state: State = None, solver: dict | None = None,
-                 backward_solver: dict | None = None, jac_probes: int = 0):
+                 backward_solver: dict | None = None, jac_probes: int = 0, own: Estimator | None = None):
         super().__init__()
         self.deq = deq
         self.estimator = estimator
+        self.own = own
         self.solver = dict(solver or {})
         self.backward_solver = dict(backward_solver or {"budget": 7})
         self.state = parse_state(state, int(self.solver.get("budget", 8)))
@@ -61,12 +65,15 @@ class DEQLogits(nn.Module):
         budget = int(self.solver.get("budget", 8))
         steps = self.state if isinstance(self.state, int) else budget
         keep = self.state is not None or self.estimator.needs_iterates
+        # The true gradient's solve keeps its graph (unless nothing is differentiated).
+        graph = self.estimator.differentiable_solve and torch.is_grad_enabled()
         if steps > 0:
-            result = solve({**self.solver, "budget": steps}, lambda z: deq.f(z, detached), z0, keep_iterates=keep)
+            result = solve({**self.solver, "budget": steps}, lambda z: deq.f(z, injection if graph else detached), z0,
+                           keep_iterates=keep, differentiable=graph)
         else:
             result = _empty_result(z0)
         ctx = Context(lambda z: deq.f(z, injection), lambda z: deq.f(z, detached), result, z0, self.backward_solver,
-                      lambda: weight_scope(deq))
+                      lambda: weight_scope(deq), self.own)
         if self.state is None:
             z = self.estimator.attach(result.z, None, ctx)
         elif self.state == ENSEMBLE:
@@ -83,4 +90,5 @@ class DEQLogits(nn.Module):
 def _empty_result(z0: torch.Tensor) -> SolverResult:
     empty = z0.new_zeros(z0.shape[0], 0)
     none = torch.zeros(z0.shape[0], dtype=torch.bool, device=z0.device)
-    return SolverResult(z0, empty, empty, torch.zeros_like(none, dtype=torch.long), none, none, [], None)
+    zero = torch.zeros_like(none, dtype=torch.long)
+    return SolverResult(z0, empty, empty, zero, none, none, [], None, zero)

@@ -18,6 +18,15 @@ Estimators (config ``{name: ..., params}``; names are registry keys, never parse
   along the forward iterates z_0..z_{n-1}; ``variant: quasi_newton`` reuses the forward
   Broyden inverse-Jacobian estimate, u = -B_n^T a. See docs/estimators.md for why
   lockstep is the default.
+- ``solver_autograd``: the true gradient of the deployed model. The forward solve keeps its
+  graph (solvers.solve(differentiable=True)) and plain autograd runs back through every
+  solver step, freezing and lowest-residual choice included, then through the deployed
+  map: h(z_n) at state n and in the ensemble, the model's own output own(z*) at the final
+  state. ``true_gradient(E)`` is the same mechanism with E's forward map: the true gradient
+  of E's output, against which E's gradient is measured.
+
+Each estimator's forward value is ``forward_map(z, ctx)`` (plain autograd from z); ``attach``
+is that map with the estimator's gradient.
 
 Which state an estimator is attached to, and how far the solver runs, is the job of
 deqrobust.deq_logits; scoring every state at once is deqrobust.scoring.
@@ -75,12 +84,18 @@ class Context:
     z0: torch.Tensor
     backward_solver: dict
     scope: Callable[[], ContextManager] = nullcontext   # the model's weight scope, for backward passes
+    own: "Estimator | None" = None                      # the model's training estimator (its own output)
 
 
 @dataclass(frozen=True)
 class Estimator:
     name: ClassVar[str]
     needs_iterates: ClassVar[bool] = False
+    differentiable_solve: ClassVar[bool] = False    # the forward solve keeps its graph for this estimator
+
+    def forward_map(self, z: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """The estimator's output state from ``z``, as plain autograd (its forward value)."""
+        return ctx.f(z)
 
     def attach(self, z: torch.Tensor, n: int | None, ctx: Context) -> torch.Tensor:
         """State with the estimator's gradient, from detached state ``z`` (= z_n or z*)."""
@@ -99,7 +114,7 @@ class Exact(Estimator):
             vjp = _vjp_at(ctx.f_detached, z)
             return solve(ctx.backward_solver, lambda u: vjp(u) + a, torch.zeros_like(a), f_z0=a).z   # f(0) = a
 
-        return _RewriteGrad.apply(ctx.f(z), adjoint)
+        return _RewriteGrad.apply(self.forward_map(z, ctx), adjoint)
 
 
 @dataclass(frozen=True)
@@ -108,11 +123,14 @@ class Unroll(Estimator):
     lam: float = 0.5
     k: int = 9
 
-    def attach(self, z, n, ctx):
+    def forward_map(self, z, ctx):
         z = ctx.f(z)
         for _ in range(self.k):
             z = (1 - self.lam) * z + self.lam * ctx.f(z)
         return z
+
+    def attach(self, z, n, ctx):
+        return self.forward_map(z, ctx)
 
 
 @dataclass(frozen=True)
@@ -135,7 +153,7 @@ class Neumann(Estimator):
                 total = total + term
             return self.lam * total
 
-        return _RewriteGrad.apply(ctx.f(z), series)
+        return _RewriteGrad.apply(self.forward_map(z, ctx), series)
 
 
 @dataclass(frozen=True)
@@ -161,7 +179,7 @@ class Adjoint(Estimator):
                         u = _vjp_at(ctx.f_detached, z_j)(u) + a
                 return u
 
-            return _RewriteGrad.apply(ctx.f(z), lockstep)
+            return _RewriteGrad.apply(self.forward_map(z, ctx), lockstep)
         if ctx.result.broyden_factors is None:
             raise ConfigError("adjoint variant 'quasi_newton' needs the broyden forward solver (solver.name: broyden)")
         U, VT = ctx.result.broyden_factors
@@ -171,10 +189,46 @@ class Adjoint(Estimator):
             coef = torch.bmm(a.unsqueeze(1), U)                # [B, 1, m]
             return torch.baddbmm(a.unsqueeze(1), coef, VT, alpha=-1).squeeze(1)
 
-        return _RewriteGrad.apply(ctx.f(z), quasi_newton)
+        return _RewriteGrad.apply(self.forward_map(z, ctx), quasi_newton)
 
 
-ESTIMATORS: dict[str, type[Estimator]] = {e.name: e for e in (Exact, Unroll, Intermediate, Neumann, Adjoint)}
+@dataclass(frozen=True)
+class SolverAutograd(Estimator):
+    """Plain autograd through the solver's own iterations, then through a forward map.
+
+    ``of=None`` (the registry's ``solver_autograd``) is the deployed model: h(z_n) at state n
+    and in the ensemble, the model's own output at the final state (``ctx.own``, the
+    estimator it was trained with: h(f(z*)) or h(U^k f(z*))). ``of=E`` is the true gradient
+    of E's output (``true_gradient``): E's forward map on the differentiable state.
+    """
+
+    name: ClassVar[str] = "solver_autograd"
+    differentiable_solve: ClassVar[bool] = True
+    of: Estimator | None = None
+
+    def attach(self, z, n, ctx):
+        if self.of is not None:
+            return self.of.forward_map(z, ctx)
+        if n is not None:
+            return z                                 # early exit and ensemble: h(z_n)
+        if ctx.own is None:
+            raise ConfigError("estimator 'solver_autograd' at the final state needs the model's own estimator "
+                              "(DEQLogits(..., own=model_estimator(spec, training)))")
+        return ctx.own.forward_map(z, ctx)
+
+    def spec(self) -> dict:
+        return {"name": self.name} if self.of is None else {"name": self.name, "of": self.of.spec()}
+
+
+def true_gradient(of: Estimator) -> SolverAutograd:
+    """The estimator whose gradient is the true gradient of ``of``'s output: the same forward
+    map (hence the same logits) on a solve that keeps its graph, differentiated by autograd."""
+    inner = of.of if isinstance(of, SolverAutograd) else of
+    return SolverAutograd(of=inner)
+
+
+ESTIMATORS: dict[str, type[Estimator]] = {e.name: e for e in (Exact, Unroll, Intermediate, Neumann, Adjoint,
+                                                               SolverAutograd)}
 
 
 def build_estimator(spec: dict) -> Estimator:

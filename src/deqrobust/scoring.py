@@ -3,7 +3,8 @@
 An evaluation cell scores the clean and the adversarial batch under every defense at
 once: ``final`` (the model's own output, under the estimator it was trained with),
 ``ensemble`` (the head of the mean of z_1..z_N) and ``state_n`` (the head of z_n, the
-early-exit candidates).
+early-exit candidates). These are the deployed maps whose true gradient the estimator
+``solver_autograd`` computes (deqrobust.estimators.SolverAutograd).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def _all_state_logits(deq: nn.Module, x: torch.Tensor, solver: dict, own: Estima
     z0 = deq.init_state(x)
     result = solve(solver, lambda z: deq.f(z, injection), z0, keep_iterates=True)
     ctx = Context(lambda z: deq.f(z, injection), lambda z: deq.f(z, injection), result, z0, {})
-    scores = {FINAL: deq.head(own.attach(result.z, None, ctx)), ENSEMBLE: deq.head(torch.stack(result.iterates).mean(0))}
+    scores = {FINAL: deq.head(own.forward_map(result.z, ctx)), ENSEMBLE: deq.head(torch.stack(result.iterates).mean(0))}
     for n, z_n in enumerate(result.iterates, start=1):
         scores[f"state_{n}"] = deq.head(z_n)
     return scores

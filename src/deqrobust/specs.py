@@ -87,6 +87,7 @@ ESTIMATORS: dict[str, dict[str, Param]] = {
     "intermediate": _UNROLL,
     "neumann": {"lam": replace(_LAM, default=1.0), "k": _positive(8)},
     "adjoint": {"variant": Param("lockstep", "choice", choices=("lockstep", "quasi_newton"))},
+    "solver_autograd": {},   # autograd through the solver: the deployed model's true gradient
 }
 
 # AutoAttack (the reference code through pyautoattack): its components, versions, and the
