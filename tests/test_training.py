@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from deqrobust import config, data
+from deqrobust import config, data, seeds
 from deqrobust.checkpoint import load_checkpoint, save_checkpoint
 from deqrobust.config import ConfigError
 from deqrobust.models import build_model
@@ -57,11 +57,11 @@ def test_steps_lower_the_loss(tmp_path, spec, training):
 def test_adversarial_inputs_stay_in_the_ball(tmp_path, mode, step_255):
     t = Trainer(setup(tmp_path, {"training": mode})[0], "deq", tmp_path / "out")
     x, y = next(data.train_loader(t.cfg, 8, seed=0, epoch=0))
-    x_adv = t.adversarial(t.net(), x, y, data.seeded_generator(0))
+    x_adv = t.adversarial(t.net(), x, y, seeds.generator(0))
     eps = 8 / 255
     assert (x_adv - x).abs().max() <= eps + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
     assert (x_adv - x).abs().max() > eps / 2
-    again = t.adversarial(t.net(), x, y, data.seeded_generator(0))
+    again = t.adversarial(t.net(), x, y, seeds.generator(0))
     assert torch.equal(x_adv, again)
 
 

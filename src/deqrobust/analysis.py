@@ -121,6 +121,7 @@ def analyse(deq: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, solver: dict
 
 def make_adversary(cfg: dict, deq: torch.nn.Module) -> tuple[Adversary, dict]:
     """The attack of ``analysis.attack`` through estimator ``analysis.estimator`` at the final state."""
+    from deqrobust import seeds
     from deqrobust.attacks import build_attack
     from deqrobust.deq_logits import DEQLogits
     from deqrobust.estimators import build_estimator
@@ -133,7 +134,7 @@ def make_adversary(cfg: dict, deq: torch.nn.Module) -> tuple[Adversary, dict]:
     attack = build_attack(settings["attack"], attack_spec)
 
     def adversary(x: torch.Tensor, y: torch.Tensor, index: int) -> tuple[torch.Tensor, list[str]]:
-        out = attack.run(model, x, y, seed=cfg["seed"] + index)
+        out = attack.run(model, x, y, seed=seeds.derive(cfg["seed"], seeds.ANALYSIS_ATTACK, index))
         return out.x_adv.detach(), list(out.warnings)
 
     return adversary, {"attack_spec": attack_spec, "estimator_spec": estimator_spec}

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from deqrobust import seeds
 from deqrobust.atomic import atomic_path, write_json
 from deqrobust.config import ConfigError
 
@@ -301,12 +302,6 @@ def load_split(cfg: dict, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return x.float().div_(255), y
 
 
-def seeded_generator(*keys: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """A generator determined by a tuple of integers (e.g. seed, epoch), independent of any global RNG."""
-    state = np.random.SeedSequence(list(keys)).generate_state(2, dtype=np.uint32)
-    return torch.Generator(device=device).manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
-
-
 def augment(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
     """Random crop after zero padding of 4 (offsets ``shifts`` [B, 2] in 0..8) and horizontal flip."""
     b, _, h, w = x.shape
@@ -341,7 +336,7 @@ def train_loader(cfg: dict, batch_size: int, seed: int, epoch: int, start_batch:
     local = batch_size // world_size
     x, y = split_uint8(cfg, "train")
     n = len(y)
-    gen = seeded_generator(seed, epoch)
+    gen = seeds.generator(seed, epoch)
     order = torch.randperm(n, generator=gen)
     shifts = torch.randint(0, 2 * PAD + 1, (n, 2), generator=gen)
     flips = torch.rand(n, generator=gen) < 0.5

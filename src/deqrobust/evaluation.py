@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from deqrobust import seeds
 from deqrobust.atomic import torch_load, torch_save, write_json, write_text
 from deqrobust.attacks import build_attack
 from deqrobust.checkpoint import load_checkpoint
@@ -125,7 +126,7 @@ def run_cell(cfg: dict, checkpoint: str, estimator: str, attack: str, state, out
         xb, yb = xb.to(device), yb.to(device)
         start = time.perf_counter()
         clean = score(model, xb, yb, cfg["solver"], own)
-        result = runner.run(target, xb, yb, seed=cfg["seed"] * 100003 + i)
+        result = runner.run(target, xb, yb, seed=seeds.derive(cfg["seed"], seeds.TEST_ATTACK, i))
         adversarial = score(model, result.x_adv, yb, cfg["solver"], own)
         torch_save({"clean": clean, "adversarial": adversarial, "warnings": list(result.warnings),
                     "seconds": time.perf_counter() - start}, done)
@@ -173,7 +174,7 @@ def select_exit(cfg: dict, checkpoint: str, out: str | Path) -> dict:
         correct = 0
         for i, (xb, yb) in enumerate(batches(x, y, cfg["evaluation"]["batch_size"])):
             xb, yb = xb.to(device), yb.to(device)
-            x_adv = runner.run(target, xb, yb, seed=cfg["seed"] * 100003 + i).x_adv
+            x_adv = runner.run(target, xb, yb, seed=seeds.derive(cfg["seed"], seeds.DEV_SELECT, i)).x_adv
             correct += int(score(model, x_adv, yb, cfg["solver"], own)[f"state_{n}"].sum())
         accuracy[n] = correct / len(y)
     best = max(accuracy, key=lambda n: (accuracy[n], -n))

@@ -1,8 +1,8 @@
 """Training: standard, PGD-AT or FGSM-AT, dev-split model selection, exact resume.
 
 Every random draw comes from something a resume restores: data order and augmentation
-from (seed, epoch) (deqrobust.data), attack starts, Jacobian-regularised iterations and
-their budget jitter from (seed, iteration), dropout masks and Hutchinson probes from the
+from (seed, epoch), attack starts, Jacobian-regularised iterations and
+their budget jitter from (seed, stream, iteration) (deqrobust.seeds), dropout masks and Hutchinson probes from the
 global torch RNG whose state is saved in ``resume.pt``. A run killed at any moment and
 restarted therefore ends with the same metrics and weights as an uninterrupted run.
 ``checkpoint.pt`` is written once, when the training has finished, from the best weights
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from deqrobust import data, distributed
+from deqrobust import data, distributed, seeds
 from deqrobust.atomic import torch_load, torch_save, unreadable, write_json, write_text
 from deqrobust.attacks.pgd import pgd
 from deqrobust.checkpoint import RESUME, load_checkpoint, save_checkpoint
@@ -43,7 +43,6 @@ from deqrobust.plan import settings, train_slice
 RESUME_FORMAT = "deqrobust-resume/1"
 COLUMNS = ("epoch", "iteration", "lr", "train_loss", "dev_loss", "dev_clean_acc", "dev_robust_acc",
            "dev_solver_steps", "dev_rel_residual")
-ATTACK_STREAM, EVAL_STREAM = 1, 2   # keys that keep the per-iteration generators apart
 
 
 class Trainer:
@@ -109,7 +108,7 @@ class Trainer:
         return x_adv.detach()
 
     def step(self, iteration: int, x: torch.Tensor, y: torch.Tensor) -> float:
-        gen = data.seeded_generator(self.cfg["seed"], ATTACK_STREAM, iteration, device=self.device)
+        gen = seeds.generator(self.cfg["seed"], seeds.TRAIN_ATTACK, iteration, device=self.device)
         pretraining = self.deq and iteration < self.tc["pretrain_iters"]
         jac = self.tc["jac_reg"]
         regularise = (self.deq and not pretraining and iteration / self.per_epoch < jac["stop_epoch"]
@@ -144,7 +143,7 @@ class Trainer:
         """Loss, clean and PGD accuracy, and (DEQs) mean solver steps and final residual."""
         net = self.net()
         net.eval()
-        gen = data.seeded_generator(self.cfg["seed"], EVAL_STREAM, iteration, device=self.device)
+        gen = seeds.generator(self.cfg["seed"], seeds.DEV_EVAL, iteration, device=self.device)
         adv = self.tc["adv"]
         sums = {"loss": 0.0, "clean": 0, "robust": 0, "steps": 0.0, "residual": 0.0}
         for xb, yb in data.batches(x, y, self.tc["eval_batch_size"]):
