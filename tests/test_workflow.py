@@ -6,6 +6,7 @@ The end-to-end test runs the smoke profile on a synthetic CIFAR-10 archive.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -387,6 +388,48 @@ def _mtimes(root: Path) -> dict[str, float]:
     return found
 
 
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs (zombies, which only wait to be reaped, do not count)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def _train_uninterrupted(workdir: Path, log: str, model: str) -> Path:
+    """Rerun the train command the workflow printed for ``model`` into a fresh folder."""
+    lines = (line.strip().removeprefix("Shell command: ") for line in log.splitlines())
+    command = next(c for c in lines if c.startswith("deqrobust train ") and f" --model {model} " in c)
+    command = command.split(" > ", 1)[0]
+    out = re.search(r"--out (\S+)", command).group(1)
+    reference = workdir.parent / "uninterrupted" / model     # outside the clone: not in git, not in results
+    proc = subprocess.run(command.replace(f"--out {out}", f"--out {reference}"), shell=True, cwd=workdir,
+                          env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return reference
+
+
+def _same_training(a: Path, b: Path) -> None:
+    import torch
+
+    assert (a / "metrics.csv").read_text() == (b / "metrics.csv").read_text()
+    timing = ("wall_seconds", "train_images_per_second")
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+    assert {k: v for k, v in sa.items() if k not in timing} == {k: v for k, v in sb.items() if k not in timing}
+    ca, cb = (torch.load(d / "checkpoint.pt", weights_only=True) for d in (a, b))
+    assert ca["state_dict"].keys() == cb["state_dict"].keys()
+    assert all(torch.equal(ca["state_dict"][k], cb["state_dict"][k]) for k in ca["state_dict"]), a.name
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 @pytest.mark.slow
 def test_smoke_workflow_end_to_end(workdir, cifar_archive):
     archive, _ = cifar_archive(**SMOKE_ARCHIVE_SIZE)
@@ -397,26 +440,40 @@ def test_smoke_workflow_end_to_end(workdir, cifar_archive):
     notebooks = len(list((workdir / "notebooks").glob("*.py")))
     expected = expected_jobs(cfg, notebooks)
 
-    # 1. Start from an empty results folder; interrupt (Ctrl-C) once a model is trained.
+    # 1. Start from an empty results folder; kill -9 snakemake alone while the adversarial DEQ
+    #    (the slowest training) is half-way: its jobs are orphaned and each must stop by itself,
+    #    keeping its resume state.
     first_log = workdir / "first-run.log"
+    models = workdir / cfg["results"] / "models"
+    slowest = next(m for m, s in cfg["models"].items() if s["arch"] == "mdeq" and s["training"] != "standard")
     with first_log.open("w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "snakemake", *args], cwd=workdir, env=_env(),
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 600
-        while proc.poll() is None and time.monotonic() < deadline:
-            if any(p.endswith("checkpoint.pt") for p in finished_outputs(first_log.read_text())):
-                break
-            time.sleep(0.5)
-        assert proc.poll() is None, "the smoke run ended before it could be interrupted:\n" + \
+        while proc.poll() is None and time.monotonic() < deadline and not (models / slowest / "resume.pt").is_file():
+            time.sleep(0.1)
+        assert proc.poll() is None, "the smoke run ended before it could be killed:\n" + \
             first_log.read_text()[-3000:]
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=300)
-    assert proc.returncode != 0
+        proc.kill()
+        proc.wait(timeout=60)
+    deadline = time.monotonic() + 60
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _group_alive(proc.pid), "jobs of the killed snakemake kept running"
+    interrupted = sorted(p.parent.name for p in models.glob("*/resume.pt"))
+    assert slowest in interrupted, "the training was not interrupted (its resume.pt is gone)"
+    for model in interrupted:
+        job_log = (workdir / cfg["results"] / "logs" / "train" / f"{model}.log").read_text()
+        assert "the snakemake process that started this job" in job_log, job_log[-2000:]
+        assert not (models / model / "checkpoint.pt").exists()      # no partial checkpoint
     done = finished_outputs(first_log.read_text())
     assert done, "no job finished before the interruption"
     finished = {p: (workdir / p).stat().st_mtime for p in done if (workdir / p).is_file()}
 
-    # 2. The restart plans no finished job again...
+    # 2. The documented recovery: `snakemake --unlock`, then the same command. It plans no
+    #    finished job again...
+    unlock = snakemake(workdir, "--unlock")
+    assert unlock.returncode == 0, output_of(unlock)[-3000:]
     plan = snakemake(workdir, "-n", *args)
     plan_text = output_of(plan)
     assert plan.returncode == 0, plan_text[-3000:]
@@ -428,6 +485,9 @@ def test_smoke_workflow_end_to_end(workdir, cifar_archive):
     assert second.returncode == 0, output_of(second)[-5000:]
     for path, mtime in finished.items():
         assert (workdir / path).stat().st_mtime == mtime, f"{path} was redone"
+    # The interrupted training resumed to exactly what an uninterrupted one gives.
+    for model in interrupted:
+        _same_training(models / model, _train_uninterrupted(workdir, first_log.read_text(), model))
 
     # 3. Every final output exists.
     results, reports = workdir / cfg["results"], workdir / cfg["reports"]
@@ -454,7 +514,22 @@ def test_smoke_workflow_end_to_end(workdir, cifar_archive):
     page = html.read_text(errors="replace")
     assert "residual.png" in page and "table.csv" in page and "quartile band" in page  # captioned figures
 
-    # 4. One attack setting changes: only its cells and what depends on them rerun.
+    # 3b. The documented DVC profile switch on results made by plain snakemake: DVC adopts
+    #     them (its record now holds them) and keeps every file bit-identical.
+    shutil.copytree(REPO / "src" / "deqrobust", workdir / "src" / "deqrobust", dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))   # a dependency of the stage
+    shutil.copy2(REPO / ".gitignore", workdir / ".gitignore")      # results stay out of git
+    _git_init(workdir)
+    kept = _digest(workdir / cfg["results"])
+    switch = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "profile=smoke",
+                  "-S", f"snakemake_args='--config \"{data}\"'"], workdir, timeout=600)
+    assert switch.returncode == 0, output_of(switch)[-5000:]
+    assert _digest(workdir / cfg["results"]) == kept, "dvc exp run changed finished results"
+    lock = yaml.safe_load((workdir / "dvc.lock").read_text())
+    assert {"path": "results/smoke", "nfiles": len(kept)}.items() <= \
+        next(o for o in lock["stages"]["workflow"]["outs"] if o["path"] == "results/smoke").items()
+
+    # 4. One attack setting changes: `dvc repro` reruns only its cells and what depends on them.
     attack = "apgd-ce"
     edited = load("smoke")
     edited["evaluation"]["attacks"][attack]["n_iter"] += 1
@@ -468,7 +543,7 @@ def test_smoke_workflow_end_to_end(workdir, cifar_archive):
         "evaluate": affected_cells, "merge": 1, "figures": 1, "report": 1, "notebook": notebooks, "all": 1,
     })
     before = _mtimes(workdir)
-    third = snakemake(workdir, *args, timeout=1200)
+    third = run([sys.executable, "-m", "dvc", "repro"], workdir, timeout=1200)   # DVC runs snakemake
     assert third.returncode == 0, output_of(third)[-5000:]
     after = _mtimes(workdir)
     changed = {p for p in before if after[p] != before[p]}
