@@ -22,12 +22,13 @@ from pathlib import Path
 import torch
 
 from deqrobust.config import ConfigError
+from deqrobust.plan import IMPORTED
 
-# The two ways the authors trained (their two training folders); the mode decides the
-# model's own output (deqrobust.estimators.model_estimator), so it is never guessed.
-GRADS = ("exact", "unroll")
-TRAININGS = ("standard", "pgd")
-SIZES = ("large", "xl")             # the authors' CIFAR-10 configs, told apart by the stem width
+# What their code trains (deqrobust.plan.IMPORTED, which the config checks use too). The
+# gradient mode (their two training folders) decides the model's own output
+# (deqrobust.estimators.model_estimator), so it is never guessed.
+GRADS, TRAININGS = IMPORTED["grad"], IMPORTED["training"]
+SIZES = IMPORTED["size"]            # the authors' CIFAR-10 configs, told apart by the stem width
 STEM = "downsample.0.weight"        # their first stem conv: [C0, 3, 3, 3]
 PREFIX = "module."                  # added by torch.nn.DataParallel
 TRAINING_CHECKPOINT = ("epoch", "model", "state_dict", "perf", "optimizer", "lr_scheduler", "train_global_steps")

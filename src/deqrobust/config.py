@@ -139,8 +139,9 @@ def problems(cfg: dict) -> list[str]:
     """Fill defaults, then every problem of the config as ``key: what is wrong`` lines."""
     from deqrobust import plan   # plan imports this module
 
+    unwritten = plan.unwritten_import_keys(cfg)   # keys no default may fill: read before _complete
     _complete(cfg, schema())
-    found = _not_finite(cfg) + _schema_problems(cfg)
+    found = _not_finite(cfg) + _schema_problems(cfg) + unwritten
     return found or _override_problems(cfg) or plan.problems(cfg)
 
 

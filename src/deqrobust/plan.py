@@ -12,7 +12,7 @@ import re
 from typing import NamedTuple
 
 from deqrobust import specs
-from deqrobust.config import ConfigError, model_spec
+from deqrobust.config import ConfigError, model_spec, schema
 from deqrobust.sizes import SIZES
 
 # Names of models, estimators and attacks become path components.
@@ -64,6 +64,7 @@ def problems(cfg: dict) -> list[str]:
              for section, names in (("models", cfg["models"]), ("evaluation.estimators", estimators),
                                     ("evaluation.attacks", attacks))
              for name in names if not re.fullmatch(NAME_RE, name)]
+    found += _import_problems(cfg)
     if BASELINE_ESTIMATOR in estimators:
         found.append(f"evaluation.estimators.{BASELINE_ESTIMATOR}: the name is reserved for the baselines' plain backprop")
     for name, spec in cfg["models"].items():
@@ -208,6 +209,61 @@ def analysis_slice(cfg: dict) -> dict:
 
 def _referenced(cfg: dict, key: str, section: dict) -> dict:
     return {f"{kind}_spec": spec_of(cfg, kind, section[kind], f"{key}.{kind}") for kind in ("estimator", "attack")}
+
+
+# ----------------------------------------------------------------------------- imported models
+# A model with ``checkpoint:`` (a file of the authors' training code) is imported by
+# ``deqrobust import`` (deqrobust.authors) instead of trained; every later step runs on it.
+# Their code trains these sizes, trainings and gradient modes. The file does not say how it
+# was trained, and the size decides the jobs' resources before the file is read, so each
+# key is written on the model: no default fills it, nothing is guessed.
+IMPORTED = {"arch": ("mdeq",), "size": ("large", "xl"), "training": ("standard", "pgd"),
+            "grad": ("exact", "unroll")}
+
+
+def imported(cfg: dict) -> list[str]:
+    """The models imported from a checkpoint instead of trained (one instance each: no seeds)."""
+    return [name for name, spec in cfg["models"].items() if "checkpoint" in spec]
+
+
+def unwritten_import_keys(raw: dict) -> list[str]:
+    """The keys of IMPORTED a model with ``checkpoint`` leaves out, read from the config as
+    written (``config.problems`` calls it before the schema's defaults are filled)."""
+    models = raw.get("models") if isinstance(raw, dict) else None
+    required = schema()["properties"]["models"]["additionalProperties"]["required"]   # the schema names those
+    found = []
+    for name, spec in models.items() if isinstance(models, dict) else ():
+        missing = [key for key in IMPORTED if isinstance(spec, dict) and "checkpoint" in spec
+                   and key not in spec and key not in required]
+        if missing:
+            valid = "; ".join(f"{key}: {' or '.join(IMPORTED[key])}" for key in missing)
+            found.append(f"models.{name}: a model with a checkpoint must write {', '.join(missing)} itself (no "
+                         "default applies: the file does not say how the model was trained, and the size sets the "
+                         f"jobs' resources before the file is read); valid: {valid}")
+    return found
+
+
+def _import_problems(cfg: dict) -> list[str]:
+    found = []
+    for name, spec in cfg["models"].items():
+        if "checkpoint" not in spec:
+            continue
+        found += [f"models.{name}.{key}: the authors' code trains no {key} {spec[key]!r}; valid with a "
+                  f"checkpoint: {', '.join(valid)}" for key, valid in IMPORTED.items() if spec[key] not in valid]
+        if spec.get("seeds") is not None:
+            found.append(f"models.{name}.seeds: a model with a checkpoint is one trained instance (its file); "
+                         "remove seeds, or give each seed its own model and checkpoint")
+    return found
+
+
+def import_slice(cfg: dict, model: str) -> dict:
+    """An imported instance: its file, training and gradient mode, and for ``grad: unroll`` the
+    unroll that defines its own output (a change re-imports it, which reruns its dependents)."""
+    spec = model_spec(cfg, model)
+    part = {key: spec[key] for key in ("checkpoint", "training", "grad")}
+    if spec["grad"] == "unroll":
+        part["unroll"] = spec["training_config"]["unroll"]
+    return part
 
 
 # ----------------------------------------------------------------------------- what each job needs

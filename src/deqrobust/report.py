@@ -438,10 +438,11 @@ def scale_lines(table: pd.DataFrame, analyses: list[dict], cfg: dict) -> list[st
              f"{'' if attacked_n.nunique() <= 1 else f' to {attacked_n.max()}'}",
              f"- forward solver: {solver.get('name')}, {solver.get('budget')} steps, tolerance {solver.get('tol')}"]
     for name, spec in cfg.get("models", {}).items():
-        epochs = model_spec(cfg, name)["training_config"]["epochs"]
+        made = (f"imported from `{spec['checkpoint']}`" if "checkpoint" in spec   # trained by the authors' code
+                else f"epochs {model_spec(cfg, name)['training_config']['epochs']}")
         arch = f"{spec.get('arch')}-{spec.get('size', 'tiny')}" if spec.get("arch") == "mdeq" else spec.get("arch")
         lines.append(f"- model `{name}`: {arch}, training {spec.get('training')}, "
-                     f"gradient {spec.get('grad', 'exact')}, epochs {epochs}")
+                     f"gradient {spec.get('grad', 'exact')}, {made}")
     for a in analyses:
         lines.append(f"- analysis of `{a['model']['name']}`: {a['num_examples']} test images, {a['solver']['budget']} "
                      f"solver steps traced, adversarial inputs by {a['attack']} via {a['estimator']}")
