@@ -38,7 +38,8 @@ class DEQLogits(nn.Module):
     equally). The solver runs only as far as the attacked state needs. ``own`` is the
     model's training estimator (``estimators.model_estimator``), which defines its own output;
     ``solver_autograd`` needs it at the final state. ``stats`` holds the last forward's
-    SolverResult and, if ``jac_probes`` > 0 in training, the Jacobian loss.
+    SolverResult, if ``jac_probes`` > 0 in training the Jacobian loss, and after a backward
+    pass of ``exact`` its adjoint solve (``"backward"``).
     """
 
     def __init__(self, deq: nn.Module, estimator: Estimator, state: State = None, solver: dict | None = None,
@@ -72,8 +73,9 @@ class DEQLogits(nn.Module):
                            keep_iterates=keep, differentiable=graph)
         else:
             result = _empty_result(z0)
+        self.stats = {"result": result, "jac_loss": None}
         ctx = Context(lambda z: deq.f(z, injection), lambda z: deq.f(z, detached), result, z0, self.backward_solver,
-                      lambda: weight_scope(deq), self.own)
+                      lambda: weight_scope(deq), self.own, self.stats)
         if self.state is None:
             z = self.estimator.attach(result.z, None, ctx)
         elif self.state == ENSEMBLE:
@@ -81,7 +83,6 @@ class DEQLogits(nn.Module):
             z = torch.stack(states).mean(dim=0)
         else:
             z = self.estimator.attach(result.iterates[steps - 1] if steps > 0 else z0, steps, ctx)
-        self.stats = {"result": result, "jac_loss": None}
         if self.jac_probes and self.training and torch.is_grad_enabled():
             self.stats["jac_loss"] = jacobian_penalty(lambda s: deq.f(s, injection), result.z, self.jac_probes)
         return deq.head(z)

@@ -34,7 +34,7 @@ deqrobust.deq_logits; scoring every state at once is deqrobust.scoring.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, ClassVar, ContextManager
 
 import torch
@@ -85,6 +85,7 @@ class Context:
     backward_solver: dict
     scope: Callable[[], ContextManager] = nullcontext   # the model's weight scope, for backward passes
     own: "Estimator | None" = None                      # the model's training estimator (its own output)
+    stats: dict = field(default_factory=dict)           # the model's stats; exact's backward adds "backward"
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,9 @@ class Exact(Estimator):
     def attach(self, z, n, ctx):
         def adjoint(a: torch.Tensor) -> torch.Tensor:
             vjp = _vjp_at(ctx.f_detached, z)
-            return solve(ctx.backward_solver, lambda u: vjp(u) + a, torch.zeros_like(a), f_z0=a).z   # f(0) = a
+            result = solve(ctx.backward_solver, lambda u: vjp(u) + a, torch.zeros_like(a), f_z0=a)   # f(0) = a
+            ctx.stats["backward"] = result   # the adjoint solve's residuals (mechanism diagnostics)
+            return result.z
 
         return _RewriteGrad.apply(self.forward_map(z, ctx), adjoint)
 
