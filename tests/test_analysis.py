@@ -1,17 +1,25 @@
-"""Fixed-point analysis: summaries agree with the raw solver trace and with direct head evaluations."""
+"""Fixed-point analysis: summaries agree with the raw solver trace and with direct head evaluations;
+the mechanism diagnostics give known answers (alignment 1 at a converged fixed point, -1 for a
+reversed gradient, batch dependence 1 under per-sample decisions)."""
 from __future__ import annotations
 
 import argparse
 import json
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pytest
 import torch
 
-from deqrobust import analysis
+from deqrobust import analysis, plan
+from deqrobust.config import ConfigError
+from deqrobust.estimators import Exact, SolverAutograd, _RewriteGrad
 from deqrobust.models import build_model
+from deqrobust.models.mdeq import MDEQ
 from deqrobust.solvers import solve
+from toy_deq import ToyDEQ
 
 BUDGET = 6
 
@@ -56,9 +64,13 @@ def test_analyse_matches_solver_and_head(deq, images):
     rel = direct["rel"].numpy()
     mins = np.sort(rel.min(axis=1))
     tol = float(mins[1] + mins[2]) / 2                            # some samples converge, some never do
-    result = analysis.analyse(deq, x, y, traced, tol, batch_size=2, adversary=noise_adversary, progress=False)
+    deployed_solver = {"name": "broyden", "budget": BUDGET - 1, "tol": tol}
+    result, x_adv = analysis.analyse(deq, x, y, traced, tol, batch_size=2, adversary=noise_adversary, progress=False,
+                                     deployed=deployed_solver)
 
     assert set(result["inputs"]) == {"clean", "adversarial"}
+    torch.testing.assert_close(x_adv, torch.cat([noise_adversary(x[i:i + 2], y[i:i + 2], i // 2)[0]
+                                                 for i in (0, 2, 4)]))
     assert result["warnings"] == ["batch 0 warning", "shared warning", "batch 1 warning", "batch 2 warning"]
     clean = result["inputs"]["clean"]
     assert clean["n"] == 5 and len(clean["accuracy"]) == BUDGET
@@ -83,6 +95,12 @@ def test_analyse_matches_solver_and_head(deq, images):
     assert deployed.converged.tolist() == [s is not None for s in steps]
     assert [int(d) for d, s in zip(deployed.steps, steps) if s is not None] == [s for s in steps if s is not None]
 
+    # forward_residual: the deployed solver's iterate, i.e. the trace's lowest residual up to the
+    # step meeting the tolerance or the deployed budget
+    expected = [min(row[: min(s or BUDGET - 1, BUDGET - 1)]) for row, s in zip(rel, steps)]
+    np.testing.assert_allclose(result["forward_residual"]["clean"], expected, rtol=1e-3)
+    assert len(result["forward_residual"]["adversarial"]) == 5
+
     # accuracy of h(z_n) at n = 3 equals a direct evaluation of the head on the third iterate
     with torch.no_grad():
         res = solve(traced, lambda z: deq.f(z, deq.prepare(x)), deq.init_state(x), keep_iterates=True)
@@ -96,10 +114,14 @@ def test_analyze_command(tmp_path, cifar_archive, make_config):
     from deqrobust.commands import analyze
 
     archive, _ = cifar_archive(n_test=6)
+    estimators = {"exact": {"name": "exact"}, "unroll": {"name": "unroll", "k": 2},
+                  "intermediate": {"name": "intermediate", "k": 1}, "adjoint": {"name": "adjoint"},
+                  "truth": {"name": "solver_autograd"}}
     cfg_path = make_config(
-        archive, evaluation={"batch_size": 2, "estimators": {"exact": {"name": "exact"}},
+        archive, evaluation={"batch_size": 2, "estimators": estimators,
                              "attacks": {"pgd1": {"name": "pgd", "steps": 1}}},
-        analysis={"budget": 5, "num_examples": 4, "attack": "pgd1", "estimator": "exact"})
+        analysis={"budget": 5, "num_examples": 4, "attack": "pgd1", "estimator": "truth",   # needs the own estimator
+                  "diagnostics": {"num_examples": 3, "states": [1, 3]}})
     cfg = config.load(cfg_path)
     data.prepare(cfg)
     torch.manual_seed(0)
@@ -118,3 +140,147 @@ def test_analyze_command(tmp_path, cifar_archive, make_config):
     assert record["tol"] == cfg["solver"]["tol"] and record["attack_spec"] == {"name": "pgd", "steps": 1}
     for kind in ("clean", "adversarial"):
         assert len(record["inputs"][kind]["per_sample"]["rel_residual"]) == 4
+    assert record["seed"] == 0 and record["base_model"] == "deq"
+    json.dumps(record, allow_nan=False)
+
+    # the interface the report and the figures read
+    expected = {("exact", "final"), ("unroll", "final"), ("intermediate", 1), ("intermediate", 3), ("adjoint", 1),
+                ("adjoint", 3)}
+    for kind in ("clean", "adversarial"):
+        entries = [e for e in record["alignment"] if e["inputs"] == kind]
+        assert {(e["estimator"], e["state"]) for e in entries} == expected
+        for e in entries:
+            assert e["estimator_type"] == estimators[e["estimator"]]["name"] and len(e["cosine"]) == 3
+            assert -1 - 1e-6 <= e["median"] <= 1 + 1e-6 and e["median"] == pytest.approx(np.median(e["cosine"]))
+        assert len(record["forward_residual"][kind]) == 4 and len(record["backward_residual"][kind]) == 3
+        assert all(r >= 0 for r in record["forward_residual"][kind] + record["backward_residual"][kind])
+    assert set(record["batch_dependence"]) == {"sample", "batch"}
+    for coupling, entries in record["batch_dependence"].items():
+        assert set(entries) == {"exact", "unroll", "intermediate", "adjoint", "truth"}
+        assert all(len(e["cosine"]) == 2 for e in entries.values())   # the evaluation's batch of 2
+    assert all(min(e["cosine"]) > 1 - 1e-5 for e in record["batch_dependence"]["sample"].values())
+    assert record["diagnostics"]["num_examples"] == 3 and record["diagnostics"]["batch_size"] == 2
+    assert record["timing"]["alignment_per_example"] > 0
+
+
+# ---------------------------------------------------------------- mechanism diagnostics
+CONVERGED = {"name": "broyden", "budget": 40, "tol": 1e-12}
+
+
+@pytest.fixture
+def one_thread():
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+@pytest.fixture
+def toy() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """A contractive DEQ (||W|| = 0.9, slow enough that the solve's dependence on x matters)."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 6, dtype=torch.float64) * torch.linspace(0.3, 3, 6, dtype=torch.float64)[:, None]
+    return ToyDEQ(contraction=0.9), x, torch.tensor([0, 1, 2, 3, 0, 1])
+
+
+def diagnosed(**estimators: tuple[dict, list]) -> dict:
+    """plan.diagnosed's form: name -> (spec, states)."""
+    return {"estimators": {name: {"spec": spec, "states": states} for name, (spec, states) in estimators.items()},
+            "true_gradient": plan.TRUE_GRADIENT}
+
+
+def medians(result: dict) -> dict:
+    return {(e["estimator"], e["state"]): e["median"] for e in result["alignment"]}
+
+
+def test_exact_is_aligned_at_a_converged_fixed_point_and_a_short_unroll_is_not(toy):
+    """At z* the phantom gradient of k unrolled steps omits dz*/dx; it tends to the implicit
+    gradient as k grows."""
+    deq, x, y = toy
+    unrolls = {f"unroll-k{k}": ({"name": "unroll", "lam": 0.5, "k": k}, ["final"]) for k in (0, 1, 5)}
+    chosen = diagnosed(exact=({"name": "exact"}, ["final"]), adjoint=({"name": "adjoint"}, [40]), **unrolls)
+    result = analysis.diagnose(deq, Exact(), {"clean": (x, y)}, chosen, CONVERGED, CONVERGED, batch_size=4,
+                               progress=False)
+    assert analysis.deployed_residual(deq, x, CONVERGED).max() < 1e-10   # z* is the fixed point
+    assert max(result["backward_residual"]["clean"]) < 1e-10              # and u solves the adjoint equation
+    found = medians(result)
+    exact = [e for e in result["alignment"] if e["estimator"] == "exact"][0]
+    assert min(exact["cosine"]) > 1 - 1e-9                                # implicit gradient = true gradient
+    assert found[("adjoint", 40)] > 1 - 1e-9                              # lockstep adjoint after convergence
+    phantom = [found[(f"unroll-k{k}", "final")] for k in (0, 1, 5)]
+    assert phantom[0] < 0.99 and phantom[0] < phantom[1] < phantom[2] and phantom[2] > 0.999, phantom
+    assert all(len(e["cosine"]) == len(y) for e in result["alignment"])
+
+
+@dataclass(frozen=True)
+class Reversed(SolverAutograd):
+    """The true gradient of the deployed output, negated: alignment must read -1."""
+
+    name: ClassVar[str] = "reversed"
+
+    def attach(self, z, n, ctx):
+        return _RewriteGrad.apply(super().attach(z, n, ctx), lambda a: -a)
+
+
+def test_alignment_reads_one_for_the_true_gradient_and_minus_one_for_its_negative(toy, monkeypatch):
+    deq, x, y = toy
+    from deqrobust import estimators, specs
+
+    monkeypatch.setitem(estimators.ESTIMATORS, "reversed", Reversed)
+    monkeypatch.setitem(specs.ESTIMATORS, "reversed", {})   # no parameters
+    solver = {"name": "broyden", "budget": 5, "tol": 1e-3}
+    chosen = diagnosed(truth=({"name": "solver_autograd"}, ["final", 3]), negative=({"name": "reversed"}, ["final", 3]))
+    found = medians(analysis.diagnose(deq, Exact(), {"clean": (x, y)}, chosen, solver, CONVERGED, batch_size=6,
+                                      progress=False))
+    for state in ("final", 3):
+        assert found[("truth", state)] == pytest.approx(1, abs=1e-12)
+        assert found[("negative", state)] == pytest.approx(-1, abs=1e-12)
+
+
+def test_batch_dependence_is_one_per_sample_and_below_one_under_batch_coupling(one_thread):
+    """An untrained MDEQ whose solve does not converge (tolerance 0.85 met by some images only)."""
+    torch.manual_seed(0)
+    deq = MDEQ("mini").double().eval()
+    x = torch.rand(6, 3, 32, 32, dtype=torch.float64) * torch.tensor([0.2, 0.6, 1, 1, 0.4, 0.8],
+                                                                     dtype=torch.float64)[:, None, None, None]
+    y = torch.arange(6)
+    chosen = diagnosed(exact=({"name": "exact"}, ["final"]),
+                       intermediate=({"name": "intermediate", "lam": 0.5, "k": 2}, [1, 4]))
+    result = analysis.batch_dependences(deq, Exact(), x, y, chosen, {"name": "broyden", "budget": 6, "tol": 0.85},
+                                        {"name": "broyden", "budget": 4, "tol": 0.5})
+    assert set(result) == {"sample", "batch"}
+    for coupling in result.values():
+        assert set(coupling) == {"exact", "intermediate", plan.TRUE_GRADIENT}
+        assert coupling["intermediate"]["state"] == 4 and coupling["exact"]["state"] == "final"
+        assert all(len(entry["cosine"]) == 6 for entry in coupling.values())
+    assert all(min(entry["cosine"]) > 1 - 1e-10 for entry in result["sample"].values())
+    for name in ("exact", plan.TRUE_GRADIENT):
+        assert min(result["batch"][name]["cosine"]) < 0.9, result["batch"][name]
+        assert result["batch"][name]["median"] == pytest.approx(np.median(result["batch"][name]["cosine"]))
+
+
+def test_diagnosed_defaults_cover_the_papers_estimators_and_bad_entries_are_named():
+    from deqrobust.config import load
+
+    cfg = load(["config/config.yaml"])
+    chosen = plan.diagnosed(cfg)
+    types = {name: entry["spec"]["name"] for name, entry in chosen["estimators"].items()}
+    assert set(types.values()) == {"exact", "unroll", "neumann", "intermediate", "adjoint"}
+    assert len([t for t in types.values() if t == "intermediate"]) == 6
+    for name, entry in chosen["estimators"].items():
+        budget = cfg["solver"]["budget"]
+        assert entry["states"] == (["final"] if types[name] in plan.DIAGNOSED_AT_FINAL else list(range(1, budget + 1)))
+    assert chosen["true_gradient"] == plan.TRUE_GRADIENT
+    assert "diagnosed" in plan.analysis_slice(cfg)   # a changed spec reruns the analysis
+
+    def diagnostics(**section):
+        return {**cfg, "analysis": {**cfg["analysis"], "diagnostics": {**cfg["analysis"]["diagnostics"], **section}},
+                "evaluation": {**cfg["evaluation"], "estimators": {**cfg["evaluation"]["estimators"],
+                                                                    "truth": {"name": "solver_autograd"}}}}
+    assert plan.diagnosed(diagnostics(estimators=["exact"], states=[2]))["true_gradient"] == "truth"
+    for section, message in [({"estimators": ["nope"]}, r"analysis.diagnostics.estimators: unknown estimator 'nope'; "
+                                                        r"defined in evaluation.estimators: exact, "),
+                             ({"estimators": ["truth"]}, r"'truth' is a 'solver_autograd' estimator; diagnosed types"),
+                             ({"states": [9]}, r"analysis.diagnostics.states: state 9 is not valid .* 0..8")]:
+        with pytest.raises(ConfigError, match=message):
+            plan.diagnosed(diagnostics(**section))

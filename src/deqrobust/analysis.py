@@ -16,6 +16,18 @@ Definitions used by the figures and the report:
   non-finite one (a diverging sample) is counted in ``nonfinite`` instead.
 Tracing with tolerance 0 gives the same iterates as the deployed solver up to the step where a
 sample meets the tolerance, because the solvers stop and update each sample independently.
+
+Mechanism diagnostics (``analysis.diagnostics``; which estimators and states: plan.diagnosed),
+per sample, on clean and adversarial inputs:
+- ``forward_residual``: relative residual of the iterate the deployed solver returns (its
+  budget, tolerance and coupling, in the evaluation's batches), on every analysed image;
+- ``backward_residual``: relative residual of the adjoint solve of ``exact`` after the
+  backward solver's budget, ``alignment``: cosine between each estimator's input gradient
+  and the true gradient of the same output (gradients.alignment), on the first
+  ``diagnostics.num_examples`` images;
+- ``batch_dependence``: per solver coupling, cosine between an image's gradient solved in a
+  batch of clean images and solved alone (gradients.batch_dependence), per estimator at its
+  last diagnosed state and for the true gradient of the deployed model at the final state.
 """
 from __future__ import annotations
 
@@ -92,35 +104,128 @@ def summarise(rel: np.ndarray, correct: np.ndarray, correct_fixed: np.ndarray, t
     }
 
 
+@torch.no_grad()
+def deployed_residual(deq: torch.nn.Module, x: torch.Tensor, solver: dict) -> torch.Tensor:
+    """Per sample, the relative residual of the iterate the deployed solver returns [B]."""
+    from deqrobust.solvers import solve
+
+    injection = deq.prepare(x)
+    return solve(solver, lambda z: deq.f(z, injection), deq.init_state(x)).final_rel
+
+
 def analyse(deq: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, solver: dict, tol: float,
-            batch_size: int, adversary: Adversary | None = None, progress: bool = True) -> dict:
+            batch_size: int, adversary: Adversary | None = None, progress: bool = True,
+            deployed: dict | None = None) -> tuple[dict, torch.Tensor | None]:
     """Trace clean (and, given an adversary, adversarial) inputs batch by batch and summarise.
 
     ``solver`` is the forward solver spec to trace (its tol should be 0); ``tol`` is the
     deployed tolerance that defines convergence. ``adversary(x, y, batch_index)`` returns
-    adversarial inputs and the attack's warnings.
+    adversarial inputs and the attack's warnings. Given the ``deployed`` solver spec, the
+    record part also holds ``forward_residual`` per input kind (deployed_residual, same batches).
+    Returns the record part and the adversarial inputs (None without an adversary).
     """
     deq.eval()
     kinds = INPUTS if adversary is not None else INPUTS[:1]
-    parts: dict[str, dict[str, list]] = {k: {"rel": [], "correct": [], "correct_fixed_point": []} for k in kinds}
+    keys = ("rel", "correct", "correct_fixed_point", "deployed")
+    parts: dict[str, dict[str, list]] = {k: {key: [] for key in keys} for k in kinds}
     attack_warnings: list[str] = []
+    adversarial: list[torch.Tensor] = []
     starts = range(0, len(y), batch_size)
     for index, start in enumerate(tqdm(starts, desc="analyse", unit="batch", disable=not progress)):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
         inputs = {"clean": xb}
         if adversary is not None:
             inputs["adversarial"], batch_warnings = adversary(xb, yb, index)
+            adversarial.append(inputs["adversarial"])
             attack_warnings += [w for w in batch_warnings if w not in attack_warnings]
         for kind, xin in inputs.items():
             for key, value in trace_batch(deq, xin, yb, solver).items():
                 parts[kind][key].append(value.cpu().numpy())
-    summaries = {kind: summarise(*(np.concatenate(parts[kind][key]) for key in ("rel", "correct", "correct_fixed_point")),
-                                 tol) for kind in kinds}
-    return {"inputs": summaries, "warnings": attack_warnings}
+            if deployed is not None:
+                parts[kind]["deployed"].append(deployed_residual(deq, xin, deployed).cpu().numpy())
+    summaries = {kind: summarise(*(np.concatenate(parts[kind][key]) for key in keys[:3]), tol) for kind in kinds}
+    record = {"inputs": summaries, "warnings": attack_warnings}
+    if deployed is not None:
+        record["forward_residual"] = {kind: _finite_or_none(np.concatenate(parts[kind]["deployed"])) for kind in kinds}
+    return record, (torch.cat(adversarial) if adversarial else None)
 
 
-def make_adversary(cfg: dict, deq: torch.nn.Module) -> tuple[Adversary, dict]:
-    """The attack of ``analysis.attack`` through estimator ``analysis.estimator`` at the final state."""
+# ---------------------------------------------------------------- mechanism diagnostics
+def _batched(measure: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+             batch_size: int) -> np.ndarray:
+    """``measure`` over batches of ``batch_size`` (the evaluation's: batch coupling depends on it)."""
+    return np.concatenate([measure(x[i:i + batch_size], y[i:i + batch_size]).detach().cpu().double().numpy()
+                           for i in range(0, len(y), batch_size)])
+
+
+def _per_sample(values: np.ndarray) -> dict:
+    """Per-sample values and their median (non-finite values are None and left out of the median)."""
+    finite = values[np.isfinite(values)]
+    return {"cosine": _finite_or_none(values), "median": float(np.median(finite)) if finite.size else None}
+
+
+def backward_residual(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per sample, the relative residual of ``model``'s adjoint solve (an ``exact`` DEQLogits) after
+    its budget, in the backward pass of the input gradient of its cross-entropy."""
+    from deqrobust.gradients import input_gradient
+
+    input_gradient(model, x, y)
+    return model.stats["backward"].final_rel
+
+
+def diagnose(deq: torch.nn.Module, own, inputs: dict[str, tuple[torch.Tensor, torch.Tensor]], diagnosed: dict,
+             solver: dict, backward_solver: dict, batch_size: int, progress: bool = True) -> dict:
+    """``alignment`` entries and ``backward_residual`` per input kind (see the module docstring).
+
+    ``diagnosed`` is plan.diagnosed(cfg); ``own`` the model's own estimator; gradients are taken
+    under the deployed ``solver`` and ``backward_solver`` in batches of ``batch_size``."""
+    from deqrobust.deq_logits import DEQLogits
+    from deqrobust.estimators import Exact, build_estimator
+    from deqrobust.gradients import alignment
+
+    def model(estimator, state):
+        return DEQLogits(deq, estimator, state, solver, backward_solver, own=own).eval()
+
+    pairs = [(name, entry["spec"], state) for name, entry in diagnosed["estimators"].items() for state in entry["states"]]
+    entries, backward = [], {}
+    for kind, (x, y) in tqdm(inputs.items(), desc="diagnose", unit="inputs", disable=not progress):
+        for name, spec, state in pairs:
+            target = model(build_estimator(spec), state)
+            cosines = _batched(lambda xb, yb: alignment(target, xb, yb), x, y, batch_size)
+            entries.append({"inputs": kind, "estimator": name, "estimator_type": spec["name"], "state": state,
+                            **_per_sample(cosines)})
+        exact = model(Exact(), None)
+        backward[kind] = _finite_or_none(_batched(lambda xb, yb: backward_residual(exact, xb, yb), x, y, batch_size))
+    return {"alignment": entries, "backward_residual": backward}
+
+
+def batch_dependences(deq: torch.nn.Module, own, x: torch.Tensor, y: torch.Tensor, diagnosed: dict, solver: dict,
+                      backward_solver: dict) -> dict:
+    """Per solver coupling and estimator (at its last diagnosed state; the true gradient of the
+    deployed model at the final state), gradients.batch_dependence on the batch ``x``."""
+    from deqrobust.deq_logits import DEQLogits
+    from deqrobust.estimators import SolverAutograd, build_estimator
+    from deqrobust.gradients import batch_dependence
+    from deqrobust.plan import FINAL
+    from deqrobust.solvers import COUPLINGS
+
+    targets = {name: (build_estimator(entry["spec"]), entry["states"][-1])
+               for name, entry in diagnosed["estimators"].items() if entry["states"]}
+    targets[diagnosed["true_gradient"]] = (SolverAutograd(), FINAL)
+    out = {}
+    for coupling in COUPLINGS:
+        coupled = {**solver, "coupling": coupling}, {**backward_solver, "coupling": coupling}
+        out[coupling] = {}
+        for name, (estimator, state) in targets.items():
+            model = DEQLogits(deq, estimator, state, *coupled, own=own).eval()
+            cosines = batch_dependence(model, x, y).detach().cpu().double().numpy()
+            out[coupling][name] = {"state": state, **_per_sample(cosines)}
+    return out
+
+
+def make_adversary(cfg: dict, deq: torch.nn.Module, own) -> tuple[Adversary, dict]:
+    """The attack of ``analysis.attack`` through estimator ``analysis.estimator`` at the final state
+    (``own``: the model's own estimator, which ``solver_autograd`` differentiates there)."""
     from deqrobust import seeds
     from deqrobust.attacks import build_attack
     from deqrobust.deq_logits import DEQLogits
@@ -130,7 +235,7 @@ def make_adversary(cfg: dict, deq: torch.nn.Module) -> tuple[Adversary, dict]:
     settings, step = cfg["analysis"], analysis_slice(cfg)   # the slice checks the names analysis refers to
     attack_spec, estimator_spec = step["attack_spec"], step["estimator_spec"]
     model = DEQLogits(deq, build_estimator(estimator_spec), state=None,
-                      solver=cfg["solver"], backward_solver=cfg["backward_solver"]).eval()
+                      solver=cfg["solver"], backward_solver=cfg["backward_solver"], own=own).eval()
     attack = build_attack(settings["attack"], attack_spec)
 
     def adversary(x: torch.Tensor, y: torch.Tensor, index: int) -> tuple[torch.Tensor, list[str]]:
@@ -146,19 +251,35 @@ def run(cfg: dict, checkpoint: str, device: torch.device, progress: bool = True)
     from deqrobust.checkpoint import load_checkpoint
     from deqrobust.config import ConfigError
     from deqrobust.data import load_split
+    from deqrobust.evaluation import own_estimator
+    from deqrobust.plan import diagnosed, identity, instance_config
+    from deqrobust.solvers import solver_coupling
 
     deq, meta = load_checkpoint(checkpoint, device, expect_arch="mdeq")
-    settings = cfg["analysis"]
+    spec = meta["spec"]
+    cfg = instance_config(cfg, spec["name"])   # a seed instance's attacks use its seed
+    settings, batch_size = cfg["analysis"], cfg["evaluation"]["batch_size"]
     x, y = load_split(cfg, "test")
     count = len(y) if settings["num_examples"] is None else min(settings["num_examples"], len(y))
     if count == 0:
         raise ConfigError("analysis.num_examples selects no test image")
     x, y = x[:count].to(device), y[:count].to(device)
-    adversary, specs = make_adversary(cfg, deq)
+    own = own_estimator(cfg, spec)
+    adversary, specs = make_adversary(cfg, deq, own)
     traced = {**cfg["solver"], "budget": settings["budget"], "tol": 0.0}
+    solvers = cfg["solver"], cfg["backward_solver"]
     began = time.time()
-    result = analyse(deq, x, y, traced, cfg["solver"]["tol"], cfg["evaluation"]["batch_size"], adversary, progress)
-    spec = meta["spec"]
+    result, x_adv = analyse(deq, x, y, traced, cfg["solver"]["tol"], batch_size, adversary, progress,
+                            deployed=cfg["solver"])
+    traced_at = time.time()
+    plan, chosen = diagnosed(cfg), settings["diagnostics"]
+    m = min(chosen["num_examples"], count)
+    diagnostics = diagnose(deq, own, {"clean": (x[:m], y[:m]), "adversarial": (x_adv[:m], y[:m])}, plan, *solvers,
+                           batch_size, progress)
+    aligned_at = time.time()
+    together = min(chosen["batch_size"] or batch_size, count)
+    dependence = batch_dependences(deq, own, x[:together], y[:together], plan, *solvers)
+    done = time.time()
     return {
         "format": FORMAT,
         "model": {k: spec.get(k) for k in ("name", "arch", "size", "training", "grad")},
@@ -173,9 +294,17 @@ def run(cfg: dict, checkpoint: str, device: torch.device, progress: bool = True)
         "attack": settings["attack"],
         "estimator": settings["estimator"],
         **specs,
-        "seed": cfg["seed"],
+        **identity(cfg, spec["name"]),   # base_model, seed
         **result,
-        "timing": {"seconds": round(time.time() - began, 2)},
+        **diagnostics,
+        "batch_dependence": dependence,
+        "diagnostics": {"num_examples": m, "batch_size": together, "coupling": solver_coupling(cfg["solver"]),
+                        "backward_solver": cfg["backward_solver"], "true_gradient": plan["true_gradient"],
+                        "estimators": {name: entry["spec"] for name, entry in plan["estimators"].items()}},
+        "timing": {"seconds": round(done - began, 2), "traces": round(traced_at - began, 2),
+                   "alignment": round(aligned_at - traced_at, 2),
+                   "alignment_per_example": round((aligned_at - traced_at) / m, 3),
+                   "batch_dependence": round(done - aligned_at, 2)},
         "versions": {"torch": torch.__version__, "deqrobust": __version__},
     }
 

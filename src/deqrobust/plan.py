@@ -203,8 +203,44 @@ def cell_slice(cfg: dict, estimator: str, attack: str) -> dict:
 def analysis_slice(cfg: dict) -> dict:
     """The fixed-point analysis: the ``analysis`` section with the specs it names."""
     an = cfg["analysis"]
-    return {**an, **_referenced(cfg, "analysis", an), "test_subset": cfg["data"]["test_subset"],
-            "batch_size": cfg["evaluation"]["batch_size"], **_solvers(cfg)}
+    return {**an, **_referenced(cfg, "analysis", an), "diagnosed": diagnosed(cfg),
+            "test_subset": cfg["data"]["test_subset"], "batch_size": cfg["evaluation"]["batch_size"], **_solvers(cfg)}
+
+
+# The mechanism diagnostics of the analysis compare these estimator types with the true gradient
+# (TRUE_GRADIENT, autograd through the solver) of the same output: the ready-made final-state
+# gradients at z*, the state-n estimators at each diagnosed state n.
+TRUE_GRADIENT = "solver_autograd"
+DIAGNOSED_AT_FINAL = ("exact", "unroll", "neumann")
+DIAGNOSED_AT_STATES = ("intermediate", "adjoint")
+
+
+def diagnosed(cfg: dict) -> dict:
+    """What ``analysis.diagnostics`` compares: ``estimators``, per config name its spec and
+    states ('final', or the diagnosed states n), and ``true_gradient``, the config's name of a
+    TRUE_GRADIENT estimator (else the type's name). Null estimators: every one of a diagnosed
+    type; null states: 1..solver.budget. ConfigError names a bad name, type or state."""
+    section, defined = cfg["analysis"]["diagnostics"], cfg["evaluation"]["estimators"]
+    key, budget = "analysis.diagnostics", cfg["solver"]["budget"]
+    types = (*DIAGNOSED_AT_FINAL, *DIAGNOSED_AT_STATES)
+    names = section["estimators"]
+    if names is None:
+        names = [name for name, spec in defined.items() if spec["name"] in types]
+    found = _undefined(f"{key}.estimators", names, "estimator", defined)
+    found += [f"{key}.estimators: {name!r} is a {defined[name]['name']!r} estimator; diagnosed types: {', '.join(types)}"
+              for name in names if name in defined and defined[name]["name"] not in types]
+    states = section["states"] if section["states"] is not None else list(range(1, budget + 1))
+    for state in states:
+        try:
+            parse_state(state, budget)
+        except ConfigError as err:
+            found.append(f"{key}.states: {err}")
+    if found:
+        raise ConfigError(found[0])
+    return {"estimators": {name: {"spec": defined[name],
+                                  "states": [FINAL] if defined[name]["name"] in DIAGNOSED_AT_FINAL else list(states)}
+                           for name in names},
+            "true_gradient": next((n for n, s in defined.items() if s["name"] == TRUE_GRADIENT), TRUE_GRADIENT)}
 
 
 def _referenced(cfg: dict, key: str, section: dict) -> dict:

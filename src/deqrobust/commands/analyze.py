@@ -1,4 +1,5 @@
-"""``deqrobust analyze``: fixed-point analysis of one DEQ checkpoint (see deqrobust.analysis)."""
+"""``deqrobust analyze``: fixed-point analysis and mechanism diagnostics of one DEQ checkpoint
+(see deqrobust.analysis)."""
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,10 @@ def run(args: argparse.Namespace) -> int:
     with claim(args.out):   # one writer; stops if its snakemake dies
         record = analysis.run(cfg, args.checkpoint, resolve_device(cfg), progress=not args.no_progress)
         write_json(args.out, record)
-    clean = record["inputs"]["clean"]
+    clean, timing = record["inputs"]["clean"], record["timing"]
     print(f"analysis of {record['model']['name']}: {record['num_examples']} images, "
-          f"clean never converged {clean['share_never_converged']:.1%}; wrote {args.out}")
+          f"clean never converged {clean['share_never_converged']:.1%}; gradients compared on "
+          f"{record['diagnostics']['num_examples']} images ({timing['alignment_per_example']:.2f} s each), "
+          f"batch dependence on a batch of {record['diagnostics']['batch_size']} ({timing['batch_dependence']:.0f} s); "
+          f"wrote {args.out}")
     return 0
