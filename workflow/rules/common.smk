@@ -16,10 +16,14 @@ os.environ.setdefault("DEQROBUST_ROOT", str(Path(workflow.basedir).resolve()))
 # --------------------------------------------------------------------------------------
 # Models and the evaluation matrix
 # --------------------------------------------------------------------------------------
+def names_pattern(names):
+    """Wildcard constraint matching exactly these names (none: nothing)."""
+    return "|".join(re.escape(n) for n in names) if names else "(?!)"
+
+
 def deq_pattern():
     """Wildcard constraint of rules that only apply to DEQs."""
-    names = plan.deqs(config)
-    return "|".join(re.escape(n) for n in names) if names else "(?!)"
+    return names_pattern(plan.deqs(config))
 
 
 # --------------------------------------------------------------------------------------

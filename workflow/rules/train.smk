@@ -33,6 +33,46 @@ rule train:
         " --model {wildcards.model} --out {params.out} > {log} 2>&1"
 
 
+# A model with `checkpoint:` (a file of the authors' training code) is imported instead of
+# trained (deqrobust.plan.imported): its checkpoint.pt is written where training would put
+# it, and every later rule reads it unchanged. It has no metrics.csv or summary.json.
+for _name in plan.imported(config):
+    if not os.path.isfile(config["models"][_name]["checkpoint"]):
+        raise WorkflowError(
+            f"models.{_name}.checkpoint: {config['models'][_name]['checkpoint']!r} is no file. Give the file the "
+            "authors' training code wrote for this model and how it was trained, e.g. --config "
+            f"'models={{{_name}: {{checkpoint: /path/to/model_best.pth.tar, grad: exact, training: pgd}}}}'"
+        )
+
+
+ruleorder: import_checkpoint > train
+
+
+rule import_checkpoint:
+    input:
+        source=lambda w: config["models"][w.model]["checkpoint"],
+    output:
+        checkpoint=checkpoint(),
+    params:
+        grad=lambda w: config["models"][w.model]["grad"],
+        training=lambda w: config["models"][w.model]["training"],
+        settings=lambda w: plan.settings(plan.import_slice(config, w.model)),
+    log:
+        log("import", "{model}.log"),
+    wildcard_constraints:
+        model=names_pattern(plan.imported(config)),
+    threads: 1
+    resources:
+        gpu=0,
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        ENV
+    shell:
+        "deqrobust import {input.source:q} --grad {params.grad} --training {params.training}"
+        " --name {wildcards.model} --out {output.checkpoint} > {log} 2>&1"
+
+
 rule select_exit:
     input:
         checkpoint=checkpoint(),
