@@ -101,6 +101,17 @@ def test_a_missing_checkpoint_file_is_named_with_the_override_that_gives_it(work
         in text
 
 
+def test_import_help_shows_the_workflow_route(capsys):
+    """`deqrobust import --help` ends with the README's workflow command (SOURCE for the path)."""
+    from deqrobust import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["import", "--help"])
+    text = capsys.readouterr().out
+    shown = shlex.split(text[text.index("snakemake "):].replace("\\\n", " "))
+    assert shown == [a.replace(PLACEHOLDER, "SOURCE") for a in readme_command()], text
+
+
 # ---- the DAG ---------------------------------------------------------------------------------
 
 def test_readme_command_imports_instead_of_training(workdir, tmp_path):

@@ -26,6 +26,12 @@ the source: file, md5, layout, prefix and the file's epoch/perf when it has them
 command that takes --checkpoint reads it, e.g.:
   deqrobust evaluate -c config/config.yaml --checkpoint OUT --estimator exact --attack pgd10 --out cell.json
   deqrobust analyze  -c config/config.yaml --checkpoint OUT --out analysis.json
+
+The whole paper matrix, early exit, analysis and report in one command: the workflow
+imports a model with `checkpoint: SOURCE` (and its size, training and grad) in the config
+itself, e.g. with config/import.yaml (README, "Evaluate your own checkpoint"):
+  snakemake --cores 8 --configfile config/import.yaml \\
+      --config 'models={authors-large: {checkpoint: SOURCE, grad: exact, training: pgd}}'
 """
 
 
