@@ -167,7 +167,8 @@ def test_cells_follow_the_config():
 def test_step_references_are_checked_by_their_slices():
     cfg = load("evaluation.early_exit.estimator=nope")   # a valid config for the steps that do not use it
     with pytest.raises(ConfigError, match="evaluation.early_exit.estimator: unknown estimator 'nope'; "
-                                          "defined in evaluation.estimators: exact, unroll, intermediate, adjoint"):
+                                          "defined in evaluation.estimators: exact, unroll, neumann, solver_autograd, "
+                                          "intermediate, adjoint"):
         plan.check_steps(cfg)
     cfg = load("analysis.attack=nope")
     with pytest.raises(ConfigError, match="analysis.attack: unknown attack 'nope'"):

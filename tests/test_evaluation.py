@@ -176,13 +176,94 @@ def test_merge_refuses_cells_that_disagree_or_name_no_type(tmp_path):
         merge([], [])
 
 
-def test_select_exit_records_a_state_with_best_dev_accuracy(setup):
+def test_select_exit_records_the_dev_choice(setup):
+    """One attack per state gives every number of the record; the choices follow from them."""
     cfg, tmp = setup
     record = select_exit(cfg, str(tmp / "deq.pt"), tmp / "exit.json")
-    acc = record["dev_robust_accuracy"]
-    assert set(acc) == {1, 2, 3} and record["num_examples"] == 4
-    assert acc[record["state"]] == max(acc.values())
-    assert json.loads((tmp / "exit.json").read_text())["state"] == record["state"]
+    assert json.loads((tmp / "exit.json").read_text()) == record          # as read back
+    dev = record["dev"]
+    assert set(dev) == {"1", "2", "3"} and record["num_examples"] == 4
+    assert (record["model"], record["base_model"], record["seed"]) == ("deq", "deq", 0)
+    assert (record["rule"], record["estimator"], record["attack"]) == ("clean_guard", "inter", "pgd1")
+    for n, d in dev.items():
+        assert {*d} == {"clean_acc", "robust_acc", "final_robust_acc"}
+        assert all(v * 4 == round(v * 4) for v in d.values())            # counts of 4 dev images
+        assert record["dev_robust_accuracy"][n] == d["robust_acc"]
+    guard = record["final_clean_acc"] - record["clean_margin"] - 1e-12
+    assert record["eligible"] == [int(n) for n in dev if dev[n]["clean_acc"] >= guard] or \
+        not any(dev[n]["clean_acc"] >= guard for n in dev)
+    assert dev[str(record["state"])]["robust_acc"] == max(dev[str(n)]["robust_acc"] for n in record["eligible"])
+    low = min(d["final_robust_acc"] for d in dev.values())
+    assert record["strongest_attack_state"] == min(int(n) for n in dev if dev[n]["final_robust_acc"] == low)
+
+
+def _dev(*states):
+    return {str(n): {"clean_acc": c, "robust_acc": r, "final_robust_acc": f} for n, (c, r, f) in enumerate(states, 1)}
+
+
+def test_clean_guard_never_exits_at_a_chance_level_state():
+    """State 1 is at chance (clean 10 %) and for that reason "robust" (nothing left to flip): the
+    authors' rule picks it, the clean guard does not."""
+    from deqrobust.evaluation import choose_exit
+
+    dev = _dev((0.10, 0.10, 0.30), (0.40, 0.08, 0.25), (0.44, 0.07, 0.28), (0.46, 0.06, 0.29))
+    assert choose_exit(dev, 0.46, "authors", 0.05) == (1, [1, 2, 3, 4])
+    assert choose_exit(dev, 0.46, "clean_guard", 0.05) == (3, [3, 4])     # 0.40 is 6 points below 0.46
+    assert choose_exit(dev, 0.46, "clean_guard", 0.06) == (2, [2, 3, 4])  # the margin is inclusive
+    assert choose_exit(dev, 0.46, "clean_guard", 0.0) == (4, [4])
+    tied = _dev((0.46, 0.2, 0.3), (0.46, 0.2, 0.3))
+    assert choose_exit(tied, 0.46, "clean_guard", 0.05)[0] == 1            # ties: the smaller n
+    far = _dev((0.2, 0.1, 0.3), (0.3, 0.05, 0.3))                          # no state within the margin:
+    assert choose_exit(far, 0.9, "clean_guard", 0.05) == (2, [2])          # the best clean accuracy
+    with pytest.raises(ConfigError, match="'best' is not valid; choose one of clean_guard, authors"):
+        choose_exit(dev, 0.46, "best", 0.05)
+
+
+def test_strongest_attack_state_is_the_lowest_final_defense_accuracy():
+    from deqrobust.evaluation import strongest_attack_state
+
+    assert strongest_attack_state(_dev((0.1, 0.1, 0.30), (0.4, 0.08, 0.25), (0.44, 0.07, 0.28))) == 2
+    assert strongest_attack_state(_dev((0.1, 0.1, 0.25), (0.4, 0.08, 0.25))) == 1   # ties: the smaller n
+
+
+def test_select_exit_follows_the_rule_key(setup):
+    cfg, tmp = setup
+    cfg = {**cfg, "evaluation": {**cfg["evaluation"], "early_exit": {**cfg["evaluation"]["early_exit"],
+                                                                     "rule": "authors"}}}
+    record = select_exit(cfg, str(tmp / "deq.pt"), tmp / "exit.json")
+    assert record["rule"] == "authors" and record["eligible"] == [1, 2, 3]
+    assert record["dev"][str(record["state"])]["robust_acc"] == max(d["robust_acc"] for d in record["dev"].values())
+
+
+def test_records_of_a_seed_instance_carry_its_base_model_and_seed(tmp_path, cifar_archive, make_config):
+    """A model with seeds is one instance per seed (<model>.s<seed>); its jobs run with its seed."""
+    archive, _ = cifar_archive(n_test=8)
+    model = {"arch": "mdeq", "size": "mini", "training": "standard", "grad": "exact", "seeds": [0, 2]}
+    cfg = config.load(make_config(archive, evaluation=EVALUATION, models={"deq": model},
+                                  solver={"name": "broyden", "budget": 2, "tol": 1e-3}))
+    data.prepare(cfg)
+    spec = config.model_spec(cfg, "deq.s2")
+    assert spec["name"] == "deq.s2" and "seeds" not in spec
+    save_checkpoint(tmp_path / "deq.pt", build_model(spec), spec, epoch=1.0, metrics={}, profile="test")
+    cell = run_cell(cfg, str(tmp_path / "deq.pt"), "inter", "pgd1", 1, tmp_path / "cell.json")
+    exit_record = select_exit(cfg, str(tmp_path / "deq.pt"), tmp_path / "exit.json")
+    for record in (cell, exit_record):
+        assert (record["model"], record["base_model"], record["seed"]) == ("deq.s2", "deq", 2)
+    table = results.merge_outcomes([str(tmp_path / "cell.json")], [str(tmp_path / "exit.json")])
+    assert set(zip(table.model, table.base_model, table.seed)) == {("deq.s2", "deq", 2)}
+
+
+def test_ensemble_neumann_and_true_gradient_cells_run(setup):
+    """The coverage cells of the profiles: the ensemble attacked adaptively, neumann and the true
+    gradient at the final state, each scored like any cell."""
+    cfg, tmp = setup
+    extra = {"neumann": {"name": "neumann", "lam": 0.5, "k": 3}, "true": {"name": "solver_autograd"}}
+    cfg = {**cfg, "evaluation": {**cfg["evaluation"], "estimators": {**cfg["evaluation"]["estimators"], **extra}}}
+    for estimator, state in [("inter", "ensemble"), ("adjoint", "ensemble"), ("true", "ensemble"),
+                             ("neumann", "final"), ("true", "final")]:
+        cell = run_cell(cfg, str(tmp / "deq.pt"), estimator, "pgd1", state, tmp / f"{estimator}-{state}.json")
+        assert cell["attacked_state"] == state and cell["estimator_spec"] == cfg["evaluation"]["estimators"][estimator]
+        assert set(cell["adversarial"]) == set(cell["clean"]) and all(len(v) == 6 for v in cell["adversarial"].values())
 
 
 def test_bad_cell_inputs_name_the_value_and_the_choices(setup):

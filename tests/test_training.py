@@ -65,6 +65,35 @@ def test_adversarial_inputs_stay_in_the_ball(tmp_path, mode, step_255):
     assert torch.equal(x_adv, again)
 
 
+@pytest.mark.parametrize("during", [False, True])
+def test_phase_option_decides_whether_pretraining_is_attacked(tmp_path, monkeypatch, during):
+    """The authors pretrain on clean images and train adversarially after (the default);
+    adv_during_pretraining=true attacks the pretraining network too."""
+    t = Trainer(setup(tmp_path, {"training": "pgd"}, pretrain_iters=2, adv_during_pretraining=during)[0], "deq",
+                tmp_path / "out")
+    x, y = next(data.train_loader(t.cfg, 8, seed=0, epoch=0))
+    attacked, original = [], t.adversarial
+    monkeypatch.setattr(t, "adversarial", lambda net, *a: attacked.append(net.state) or original(net, *a))
+    for iteration in range(3):
+        t.step(iteration, x, y)
+    # the pretraining network is DEQLogits at state 0 (the unroll), after it the final state
+    assert attacked == ([0, 0, None] if during else [None])
+
+
+def test_phase_option_reruns_only_models_it_shapes(tmp_path):
+    """The key is in the train slice (rerun trigger, resume stamp) only of adversarially trained
+    DEQs with pretraining, so its arrival retrains no other model."""
+    from deqrobust import plan
+
+    cfg = setup(tmp_path, pretrain_iters=2)[0]
+    models = {"std": {"arch": "mdeq", "training": "standard"}, "adv": {"arch": "mdeq", "training": "pgd"},
+              "net": {"arch": "preact_resnet18", "training": "pgd"},
+              "adv0": {"arch": "mdeq", "training": "pgd", "training_overrides": {"pretrain_iters": 0}}}
+    cfg = config.validate({**cfg, "models": models})
+    shaped = {m for m in models if "adv_during_pretraining" in plan.train_slice(cfg, m)["spec"]["training_config"]}
+    assert shaped == {"adv"}
+
+
 def train_command(cfg_path: Path, out: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.Popen([sys.executable, "-m", "deqrobust.cli", "train", "-c", str(cfg_path), "--model", "deq",

@@ -91,8 +91,10 @@ def finished_outputs(log: str) -> set[str]:
 
 def expected_jobs(cfg: dict, notebooks: int) -> Counter:
     """The jobs of a whole run, derived from the config alone (not from the workflow code)."""
-    models = cfg["models"]
-    deqs = [m for m, s in models.items() if s["arch"] == "mdeq"]
+    instances = {f"{m}.s{seed}" if "seeds" in spec else m: spec       # one per seed
+                 for m, spec in cfg["models"].items() for seed in spec.get("seeds", [None])}
+    models = list(instances)
+    deqs = [m for m, spec in instances.items() if spec["arch"] == "mdeq"]
     baselines = [m for m in models if m not in deqs]
     ev = cfg.get("evaluation", {})
     per_deq = {(e, a, str(s)) for g in ev.get("cells", []) for e in g["estimators"]
@@ -188,8 +190,49 @@ def test_dry_run_lists_the_whole_matrix(profile, workdir):
 
 
 def test_paper_matrix_size():
-    """The paper's matrix: 8 DEQs x (3 x 2 final-state + 7 x 2 x 8 intermediate) cells + 2 x 2 baseline cells."""
-    assert expected_jobs(load("paper"), 0)["evaluate"] == 8 * (3 * 2 + 7 * 2 * 8) + 2 * 2
+    """The paper's matrix: 8 DEQs x (4 x 3 final-state + 7 x 2 x 8 intermediate + 3 x 2 ensemble) cells
+    + 2 x 2 baseline cells."""
+    assert expected_jobs(load("paper"), 0)["evaluate"] == 8 * (4 * 3 + 7 * 2 * 8 + 3 * 2) + 2 * 2
+
+
+def test_dry_run_with_seeds_plans_one_instance_per_seed(workdir):
+    """`seeds` trains and evaluates one instance per seed, <model>.s<seed>, each job run with its
+    seed; a model without seeds keeps its name, paths and commands."""
+    cfg = load("smoke")
+    cfg["models"]["deq-adv"]["seeds"] = [0, 1]
+    seeded = write_yaml(workdir / "config" / "seeds.yaml", cfg)
+    proc = snakemake(workdir, "-n", "-p", "--configfile", str(seeded))
+    text = output_of(proc)
+    assert proc.returncode == 0, text[-3000:]
+    notebooks = len(list((workdir / "notebooks").glob("*.py")))
+    jobs = expected_jobs(cfg, notebooks)
+    assert job_stats(text) == jobs and jobs["train"] == 4 and jobs["select_exit"] == 3
+    outputs = planned_outputs(text)
+    for model in ("deq-std", "deq-adv.s0", "deq-adv.s1", "resnet18-adv"):
+        assert f"results/smoke/models/{model}/checkpoint.pt" in outputs
+    assert not any("/deq-adv/" in o or o.endswith("/deq-adv.json") for o in outputs)
+    assert {"results/smoke/early_exit/deq-adv.s1.json", "results/smoke/analysis/deq-adv.s0.json",
+            "results/smoke/eval/deq-adv.s1/solver_autograd/pgd2/state-ensemble.json"} <= outputs
+    commands = [line for line in text.splitlines() if re.match(r"\s*(Shell command: )?deqrobust ", line)]
+    for line in commands:
+        model = re.search(r"(?:--model |models/)([^/ ]+)", line)
+        if model is None:     # merge, figures, report: no instance
+            assert "--set seed=" not in line, line
+            continue
+        expected = " --set seed=1 " if model.group(1) == "deq-adv.s1" else None
+        assert (expected in line) if expected else ("--set seed=" not in line), line
+    # the same config without seeds: the names and commands of today
+    plain = snakemake(workdir, "-n", "-p", "--configfile", PROFILES["smoke"])
+    assert "deq-adv.s" not in output_of(plain) and "results/smoke/models/deq-adv/checkpoint.pt" in output_of(plain)
+
+
+def test_instance_names_may_not_collide(workdir):
+    cfg = load("smoke")
+    cfg["models"]["deq-adv"]["seeds"] = [0, 1]
+    cfg["models"]["deq-adv.s1"] = dict(cfg["models"]["deq-std"])
+    bad = write_yaml(workdir / "config" / "bad.yaml", cfg)
+    text = output_of(snakemake(workdir, "-n", "--configfile", str(bad)))
+    assert "models.deq-adv.seeds: instance 'deq-adv.s1' has the name of another model" in text, text[-2000:]
 
 
 def test_paper_dry_run_needs_no_gpu(workdir):

@@ -215,11 +215,13 @@ def load(files: str | os.PathLike | Iterable[str | os.PathLike], overrides: Iter
 
 def model_spec(cfg: dict, name: str) -> dict:
     """The spec of one model of the config, with its ``training_overrides`` deep-merged into
-    the training section as ``training_config``: the one place that merge is made."""
+    the training section as ``training_config``: the one place that merge is made. ``name`` may
+    be a seed instance (``<model>.s<seed>``, deqrobust.plan.instances): its model's spec under its name."""
+    from deqrobust.plan import instance   # plan imports this module
+
     models = cfg.get("models", {})
-    if name not in models:
-        raise ConfigError(f"unknown model {name!r}; models of this config: {', '.join(models) or '(none)'}")
-    spec = copy.deepcopy(models[name])
+    spec = copy.deepcopy(models[name] if name in models else models[instance(cfg, name).model])
+    spec.pop("seeds", None)
     training = copy.deepcopy(cfg["training"])
     _deep_update(training, spec.pop("training_overrides", {}) or {})
     spec["training_config"] = training

@@ -28,19 +28,21 @@ from deqrobust.device import resolve_device
 from deqrobust.deq_logits import DEQLogits
 from deqrobust.estimators import build_estimator, model_estimator
 from deqrobust.models import is_deq
-from deqrobust.plan import BASELINE_ESTIMATOR, cell_slice, parse_state, select_slice, settings, spec_of, state_name
+from deqrobust.plan import (BASELINE_ESTIMATOR, cell_slice, identity, instance_config, instance_names, parse_state,
+                            select_slice, settings, spec_of, state_name)
 from deqrobust.scoring import all_state_logits
 
 
-def attacked_model(cfg: dict, model: nn.Module, estimator: str, state) -> nn.Module:
-    """The module an attack differentiates: the DEQ under an estimator at a state, or a baseline."""
+def attacked_model(cfg: dict, model: nn.Module, estimator: str, state, own=None) -> nn.Module:
+    """The module an attack differentiates: the DEQ under an estimator at a state (``own``: the
+    model's own estimator, which ``solver_autograd`` differentiates at the final state), or a baseline."""
     if not is_deq(model):
         if estimator != BASELINE_ESTIMATOR or state not in (None, "final"):
             raise ConfigError(f"baselines are attacked with estimator {BASELINE_ESTIMATOR!r} at state 'final', "
                               f"not {estimator!r} at {state!r}")
         return model
     return DEQLogits(model, build_estimator(spec_of(cfg, "estimator", estimator)), state, cfg["solver"],
-                     cfg["backward_solver"])
+                     cfg["backward_solver"], own=own)
 
 
 def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, solver: dict, own) -> dict[str, torch.Tensor]:
@@ -52,7 +54,7 @@ def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, solver: dict, own)
 
 def own_estimator(cfg: dict, spec: dict):
     """The estimator that defines a DEQ's own output, with its model's training overrides."""
-    training = model_spec(cfg, spec["name"])["training_config"] if spec["name"] in cfg["models"] else cfg["training"]
+    training = model_spec(cfg, spec["name"])["training_config"] if spec["name"] in instance_names(cfg) else cfg["training"]
     return model_estimator(spec, training)
 
 
@@ -80,7 +82,7 @@ def load_for_config(cfg: dict, checkpoint: str, device: torch.device) -> tuple[n
     """Load a checkpoint, refusing one whose architecture differs from its model in the config."""
     model, meta = load_checkpoint(checkpoint, device)
     name = meta["spec"]["name"]
-    expected = cfg["models"].get(name)
+    expected = cfg["models"].get(identity(cfg, name)["base_model"])
     if expected is not None and _arch(expected) != _arch(meta["spec"]):
         raise ConfigError(f"checkpoint {checkpoint} holds a {_arch(meta['spec'])} model, but this config's "
                           f"model {name!r} is a {_arch(expected)}; valid: a checkpoint trained from this config")
@@ -106,12 +108,13 @@ def run_cell(cfg: dict, checkpoint: str, estimator: str, attack: str, state, out
     torch.set_num_threads(cfg["threads"])
     model, meta = load_for_config(cfg, checkpoint, device)
     spec = meta["spec"]
+    cfg = instance_config(cfg, spec["name"])
     deq = is_deq(model)
     state = parse_state(state, cfg["solver"]["budget"]) if deq else state
-    target = attacked_model(cfg, model, estimator, state)
+    own = own_estimator(cfg, spec) if deq else None
+    target = attacked_model(cfg, model, estimator, state, own)
     attack_spec = spec_of(cfg, "attack", attack)
     runner = build_attack(attack, attack_spec)
-    own = own_estimator(cfg, spec) if deq else None
     x, y = _test_examples(cfg)
     out = Path(out)
     size = cfg["evaluation"]["batch_size"]
@@ -132,11 +135,11 @@ def run_cell(cfg: dict, checkpoint: str, estimator: str, attack: str, state, out
                     "seconds": time.perf_counter() - start}, done)
     parts = [torch_load(partial / f"batch-{i:05d}.pt") for i in range(len(chunks))]
     cell = {
-        "model": spec["name"], "arch": spec["arch"], "training": spec["training"], "grad": spec.get("grad"),
-        "estimator": estimator, "estimator_spec": cfg["evaluation"]["estimators"].get(estimator, {}),
+        "model": spec["name"], **identity(cfg, spec["name"]),
+        "arch": spec["arch"], "training": spec["training"], "grad": spec.get("grad"), "estimator": estimator, "estimator_spec": cfg["evaluation"]["estimators"].get(estimator, {}),
         "attack": attack, "attack_spec": attack_spec,
         "attacked_state": "final" if state is None else state,
-        "seed": cfg["seed"], "profile": cfg["profile"], "num_examples": len(y),
+        "profile": cfg["profile"], "num_examples": len(y),
         "indices": list(range(len(y))), "labels": y.tolist(),
         "clean": {k: torch.cat([p["clean"][k] for p in parts]).int().tolist() for k in parts[0]["clean"]},
         "adversarial": {k: torch.cat([p["adversarial"][k] for p in parts]).int().tolist() for k in parts[0]["adversarial"]},
@@ -150,17 +153,22 @@ def run_cell(cfg: dict, checkpoint: str, estimator: str, attack: str, state, out
 
 
 def select_exit(cfg: dict, checkpoint: str, out: str | Path) -> dict:
-    """Choose the early-exit state n by robust accuracy of h(z_n) on the dev split.
+    """Choose on the dev split the early-exit state n and the strongest intermediate attack state.
 
-    Each candidate n is attacked through its own state (estimator ``early_exit.estimator``
-    at state n), so the choice is made against the attack the defense will face. Ties go
-    to the smaller n (cheaper inference).
+    Each state n = 1..N is attacked once, through ``early_exit.estimator`` at n (the attack the
+    early-exit defense will face), and every adversarial batch is scored at every state and at
+    the final state, like a cell. From these runs: the early-exit state by
+    ``early_exit.rule`` (choose_exit) and ``strongest_attack_state``, the n whose attack leaves
+    the final defense least accurate (claim 3's intermediate state, chosen here so that the
+    test images never choose it). Record format: docs/architecture.md.
     """
     device = resolve_device(cfg)
     torch.set_num_threads(cfg["threads"])
     model, meta = load_for_config(cfg, checkpoint, device)
     if not is_deq(model):
         raise ConfigError(f"checkpoint {checkpoint} holds a {meta['spec']['arch']} model; early exit needs a DEQ")
+    name = meta["spec"]["name"]
+    cfg = instance_config(cfg, name)
     choice = cfg["evaluation"]["early_exit"]
     x, y = load_split(cfg, "dev")
     if choice["num_examples"] is not None:
@@ -168,17 +176,52 @@ def select_exit(cfg: dict, checkpoint: str, out: str | Path) -> dict:
     runner = build_attack(choice["attack"], select_slice(cfg)["attack_spec"])
     budget = cfg["solver"]["budget"]
     own = own_estimator(cfg, meta["spec"])
-    accuracy = {}
-    for n in tqdm(range(1, budget + 1), desc=f"{meta['spec']['name']} early exit", unit="state"):
-        target = attacked_model(cfg, model, choice["estimator"], n)
-        correct = 0
-        for i, (xb, yb) in enumerate(batches(x, y, cfg["evaluation"]["batch_size"])):
-            xb, yb = xb.to(device), yb.to(device)
-            x_adv = runner.run(target, xb, yb, seed=seeds.derive(cfg["seed"], seeds.DEV_SELECT, i)).x_adv
-            correct += int(score(model, x_adv, yb, cfg["solver"], own)[f"state_{n}"].sum())
-        accuracy[n] = correct / len(y)
-    best = max(accuracy, key=lambda n: (accuracy[n], -n))
-    record = {"model": meta["spec"]["name"], "state": best, "dev_robust_accuracy": accuracy,
-              "num_examples": len(y), "estimator": choice["estimator"], "attack": choice["attack"]}
+    chunks = [(xb.to(device), yb.to(device)) for xb, yb in batches(x, y, cfg["evaluation"]["batch_size"])]
+    clean = _accuracy([score(model, xb, yb, cfg["solver"], own) for xb, yb in chunks], len(y))
+    dev = {}
+    for n in tqdm(range(1, budget + 1), desc=f"{name} early exit", unit="state"):
+        target = attacked_model(cfg, model, choice["estimator"], n, own)
+        adversarial = _accuracy([score(model, runner.run(target, xb, yb, seed=seeds.derive(cfg["seed"], seeds.DEV_SELECT, i)).x_adv, yb,
+                                       cfg["solver"], own) for i, (xb, yb) in enumerate(chunks)], len(y))
+        dev[str(n)] = {"clean_acc": clean[f"state_{n}"], "robust_acc": adversarial[f"state_{n}"],
+                       "final_robust_acc": adversarial["final"]}
+    state, eligible = choose_exit(dev, clean["final"], choice["rule"], choice["clean_margin"])
+    record = {"model": name, **identity(cfg, name), "profile": cfg["profile"],
+              "state": state, "rule": choice["rule"], "clean_margin": choice["clean_margin"], "eligible": eligible,
+              "strongest_attack_state": strongest_attack_state(dev),
+              "estimator": choice["estimator"], "attack": choice["attack"], "num_examples": len(y),
+              "dev": dev, "final_clean_acc": clean["final"],
+              "dev_robust_accuracy": {n: d["robust_acc"] for n, d in dev.items()}}
     write_json(out, record)
     return record
+
+
+def _accuracy(scores: list[dict[str, torch.Tensor]], count: int) -> dict[str, float]:
+    """Accuracy of every defense and state over the batches' per-example scores."""
+    return {key: sum(int(s[key].sum()) for s in scores) / count for key in scores[0]}
+
+
+def choose_exit(dev: dict[str, dict], final_clean_acc: float, rule: str, margin: float) -> tuple[int, list[int]]:
+    """The early-exit state by ``rule`` and the states it could choose from.
+
+    ``authors``: the best dev robust accuracy of h(z_n) over every n. ``clean_guard``: the same
+    among the states whose dev clean accuracy is at most ``margin`` below the final state's, so a
+    state near chance is never chosen for a robust accuracy that only reflects it (if no state
+    qualifies: the one with the best clean accuracy). Ties go to the smaller n (cheaper inference).
+    """
+    states = sorted(int(n) for n in dev)
+    if rule == "authors":
+        eligible = states
+    elif rule == "clean_guard":
+        eligible = [n for n in states if dev[str(n)]["clean_acc"] >= final_clean_acc - margin - 1e-12]
+        if not eligible:
+            best_clean = max(dev[str(n)]["clean_acc"] for n in states)
+            eligible = [n for n in states if dev[str(n)]["clean_acc"] == best_clean]
+    else:
+        raise ConfigError(f"evaluation.early_exit.rule: {rule!r} is not valid; choose one of clean_guard, authors")
+    return max(eligible, key=lambda n: (dev[str(n)]["robust_acc"], -n)), eligible
+
+
+def strongest_attack_state(dev: dict[str, dict]) -> int:
+    """The attacked state n whose attack leaves the final defense least accurate (ties: the smaller n)."""
+    return min((int(n) for n in dev), key=lambda n: (dev[str(n)]["final_robust_acc"], n))

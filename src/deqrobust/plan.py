@@ -64,6 +64,7 @@ def problems(cfg: dict) -> list[str]:
              for section, names in (("models", cfg["models"]), ("evaluation.estimators", estimators),
                                     ("evaluation.attacks", attacks))
              for name in names if not re.fullmatch(NAME_RE, name)]
+    found += _instance_problems(cfg)
     found += _import_problems(cfg)
     if BASELINE_ESTIMATOR in estimators:
         found.append(f"evaluation.estimators.{BASELINE_ESTIMATOR}: the name is reserved for the baselines' plain backprop")
@@ -119,7 +120,73 @@ def require_gpu_message(cfg: dict) -> str:
             "override require_gpu=false (expect weeks of compute).")
 
 
-# ----------------------------------------------------------------------------- models and cells
+# ----------------------------------------------------------------------------- models, seeds and cells
+class Instance(NamedTuple):
+    """One trained model: a model of the config at one seed.
+
+    A model without ``seeds`` is one instance under its own name at the profile's ``seed``
+    (names and paths as before seeds existed); ``seeds: [0, 1]`` makes ``<model>.s0`` and
+    ``<model>.s1``. The name is what every job, path and record calls the instance.
+    """
+
+    name: str     # path component and the "model" of every record
+    model: str    # the model's name in the config ("base_model" in records)
+    seed: int     # the job's `seed`: training draws, attack starts
+
+
+SEED_MARK = ".s"   # <model>.s<seed>
+
+
+def instances(cfg: dict) -> list[Instance]:
+    """Every instance, in config order (a model's seeds in the order listed)."""
+    found = []
+    for name, spec in cfg["models"].items():
+        seeds = spec.get("seeds")
+        found += ([Instance(name, name, cfg["seed"])] if seeds is None else
+                  [Instance(f"{name}{SEED_MARK}{seed}", name, seed) for seed in seeds])
+    return found
+
+
+def _by_name(cfg: dict) -> dict[str, Instance]:
+    return {i.name: i for i in instances(cfg)}
+
+
+def instance(cfg: dict, name: str) -> Instance:
+    """The instance called ``name``; ConfigError naming the instances of the config."""
+    found = _by_name(cfg)
+    if name not in found:
+        raise ConfigError(f"unknown model {name!r}; models of this config: {', '.join(found) or '(none)'}")
+    return found[name]
+
+
+def identity(cfg: dict, name: str) -> dict:
+    """``base_model`` and ``seed`` of instance ``name``, as every record carries them; a name
+    that is no instance of this config (a checkpoint made elsewhere) is its own base model at
+    the profile's seed."""
+    inst = _by_name(cfg).get(name, Instance(name, name, cfg["seed"]))
+    return {"base_model": inst.model, "seed": inst.seed}
+
+
+def instance_config(cfg: dict, name: str) -> dict:
+    """The config a job of instance ``name`` runs with: the profile's, with the instance's seed
+    (the workflow also passes it as ``--set seed=N``, see seed_override, so both agree)."""
+    seed = identity(cfg, name)["seed"]
+    return cfg if seed == cfg["seed"] else {**cfg, "seed": seed}
+
+
+def seed_override(cfg: dict, name: str) -> str:
+    """``seed=N`` for the jobs of instance ``name`` when its seed is not the profile's, else ''."""
+    seed = instance(cfg, name).seed
+    return "" if seed == cfg["seed"] else f"seed={seed}"
+
+
+def _instance_problems(cfg: dict) -> list[str]:
+    """An instance ``<model>.s<seed>`` may not take the name of a model without seeds."""
+    plain = {name for name, spec in cfg["models"].items() if spec.get("seeds") is None}
+    return [f"models.{i.model}.seeds: instance {i.name!r} has the name of another model; rename one of them"
+            for i in instances(cfg) if i.name != i.model and i.name in plain]
+
+
 class Cell(NamedTuple):
     """One evaluation job: a model attacked through an estimator at a state (its text form)."""
 
@@ -129,18 +196,25 @@ class Cell(NamedTuple):
     state: str
 
 
+def instance_names(cfg: dict) -> list[str]:
+    """The names of every instance (what the workflow trains)."""
+    return [i.name for i in instances(cfg)]
+
+
 def deqs(cfg: dict) -> list[str]:
-    return [name for name, spec in cfg["models"].items() if spec["arch"] == "mdeq"]
+    """The DEQ instances."""
+    return [i.name for i in instances(cfg) if cfg["models"][i.model]["arch"] == "mdeq"]
 
 
 def baselines(cfg: dict) -> list[str]:
-    return [name for name, spec in cfg["models"].items() if spec["arch"] != "mdeq"]
+    """The deep-network instances."""
+    return [i.name for i in instances(cfg) if cfg["models"][i.model]["arch"] != "mdeq"]
 
 
 def cells(cfg: dict) -> list[Cell]:
-    """Every evaluation job, in config order: each DEQ under every estimator x attack x state
-    of each group of ``evaluation.cells``; each baseline under ``baseline_attacks`` through
-    plain backprop at the final state."""
+    """Every evaluation job, in config order: each DEQ instance under every estimator x attack x
+    state of each group of ``evaluation.cells``; each baseline instance under ``baseline_attacks``
+    through plain backprop at the final state."""
     ev, budget = cfg["evaluation"], cfg["solver"]["budget"]
     found = [Cell(model, estimator, attack, state_name(parse_state(state, budget)))
              for model in deqs(cfg) for group in ev["cells"] for estimator in group["estimators"]
@@ -160,6 +234,9 @@ def cells(cfg: dict) -> list[Cell]:
 # (at its neutral value) stay up to date.
 NOT_RESULT_KEYS = ("distributed_backend",)
 NEUTRAL_VALUES = {"amp": False}
+# Keys of the training phases: they count only for an adversarially trained DEQ with
+# unrolled pretraining, so the key's arrival reruns no other model.
+PHASE_KEYS = ("adv_during_pretraining",)
 
 
 def settings(part: dict) -> str:
@@ -176,12 +253,19 @@ def data_slice(cfg: dict) -> dict:
 
 
 def train_slice(cfg: dict, model: str) -> dict:
-    """One model's spec with its merged training section, the solvers, the seed and the split."""
+    """One instance's spec with its merged training section, the solvers, its seed and the split."""
+    cfg = instance_config(cfg, model)
     spec = model_spec(cfg, model)
     training = {key: value for key, value in spec["training_config"].items()
-                if key not in NOT_RESULT_KEYS and not (key in NEUTRAL_VALUES and value == NEUTRAL_VALUES[key])}
+                if key not in NOT_RESULT_KEYS and not (key in NEUTRAL_VALUES and value == NEUTRAL_VALUES[key])
+                and not (key in PHASE_KEYS and not _has_phases(spec))}
     return {"spec": {**spec, "training_config": training},
             "data": {key: cfg["data"][key] for key in ("dev_size", "split_seed", "train_subset")}, **_solvers(cfg)}
+
+
+def _has_phases(spec: dict) -> bool:
+    """Whether a model's training has an adversarial pretraining phase for PHASE_KEYS to shape."""
+    return spec["arch"] == "mdeq" and spec["training"] != "standard" and spec["training_config"]["pretrain_iters"] > 0
 
 
 def select_slice(cfg: dict) -> dict:
@@ -323,7 +407,7 @@ RESOURCES = {
 
 
 def resources(cfg: dict, model: str) -> Resources:
-    spec = cfg["models"][model]
+    spec = cfg["models"][instance(cfg, model).model]
     return RESOURCES[spec["size"] if spec["arch"] == "mdeq" else spec["arch"]]
 
 

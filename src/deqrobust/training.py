@@ -13,6 +13,9 @@ Model selection uses the dev split only; the test set is scored once, for the su
 Under ``torchrun`` the loop runs data-parallel (``deqrobust.distributed`` explains how:
 explicit gradient averaging, sharded global batches, rank 0 alone evaluates and writes).
 ``training.amp`` runs the training forward and loss under bfloat16 autocast (CUDA only).
+An adversarially trained DEQ pretrains on clean images and is attacked from the first
+iteration after pretraining, as the authors' code (``training.adv_during_pretraining: true``
+attacks the pretraining network too).
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ from deqrobust.device import resolve_device
 from deqrobust.deq_logits import DEQLogits
 from deqrobust.estimators import build_estimator, model_estimator
 from deqrobust.models import build_model, is_deq
-from deqrobust.plan import settings, train_slice
+from deqrobust.plan import identity, instance_config, settings, train_slice
 
 RESUME_FORMAT = "deqrobust-resume/1"
 COLUMNS = ("epoch", "iteration", "lr", "train_loss", "dev_loss", "dev_clean_acc", "dev_robust_acc",
@@ -49,6 +52,7 @@ class Trainer:
     """One model of a config, trained into ``out``; ``run()`` resumes from ``out/resume.pt`` if present."""
 
     def __init__(self, cfg: dict, name: str, out: str | Path):
+        cfg = instance_config(cfg, name)     # a seed instance trains with its own seed
         self.cfg, self.out = cfg, Path(out)
         self.spec = model_spec(cfg, name)
         self.tc = self.spec["training_config"]
@@ -118,7 +122,7 @@ class Trainer:
             low, high = jac["budget_jitter"]
             jitter = int(torch.randint(low, high + 1, (), generator=gen, device=self.device))
             budget = max(1, self.cfg["solver"]["budget"] + jitter)
-        if self.spec["training"] != "standard":
+        if self.spec["training"] != "standard" and (not pretraining or self.tc["adv_during_pretraining"]):
             x = self.adversarial(self.net(pretraining), x, y, gen)
         net = self.net(pretraining, budget, jac["probes"] if regularise else 0)
         net.train()
@@ -259,7 +263,7 @@ class Trainer:
         st = self.state
         images = self.total * self.tc["batch_size"]
         summary = {
-            "model": self.spec["name"], "profile": self.cfg["profile"], "seed": self.cfg["seed"],
+            "model": self.spec["name"], **identity(self.cfg, self.spec["name"]), "profile": self.cfg["profile"],
             "spec": meta["spec"], "best_epoch": meta["epoch"], "dev": st["best"]["row"],
             "selected_by": "dev_clean_acc" if self.spec["training"] == "standard" else "dev_robust_acc",
             "test_clean_acc": test["clean_acc"], "test_examples": len(y_test),

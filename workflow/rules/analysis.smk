@@ -10,7 +10,7 @@ rule analyze:
         analysis(),
     params:
         cli=cli_args,
-        settings=lambda w: plan.settings(plan.analysis_slice(config)),
+        settings=lambda w: plan.settings(plan.analysis_slice(job_config(w))),
     log:
         log("analyze", "{model}.log"),
     wildcard_constraints:

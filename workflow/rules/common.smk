@@ -14,8 +14,13 @@ os.environ.setdefault("DEQROBUST_ROOT", str(Path(workflow.basedir).resolve()))
 
 
 # --------------------------------------------------------------------------------------
-# Models and the evaluation matrix
+# Models (their instances: one per seed, deqrobust.plan.instances) and the evaluation matrix
 # --------------------------------------------------------------------------------------
+def job_config(wildcards):
+    """The config of a job of model instance {model}: the profile's, with the instance's seed."""
+    return plan.instance_config(config, wildcards.model)
+
+
 def names_pattern(names):
     """Wildcard constraint matching exactly these names (none: nothing)."""
     return "|".join(re.escape(n) for n in names) if names else "(?!)"
@@ -129,7 +134,7 @@ def all_analyses():
 
 def all_targets():
     return [
-        *[checkpoint(m) for m in config["models"]],
+        *[checkpoint(m) for m in plan.instance_names(config)],
         *all_early_exits(),
         *all_cells(),
         table(),

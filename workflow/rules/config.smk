@@ -50,13 +50,16 @@ CLI_CONFIG = " ".join(
 
 
 def cli_args(wildcards, threads):
-    """`-c FILE ... --set OVERRIDE ... --set threads=N` of a CLI call.
+    """`-c FILE ... --set OVERRIDE ... --set threads=N` of a CLI call, and `--set seed=N` for
+    the jobs of a seed instance (`<model>.s<seed>`, deqrobust.plan.instances).
 
     A params function that takes `threads` is "derived" for Snakemake: file names and
     overrides are no rerun trigger; what a job depends on is its `settings` param (a slice
     from deqrobust.plan).
     """
-    return f"{CLI_CONFIG} --set threads={threads}"
+    model = wildcards.get("model")
+    seed = plan.seed_override(config, model) if model is not None else ""
+    return f"{CLI_CONFIG} --set threads={threads}" + (f" --set {seed}" if seed else "")
 
 
 def configfile_arg(wildcards, threads):

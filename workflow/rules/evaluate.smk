@@ -10,7 +10,7 @@ rule evaluate:
         cell(),
     params:
         cli=cli_args,
-        settings=lambda w: plan.settings(plan.cell_slice(config, w.estimator, w.attack)),
+        settings=lambda w: plan.settings(plan.cell_slice(job_config(w), w.estimator, w.attack)),
     log:
         log("evaluate", "{model}", "{estimator}", "{attack}", "state-{state}.log"),
     wildcard_constraints:

@@ -1,4 +1,4 @@
-# Train every model of config["models"] (DEQs and deep-network baselines); resumable:
+# Train every model instance (DEQs and deep-network baselines, one per seed); resumable:
 # an interrupted job leaves <model dir>/resume.pt, which the rerun picks up.
 # A job given several GPUs (e.g. --set-resources train:gpu=4) trains data-parallel:
 # torchrun starts one process per GPU and the job's threads are shared among them
@@ -81,7 +81,7 @@ rule select_exit:
         early_exit(),
     params:
         cli=cli_args,
-        settings=lambda w: plan.settings(plan.select_slice(config)),
+        settings=lambda w: plan.settings(plan.select_slice(job_config(w))),
     log:
         log("select_exit", "{model}.log"),
     wildcard_constraints:

@@ -20,6 +20,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = config.load(args.config, args.overrides)
     with claim(args.out):   # one writer; stops if its snakemake dies
         record = select_exit(cfg, args.checkpoint, args.out)
-    scores = ", ".join(f"{n}: {acc:.3f}" for n, acc in record["dev_robust_accuracy"].items())
-    print(f"{record['model']}: early exit at state {record['state']} (dev robust accuracy by state: {scores})")
+    scores = ", ".join(f"{n}: {d['clean_acc']:.3f}/{d['robust_acc']:.3f}" for n, d in record["dev"].items())
+    print(f"{record['model']}: early exit at state {record['state']} by rule {record['rule']} (dev clean/robust "
+          f"accuracy by state: {scores}; final clean {record['final_clean_acc']:.3f}); strongest attack at state "
+          f"{record['strongest_attack_state']}")
     return 0
