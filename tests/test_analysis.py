@@ -275,8 +275,9 @@ def test_diagnosed_defaults_cover_the_papers_estimators_and_bad_entries_are_name
 
     def diagnostics(**section):
         return {**cfg, "analysis": {**cfg["analysis"], "diagnostics": {**cfg["analysis"]["diagnostics"], **section}},
-                "evaluation": {**cfg["evaluation"], "estimators": {**cfg["evaluation"]["estimators"],
-                                                                    "truth": {"name": "solver_autograd"}}}}
+                "evaluation": {**cfg["evaluation"], "estimators": {  # 'truth' the only true-gradient estimator
+                    **{k: v for k, v in cfg["evaluation"]["estimators"].items() if v["name"] != plan.TRUE_GRADIENT},
+                    "truth": {"name": "solver_autograd"}}}}
     assert plan.diagnosed(diagnostics(estimators=["exact"], states=[2]))["true_gradient"] == "truth"
     for section, message in [({"estimators": ["nope"]}, r"analysis.diagnostics.estimators: unknown estimator 'nope'; "
                                                         r"defined in evaluation.estimators: exact, "),
