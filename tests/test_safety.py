@@ -300,3 +300,18 @@ def test_use_conda_without_conda_gives_both_routes_in_one_line(tmp_path):
     line = next(line for line in text.splitlines() if "--use-conda" in line)
     assert "install it" in line and "drop --use-conda" in line and "bash .ci/setup" in line, line
     assert "Error running conda info" not in text
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through any permission bits")
+def test_unwritable_results_folder_names_the_output(setup, tmp_path):
+    models = tmp_path / "models"
+    finished = finished_checkpoint(models / "other")
+    models.chmod(0o555)
+    try:
+        proc = train(setup, models / "deq")
+    finally:
+        models.chmod(0o755)
+    assert proc.returncode == 2
+    message = proc.stderr.strip().splitlines()[-1]
+    assert f"cannot write {models / 'deq'} (Permission denied)" in message and "chmod u+w" in message, message
+    assert finished.is_file() and not (models / "deq").exists()
