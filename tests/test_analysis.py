@@ -121,7 +121,7 @@ def test_analyze_command(tmp_path, cifar_archive, make_config):
         archive, evaluation={"batch_size": 2, "estimators": estimators,
                              "attacks": {"pgd1": {"name": "pgd", "steps": 1}}},
         analysis={"budget": 5, "num_examples": 4, "attack": "pgd1", "estimator": "truth",   # needs the own estimator
-                  "diagnostics": {"num_examples": 3, "states": [1, 3]}})
+                  "diagnostics": {"num_examples": 3, "states": [1, 3], "batch_size": 4}})
     cfg = config.load(cfg_path)
     data.prepare(cfg)
     torch.manual_seed(0)
@@ -157,9 +157,9 @@ def test_analyze_command(tmp_path, cifar_archive, make_config):
     assert set(record["batch_dependence"]) == {"sample", "batch"}
     for coupling, entries in record["batch_dependence"].items():
         assert set(entries) == {"exact", "unroll", "intermediate", "adjoint", "truth"}
-        assert all(len(e["cosine"]) == 2 for e in entries.values())   # the evaluation's batch of 2
+        assert all(len(e["cosine"]) == 3 for e in entries.values())   # the first 3 of a batch of 4
     assert all(min(e["cosine"]) > 1 - 1e-5 for e in record["batch_dependence"]["sample"].values())
-    assert record["diagnostics"]["num_examples"] == 3 and record["diagnostics"]["batch_size"] == 2
+    assert record["diagnostics"]["num_examples"] == 3 and record["diagnostics"]["batch_size"] == 4
     assert record["timing"]["alignment_per_example"] > 0
 
 
@@ -247,12 +247,12 @@ def test_batch_dependence_is_one_per_sample_and_below_one_under_batch_coupling(o
     chosen = diagnosed(exact=({"name": "exact"}, ["final"]),
                        intermediate=({"name": "intermediate", "lam": 0.5, "k": 2}, [1, 4]))
     result = analysis.batch_dependences(deq, Exact(), x, y, chosen, {"name": "broyden", "budget": 6, "tol": 0.85},
-                                        {"name": "broyden", "budget": 4, "tol": 0.5})
+                                        {"name": "broyden", "budget": 4, "tol": 0.5}, images=5)
     assert set(result) == {"sample", "batch"}
     for coupling in result.values():
         assert set(coupling) == {"exact", "intermediate", plan.TRUE_GRADIENT}
         assert coupling["intermediate"]["state"] == 4 and coupling["exact"]["state"] == "final"
-        assert all(len(entry["cosine"]) == 6 for entry in coupling.values())
+        assert all(len(entry["cosine"]) == 5 for entry in coupling.values())   # the first 5 of the batch of 6
     assert all(min(entry["cosine"]) > 1 - 1e-10 for entry in result["sample"].values())
     for name in ("exact", plan.TRUE_GRADIENT):
         assert min(result["batch"][name]["cosine"]) < 0.9, result["batch"][name]

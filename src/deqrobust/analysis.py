@@ -26,8 +26,10 @@ per sample, on clean and adversarial inputs:
   and the true gradient of the same output (gradients.alignment), on the first
   ``diagnostics.num_examples`` images;
 - ``batch_dependence``: per solver coupling, cosine between an image's gradient solved in a
-  batch of clean images and solved alone (gradients.batch_dependence), per estimator at its
-  last diagnosed state and for the true gradient of the deployed model at the final state.
+  batch of clean images (``diagnostics.batch_size``, default the evaluation's) and solved
+  alone (gradients.batch_dependence), for the first ``diagnostics.num_examples`` images of
+  the batch, per estimator at its last diagnosed state and for the true gradient of the
+  deployed model at the final state.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm import tqdm
 
@@ -200,9 +203,10 @@ def diagnose(deq: torch.nn.Module, own, inputs: dict[str, tuple[torch.Tensor, to
 
 
 def batch_dependences(deq: torch.nn.Module, own, x: torch.Tensor, y: torch.Tensor, diagnosed: dict, solver: dict,
-                      backward_solver: dict) -> dict:
+                      backward_solver: dict, images: int | None = None) -> dict:
     """Per solver coupling and estimator (at its last diagnosed state; the true gradient of the
-    deployed model at the final state), gradients.batch_dependence on the batch ``x``."""
+    deployed model at the final state), gradients.batch_dependence of the first ``images``
+    images of the batch ``x``."""
     from deqrobust.deq_logits import DEQLogits
     from deqrobust.estimators import SolverAutograd, build_estimator
     from deqrobust.gradients import batch_dependence
@@ -218,7 +222,7 @@ def batch_dependences(deq: torch.nn.Module, own, x: torch.Tensor, y: torch.Tenso
         out[coupling] = {}
         for name, (estimator, state) in targets.items():
             model = DEQLogits(deq, estimator, state, *coupled, own=own).eval()
-            cosines = batch_dependence(model, x, y).detach().cpu().double().numpy()
+            cosines = batch_dependence(model, x, y, images).detach().cpu().double().numpy()
             out[coupling][name] = {"state": state, **_per_sample(cosines)}
     return out
 
@@ -278,7 +282,7 @@ def run(cfg: dict, checkpoint: str, device: torch.device, progress: bool = True)
                            batch_size, progress)
     aligned_at = time.time()
     together = min(chosen["batch_size"] or batch_size, count)
-    dependence = batch_dependences(deq, own, x[:together], y[:together], plan, *solvers)
+    dependence = batch_dependences(deq, own, x[:together], y[:together], plan, *solvers, images=m)
     done = time.time()
     return {
         "format": FORMAT,
@@ -307,6 +311,62 @@ def run(cfg: dict, checkpoint: str, device: torch.device, progress: bool = True)
                    "batch_dependence": round(done - aligned_at, 2)},
         "versions": {"torch": torch.__version__, "deqrobust": __version__},
     }
+
+
+# ---------------------------------------------------------------- queries for the figures
+ALIGNMENT_COLUMNS = ["model", "training", "grad", "inputs", "estimator", "estimator_type", "state", "step", "n",
+                     "median", "q25", "q75"]
+RESIDUAL_COLUMNS = ["model", "training", "grad", "inputs", "solve", "residual"]
+
+
+def _who(record: dict) -> dict:
+    model = record["model"]
+    return {"model": model["name"], "training": model["training"], "grad": model.get("grad")}
+
+
+def alignment_frame(records: list[dict]) -> pd.DataFrame:
+    """Per model, input kind, estimator and state: median and quartiles of the cosine to the true
+    gradient over the finite per-sample values; ``step`` is n, or NaN at the final state."""
+    rows = []
+    for record in records:
+        who = _who(record)
+        for e in record.get("alignment", []):
+            values = np.array([np.nan if v is None else v for v in e["cosine"]], dtype=float)
+            values = values[np.isfinite(values)]
+            q25, median, q75 = np.quantile(values, [0.25, 0.5, 0.75]) if values.size else (np.nan,) * 3
+            rows.append({**who, "inputs": e["inputs"],
+                         "estimator": e["estimator"], "estimator_type": e["estimator_type"], "state": str(e["state"]),
+                         "step": float(e["state"]) if isinstance(e["state"], int) else np.nan, "n": int(values.size),
+                         "median": median, "q25": q25, "q75": q75})
+    return pd.DataFrame(rows, columns=ALIGNMENT_COLUMNS)
+
+
+def diagnostic_residual_frame(records: list[dict]) -> pd.DataFrame:
+    """Per model, input kind and solve ('forward' at the deployed budget, 'backward' after its
+    budget), one row per sample; a non-finite residual (a diverged solve) is NaN."""
+    rows = []
+    for record in records:
+        who = _who(record)
+        for solve, key in (("forward", "forward_residual"), ("backward", "backward_residual")):
+            for kind, values in record.get(key, {}).items():
+                rows += [{**who, "inputs": kind, "solve": solve,
+                          "residual": np.nan if v is None else float(v)} for v in values]
+    return pd.DataFrame(rows, columns=RESIDUAL_COLUMNS).astype({"residual": float})
+
+
+def batch_dependence_frame(records: list[dict]) -> pd.DataFrame:
+    """Per model, solver coupling and estimator: the batch size, the state, and the median and
+    minimum cosine between an image's gradient in the batch and alone."""
+    rows = []
+    for record in records:
+        size = record.get("diagnostics", {}).get("batch_size")
+        for coupling, entries in record.get("batch_dependence", {}).items():
+            for name, e in entries.items():
+                values = [v for v in e["cosine"] if v is not None]
+                rows.append({**_who(record), "coupling": coupling, "estimator": name, "state": str(e["state"]),
+                             "batch_size": size, "median": e["median"], "min": min(values) if values else None})
+    return pd.DataFrame(rows, columns=["model", "training", "grad", "coupling", "estimator", "state", "batch_size",
+                                       "median", "min"])
 
 
 def load(path) -> dict:

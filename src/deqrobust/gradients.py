@@ -6,8 +6,9 @@ mechanism diagnostics.
   estimator's; the reference an estimator's gradient is measured against.
 - ``alignment(model, x, y)``: per image, the cosine between the estimator's input gradient
   and that true gradient.
-- ``batch_dependence(model, x, y)``: per image, the cosine between its input gradient when
-  solved in the batch ``x`` and when solved alone. 1 under per-sample solver decisions
+- ``batch_dependence(model, x, y, images=None)``: per image (the first ``images`` of the
+  batch), the cosine between its input gradient when solved in the batch ``x`` and when
+  solved alone. 1 under per-sample solver decisions
   (``coupling: sample``); under the authors' ``coupling: batch`` it measures how much the
   other images of the batch move the gradient.
 
@@ -48,8 +49,10 @@ def alignment(model: DEQLogits, x: torch.Tensor, y: torch.Tensor) -> torch.Tenso
     return cosine(input_gradient(model, x, y), input_gradient(true_gradient_model(model), x, y))
 
 
-def batch_dependence(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per image, cosine between its input gradient solved in the batch ``x`` and solved alone."""
-    together = input_gradient(model, x, y)
-    alone = torch.cat([input_gradient(model, x[i:i + 1], y[i:i + 1]) for i in range(len(x))])
+def batch_dependence(model: nn.Module, x: torch.Tensor, y: torch.Tensor, images: int | None = None) -> torch.Tensor:
+    """Per image, cosine between its input gradient solved in the batch ``x`` and solved alone;
+    for the first ``images`` images of the batch (default: all; each alone costs a solve)."""
+    count = len(x) if images is None else min(images, len(x))
+    together = input_gradient(model, x, y)[:count]
+    alone = torch.cat([input_gradient(model, x[i:i + 1], y[i:i + 1]) for i in range(count)])
     return cosine(together, alone)
