@@ -27,7 +27,9 @@
 # solver of each DEQ with a longer budget and tolerance 0 on clean test images and on
 # adversarial ones, and recorded every sample's relative residual
 # ||f(z_n) - z_n|| / ||f(z_n)|| and the accuracy of h(z_n) at every step n. All plotting
-# lives in `deqrobust.figures`, the verdict rule in `deqrobust.report`.
+# lives in `deqrobust.figures`, the verdict rule in `deqrobust.report`. The mechanism
+# diagnostics below (gradient alignment with the true gradient, backward residuals, batch
+# dependence) test the precondition of claim 2.
 #
 # **Inputs (environment variables, set by the workflow):**
 #
@@ -96,6 +98,57 @@ display(figures.sample_traces_figure(analyses))
 
 # %%
 display(figures.state_accuracy_figure(analyses, None))
+
+# %% [markdown]
+# ## Mechanism diagnostics: is the final-state gradient the gradient of what the model computes?
+#
+# The paper's mechanism: the forward solve of an adversarially trained DEQ does not converge,
+# so gradients that assume a fixed point (`exact`, `unroll`, `neumann` at the final state) are
+# misaligned with the true gradient of the model's output, and the attack is weakened
+# (claim 2). `deqrobust analyze` measures each link on the first `analysis.diagnostics.num_examples`
+# test images and their adversarial versions (docs/results.md, "Mechanism diagnostics"):
+#
+# - **alignment**: per image, the cosine between an estimator's input gradient and the true
+#   gradient of the same output (`solver_autograd`: autograd through the solver's own
+#   iterations). 1 means the estimator is the true gradient; below 0.9 (dotted) the report
+#   counts it as misaligned, claim 2's precondition. Lines: the state-n estimators at each
+#   state n (median, quartile band); diamonds: the final-state estimators at `final`.
+
+# %%
+display(figures.alignment_figure(analyses))
+
+# %% [markdown]
+# - **residuals**: the forward relative residual of the iterate the deployed solver returns
+#   (its own budget and tolerance), and the relative residual of the backward (adjoint) solve
+#   of `exact` after the backward solver's budget. A residual far above the tolerance (dotted)
+#   means the fixed point, or the implicit gradient's linear system, was not solved.
+
+# %%
+display(figures.residual_distribution_figure(analyses))
+
+# %% [markdown]
+# Median cosine per estimator and state (the table of the report):
+
+# %%
+header, rows = report.alignment_rows(analyses)
+display(Markdown(results.markdown_table(header, rows) if rows else "*No alignment in these analyses.*"))
+
+# %% [markdown]
+# - **batch dependence**: per image, the cosine between its gradient computed in a batch of
+#   clean test images and computed alone, under per-sample solver decisions (`sample`, our
+#   default: 1 by construction) and under the authors' whole-batch decisions (`batch`). Below 1
+#   under `batch`, part of what an attack sees comes from the other images of the batch.
+
+# %%
+dependence = analysis.batch_dependence_frame(analyses)
+display(Markdown(results.markdown_table(list(dependence.columns), dependence.round(3).astype(str).values.tolist())
+                 if len(dependence) else "*No batch dependence in these analyses.*"))
+for a in analyses:
+    t = a.get("timing", {})
+    if "alignment_per_example" in t:
+        print(f"{a['model']['name']}: gradients compared on {a['diagnostics']['num_examples']} images "
+              f"({t['alignment_per_example']:.2f} s per image), batch dependence on a batch of "
+              f"{a['diagnostics']['batch_size']} ({t['batch_dependence']:.0f} s)")
 
 # %% [markdown]
 # ## Verdict on claim 1

@@ -93,7 +93,35 @@ def fake_analysis(name: str, rel: np.ndarray, seed: int = 0) -> dict:
                                                  "grad": grad},
             "profile": "unit", "num_examples": n, "solver": {"name": "broyden", "budget": budget, "tol": 0.0},
             "tol": 1e-3, "deployed_budget": 4, "attack": "pgd10", "estimator": "exact", "inputs": inputs,
-            "warnings": ["Square beats the white-box attacks"]}
+            "warnings": ["Square beats the white-box attacks"], **fake_diagnostics(rel, rng, training != "standard")}
+
+
+def fake_diagnostics(rel: np.ndarray, rng, misaligned: bool, examples: int = 8) -> dict:
+    """The mechanism diagnostics of an analysis record: cosines near 1, lower at the final state
+    of a ``misaligned`` model, falling with n for the state estimators."""
+    def cosines(centre: float) -> list:
+        return np.clip(centre + 0.05 * rng.standard_normal(examples), -1, 1).tolist()
+
+    entries = []
+    for kind in ("clean", "adversarial"):
+        final = 0.4 if misaligned else 0.97
+        entries += [{"inputs": kind, "estimator": e, "estimator_type": e, "state": "final", "cosine": cosines(final)}
+                    for e in ("exact", "unroll")]
+        entries += [{"inputs": kind, "estimator": e, "estimator_type": e, "state": n, "cosine": cosines(1 - 0.1 * n)}
+                    for e in ("intermediate", "adjoint") for n in STATES]
+    for e in entries:
+        e["median"] = float(np.median(e["cosine"]))
+    budget = 4
+    return {"alignment": entries,
+            "forward_residual": {"clean": rel[:, budget - 1].tolist(), "adversarial": (3 * rel[:, budget - 1]).tolist()},
+            "backward_residual": {kind: (scale * rng.random(examples)).tolist() for kind, scale in
+                                  (("clean", 1e-3), ("adversarial", 1e-1))},
+            "batch_dependence": {c: {e: {"state": "final", "cosine": cosines(value), "median": value}
+                                     for e in ("exact", "solver_autograd")} for c, value in (("sample", 1.0),
+                                                                                              ("batch", 0.7))},
+            "diagnostics": {"num_examples": examples, "batch_size": 20, "coupling": "sample",
+                            "backward_solver": {"name": "broyden", "budget": 3, "tol": 1e-3},
+                            "true_gradient": "solver_autograd", "estimators": {}}}
 
 
 def analyses(adv_slower: bool = True) -> list[dict]:
@@ -206,8 +234,41 @@ def test_every_figure_fits_its_canvas():
     table, records = make_table(), analyses()
     for fig in (figures.residual_figure(records), figures.convergence_figure(records),
                 figures.sample_traces_figure(records), figures.state_accuracy_figure(records, table),
+                figures.alignment_figure(records), figures.residual_distribution_figure(records),
                 *(figures.heatmap_figure(table, m) for m in table["model"].unique())):
         assert inside_canvas(fig), fig.get_suptitle() or fig.axes[0].get_title()
+
+
+def test_alignment_figure_draws_the_medians_per_state_and_final_markers():
+    records = analyses()
+    fig = figures.alignment_figure(records)
+    assert inside_canvas(fig)
+    axes = np.array(fig.axes).reshape(2, 2)          # rows clean, adversarial; columns deq_std, deq_pgd
+    entries = {(e["estimator"], e["state"]): e for e in records[1]["alignment"] if e["inputs"] == "adversarial"}
+    ax = axes[1, 1]
+    assert "deq_pgd" in ax.get_title() and "adversarial" in ax.get_title()
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    np.testing.assert_allclose(lines["intermediate"].get_xdata(), STATES)
+    np.testing.assert_allclose(lines["intermediate"].get_ydata(), [entries[("intermediate", n)]["median"] for n in STATES])
+    assert [t.get_text() for t in ax.get_xticklabels()] == [*map(str, STATES), "final"]
+    finals = [c for c in ax.containers if c.get_label() == "exact (final)"]
+    (marker,) = finals[0].lines[0].get_ydata()
+    assert marker == pytest.approx(entries[("exact", "final")]["median"])
+
+
+def test_residual_distribution_figure_and_records_without_diagnostics():
+    records = analyses()
+    fig = figures.residual_distribution_figure(records)
+    assert inside_canvas(fig)
+    frame = analysis.diagnostic_residual_frame(records)
+    assert len(frame) == sum(len(v) for r in records for key in ("forward_residual", "backward_residual")
+                             for v in r[key].values())
+    old = [{k: v for k, v in r.items() if k not in ("alignment", "forward_residual", "backward_residual",
+                                                    "batch_dependence", "diagnostics")} for r in records]
+    for fig in (figures.alignment_figure(old), figures.residual_distribution_figure(old)):
+        texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+        assert any(t.startswith("no ") for t in texts), texts
+        assert inside_canvas(fig)
 
 
 def write_outputs(folder: Path) -> tuple[Path, list[Path]]:
@@ -246,7 +307,7 @@ def test_figures_and_report_commands(tmp_path: Path):
     assert command("figures", ["-c", str(cfg), "--table", str(table), "--analysis", *map(str, paths),
                  "--out-dir", str(out)]) == 0
     for name in ("residual.png", "convergence.png", "residual_samples.png", "state_accuracy.png", "heatmap_deq_pgd.png",
-                 "heatmap_resnet_pgd.png", "main.md", "main.tex"):
+                 "heatmap_resnet_pgd.png", "alignment.png", "residual_distribution.png", "main.md", "main.tex"):
         assert (out / name).stat().st_size > 0, name
     main_md = (out / "main.md").read_text()
     for text in ("deq_pgd", "deq_std", "resnet_pgd", "early_exit", "Madry", "Rice", "Wong", "RobustBench"):

@@ -40,7 +40,11 @@ def _style() -> Iterator[None]:
 
 def _label(analysis: dict) -> str:
     model = analysis["model"]
-    return f"{model['name']} ({model['training']}, {model['grad']})"
+    return _model_label(model["name"], model["training"], model["grad"])
+
+
+def _model_label(name: str, training: str, grad: str | None) -> str:
+    return f"{name} ({training}, {grad})"
 
 
 def residual_frame(analyses: list[dict]) -> pd.DataFrame:
@@ -179,6 +183,90 @@ def state_accuracy_figure(analyses: list[dict], table: pd.DataFrame | None) -> F
     return fit(fig)
 
 
+def alignment_figure(analyses: list[dict]) -> Figure:
+    """Cosine between each estimator's input gradient and the true gradient of the same output
+    (median, quartile band) against the state n, one panel per model (columns) and input kind
+    (rows); final-state estimators are markers with quartile bars at 'final'."""
+    from deqrobust.analysis import alignment_frame
+    from deqrobust.stats import ALIGNED_COSINE
+
+    frame = alignment_frame(analyses)
+    models = list(dict.fromkeys(frame["model"]))
+    kinds = [k for k in ("clean", "adversarial") if k in set(frame["inputs"])] or ["clean"]
+    steps = sorted(frame["step"].dropna().unique())
+    final_x = (max(steps) if steps else 0) + 1.5
+    names = sorted(set(frame["estimator"]))
+    palette = dict(zip(names, sns.color_palette("colorblind", max(len(names), 1))))
+    with _style():
+        fig = Figure(figsize=(4.5 * max(len(models), 1), 3.5 * len(kinds)), layout="constrained")
+        axes = fig.subplots(len(kinds), max(len(models), 1), squeeze=False, sharey=True)
+        if not models:
+            _empty(axes[0, 0], "no alignment in the analyses")
+        for col, model in enumerate(models):
+            for row, kind in enumerate(kinds):
+                ax, part = axes[row, col], frame[(frame["model"] == model) & (frame["inputs"] == kind)]
+                first = part.iloc[0] if len(part) else None
+                if first is None:
+                    _empty(ax, f"{model}: no {kind} alignment")
+                    continue
+                finals = part[part["step"].isna()].sort_values("estimator")
+                for estimator, line in part[part["step"].notna()].groupby("estimator"):
+                    line = line.sort_values("step")
+                    ax.plot(line["step"], line["median"], marker="o", markersize=3, color=palette[estimator],
+                            label=estimator)
+                    ax.fill_between(line["step"], line["q25"], line["q75"], color=palette[estimator], alpha=0.2,
+                                    linewidth=0)
+                offsets = np.linspace(-0.25, 0.25, len(finals)) if len(finals) > 1 else [0.0]
+                for offset, (_, point) in zip(offsets, finals.iterrows()):
+                    ax.errorbar(final_x + offset, point["median"], color=palette[point["estimator"]], marker="D",
+                                yerr=[[point["median"] - point["q25"]], [point["q75"] - point["median"]]],
+                                capsize=3, linestyle="none", label=f"{point['estimator']} (final)")
+                ax.axhline(ALIGNED_COSINE, color="grey", linestyle=":", linewidth=1)
+                ticks = [*steps, final_x]
+                ax.set_xticks(ticks, [*(str(int(t)) for t in steps), "final"])
+                ax.set(xlabel="state n", ylabel="cosine to the true gradient", ylim=(-1.05, 1.05),
+                       title=f"{_model_label(model, first['training'], first['grad'])}\n{kind} inputs "
+                             f"(n={int(part['n'].max())})")
+                ax.legend(loc="lower left", fontsize="small")
+        fig.suptitle(f"Gradient alignment with the true gradient of the same output (median, quartiles); "
+                     f"dotted: {ALIGNED_COSINE:g}")
+    return fit(fig)
+
+
+def residual_distribution_figure(analyses: list[dict]) -> Figure:
+    """Per-sample relative residuals, clean against adversarial inputs, per model: the forward
+    solve at the deployed budget and the backward (adjoint) solve of exact after its budget."""
+    from deqrobust.analysis import diagnostic_residual_frame
+
+    frame = diagnostic_residual_frame(analyses)
+    frame["model"] = [_model_label(*key) for key in zip(frame["model"], frame["training"], frame["grad"])]
+    solves = {"forward": ("forward solve at the deployed budget", {a["tol"] for a in analyses}),
+              "backward": ("backward solve of exact after its budget",
+                           {a["diagnostics"]["backward_solver"].get("tol") for a in analyses if "diagnostics" in a})}
+    palette = dict(zip(("clean", "adversarial"), sns.color_palette("colorblind")))
+    with _style():
+        fig = Figure(figsize=(10, 4), layout="constrained")
+        axes = fig.subplots(1, 2, squeeze=False)[0]
+        for ax, (solve, (title, tols)) in zip(axes, solves.items()):
+            part = frame[frame["solve"] == solve]
+            finite = part[np.isfinite(part["residual"]) & (part["residual"] > 0)]
+            if finite.empty:
+                _empty(ax, f"no {solve} residuals in the analyses")
+                continue
+            sns.boxplot(finite, x="model", y="residual", hue="inputs", palette=palette, log_scale=True, ax=ax,
+                        fliersize=0)
+            sns.stripplot(finite, x="model", y="residual", hue="inputs", palette=palette, dodge=True, size=2,
+                          alpha=0.5, ax=ax, legend=False)
+            for tol in tols - {None, 0}:
+                ax.axhline(tol, color="grey", linestyle=":", linewidth=1)
+            dropped = len(part) - len(finite)
+            ax.set(title=title + (f"\n({dropped} non-finite or zero left out)" if dropped else ""), xlabel="",
+                   ylabel="relative residual")
+            ax.set_xticks(ax.get_xticks(), [_wrap(t.get_text(), 24) for t in ax.get_xticklabels()])
+        fig.suptitle("Per-sample residuals, clean and adversarial inputs; dotted: tolerance")
+    return fit(fig)
+
+
 def heatmap_figure(table: pd.DataFrame, model: str) -> Figure:
     """(c) Robust accuracy (%) per estimator@attacked state (rows) and attack (columns), one panel per defense.
 
@@ -258,7 +346,9 @@ def write_all(table: pd.DataFrame, analyses: list[dict], out_dir: str | os.PathL
     written = [save_figure(residual_figure(analyses), out / "residual.png"),
                save_figure(convergence_figure(analyses), out / "convergence.png"),
                save_figure(sample_traces_figure(analyses), out / "residual_samples.png"),
-               save_figure(state_accuracy_figure(analyses, table), out / "state_accuracy.png")]
+               save_figure(state_accuracy_figure(analyses, table), out / "state_accuracy.png"),
+               save_figure(alignment_figure(analyses), out / "alignment.png"),
+               save_figure(residual_distribution_figure(analyses), out / "residual_distribution.png")]
     for model in table["model"].unique():
         written.append(save_figure(heatmap_figure(table, model), out / f"heatmap_{_slug(model)}.png"))
     header, rows = results.main_table_rows(table, profile)
