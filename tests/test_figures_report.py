@@ -113,7 +113,8 @@ def fake_diagnostics(rel: np.ndarray, rng, misaligned: bool, examples: int = 8) 
         e["median"] = float(np.median(e["cosine"]))
     budget = 4
     return {"alignment": entries,
-            "forward_residual": {"clean": rel[:, budget - 1].tolist(), "adversarial": (3 * rel[:, budget - 1]).tolist()},
+            "forward_residual": {"clean": rel[:, budget - 1].tolist(),
+                                 "adversarial": (3 * rel[:, budget - 1]).tolist()},
             "backward_residual": {kind: (scale * rng.random(examples)).tolist() for kind, scale in
                                   (("clean", 1e-3), ("adversarial", 1e-1))},
             "batch_dependence": {c: {e: {"state": "final", "cosine": cosines(value), "median": value}
@@ -249,7 +250,8 @@ def test_alignment_figure_draws_the_medians_per_state_and_final_markers():
     assert "deq_pgd" in ax.get_title() and "adversarial" in ax.get_title()
     lines = {line.get_label(): line for line in ax.get_lines()}
     np.testing.assert_allclose(lines["intermediate"].get_xdata(), STATES)
-    np.testing.assert_allclose(lines["intermediate"].get_ydata(), [entries[("intermediate", n)]["median"] for n in STATES])
+    np.testing.assert_allclose(lines["intermediate"].get_ydata(),
+                               [entries[("intermediate", n)]["median"] for n in STATES])
     assert [t.get_text() for t in ax.get_xticklabels()] == [*map(str, STATES), "final"]
     finals = [c for c in ax.containers if c.get_label() == "exact (final)"]
     (marker,) = finals[0].lines[0].get_ydata()

@@ -189,7 +189,8 @@ def diagnose(deq: torch.nn.Module, own, inputs: dict[str, tuple[torch.Tensor, to
     def model(estimator, state):
         return DEQLogits(deq, estimator, state, solver, backward_solver, own=own).eval()
 
-    pairs = [(name, entry["spec"], state) for name, entry in diagnosed["estimators"].items() for state in entry["states"]]
+    pairs = [(name, entry["spec"], state)
+             for name, entry in diagnosed["estimators"].items() for state in entry["states"]]
     entries, backward = [], {}
     for kind, (x, y) in tqdm(inputs.items(), desc="diagnose", unit="inputs", disable=not progress):
         for name, spec, state in pairs:

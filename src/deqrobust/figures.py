@@ -193,8 +193,6 @@ def alignment_figure(analyses: list[dict]) -> Figure:
     frame = alignment_frame(analyses)
     models = list(dict.fromkeys(frame["model"]))
     kinds = [k for k in ("clean", "adversarial") if k in set(frame["inputs"])] or ["clean"]
-    steps = sorted(frame["step"].dropna().unique())
-    final_x = (max(steps) if steps else 0) + 1.5
     names = sorted(set(frame["estimator"]))
     palette = dict(zip(names, sns.color_palette("colorblind", max(len(names), 1))))
     with _style():
@@ -203,6 +201,8 @@ def alignment_figure(analyses: list[dict]) -> Figure:
         if not models:
             _empty(axes[0, 0], "no alignment in the analyses")
         for col, model in enumerate(models):
+            steps = sorted(frame.loc[frame["model"] == model, "step"].dropna().unique())
+            final_x = (max(steps) if steps else 0) + 1.5
             for row, kind in enumerate(kinds):
                 ax, part = axes[row, col], frame[(frame["model"] == model) & (frame["inputs"] == kind)]
                 first = part.iloc[0] if len(part) else None
@@ -227,7 +227,7 @@ def alignment_figure(analyses: list[dict]) -> Figure:
                 ax.set(xlabel="state n", ylabel="cosine to the true gradient", ylim=(-1.05, 1.05),
                        title=f"{_model_label(model, first['training'], first['grad'])}\n{kind} inputs "
                              f"(n={int(part['n'].max())})")
-                ax.legend(loc="lower left", fontsize="small")
+                ax.legend(loc="best", fontsize="small")
         fig.suptitle(f"Gradient alignment with the true gradient of the same output (median, quartiles); "
                      f"dotted: {ALIGNED_COSINE:g}")
     return fit(fig)

@@ -74,6 +74,7 @@ def problems(cfg: dict) -> list[str]:
     for i, group in enumerate(ev["cells"]):
         found += _undefined(f"evaluation.cells[{i}].estimators", group["estimators"], "estimator", estimators)
         found += _undefined(f"evaluation.cells[{i}].attacks", group["attacks"], "attack", attacks)
+        found += _group_model_problems(cfg, i, group)
         for state in group["states"]:
             try:
                 parse_state(state, cfg["solver"]["budget"])
@@ -87,6 +88,17 @@ def problems(cfg: dict) -> list[str]:
                 check(spec, f"evaluation.{kind}.{name}")
             except ConfigError as err:
                 found.append(str(err))
+    return found
+
+
+def _group_model_problems(cfg: dict, i: int, group: dict) -> list[str]:
+    """A cell group's ``models`` must name DEQs of the config (baselines have baseline_attacks)."""
+    key, models, found = f"evaluation.cells[{i}].models", cfg["models"], []
+    for name in group.get("models", ()):
+        if name not in models:
+            found.append(f"{key}: unknown model {name!r}; models of this config: {', '.join(models) or '(none)'}")
+        elif models[name]["arch"] != "mdeq":
+            found.append(f"{key}: {name!r} is not a DEQ; baselines are attacked with evaluation.baseline_attacks")
     return found
 
 
@@ -213,12 +225,14 @@ def baselines(cfg: dict) -> list[str]:
 
 def cells(cfg: dict) -> list[Cell]:
     """Every evaluation job, in config order: each DEQ instance under every estimator x attack x
-    state of each group of ``evaluation.cells``; each baseline instance under ``baseline_attacks``
+    state of each group of ``evaluation.cells`` that applies to its model (a group with ``models``
+    applies to those models' instances only); each baseline instance under ``baseline_attacks``
     through plain backprop at the final state."""
     ev, budget = cfg["evaluation"], cfg["solver"]["budget"]
-    found = [Cell(model, estimator, attack, state_name(parse_state(state, budget)))
-             for model in deqs(cfg) for group in ev["cells"] for estimator in group["estimators"]
-             for attack in group["attacks"] for state in group["states"]]
+    found = [Cell(inst.name, estimator, attack, state_name(parse_state(state, budget)))
+             for inst in instances(cfg) if cfg["models"][inst.model]["arch"] == "mdeq"
+             for group in ev["cells"] if inst.model in group.get("models", [inst.model])
+             for estimator in group["estimators"] for attack in group["attacks"] for state in group["states"]]
     found += [Cell(model, BASELINE_ESTIMATOR, attack, FINAL) for model in baselines(cfg)
               for attack in ev["baseline_attacks"]]
     return list(dict.fromkeys(found))
@@ -311,8 +325,8 @@ def diagnosed(cfg: dict) -> dict:
     if names is None:
         names = [name for name, spec in defined.items() if spec["name"] in types]
     found = _undefined(f"{key}.estimators", names, "estimator", defined)
-    found += [f"{key}.estimators: {name!r} is a {defined[name]['name']!r} estimator; diagnosed types: {', '.join(types)}"
-              for name in names if name in defined and defined[name]["name"] not in types]
+    found += [f"{key}.estimators: {name!r} is a {defined[name]['name']!r} estimator; diagnosed types: "
+              f"{', '.join(types)}" for name in names if name in defined and defined[name]["name"] not in types]
     states = section["states"] if section["states"] is not None else list(range(1, budget + 1))
     for state in states:
         try:
