@@ -1,5 +1,6 @@
 # Fixed-point analysis of each DEQ: residual traces and per-state accuracy, clean and
-# adversarial.
+# adversarial, and the mechanism diagnostics (gradient alignment with the true gradient,
+# backward residuals, batch dependence; analysis.diagnostics).
 
 
 rule analyze:
