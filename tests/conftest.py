@@ -47,6 +47,18 @@ def write_archive(path: Path, batches: dict[str, object], raw: dict[str, bytes] 
     return path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tests run torch on one thread: small models are fastest so, and the 2 cores are shared
+    (two OpenMP threads spin against each other under load, docs/performance.md)."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 @pytest.fixture
 def cifar_archive(tmp_path: Path) -> Callable[..., tuple[Path, dict]]:
     """Factory: ``cifar_archive(per_batch=20, n_test=20, edit=None)`` -> (archive path, batches written).

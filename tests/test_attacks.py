@@ -17,14 +17,6 @@ from deqrobust.config import ConfigError
 SIDE = 8  # image side: small, square (Square attack assumes square images)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the test machine is shared."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
 
 def synthetic(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Ten classes, each a fixed pattern of amplitude 0.02 under noise: easy to learn, easy to attack at 8/255."""

@@ -13,13 +13,6 @@ from deqrobust.models.mdeq import MDEQ
 from toy_deq import ToyDEQ
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
 
 @pytest.fixture
 def toy():

@@ -32,13 +32,6 @@ from deqrobust.models.mdeq import MDEQ
 SOLVER = {"name": "broyden", "budget": 8, "tol": 1e-3}
 BACKWARD_SOLVER = {"name": "broyden", "budget": 7, "tol": 1e-3}
 TOLERANCE = 1e-10
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Measured: one thread is fastest for single images, and the test machine is shared."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 @pytest.fixture(scope="module")

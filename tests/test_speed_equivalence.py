@@ -77,14 +77,6 @@ def assert_same(ref, out, rtol=1e-7, atol=1e-10):
     torch.testing.assert_close(out[3], ref[3], rtol=1e-6, atol=1e-12)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two OpenMP threads on two shared cores spin against each other (docs/performance.md)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
 
 @pytest.fixture(scope="module")
 def mini():

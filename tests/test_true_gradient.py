@@ -26,13 +26,6 @@ DEPLOYED = {"name": "solver_autograd"}
 BACKWARD = {"name": "broyden", "budget": 40, "tol": 1e-12}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
 
 def decisions(model):
     result = model.stats["result"]
