@@ -23,7 +23,8 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-PROFILES = {"paper": "config/config.yaml", "quick": "config/quick.yaml", "smoke": "config/smoke.yaml"}
+PROFILES = {"paper": "config/config.yaml", "quick": "config/quick.yaml", "cpu": "config/cpu.yaml",
+            "smoke": "config/smoke.yaml"}
 # What the workflow needs, relative to the repository root.
 WORKFLOW_FILES = ["Snakefile", "workflow", "config", "notebooks", "src/deqrobust/config.schema.yaml",
                   "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore"]
@@ -91,17 +92,18 @@ def finished_outputs(log: str) -> set[str]:
 
 def expected_jobs(cfg: dict, notebooks: int) -> Counter:
     """The jobs of a whole run, derived from the config alone (not from the workflow code)."""
-    instances = {f"{m}.s{seed}" if "seeds" in spec else m: spec       # one per seed
+    instances = {f"{m}.s{seed}" if "seeds" in spec else m: m       # one per seed -> its model
                  for m, spec in cfg["models"].items() for seed in spec.get("seeds", [None])}
     models = list(instances)
-    deqs = [m for m, spec in instances.items() if spec["arch"] == "mdeq"]
-    baselines = [m for m in models if m not in deqs]
+    deqs = [i for i, m in instances.items() if cfg["models"][m]["arch"] == "mdeq"]
+    baselines = [i for i in models if i not in deqs]
     ev = cfg.get("evaluation", {})
-    per_deq = {(e, a, str(s)) for g in ev.get("cells", []) for e in g["estimators"]
-               for a in g["attacks"] for s in g["states"]}
+    deq_cells = {(i, e, a, str(s)) for i in deqs for g in ev.get("cells", [])
+                 if instances[i] in g.get("models", [instances[i]])     # a group with models: theirs only
+                 for e in g["estimators"] for a in g["attacks"] for s in g["states"]}
     return Counter({
         "data": 1, "train": len(models), "select_exit": len(deqs), "analyze": len(deqs),
-        "evaluate": len(deqs) * len(per_deq) + len(baselines) * len(ev.get("baseline_attacks", [])),
+        "evaluate": len(deq_cells) + len(baselines) * len(ev.get("baseline_attacks", [])),
         "merge": 1, "figures": 1, "report": 1, "notebook": notebooks, "all": 1,
     })
 
@@ -193,6 +195,22 @@ def test_paper_matrix_size():
     """The paper's matrix: 8 DEQs x (4 x 3 final-state + 7 x 2 x 8 intermediate + 3 x 2 ensemble) cells
     + 2 x 2 baseline cells."""
     assert expected_jobs(load("paper"), 0)["evaluate"] == 8 * (4 * 3 + 7 * 2 * 8 + 3 * 2) + 2 * 2
+
+
+def test_cpu_matrix_gives_each_model_its_groups(workdir):
+    """The cpu profile: the final-state gradients (PGD-10) on every DEQ, the rest of the matrix on
+    each seed of the PGD-AT DEQ only (a cell group's `models`): 2 x 17 + 3 DEQ cells + 2 baseline."""
+    proc = snakemake(workdir, "-n", "--configfile", PROFILES["cpu"])
+    text = output_of(proc)
+    assert proc.returncode == 0, text[-3000:]
+    assert job_stats(text)["evaluate"] == 2 * (3 + 2 + 8 + 2 + 2) + 3 + 2 == 39
+    cells = {o.removeprefix("results/cpu/eval/") for o in planned_outputs(text) if o.startswith("results/cpu/eval/")}
+    per_model = {m: {c.split("/", 1)[1] for c in cells if c.startswith(m + "/")}
+                 for m in ("deq-std", "deq-adv.s0", "deq-adv.s1", "resnet18-w8-adv")}
+    assert per_model["deq-std"] == {f"{e}/pgd10/state-final.json" for e in ("exact", "unroll", "solver_autograd")}
+    assert per_model["deq-adv.s0"] == per_model["deq-adv.s1"] > per_model["deq-std"]
+    assert len(per_model["deq-adv.s0"]) == 17 and "intermediate/pgd10/state-8.json" in per_model["deq-adv.s0"]
+    assert per_model["resnet18-w8-adv"] == {"autograd/pgd10/state-final.json", "autograd/apgd-ce/state-final.json"}
 
 
 def test_dry_run_with_seeds_plans_one_instance_per_seed(workdir):
@@ -331,6 +349,11 @@ BAD_VALUES = {
     "unknown estimator parameter": (_edit_first("estimators", "lambda", 0.5), "unknown parameter 'lambda'"),
     "bad training override": (_edit_first("models", "training_overrides", {"epochz": 1}),
                               "training_overrides: Additional properties are not allowed ('epochz' was unexpected)"),
+    "cell group of an unknown model": (lambda c: c["evaluation"]["cells"][0].update(models=["deq-nope"]),
+                                       "evaluation.cells[0].models: unknown model 'deq-nope'; models of this config:"),
+    "cell group of a baseline": (lambda c: c["evaluation"]["cells"][0].update(models=["resnet18-adv"]),
+                                 "evaluation.cells[0].models: 'resnet18-adv' is not a DEQ; baselines are attacked "
+                                 "with evaluation.baseline_attacks"),
 }
 
 
