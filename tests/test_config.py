@@ -157,11 +157,63 @@ def test_cells_follow_the_config():
     cells = plan.cells(cfg)
     assert len(cells) == len(set(cells))
     ev = cfg["evaluation"]
-    expected = {(m, e, a, str(s)) for m in ("deq-std", "deq-adv") for g in ev["cells"]
+    expected = {(m, e, a, str(s), g.get("coupling"), g.get("batch_size")) for m in ("deq-std", "deq-adv")
+                for g in ev["cells"] if m in g.get("models", [m])
                 for e in g["estimators"] for a in g["attacks"] for s in g["states"]}
-    expected |= {("resnet18-adv", plan.BASELINE_ESTIMATOR, a, plan.FINAL) for a in ev["baseline_attacks"]}
+    expected |= {("resnet18-adv", plan.BASELINE_ESTIMATOR, a, plan.FINAL, None, None) for a in ev["baseline_attacks"]}
     assert set(cells) == expected
     assert plan.deqs(cfg) == ["deq-std", "deq-adv"] and plan.baselines(cfg) == ["resnet18-adv"]
+
+
+def test_a_coupled_group_is_its_own_cells_with_its_own_path_and_slice():
+    """smoke's batch-coupled group (batch 10, the profile's batch, under coupling batch): cells
+    beside the per-sample ones of the same estimator, attack and state, a path suffix, and a
+    slice with both solvers batch-coupled; the profile's cells keep their paths and slices."""
+    cfg = load()
+    cells = plan.cells(cfg)
+    coupled = [c for c in cells if c.coupling is not None]
+    assert {(c.model, c.estimator, c.attack, c.state, c.coupling, c.batch_size) for c in coupled} == \
+        {("deq-adv", e, "pgd2", "final", "batch", 10) for e in ("exact", "solver_autograd")}
+    assert plan.Cell("deq-adv", "exact", "pgd2", "final") in cells       # the per-sample one stays
+    assert [plan.solve_suffix(c) for c in coupled] == [".batch10"] * 2
+    assert plan.parse_solve(".batch10") == ("batch", 10) and plan.parse_solve("") == (None, None)
+    assert all(plan.solve_suffix(c) == "" for c in cells if c.coupling is None)
+    plain = plan.cell_slice(cfg, "exact", "pgd2")
+    batch = plan.cell_slice(plan.cell_config(cfg, "batch", 10), "exact", "pgd2")
+    assert plan.cell_config(cfg) is cfg and "coupling" not in plain["solver"]     # the profile's: as written
+    assert batch["solver"]["coupling"] == batch["backward_solver"]["coupling"] == "batch"
+    assert {k: v for k, v in batch.items() if k not in ("solver", "backward_solver")} == \
+        {k: v for k, v in plain.items() if k not in ("solver", "backward_solver")}
+    assert plan.coupling_of(cfg) == "sample" and plan.coupling_of(plan.cell_config(cfg, "batch")) == "batch"
+
+
+@pytest.mark.parametrize("group, expected", [
+    ({}, (None, None)),                                   # the profile's: no suffix
+    ({"coupling": "sample"}, (None, None)),               # written but the profile's setting
+    ({"batch_size": 10}, (None, None)),
+    ({"coupling": "batch"}, ("batch", 10)),               # the batch defaults to evaluation.batch_size
+    ({"batch_size": 4}, ("sample", 4)),                   # the coupling to solver.coupling
+    ({"coupling": "batch", "batch_size": 96}, ("batch", 96)),
+])
+def test_a_group_is_off_the_profile_only_where_its_setting_differs(group, expected):
+    cfg = load()
+    cfg["evaluation"]["cells"] = [{"estimators": ["exact"], "attacks": ["pgd2"], "states": ["final"], **group}]
+    assert {c[4:] for c in plan.cells(cfg) if c.estimator == "exact"} == {expected}
+
+
+def test_a_mixed_profile_is_named_and_a_group_coupling_sets_both_solvers():
+    cfg = load("backward_solver.coupling=batch")
+    assert plan.coupling_of(cfg) == "sample/batch"
+    cfg["evaluation"]["cells"] = [{"estimators": ["exact"], "attacks": ["pgd2"], "states": ["final"],
+                                   "coupling": "sample"}]
+    assert {c[4:] for c in plan.cells(cfg) if c.estimator == "exact"} == {("sample", 10)}
+
+
+def test_a_bad_group_coupling_or_batch_is_named():
+    assert "evaluation.cells[0].coupling: 'authors' is not one of ['sample', 'batch']" in refused(
+        "evaluation.cells=[{estimators: [exact], attacks: [pgd2], states: [final], coupling: authors}]")
+    assert "evaluation.cells[0].batch_size: 0 is less than the minimum of 1" in refused(
+        "evaluation.cells=[{estimators: [exact], attacks: [pgd2], states: [final], batch_size: 0}]")
 
 
 def test_step_references_are_checked_by_their_slices():

@@ -98,7 +98,14 @@ def expected_jobs(cfg: dict, notebooks: int) -> Counter:
     deqs = [i for i, m in instances.items() if cfg["models"][m]["arch"] == "mdeq"]
     baselines = [i for i in models if i not in deqs]
     ev = cfg.get("evaluation", {})
-    deq_cells = {(i, e, a, str(s)) for i in deqs for g in ev.get("cells", [])
+    couplings = [cfg.get(key, {}).get("coupling", "sample") for key in ("solver", "backward_solver")]
+
+    def setting(group):   # a group's coupling (both solvers) and batch, None where they are the profile's
+        coupling = group.get("coupling", couplings[0])
+        size = group.get("batch_size", ev["batch_size"])
+        return None if [coupling, coupling, size] == [*couplings, ev["batch_size"]] else (coupling, size)
+
+    deq_cells = {(i, e, a, str(s), setting(g)) for i in deqs for g in ev.get("cells", [])
                  if instances[i] in g.get("models", [instances[i]])     # a group with models: theirs only
                  for e in g["estimators"] for a in g["attacks"] for s in g["states"]}
     return Counter({

@@ -28,8 +28,8 @@ from deqrobust.device import resolve_device
 from deqrobust.deq_logits import DEQLogits
 from deqrobust.estimators import build_estimator, model_estimator
 from deqrobust.models import is_deq
-from deqrobust.plan import (BASELINE_ESTIMATOR, cell_slice, identity, instance_config, instance_names, parse_state,
-                            select_slice, settings, spec_of, state_name)
+from deqrobust.plan import (BASELINE_ESTIMATOR, cell_config, cell_slice, coupling_of, identity, instance_config,
+                            instance_names, parse_state, select_slice, settings, spec_of, state_name)
 from deqrobust.scoring import all_state_logits
 
 
@@ -102,13 +102,18 @@ def _partial_dir(out: Path, stamp_of: dict) -> Path:
     return partial
 
 
-def run_cell(cfg: dict, checkpoint: str, estimator: str, attack: str, state, out: str | Path) -> dict:
-    """Attack the test examples and write the cell file (format in docs/architecture.md)."""
+def run_cell(cfg: dict, checkpoint: str, estimator: str, attack: str, state, out: str | Path,
+             coupling: str | None = None, batch_size: int | None = None) -> dict:
+    """Attack the test examples and write the cell file (format in docs/architecture.md).
+
+    ``coupling`` (both solvers, the attack's and the scoring's) and ``batch_size`` (the
+    evaluation batch) replace the config's when given (plan.cell_config): a cell of the
+    authors' batch-coupled solver, whose results depend on the batch."""
     device = resolve_device(cfg)
     torch.set_num_threads(cfg["threads"])
     model, meta = load_for_config(cfg, checkpoint, device)
     spec = meta["spec"]
-    cfg = instance_config(cfg, spec["name"])
+    cfg = cell_config(instance_config(cfg, spec["name"]), coupling, batch_size)
     deq = is_deq(model)
     state = parse_state(state, cfg["solver"]["budget"]) if deq else state
     own = own_estimator(cfg, spec) if deq else None
@@ -139,6 +144,7 @@ def run_cell(cfg: dict, checkpoint: str, estimator: str, attack: str, state, out
         "arch": spec["arch"], "training": spec["training"], "grad": spec.get("grad"), "estimator": estimator, "estimator_spec": cfg["evaluation"]["estimators"].get(estimator, {}),
         "attack": attack, "attack_spec": attack_spec,
         "attacked_state": "final" if state is None else state,
+        "coupling": coupling_of(cfg), "batch_size": size,
         "profile": cfg["profile"], "num_examples": len(y),
         "indices": list(range(len(y))), "labels": y.tolist(),
         "clean": {k: torch.cat([p["clean"][k] for p in parts]).int().tolist() for k in parts[0]["clean"]},

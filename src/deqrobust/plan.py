@@ -200,12 +200,68 @@ def _instance_problems(cfg: dict) -> list[str]:
 
 
 class Cell(NamedTuple):
-    """One evaluation job: a model attacked through an estimator at a state (its text form)."""
+    """One evaluation job: a model attacked through an estimator at a state (its text form),
+    under the profile's solvers and evaluation batch, or under a cell group's ``coupling`` and
+    ``batch_size`` where they differ from the profile's (both set then, else both None)."""
 
     model: str
     estimator: str
     attack: str
     state: str
+    coupling: str | None = None
+    batch_size: int | None = None
+
+
+# Solver coupling (the schema's): per sample (ours, the default) or over the batch (the authors').
+COUPLINGS = tuple(schema()["definitions"]["coupling"]["enum"])
+DEFAULT_COUPLING = schema()["definitions"]["solver"]["properties"]["coupling"]["default"]
+# A cell off the profile's solver setting: its path's suffix after the state, '.batch96'.
+SOLVE_RE = rf"(\.({'|'.join(COUPLINGS)})[0-9]+)?"
+
+
+def coupling_of(cfg: dict) -> str:
+    """The coupling a config's solvers run under, as records and tables carry it: 'sample' or
+    'batch', or 'forward/backward' ('sample/batch') when the two solvers differ."""
+    forward, backward = (cfg[key].get("coupling", DEFAULT_COUPLING) for key in ("solver", "backward_solver"))
+    return forward if forward == backward else f"{forward}/{backward}"
+
+
+def cell_config(cfg: dict, coupling: str | None = None, batch_size: int | None = None) -> dict:
+    """The config a cell runs with: ``coupling`` for both solvers (the attack and the scoring)
+    and ``batch_size`` for the evaluation batch; None keeps the config's."""
+    if coupling is None and batch_size is None:
+        return cfg
+    solvers = {key: {**cfg[key], "coupling": coupling} if coupling is not None else cfg[key]
+               for key in ("solver", "backward_solver")}
+    evaluation = {**cfg["evaluation"], "batch_size": batch_size or cfg["evaluation"]["batch_size"]}
+    return {**cfg, **solvers, "evaluation": evaluation}
+
+
+def _solve(cfg: dict, group: dict) -> tuple[str | None, int | None]:
+    """(coupling, batch size) of a cell group's cells: (None, None) when the profile's. A group's
+    coupling (default: the profile's solver.coupling) applies to both solvers."""
+    if "coupling" not in group and "batch_size" not in group:
+        return None, None
+    coupling = group.get("coupling", cfg["solver"].get("coupling", DEFAULT_COUPLING))
+    size = group.get("batch_size", cfg["evaluation"]["batch_size"])
+    own = cell_config(cfg, coupling, size)
+    return (None, None) if (coupling_of(own), size) == (coupling_of(cfg), cfg["evaluation"]["batch_size"]) \
+        else (coupling, size)
+
+
+def solve_suffix(cell: Cell) -> str:
+    """The suffix of a cell's path after its state: '' under the profile's setting, else
+    '.<coupling><batch_size>' ('.batch96')."""
+    return "" if cell.coupling is None else f".{cell.coupling}{cell.batch_size}"
+
+
+def parse_solve(suffix: str) -> tuple[str | None, int | None]:
+    """(coupling, batch size) of a path suffix made by ``solve_suffix`` ('' gives (None, None))."""
+    match = re.fullmatch(SOLVE_RE, suffix)
+    if match is None:
+        raise ConfigError(f"cell path suffix {suffix!r} is not valid; valid: '' or '.<coupling><batch size>' "
+                          f"with coupling one of {', '.join(COUPLINGS)}, e.g. '.batch96'")
+    return (None, None) if not suffix else (match.group(2), int(suffix[len(match.group(2)) + 1:]))
 
 
 def instance_names(cfg: dict) -> list[str]:
@@ -226,10 +282,11 @@ def baselines(cfg: dict) -> list[str]:
 def cells(cfg: dict) -> list[Cell]:
     """Every evaluation job, in config order: each DEQ instance under every estimator x attack x
     state of each group of ``evaluation.cells`` that applies to its model (a group with ``models``
-    applies to those models' instances only); each baseline instance under ``baseline_attacks``
-    through plain backprop at the final state."""
+    applies to those models' instances only), under the group's ``coupling`` and ``batch_size``
+    (a cell of the profile's setting whatever group lists it is one job); each baseline instance
+    under ``baseline_attacks`` through plain backprop at the final state."""
     ev, budget = cfg["evaluation"], cfg["solver"]["budget"]
-    found = [Cell(inst.name, estimator, attack, state_name(parse_state(state, budget)))
+    found = [Cell(inst.name, estimator, attack, state_name(parse_state(state, budget)), *_solve(cfg, group))
              for inst in instances(cfg) if cfg["models"][inst.model]["arch"] == "mdeq"
              for group in ev["cells"] if inst.model in group.get("models", [inst.model])
              for estimator in group["estimators"] for attack in group["attacks"] for state in group["states"]]

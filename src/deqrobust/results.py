@@ -1,9 +1,12 @@
 """The tidy results table: its columns and constants, ``merge``, and every query on it.
 
-One row per model, gradient estimator, attacked state, attack, defense and scored state.
-``merge`` builds it from the evaluation cells and copies each cell's recorded attack and
-estimator specs into columns, so no reader parses an attack's name: the figures and the
-report read the table only through the queries here.
+One row per model, gradient estimator, attacked state, solver setting (coupling and batch
+size), attack, defense and scored state. ``merge`` builds it from the evaluation cells and
+copies each cell's recorded attack and estimator specs and solver setting into columns, so no
+reader parses an attack's name: the figures and the report read the table only through the
+queries here. The main table, the figures and claims 2-5 read the profile's solver setting
+(``profile_rows``); cells under another (the authors' batch coupling) are compared with them in
+the report's "Batch coupling" section.
 
 Main table columns, per model and defense (accuracy in %, Wilson 95 % CI):
 - clean: the defense's clean accuracy;
@@ -35,7 +38,7 @@ import pandas as pd
 
 from deqrobust.atomic import atomic_path
 from deqrobust.config import ConfigError
-from deqrobust.plan import BASELINE_ESTIMATOR, ENSEMBLE, FINAL
+from deqrobust.plan import BASELINE_ESTIMATOR, ENSEMBLE, FINAL, coupling_of
 from deqrobust.specs import COMPONENTS, attack_params, estimator_params
 
 # ---------------------------------------------------------------- constants
@@ -57,16 +60,19 @@ AUTOATTACK_TYPES = ("autoattack", *COMPONENTS)
 DISPLAY = {c: "Square" if c == "square" else c.upper() for c in COMPONENTS}  # 'apgd-ce' -> 'APGD-CE'
 
 IDENTITY = ("model", "arch", "training", "grad")
+# The solver setting a cell ran under: its solvers' coupling (plan.coupling_of) and evaluation batch.
+# The profile's is evaluation.cells' default; a group may set another (the authors' batch coupling).
+SOLVE_COLUMNS = ("coupling", "batch_size")
 SPEC_COLUMNS = ("attack_type", "attack_version", "eps_255", "attack_steps", "restarts", "attack_params",
                 "estimator_type", "estimator_params")
 COLUMNS = (*IDENTITY, "estimator", "attacked_state", "attack", "defense", "scored_state", "correct", "n",
-           "accuracy", "ci_low", "ci_high", *SPEC_COLUMNS)
-SORT = ["model", "attack", "estimator", "attacked_state", "defense", "scored_state"]
+           "accuracy", "ci_low", "ci_high", *SOLVE_COLUMNS, *SPEC_COLUMNS)
+SORT = ["model", "attack", "estimator", "attacked_state", "defense", "scored_state", *SOLVE_COLUMNS]
 # Per-example outcomes: the table's rows before counting. ``base_model`` is the model's name
 # without its seed suffix (the model itself when the profile has one seed); ``indices`` the
 # test examples as ranges ("0-299"); ``outcomes`` one character 0/1 per example, in that order.
 OUTCOME_COLUMNS = (*IDENTITY, "base_model", "seed", "estimator", "attacked_state", "attack", "defense",
-                   "scored_state", "n", "indices", "outcomes", *SPEC_COLUMNS)
+                   "scored_state", "n", "indices", "outcomes", *SOLVE_COLUMNS, *SPEC_COLUMNS)
 
 MAIN_KEYS = ("clean", "pgd10", "autoattack", "worst_case")   # keys of main rows and headline metrics
 NOT_RUN = "not run"
@@ -194,9 +200,13 @@ def _rows_of(scores: dict, exit_state: int | None) -> list[dict]:
             for defense, key in picks if key in scores]
 
 
-def merge_outcomes(cell_paths: Iterable[str | os.PathLike], exit_paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
+def merge_outcomes(cell_paths: Iterable[str | os.PathLike], exit_paths: Iterable[str | os.PathLike],
+                   cfg: dict | None = None) -> pd.DataFrame:
     """Per-example outcomes (OUTCOME_COLUMNS) from evaluation cells and early-exit choices: attacked
-    rows, clean rows, and the per-example worst case over clean and every cell of a model."""
+    rows, and per model and solver setting (coupling, batch size) its clean rows and the per-example
+    worst case over clean and every cell of that setting (never across settings: under batch
+    coupling the defense itself differs). A cell recorded before cells carried their setting ran
+    under the profile's: ``cfg``'s (profile_solve), else left blank."""
     exits = {}
     for path in exit_paths:
         record = json.loads(Path(path).read_text())
@@ -205,20 +215,23 @@ def merge_outcomes(cell_paths: Iterable[str | os.PathLike], exit_paths: Iterable
     if not cells:
         raise ConfigError("merge needs at least one evaluation cell")
     blank = dict.fromkeys(SPEC_COLUMNS)
+    legacy = profile_solve(cfg) if cfg is not None else dict.fromkeys(SOLVE_COLUMNS)
     rows, by_model = [], {}
     for cell in cells:
         ident = {**{k: cell[k] for k in IDENTITY}, "base_model": cell.get("base_model") or cell["model"],
-                 "seed": cell.get("seed"), "indices": index_ranges(cell["indices"])}
-        by_model.setdefault(cell["model"], (ident, []))[1].append(cell)
+                 "seed": cell.get("seed"), "indices": index_ranges(cell["indices"]),
+                 **{k: cell.get(k, legacy[k]) for k in SOLVE_COLUMNS}}
+        by_model.setdefault((cell["model"], *(ident[k] for k in SOLVE_COLUMNS)), (ident, []))[1].append(cell)
         specs = {**attack_columns(cell["attack_spec"]), **estimator_columns(cell["estimator"], cell["estimator_spec"])}
         for row in _rows_of(cell["adversarial"], exits.get(cell["model"])):
             rows.append({**ident, "estimator": cell["estimator"], "attacked_state": str(cell["attacked_state"]),
                          "attack": cell["attack"], **row, **specs})
-    for model, (ident, group) in by_model.items():
+    for (model, *_), (ident, group) in by_model.items():
         reference = group[0]
         for other in group[1:]:
             if any(other[k] != reference[k] for k in ("indices", "labels", "clean")):
-                raise ConfigError(f"cells of model {model!r} disagree on the clean examples; "
+                setting = ", ".join(f"{k} {ident[k]}" for k in SOLVE_COLUMNS)
+                raise ConfigError(f"cells of model {model!r} ({setting}) disagree on the clean examples; "
                                   "were they run with different configs?")
         for row in _rows_of(reference["clean"], exits.get(model)):
             rows.append({**ident, "estimator": NONE, "attacked_state": NONE, "attack": CLEAN, **row, **blank})
@@ -228,6 +241,21 @@ def merge_outcomes(cell_paths: Iterable[str | os.PathLike], exit_paths: Iterable
     frame["seed"] = pd.to_numeric(frame["seed"]).astype("Int64")
     _integers(frame)
     return frame[list(OUTCOME_COLUMNS)].sort_values(SORT, kind="stable").reset_index(drop=True)
+
+
+def profile_solve(cfg: dict) -> dict:
+    """The profile's solver setting as the SOLVE_COLUMNS hold it."""
+    return {"coupling": coupling_of(cfg), "batch_size": cfg["evaluation"]["batch_size"]}
+
+
+def profile_rows(frame: pd.DataFrame, cfg: dict) -> pd.DataFrame:
+    """The rows (of a table or of per-example outcomes) of the profile's solver setting, the ones the
+    main table, the figures and claims 2-5 read; a blank setting (merged without a config from cells
+    recorded before cells carried it) counts as the profile's."""
+    keep = pd.Series(True, index=frame.index)
+    for column, value in profile_solve(cfg).items():
+        keep &= frame[column].isna() | (frame[column] == value)
+    return frame[keep]
 
 
 def tabulate(outcomes: pd.DataFrame) -> pd.DataFrame:
@@ -240,9 +268,10 @@ def tabulate(outcomes: pd.DataFrame) -> pd.DataFrame:
     return table[list(COLUMNS)].reset_index(drop=True)
 
 
-def merge(cell_paths: Iterable[str | os.PathLike], exit_paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
+def merge(cell_paths: Iterable[str | os.PathLike], exit_paths: Iterable[str | os.PathLike],
+          cfg: dict | None = None) -> pd.DataFrame:
     """The tidy table from evaluation cells and early-exit choices (``tabulate`` of ``merge_outcomes``)."""
-    return tabulate(merge_outcomes(cell_paths, exit_paths))
+    return tabulate(merge_outcomes(cell_paths, exit_paths, cfg))
 
 
 # ---------------------------------------------------------------- files
@@ -260,14 +289,15 @@ def write_outcomes(outcomes: pd.DataFrame, path: str | os.PathLike) -> None:
         packed.write(outcomes.to_csv(index=False).encode())
 
 
-def load_outcomes(path: str | os.PathLike) -> pd.DataFrame:
-    """Per-example outcomes as ``merge_outcomes`` made them (outcomes and indices kept as text)."""
+def load_outcomes(path: str | os.PathLike, cfg: dict | None = None) -> pd.DataFrame:
+    """Per-example outcomes as ``merge_outcomes`` made them (outcomes and indices kept as text); a
+    file merged before the SOLVE_COLUMNS existed gets ``cfg``'s setting (else blanks: the profile's)."""
     if not Path(path).is_file():
         raise ConfigError(f"per-example outcomes {path} do not exist; make them with `deqrobust merge --outcomes` "
                           "(the workflow's merge rule)")
     text = {c: str for c in ("model", "base_model", "attacked_state", "scored_state", "indices", "outcomes",
                              "attack_params", "estimator_params")}
-    frame = pd.read_csv(path, dtype=text, compression="gzip")
+    frame = _with_solve(pd.read_csv(path, dtype=text, compression="gzip"), cfg)
     missing = [c for c in OUTCOME_COLUMNS if c not in frame.columns]
     if missing:
         raise ConfigError(f"{path} is not a per-example outcomes file: no columns {', '.join(missing)}")
@@ -279,12 +309,13 @@ def load_table(path: str | os.PathLike, cfg: dict | None = None) -> pd.DataFrame
     """The tidy table with states kept as text (attacked: 'final', a step, 'any'; scored: 'state_n', ...).
 
     A table merged before the spec columns existed gets them from ``cfg``'s attack and
-    estimator specs (looked up by name); without a config it is refused.
+    estimator specs (looked up by name); without a config it is refused. One merged before the
+    SOLVE_COLUMNS existed (every cell under the profile's setting) gets ``cfg``'s (else blanks).
     """
     if not Path(path).is_file():
         raise ConfigError(f"table {path} does not exist; make it with `deqrobust merge` (the workflow's merge rule)")
-    table = pd.read_csv(path, dtype={"attacked_state": str, "scored_state": str, "model": str,
-                                     "attack_params": str, "estimator_params": str})
+    table = _with_solve(pd.read_csv(path, dtype={"attacked_state": str, "scored_state": str, "model": str,
+                                                 "attack_params": str, "estimator_params": str}), cfg)
     missing = [c for c in SPEC_COLUMNS if c not in table.columns]
     if missing:
         if cfg is None:
@@ -292,6 +323,16 @@ def load_table(path: str | os.PathLike, cfg: dict | None = None) -> pd.DataFrame
                               "rerun `deqrobust merge` on its cells, or give the profile's config")
         table = _with_specs(table.drop(columns=[c for c in SPEC_COLUMNS if c in table.columns]), cfg)
     return table
+
+
+def _with_solve(frame: pd.DataFrame, cfg: dict | None) -> pd.DataFrame:
+    """SOLVE_COLUMNS as written, else (a file merged before they existed) the profile's or blanks;
+    the batch size as an integer with blanks."""
+    legacy = profile_solve(cfg) if cfg is not None else dict.fromkeys(SOLVE_COLUMNS)
+    frame = frame.assign(**{k: legacy[k] for k in SOLVE_COLUMNS if k not in frame.columns})
+    frame["coupling"] = frame["coupling"].astype(object).where(frame["coupling"].notna(), None)
+    frame["batch_size"] = pd.to_numeric(frame["batch_size"]).astype("Int64")
+    return frame
 
 
 def _with_specs(table: pd.DataFrame, cfg: dict) -> pd.DataFrame:
@@ -314,7 +355,7 @@ def _integers(table: pd.DataFrame) -> None:
     """Counts as integers with blanks (not 10.0); eps_255 too when every radius is whole."""
     eps = pd.to_numeric(table["eps_255"])
     table["eps_255"] = eps.astype("Int64") if (eps.dropna() % 1 == 0).all() else eps
-    for column in ("attack_steps", "restarts"):
+    for column in ("attack_steps", "restarts", "batch_size"):
         table[column] = pd.to_numeric(table[column]).astype("Int64")
 
 

@@ -173,7 +173,7 @@ class Anderson:
 
 SOLVERS = {"broyden": Broyden, "anderson": Anderson, "fixed_point": FixedPointIteration}
 SAMPLE, BATCH = "sample", "batch"
-COUPLINGS: tuple[str, ...] = tuple(schema()["definitions"]["solver"]["properties"]["coupling"]["enum"])
+COUPLINGS: tuple[str, ...] = tuple(schema()["definitions"]["coupling"]["enum"])
 
 
 def solver_settings(spec: dict) -> tuple[str, int, float]:

@@ -78,8 +78,10 @@ def early_exit(model="{model}"):
     return results("early_exit", f"{model}.json")
 
 
-def cell(model="{model}", estimator="{estimator}", attack="{attack}", state="{state}"):
-    return results("eval", model, estimator, attack, f"state-{state}.json")
+def cell(model="{model}", estimator="{estimator}", attack="{attack}", state="{state}", solve="{solve}"):
+    """A cell's file; `solve` is '' under the profile's solvers and evaluation batch, else a
+    cell group's coupling and batch size ('.batch96', deqrobust.plan.solve_suffix)."""
+    return results("eval", model, estimator, attack, f"state-{state}{solve}.json")
 
 
 def analysis(model="{model}"):
@@ -121,7 +123,7 @@ def notebook_out(name="{notebook}"):
 
 
 def all_cells():
-    return [cell(*c) for c in plan.cells(config)]
+    return [cell(c.model, c.estimator, c.attack, c.state, plan.solve_suffix(c)) for c in plan.cells(config)]
 
 
 def all_early_exits():
@@ -156,6 +158,24 @@ def train_launcher(wildcards, threads, resources):
     if n <= 1:
         return "deqrobust"
     return f"torchrun --standalone --nproc_per_node {n} -m deqrobust.cli"
+
+
+# --------------------------------------------------------------------------------------
+# Params of the evaluate rule
+# --------------------------------------------------------------------------------------
+def cell_job_config(wildcards):
+    """The config of cell {model} {solve}: the instance's, under the cell's coupling and batch."""
+    return plan.cell_config(job_config(wildcards), *plan.parse_solve(wildcards.solve))
+
+
+def cell_cli_args(wildcards, threads):
+    """cli_args, and `--coupling C --batch-size N` for a cell off the profile's setting. One
+    derived param (it takes `threads`): no rerun trigger (the cell's `settings` slice holds
+    both), and the rule's shell text stays that of the cells made before cells had a setting
+    (Snakemake's `code` trigger compares it)."""
+    coupling, size = plan.parse_solve(wildcards.solve)
+    solve = "" if coupling is None else f" --coupling {coupling} --batch-size {size}"
+    return cli_args(wildcards, threads) + solve
 
 
 def rank_threads(wildcards, threads, resources):

@@ -1,5 +1,6 @@
-# One job per cell of the estimator x attack x attacked-state matrix (resumable by batch:
-# the CLI keeps <cell>.partial/ while running; it is not an output), then the merge.
+# One job per cell of the estimator x attack x attacked-state matrix, under the profile's
+# solvers or a cell group's coupling and batch ({solve}: '' or '.batch96'; resumable by
+# batch: the CLI keeps <cell>.partial/ while running; it is not an output), then the merge.
 
 
 rule evaluate:
@@ -9,12 +10,13 @@ rule evaluate:
     output:
         cell(),
     params:
-        cli=cli_args,
-        settings=lambda w: plan.settings(plan.cell_slice(job_config(w), w.estimator, w.attack)),
+        cli=cell_cli_args,
+        settings=lambda w: plan.settings(plan.cell_slice(cell_job_config(w), w.estimator, w.attack)),
     log:
-        log("evaluate", "{model}", "{estimator}", "{attack}", "state-{state}.log"),
+        log("evaluate", "{model}", "{estimator}", "{attack}", "state-{state}{solve}.log"),
     wildcard_constraints:
         state=plan.STATE_RE,
+        solve=plan.SOLVE_RE,
     threads: config["threads"]
     resources:
         gpu=plan.gpus(config),

@@ -19,8 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from deqrobust.results import merge_outcomes, tabulate, write_outcomes, write_table
 
-    config.load(args.config, args.overrides)   # validates the profile the cells belong to
-    outcomes = merge_outcomes(args.cells, args.early_exit)
+    cfg = config.load(args.config, args.overrides)   # the profile the cells belong to (its solver setting)
+    outcomes = merge_outcomes(args.cells, args.early_exit, cfg)
     table = tabulate(outcomes)
     write_table(table, args.out)
     if args.outcomes:
