@@ -52,7 +52,7 @@ from deqrobust import analysis, figures, report, results
 
 paths = results.notebook_inputs()
 cfg = paths["config"]
-table = results.load_table(paths["table"], cfg)
+table = results.profile_rows(results.load_table(paths["table"], cfg), cfg)   # cells of the profile's solver setting
 analyses = [analysis.load(p) for p in paths["analysis"]]
 print(f"table {paths['table']}: {len(table)} rows, models {', '.join(table['model'].unique())}")
 
@@ -119,3 +119,16 @@ outcomes = results.load_outcomes(paths["outcomes"]) if paths["outcomes"].is_file
 for finding in report.findings(analyses, cfg, outcomes, report.load_exits(paths["early_exit"]))[1:]:
     display(Markdown(f"**Claim {finding.claim}: {finding.verdict}.** {report.CLAIMS[finding.claim]}\n\n"
                      f"*Rule:* {report.RULES[finding.claim]}\n\n" + "\n".join(finding.evidence)))
+
+# %% [markdown]
+# ## Batch coupling
+#
+# The table above and the verdicts read the cells of the profile's solver setting. Cells the
+# profile also ran under the authors' batch-coupled solver (a cell group's `coupling: batch`)
+# are compared here with the same cells per sample, on the same images: how much of a
+# final-state over-estimate comes from the coupling rather than from the DEQ (the report's
+# section of the same name; evidence, no verdict).
+
+# %%
+coupling = report.coupling_lines(outcomes, analyses, cfg)
+display(Markdown("\n".join(coupling[1:]) if coupling else "No cell of this profile ran under batch coupling."))

@@ -222,7 +222,7 @@ SOLVE_RE = rf"(\.({'|'.join(COUPLINGS)})[0-9]+)?"
 def coupling_of(cfg: dict) -> str:
     """The coupling a config's solvers run under, as records and tables carry it: 'sample' or
     'batch', or 'forward/backward' ('sample/batch') when the two solvers differ."""
-    forward, backward = (cfg[key].get("coupling", DEFAULT_COUPLING) for key in ("solver", "backward_solver"))
+    forward, backward = (cfg.get(key, {}).get("coupling", DEFAULT_COUPLING) for key in ("solver", "backward_solver"))
     return forward if forward == backward else f"{forward}/{backward}"
 
 

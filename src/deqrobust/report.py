@@ -14,6 +14,12 @@ seed when a profile has several). Within a unit, competing comparisons are Holm-
 and any held one decides (``stats.combine(require="any")``); across units (seeds and models)
 every unit must hold (``require="all"``, an intersection-union rule): the claims are about
 adversarially trained DEQs, not one lucky run.
+
+Claims 2-5 and the main table read the cells of the profile's solver setting only
+(``results.profile_rows``). Cells a profile also runs under the authors' batch-coupled solver are
+compared with the same cells per sample in the section "Batch coupling" (``coupling_pairs``,
+``coupling_gaps``): paired tests as evidence of how much of an over-estimate the coupling makes,
+no verdict.
 """
 from __future__ import annotations
 
@@ -26,8 +32,9 @@ import pandas as pd
 
 from deqrobust import stats
 from deqrobust.config import model_spec
-from deqrobust.results import (CLEAN, EARLY_EXIT, ENSEMBLE, FINAL, PSEUDO_ATTACKS, STATE_PREFIX, WORST_CASE,
-                               expand_ranges, headline_metrics, main_columns, main_rows, outcome_array, state_order)
+from deqrobust.results import (CLEAN, EARLY_EXIT, ENSEMBLE, FINAL, PSEUDO_ATTACKS, STATE_PREFIX,
+                               WORST_CASE, expand_ranges, headline_metrics, main_columns, main_rows, outcome_array,
+                               profile_rows, profile_solve, state_order)
 from deqrobust.stats import (ALIGNED_COSINE, ALPHA, NOT_TESTED, PRECONDITION_ABSENT, SMALLEST_EFFECT, UNDERPOWERED,
                              VERDICTS, Comparison, Precondition, Verdict)
 
@@ -391,13 +398,157 @@ def claim5(outcomes: pd.DataFrame, cfg: dict) -> Finding:
 
 def findings(analyses: list[dict], cfg: dict, outcomes: pd.DataFrame | None = None,
              exits: dict[str, dict] | None = None) -> list[Finding]:
-    """Every claim's finding. Without per-example outcomes claims 2-5 are not tested."""
+    """Every claim's finding. Without per-example outcomes claims 2-5 are not tested; with them,
+    claims 2-5 read the cells of the profile's solver setting only."""
     if outcomes is None:
         missing = ("no per-example outcomes were given (results/<profile>/outcomes.csv.gz, from "
                    "`deqrobust merge --outcomes`)")
         return [claim1(analyses), *(Finding(c, NOT_TESTED, missing, None, [f"- {missing}"]) for c in (2, 3, 4, 5))]
+    outcomes = profile_rows(outcomes, cfg)
     return [claim1(analyses), claim2(outcomes, analyses), claim3(outcomes, exits or {}), claim4(outcomes),
             claim5(outcomes, cfg)]
+
+
+# ---------------------------------------------------------------- batch coupling (no verdict)
+BATCH, SAMPLE = "batch", "sample"   # the solver couplings compared (deqrobust.plan.COUPLINGS)
+COUPLING_TEST = ("Per key cell (model, estimator, attacked state, attack; defense final), the cell under the authors' "
+                 "batch-coupled solver (whole-batch residual, stopping and lowest-residual iterate, forward and "
+                 "backward, in the attack and in the scoring) against the same cell per sample, on the same test "
+                 "images: one-sided exact McNemar, claimed: accuracy under batch coupling is higher (the coupling "
+                 "over-estimates robustness), Holm-adjusted over a model's cells. One-sided because that direction is "
+                 "the question fixed before any result (issue 9: part of the obfuscation the paper reports may come "
+                 "from the coupling); the difference's two-sided 95 % interval shows an effect either way. Evidence, "
+                 "no verdict.")
+
+
+def _with_setting(outcomes: pd.DataFrame, cfg: dict) -> pd.DataFrame:
+    """Outcomes with blank settings (cells recorded before they carried one) as the profile's."""
+    return outcomes.fillna({k: v for k, v in profile_solve(cfg).items() if v is not None})
+
+
+def setting_name(row) -> str:
+    """'batch (batch 96)': a row's solver coupling and evaluation batch."""
+    return f"{row['coupling']} (batch {row['batch_size']})"
+
+
+def coupling_pairs(outcomes: pd.DataFrame, cfg: dict) -> list[dict]:
+    """Every cell run under batch coupling beside the same cell per sample (defense final): model,
+    cell, the two rows and the one-sided McNemar of batch against sample (Holm over a model's
+    cells); clean rows are left out (``coupling_clean``)."""
+    rows = _with_setting(outcomes, cfg)
+    rows = rows[(rows["defense"] == FINAL) & (rows["scored_state"] == FINAL) & ~rows["attack"].isin(PSEUDO_ATTACKS)]
+    key = ["model", "estimator", "attacked_state", "attack"]
+    pairs = []
+    for model, of_model in rows.groupby("model", sort=False):
+        found = []
+        for _, cell in of_model.groupby(key, sort=False):
+            for _, batch in cell[cell["coupling"] == BATCH].iterrows():
+                sample = _partner(cell, batch)
+                if sample is None or expand_ranges(sample["indices"]) != expand_ranges(batch["indices"]):
+                    continue
+                found.append({"model": model, "cell": cell_name(batch), BATCH: batch, SAMPLE: sample})
+        tests = holm_family([stats.mcnemar(vector(f["batch"]), vector(f["sample"]), "greater",
+                                           alpha=ALPHA / len(found)) for f in found])
+        pairs += [{**f, "result": r} for f, r in zip(found, tests)]
+    return pairs
+
+
+def _partner(rows: pd.DataFrame, batch):
+    """The per-sample row to compare a batch-coupled one with: at the same batch size (the same
+    batches and attack seeds) when there is one, else the first; None when there is none."""
+    sample = rows[rows["coupling"] == SAMPLE]
+    same = sample[sample["batch_size"] == batch["batch_size"]]
+    return None if sample.empty else (same if len(same) else sample).iloc[0]
+
+
+def coupling_clean(outcomes: pd.DataFrame, cfg: dict) -> pd.DataFrame:
+    """Clean accuracy of the final defense per model and solver setting (the scoring differs too)."""
+    rows = _with_setting(outcomes, cfg)
+    rows = rows[(rows["attack"] == CLEAN) & (rows["defense"] == FINAL)]
+    return rows.assign(accuracy=[vector(r).mean() for _, r in rows.iterrows()])
+
+
+def coupling_gaps(outcomes: pd.DataFrame, cfg: dict) -> list[dict]:
+    """Per model, attack, final-state estimator E and batch size: E's over-estimate against the true
+    gradient at the final state (acc under E minus acc under the true gradient, paired) under
+    batch coupling and per sample, and the part of it under batch coupling that per-sample
+    decisions remove (the coupling's share)."""
+    rows = _with_setting(outcomes, cfg)
+    rows = rows[(rows["defense"] == FINAL) & (rows["scored_state"] == FINAL) & (rows["attacked_state"] == FINAL)]
+    gaps = []
+    for (model, attack), cells in rows.groupby(["model", "attack"], sort=False):
+        truth = {(r["coupling"], r["batch_size"]): r for _, r in cells[cells["estimator_type"] == TRUE_GRADIENT].iterrows()}
+        for _, batch in cells[cells["estimator_type"].isin(FINAL_STATE_TYPES) & (cells["coupling"] == BATCH)].iterrows():
+            sample = _partner(cells[cells["estimator"] == batch["estimator"]], batch)
+            t_batch = truth.get((BATCH, batch["batch_size"]))
+            t_sample = None if sample is None else truth.get((SAMPLE, sample["batch_size"]))
+            if t_batch is None or t_sample is None:
+                continue
+            under = {BATCH: stats.mcnemar(vector(batch), vector(t_batch), "greater"),
+                     SAMPLE: stats.mcnemar(vector(sample), vector(t_sample), "greater")}
+            gap = under[BATCH].estimate
+            share = (gap - under[SAMPLE].estimate) / gap if gap > 0 else None
+            gaps.append({"model": model, "attack": attack, "estimator": batch["estimator"],
+                         "batch_size": int(batch["batch_size"]), "under": under, "share": share})
+    return gaps
+
+
+def _diff(r: Comparison) -> str:
+    return f"{100 * r.estimate:+.1f} [{100 * r.ci[0]:+.1f}, {100 * r.ci[1]:+.1f}]"
+
+
+def coupling_lines(outcomes: pd.DataFrame | None, analyses: list[dict], cfg: dict) -> list[str]:
+    """The report's section "Batch coupling" (Markdown lines), empty when no cell ran under batch
+    coupling beside the same cell per sample."""
+    from deqrobust.results import markdown_table
+
+    pairs = [] if outcomes is None else coupling_pairs(outcomes, cfg)
+    if not pairs:
+        return []
+    out = ["## Batch coupling", "", COUPLING_TEST, ""]
+    header = ["model", "cell", "per sample", "batch-coupled", "batch - sample, points [95 % CI]", "p (Holm)", "MDE"]
+    out += [markdown_table(header, [[p["model"], p["cell"], f"{100 * vector(p['sample']).mean():.1f} % "
+                                     f"({setting_name(p['sample'])})", f"{100 * vector(p['batch']).mean():.1f} % "
+                                     f"({setting_name(p['batch'])})", _diff(p["result"]), f"{p['result'].p:.3g}",
+                                     p["result"].distance(p["result"].mde)] for p in pairs]).rstrip(), ""]
+    clean = coupling_clean(outcomes, cfg)
+    clean = clean[clean["model"].isin({p["model"] for p in pairs})]
+    out += [f"- {model}, clean accuracy of the final defense: " + "; ".join(
+        f"{100 * r['accuracy']:.1f} % under {setting_name(r)}" for _, r in rows.iterrows())
+        for model, rows in clean.groupby("model", sort=False)]
+    out += [f"- {p['model']}: {p['cell']}, batch-coupled vs per sample: {p['result'].summary()}" for p in pairs]
+    gaps = coupling_gaps(outcomes, cfg)
+    if gaps:
+        out += ["", f"Final-state over-estimate: accuracy under E at the final state minus accuracy under the true "
+                f"gradient ({TRUE_GRADIENT}@final) with the same attack, paired, under each coupling; the coupling's "
+                "share is the part of the batch-coupled over-estimate that per-sample decisions remove "
+                "((batch - sample) / batch, when the batch-coupled one is positive).", "",
+                markdown_table(["model", "attack", "E", "over-estimate per sample, points [95 % CI]",
+                                "over-estimate batch-coupled, points [95 % CI]", "coupling's share"],
+                               [[g["model"], g["attack"], g["estimator"], _diff(g["under"][SAMPLE]),
+                                 f"{_diff(g['under'][BATCH])} (batch {g['batch_size']})",
+                                 "-" if g["share"] is None else f"{100 * g['share']:.0f} %"] for g in gaps]).rstrip()]
+    dependence = batch_dependence_rows(analyses)
+    if dependence[1]:
+        out += ["", "Batch dependence (fixed-point analysis): median cosine between an image's input gradient solved "
+                "in a batch of clean images and solved alone, per coupling (1: the batch does not matter).", "",
+                markdown_table(*dependence).rstrip()]
+    return [*out, ""]
+
+
+def batch_dependence_rows(analyses: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Median batch-dependence cosine per model and estimator (rows) and coupling (columns)."""
+    from deqrobust.analysis import batch_dependence_frame
+
+    frame = batch_dependence_frame(analyses)
+    couplings = list(dict.fromkeys(frame["coupling"]))
+    header = ["model", "estimator", "state", "batch", *(f"median, {c}" for c in couplings)]
+    rows = []
+    for (model, estimator, state, size), part in frame.groupby(["model", "estimator", "state", "batch_size"],
+                                                               sort=False, dropna=False):
+        medians = dict(zip(part["coupling"], part["median"]))
+        rows.append([model, estimator, state, str(size), *(_num(medians.get(c)) for c in couplings)])
+    return header, rows
 
 
 # ---------------------------------------------------------------- document
@@ -458,10 +609,13 @@ def fmt(cell: dict | None) -> str:
             f" (n={cell['n']}{how})")
 
 
-def render(table: pd.DataFrame, analyses: list[dict], cfg: dict, results: list[Finding]) -> str:
-    """The report in Markdown: verdict table, per claim its rule and evidence, alignment, main table."""
+def render(table: pd.DataFrame, analyses: list[dict], cfg: dict, results: list[Finding],
+           outcomes: pd.DataFrame | None = None) -> str:
+    """The report in Markdown: verdict table, per claim its rule and evidence, alignment, batch
+    coupling (with ``outcomes``, when cells ran under it), main table (the profile's setting)."""
     from deqrobust.results import markdown_table
 
+    table = profile_rows(table, cfg)
     out = [f"# Reproduction report: profile `{cfg.get('profile', '?')}`", "",
            "Yang, Pang, Liu. *A Closer Look at the Adversarial Robustness of Deep Equilibrium Models*, NeurIPS 2022. "
            "Each claim below is decided by a paired test whose rule was fixed in `deqrobust/report.py` before results "
@@ -480,6 +634,7 @@ def render(table: pd.DataFrame, analyses: list[dict], cfg: dict, results: list[F
         out += ["## Gradient alignment", "", "Median cosine between each estimator's input gradient and the true "
                 f"gradient ({TRUE_GRADIENT}) of the same output, per state; below {ALIGNED_COSINE:g} counts as "
                 "misaligned (claim 2's precondition).", "", markdown_table(header, rows).rstrip(), ""]
+    out += coupling_lines(outcomes, analyses, cfg)
     warnings = sorted({w for a in analyses for w in a.get("warnings", [])})
     if warnings:
         out += ["## Attack warnings during the analyses", "", *(f"- {w}" for w in warnings), ""]
@@ -490,15 +645,21 @@ def render(table: pd.DataFrame, analyses: list[dict], cfg: dict, results: list[F
     return "\n".join(out) + "\n"
 
 
-def metrics(table: pd.DataFrame, cfg: dict, results: list[Finding]) -> dict:
-    """Headline accuracies, verdict kinds and p-values, for a metrics JSON."""
+def metrics(table: pd.DataFrame, cfg: dict, results: list[Finding], outcomes: pd.DataFrame | None = None) -> dict:
+    """Headline accuracies (the profile's setting), verdict kinds and p-values, and with ``outcomes``
+    the batch-coupling comparisons, for a metrics JSON."""
     def detail(r: Comparison | None) -> dict | None:
         return None if r is None else {"method": r.method, "p": r.p, "p_unadjusted": r.p_value, "effect": r.effect,
                                        "estimate": r.estimate, "ci": list(r.ci), "n": r.n,
                                        "mde": r.mde if np.isfinite(r.mde) else None}
+    coupling = [] if outcomes is None else coupling_pairs(outcomes, cfg)
     return {"profile": cfg.get("profile"),
-            "accuracy": headline_metrics(table),
+            "accuracy": headline_metrics(profile_rows(table, cfg)),
             "verdicts": {str(r.claim): r.verdict for r in results},
             "p_values": {str(r.claim): (r.result.p if r.result else None) for r in results},
             "claims": {str(r.claim): {"verdict": r.verdict, "reason": r.reason, "test": detail(r.result)}
-                       for r in results}}
+                       for r in results},
+            **({"batch_coupling": [{"model": p["model"], "cell": p["cell"], "test": detail(p["result"]),
+                                    **{side: {"accuracy": float(vector(p[side]).mean()), "coupling": p[side]["coupling"],
+                                              "batch_size": int(p[side]["batch_size"])} for side in (SAMPLE, BATCH)}}
+                                   for p in coupling]} if coupling else {})}

@@ -245,7 +245,7 @@ def merge_outcomes(cell_paths: Iterable[str | os.PathLike], exit_paths: Iterable
 
 def profile_solve(cfg: dict) -> dict:
     """The profile's solver setting as the SOLVE_COLUMNS hold it."""
-    return {"coupling": coupling_of(cfg), "batch_size": cfg["evaluation"]["batch_size"]}
+    return {"coupling": coupling_of(cfg), "batch_size": cfg.get("evaluation", {}).get("batch_size")}
 
 
 def profile_rows(frame: pd.DataFrame, cfg: dict) -> pd.DataFrame:
@@ -289,15 +289,15 @@ def write_outcomes(outcomes: pd.DataFrame, path: str | os.PathLike) -> None:
         packed.write(outcomes.to_csv(index=False).encode())
 
 
-def load_outcomes(path: str | os.PathLike, cfg: dict | None = None) -> pd.DataFrame:
+def load_outcomes(path: str | os.PathLike) -> pd.DataFrame:
     """Per-example outcomes as ``merge_outcomes`` made them (outcomes and indices kept as text); a
-    file merged before the SOLVE_COLUMNS existed gets ``cfg``'s setting (else blanks: the profile's)."""
+    file merged before the SOLVE_COLUMNS existed gets them blank (the profile's)."""
     if not Path(path).is_file():
         raise ConfigError(f"per-example outcomes {path} do not exist; make them with `deqrobust merge --outcomes` "
                           "(the workflow's merge rule)")
     text = {c: str for c in ("model", "base_model", "attacked_state", "scored_state", "indices", "outcomes",
                              "attack_params", "estimator_params")}
-    frame = _with_solve(pd.read_csv(path, dtype=text, compression="gzip"), cfg)
+    frame = _with_solve(pd.read_csv(path, dtype=text, compression="gzip"))
     missing = [c for c in OUTCOME_COLUMNS if c not in frame.columns]
     if missing:
         raise ConfigError(f"{path} is not a per-example outcomes file: no columns {', '.join(missing)}")
@@ -310,12 +310,12 @@ def load_table(path: str | os.PathLike, cfg: dict | None = None) -> pd.DataFrame
 
     A table merged before the spec columns existed gets them from ``cfg``'s attack and
     estimator specs (looked up by name); without a config it is refused. One merged before the
-    SOLVE_COLUMNS existed (every cell under the profile's setting) gets ``cfg``'s (else blanks).
+    SOLVE_COLUMNS existed gets them blank (every cell ran under the profile's setting).
     """
     if not Path(path).is_file():
         raise ConfigError(f"table {path} does not exist; make it with `deqrobust merge` (the workflow's merge rule)")
     table = _with_solve(pd.read_csv(path, dtype={"attacked_state": str, "scored_state": str, "model": str,
-                                                 "attack_params": str, "estimator_params": str}), cfg)
+                                                 "attack_params": str, "estimator_params": str}))
     missing = [c for c in SPEC_COLUMNS if c not in table.columns]
     if missing:
         if cfg is None:
@@ -325,11 +325,13 @@ def load_table(path: str | os.PathLike, cfg: dict | None = None) -> pd.DataFrame
     return table
 
 
-def _with_solve(frame: pd.DataFrame, cfg: dict | None) -> pd.DataFrame:
-    """SOLVE_COLUMNS as written, else (a file merged before they existed) the profile's or blanks;
+def _with_solve(frame: pd.DataFrame) -> pd.DataFrame:
+    """SOLVE_COLUMNS as written, else (a file merged before they existed, every cell under the
+    profile's setting) blanks, which profile_rows reads as the profile's; before the spec columns,
     the batch size as an integer with blanks."""
-    legacy = profile_solve(cfg) if cfg is not None else dict.fromkeys(SOLVE_COLUMNS)
-    frame = frame.assign(**{k: legacy[k] for k in SOLVE_COLUMNS if k not in frame.columns})
+    at = frame.columns.get_loc(SPEC_COLUMNS[0]) if SPEC_COLUMNS[0] in frame.columns else len(frame.columns)
+    for i, column in enumerate(c for c in SOLVE_COLUMNS if c not in frame.columns):
+        frame.insert(at + i, column, None)
     frame["coupling"] = frame["coupling"].astype(object).where(frame["coupling"].notna(), None)
     frame["batch_size"] = pd.to_numeric(frame["batch_size"]).astype("Int64")
     return frame

@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     from deqrobust import analysis, figures, results
 
     cfg = load(args.config, args.overrides)
-    written = figures.write_all(results.load_table(args.table, cfg), [analysis.load(p) for p in args.analysis],
-                                args.out_dir, cfg["profile"])
+    table = results.profile_rows(results.load_table(args.table, cfg), cfg)   # the profile's solver setting
+    written = figures.write_all(table, [analysis.load(p) for p in args.analysis], args.out_dir, cfg["profile"])
     print(f"wrote {len(written)} files to {args.out_dir}")
     return 0

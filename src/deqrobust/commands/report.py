@@ -27,9 +27,9 @@ def run(args: argparse.Namespace) -> int:
     analyses = [analysis.load(p) for p in args.analysis]
     outcomes = load_outcomes(args.outcomes) if args.outcomes else None
     results = report.findings(analyses, cfg, outcomes, report.load_exits(args.early_exit))
-    write_text(args.out, report.render(table, analyses, cfg, results))
+    write_text(args.out, report.render(table, analyses, cfg, results, outcomes))
     if args.metrics:
-        write_json(args.metrics, report.metrics(table, cfg, results))
+        write_json(args.metrics, report.metrics(table, cfg, results, outcomes))
     for r in results:
         print(f"claim {r.claim}: {r.verdict}")
     return 0
