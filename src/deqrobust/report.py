@@ -427,8 +427,8 @@ def _with_setting(outcomes: pd.DataFrame, cfg: dict) -> pd.DataFrame:
 
 
 def setting_name(row) -> str:
-    """'batch (batch 96)': a row's solver coupling and evaluation batch."""
-    return f"{row['coupling']} (batch {row['batch_size']})"
+    """'batch coupling, batch 96': a row's solver coupling and evaluation batch."""
+    return f"{row['coupling']} coupling, batch {row['batch_size']}"
 
 
 def coupling_pairs(outcomes: pd.DataFrame, cfg: dict) -> list[dict]:
