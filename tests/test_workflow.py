@@ -200,23 +200,28 @@ def test_dry_run_lists_the_whole_matrix(profile, workdir):
 
 def test_paper_matrix_size():
     """The paper's matrix: 8 DEQs x (4 x 3 final-state + 7 x 2 x 8 intermediate + 3 x 2 ensemble) cells
-    + 2 x 2 baseline cells."""
-    assert expected_jobs(load("paper"), 0)["evaluate"] == 8 * (4 * 3 + 7 * 2 * 8 + 3 * 2) + 2 * 2
+    + 2 x 2 baseline cells + the 4 PGD-AT DEQs' key cells under batch coupling (3 final-state + 8 states)."""
+    assert expected_jobs(load("paper"), 0)["evaluate"] == 8 * (4 * 3 + 7 * 2 * 8 + 3 * 2) + 2 * 2 + 4 * (3 + 8)
 
 
 def test_cpu_matrix_gives_each_model_its_groups(workdir):
     """The cpu profile: the final-state gradients (PGD-10) on every DEQ, the rest of the matrix on
-    each seed of the PGD-AT DEQ only (a cell group's `models`): 2 x 17 + 3 DEQ cells + 2 baseline."""
+    each seed of the PGD-AT DEQ only (a cell group's `models`), and its key cells also under batch
+    coupling at batch 96: 2 x (17 + 11) + 3 DEQ cells + 2 baseline."""
     proc = snakemake(workdir, "-n", "--configfile", PROFILES["cpu"])
     text = output_of(proc)
     assert proc.returncode == 0, text[-3000:]
-    assert job_stats(text)["evaluate"] == 2 * (3 + 2 + 8 + 2 + 2) + 3 + 2 == 39
+    assert job_stats(text)["evaluate"] == 2 * (3 + 2 + 8 + 2 + 2 + 3 + 8) + 3 + 2 == 61
     cells = {o.removeprefix("results/cpu/eval/") for o in planned_outputs(text) if o.startswith("results/cpu/eval/")}
     per_model = {m: {c.split("/", 1)[1] for c in cells if c.startswith(m + "/")}
                  for m in ("deq-std", "deq-adv.s0", "deq-adv.s1", "resnet18-w8-adv")}
     assert per_model["deq-std"] == {f"{e}/pgd10/state-final.json" for e in ("exact", "unroll", "solver_autograd")}
     assert per_model["deq-adv.s0"] == per_model["deq-adv.s1"] > per_model["deq-std"]
-    assert len(per_model["deq-adv.s0"]) == 17 and "intermediate/pgd10/state-8.json" in per_model["deq-adv.s0"]
+    assert len(per_model["deq-adv.s0"]) == 28 and "intermediate/pgd10/state-8.json" in per_model["deq-adv.s0"]
+    coupled = {c for c in per_model["deq-adv.s0"] if ".batch96." in c}
+    assert coupled == {f"{e}/pgd10/state-final.batch96.json" for e in ("exact", "unroll", "solver_autograd")} | \
+        {f"intermediate/pgd10/state-{n}.batch96.json" for n in range(1, 9)}
+    assert {c.replace(".batch96", "") for c in coupled} <= per_model["deq-adv.s0"]   # each beside its per-sample cell
     assert per_model["resnet18-w8-adv"] == {"autograd/pgd10/state-final.json", "autograd/apgd-ce/state-final.json"}
 
 
