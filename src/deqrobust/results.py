@@ -60,8 +60,8 @@ AUTOATTACK_TYPES = ("autoattack", *COMPONENTS)
 DISPLAY = {c: "Square" if c == "square" else c.upper() for c in COMPONENTS}  # 'apgd-ce' -> 'APGD-CE'
 
 IDENTITY = ("model", "arch", "training", "grad")
-# The solver setting a cell ran under: its solvers' coupling (plan.coupling_of) and evaluation batch.
-# The profile's is evaluation.cells' default; a group may set another (the authors' batch coupling).
+# The solver setting a cell ran under: its solvers' coupling (plan.coupling_of) and evaluation batch;
+# the profile's unless its cell group sets another (the authors' batch coupling, docs/workflow.md).
 SOLVE_COLUMNS = ("coupling", "batch_size")
 SPEC_COLUMNS = ("attack_type", "attack_version", "eps_255", "attack_steps", "restarts", "attack_params",
                 "estimator_type", "estimator_params")
