@@ -99,7 +99,8 @@ N = 300
 ATTACKS = {"pgd10": {"name": "pgd", "steps": 10}}
 ESTIMATORS = {"exact": {"name": "exact"}, "truth": {"name": "solver_autograd"}}
 KEYS = ("final", "ensemble", "state_1", "state_2")
-CFG = {"profile": "unit", "training": {"epochs": 1}, "models": {"deq-adv": {"arch": "mdeq", "size": "mini", "training": "pgd", "grad": "exact"}},
+CFG = {"profile": "unit", "training": {"epochs": 1},
+       "models": {"deq-adv": {"arch": "mdeq", "size": "mini", "training": "pgd", "grad": "exact"}},
        "solver": {"name": "broyden", "budget": 2, "tol": 1e-3, "coupling": "sample"},
        "backward_solver": {"name": "broyden", "budget": 2, "tol": 1e-3},
        "evaluation": {"batch_size": 100, "attacks": ATTACKS, "estimators": ESTIMATORS}}

@@ -477,8 +477,10 @@ def coupling_gaps(outcomes: pd.DataFrame, cfg: dict) -> list[dict]:
     rows = rows[(rows["defense"] == FINAL) & (rows["scored_state"] == FINAL) & (rows["attacked_state"] == FINAL)]
     gaps = []
     for (model, attack), cells in rows.groupby(["model", "attack"], sort=False):
-        truth = {(r["coupling"], r["batch_size"]): r for _, r in cells[cells["estimator_type"] == TRUE_GRADIENT].iterrows()}
-        for _, batch in cells[cells["estimator_type"].isin(FINAL_STATE_TYPES) & (cells["coupling"] == BATCH)].iterrows():
+        true_rows = cells[cells["estimator_type"] == TRUE_GRADIENT]
+        truth = {(r["coupling"], r["batch_size"]): r for _, r in true_rows.iterrows()}
+        coupled = cells[cells["estimator_type"].isin(FINAL_STATE_TYPES) & (cells["coupling"] == BATCH)]
+        for _, batch in coupled.iterrows():
             sample = _partner(cells[cells["estimator"] == batch["estimator"]], batch)
             t_batch = truth.get((BATCH, batch["batch_size"]))
             t_sample = None if sample is None else truth.get((SAMPLE, sample["batch_size"]))
@@ -660,6 +662,7 @@ def metrics(table: pd.DataFrame, cfg: dict, results: list[Finding], outcomes: pd
             "claims": {str(r.claim): {"verdict": r.verdict, "reason": r.reason, "test": detail(r.result)}
                        for r in results},
             **({"batch_coupling": [{"model": p["model"], "cell": p["cell"], "test": detail(p["result"]),
-                                    **{side: {"accuracy": float(vector(p[side]).mean()), "coupling": p[side]["coupling"],
-                                              "batch_size": int(p[side]["batch_size"])} for side in (SAMPLE, BATCH)}}
+                                    **{side: {"accuracy": float(vector(p[side]).mean()),
+                                              "coupling": p[side]["coupling"], "batch_size": int(p[side]["batch_size"])}
+                                       for side in (SAMPLE, BATCH)}}
                                    for p in coupling]} if coupling else {})}
