@@ -182,6 +182,22 @@ def test_too_few_examples_is_underpowered_and_says_the_mde():
     assert f"{100 * result.mde:.1f} points" in verdict.reason
 
 
+def test_an_effect_measured_the_other_way_did_not_hold_even_at_low_power():
+    """300 examples cannot detect 2 points (MDE > 2), but an interval wholly on the wrong side
+    refutes the claim: 8 examples only the claimed-weaker attack breaks, 1 the other way."""
+    result = stats.mcnemar(*outcomes(70, 1, 8, 221), alternative="greater")
+    assert result.mde > stats.SMALLEST_EFFECT[2] and result.ci[1] < 0
+    verdict = stats.decide(result, stats.SMALLEST_EFFECT[2])
+    assert verdict.kind == stats.DID_NOT_HOLD and "excludes every effect" in verdict.reason
+    # the same counts in the claimed direction: not significant at this n, the interval reaches 2 points
+    assert stats.decide(stats.mcnemar(*outcomes(70, 4, 1, 225)), stats.SMALLEST_EFFECT[2]).kind == stats.UNDERPOWERED
+    # a rank test with the effect reversed (probability of superiority well below 0.5)
+    rng = np.random.default_rng(RNG_SEED)
+    reversed_ = stats.mann_whitney(rng.lognormal(-3, 0.5, 30), rng.lognormal(-2, 0.5, 30))
+    assert reversed_.ci[1] < 0.5 + stats.SMALLEST_EFFECT[1]
+    assert stats.decide(reversed_, stats.SMALLEST_EFFECT[1]).kind == stats.DID_NOT_HOLD
+
+
 def test_aligned_gradients_mean_precondition_absent():
     aligned = stats.Precondition("final-state gradient misaligned with the true gradient",
                                  "median cosine to the true gradient", 0.97, stats.ALIGNED_COSINE, present_below=True)

@@ -55,7 +55,8 @@ CLAIMS = {
 }
 COMMON = (f"One-sided tests at alpha {ALPHA:g}, MDE at power {stats.POWER:g}; per unit the verdict is, in this "
           "order: not tested (data missing), precondition absent, held (significant, Holm-adjusted p where a "
-          "family competes), underpowered (not significant and the MDE exceeds the smallest effect that matters), "
+          "family competes), did not hold (not significant and the 95 % interval excludes every effect that "
+          "matters), underpowered (not significant and the MDE exceeds the smallest effect that matters), "
           "did not hold. Units (models x seeds) combine by intersection-union: every tested unit must hold.")
 RULES = {
     1: "Per adversarially trained DEQ and seed, against the standard DEQ of the same size and seed (else of the same "

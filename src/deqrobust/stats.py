@@ -12,8 +12,12 @@ Newcombe's interval for it. Claim 5 ("competitive") is a non-inferiority questio
 1. no result (data missing)                                 -> NOT_TESTED
 2. precondition measured and absent                         -> PRECONDITION_ABSENT
 3. significant in the claimed direction (Holm p if set)     -> HELD
-4. not significant and MDE > the smallest effect that matters -> UNDERPOWERED
-5. otherwise                                                -> DID_NOT_HOLD
+4. not significant and the interval excludes every effect that matters -> DID_NOT_HOLD
+5. not significant and MDE > the smallest effect that matters -> UNDERPOWERED
+6. otherwise                                                -> DID_NOT_HOLD
+Step 4 was added after the first quick run (docs/results.md says why): without it a test of
+low power could never refute a claim, not even one whose effect is measured in the other
+direction.
 `combine` merges verdicts of several units (seeds, models, competing comparisons).
 docs/results.md ("How a verdict is decided") states the rules and their power.
 """
@@ -71,6 +75,13 @@ class Comparison:
     def p(self) -> float:
         """The p-value the verdict uses: Holm-adjusted when set."""
         return self.p_value if self.p_adjusted is None else self.p_adjusted
+
+    def rules_out(self, smallest_effect: float) -> bool:
+        """Whether the interval lies wholly short of an effect of `smallest_effect` (a distance
+        from the null) in the claimed direction: the data refute an effect that matters."""
+        if self.alternative == "greater":
+            return self.ci[1] < self.null + smallest_effect
+        return self.ci[0] > self.null - smallest_effect
 
     def distance(self, x: float) -> str:
         """A distance from the null (an MDE, the smallest effect that matters)."""
@@ -351,6 +362,10 @@ def decide(result: Comparison | None, smallest_effect: float, precondition: Prec
         return Verdict(PRECONDITION_ABSENT, f"precondition absent, {precondition.describe()}", result)
     if result.p <= alpha:
         return Verdict(HELD, f"significant at {alpha:g}: {result.summary()}", result)
+    if result.rules_out(smallest_effect):
+        return Verdict(DID_NOT_HOLD, f"not significant, and the {100 * result.confidence:g} % interval excludes "
+                                     f"every effect of the size that matters ({result.distance(smallest_effect)} "
+                                     f"or more in the claimed direction): {result.summary()}", result)
     if result.mde > smallest_effect:
         return Verdict(UNDERPOWERED, f"not significant, and at this n the smallest detectable effect is "
                                      f"{result.distance(result.mde)}, beyond the {result.distance(smallest_effect)} "
