@@ -175,6 +175,19 @@ def test_autoattack_heading_says_what_ran(spec: dict, heading: str):
     assert all(r.endswith("(AutoAttack)") == (heading != "AutoAttack") for r in references)
 
 
+def test_metrics_columns_name_what_ran_under_the_fixed_keys(tmp_path: Path):
+    """metrics.json keeps the key `autoattack` (the metrics history) and says what ran under it."""
+    from deqrobust import report
+
+    path = tmp_path / "table.csv"
+    with_attack(make_table(), "aa", {"name": "apgd-ce", "n_iter": 20, "restarts": 1}).to_csv(path, index=False)
+    record = report.metrics(results.load_table(path, CFG), CFG, [])
+    assert record["columns"] == {"clean": "clean", "pgd10": "PGD-10", "autoattack": "APGD-CE (20 it.)",
+                                 "worst_case": "worst case"}
+    assert set(record["accuracy"]["deq_pgd"]["final"]) == {*record["columns"], "n"}
+    assert record["accuracy"]["deq_pgd"]["final"]["autoattack"] is not None
+
+
 def test_pgd_heading_and_attacks_outside_the_main_table():
     table = with_attack(make_table(), "pgd10", {"name": "pgd", "steps": 10, "restarts": 5})
     assert results.main_columns(table)[1] == ("pgd10", "PGD-10 (5 restarts)")
@@ -326,6 +339,7 @@ def test_figures_and_report_commands(tmp_path: Path):
     record = json.loads(metrics.read_text())
     assert record["verdicts"] == {"1": stats.HELD, **dict.fromkeys("2345", stats.NOT_TESTED)}
     assert record["p_values"]["1"] < stats.ALPHA and record["accuracy"]["deq_pgd"]["final"]["n"] == 400
+    assert record["columns"]["autoattack"] == "AutoAttack" and list(record["columns"]) == list(results.MAIN_KEYS)
 
 
 def checkout(root: Path, profile: str = "unit") -> Path:

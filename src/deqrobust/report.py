@@ -32,6 +32,7 @@ import pandas as pd
 
 from deqrobust import stats
 from deqrobust.config import model_spec
+from deqrobust.plan import TRUE_GRADIENT
 from deqrobust.results import (CLEAN, EARLY_EXIT, ENSEMBLE, FINAL, PSEUDO_ATTACKS, STATE_PREFIX,
                                WORST_CASE, expand_ranges, headline_metrics, main_columns, main_rows, outcome_array,
                                profile_rows, profile_solve, state_order)
@@ -40,7 +41,6 @@ from deqrobust.stats import (ALIGNED_COSINE, ALPHA, NOT_TESTED, PRECONDITION_ABS
 
 ADVERSARIAL = ("pgd", "fgsm")        # adversarial trainings; claims 1-4 are about DEQs trained so
 PGD_AT = "pgd"                       # claim 5 speaks of PGD-AT only
-TRUE_GRADIENT = "solver_autograd"    # estimator type of the deployed map's own gradient (the reference)
 FINAL_STATE_TYPES = ("exact", "unroll")   # the ready-made final-state gradients of claims 2 and 3
 SIZE_RATIO = 2.0                     # claim 5: "similar size" = parameter counts within a factor of 2 (ours)
 DIVERGED = float(np.finfo(float).max)   # rank of a non-finite residual: above every finite one
@@ -649,15 +649,18 @@ def render(table: pd.DataFrame, analyses: list[dict], cfg: dict, results: list[F
 
 
 def metrics(table: pd.DataFrame, cfg: dict, results: list[Finding], outcomes: pd.DataFrame | None = None) -> dict:
-    """Headline accuracies (the profile's setting), verdict kinds and p-values, and with ``outcomes``
+    """Headline accuracies (the profile's setting), the heading of each accuracy key (what ran under it:
+    the key names stay fixed for the metrics history), verdict kinds and p-values, and with ``outcomes``
     the batch-coupling comparisons, for a metrics JSON."""
     def detail(r: Comparison | None) -> dict | None:
         return None if r is None else {"method": r.method, "p": r.p, "p_unadjusted": r.p_value, "effect": r.effect,
                                        "estimate": r.estimate, "ci": list(r.ci), "n": r.n,
                                        "mde": r.mde if np.isfinite(r.mde) else None}
     coupling = [] if outcomes is None else coupling_pairs(outcomes, cfg)
+    rows = profile_rows(table, cfg)
     return {"profile": cfg.get("profile"),
-            "accuracy": headline_metrics(profile_rows(table, cfg)),
+            "accuracy": headline_metrics(rows),
+            "columns": dict(main_columns(rows)),
             "verdicts": {str(r.claim): r.verdict for r in results},
             "p_values": {str(r.claim): (r.result.p if r.result else None) for r in results},
             "claims": {str(r.claim): {"verdict": r.verdict, "reason": r.reason, "test": detail(r.result)}

@@ -452,17 +452,6 @@ def attacked(table: pd.DataFrame, model: str | None = None, defense: str | None 
     return table[keep]
 
 
-def split_by_state(cells: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(final-state cells, intermediate-state cells: attacked at a solver step n)."""
-    final = cells["attacked_state"] == FINAL
-    return cells[final], cells[cells["attacked_state"].fillna("").str.isdigit()]
-
-
-def models_of(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per model: model, arch, training, grad."""
-    return table.drop_duplicates("model")[list(IDENTITY)]
-
-
 def strongest(rows: pd.DataFrame) -> dict | None:
     """The row with the lowest accuracy (the strongest attack) as a dict, None if there is none."""
     if rows.empty:

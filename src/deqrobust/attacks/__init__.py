@@ -14,15 +14,9 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from deqrobust import specs
 from deqrobust.attacks.autoattack import autoattack
 from deqrobust.attacks.pgd import pgd
 from deqrobust.specs import attack_params, autoattack_settings
-
-# For the results table: the single AutoAttack components and PGD's default settings.
-COMPONENTS = specs.COMPONENTS
-PGD_PARAMS = {key: param.default for key, param in specs.ATTACKS["pgd"].items()}
-
 
 @dataclass
 class AttackOutput:
