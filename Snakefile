@@ -6,7 +6,7 @@
 #   snakemake --cores 8 --use-conda                        # the paper (config/config.yaml, GPU)
 #   snakemake --cores 2 --configfile config/quick.yaml     # CPU reproduction, about an hour
 #   snakemake --cores 2 --configfile config/smoke.yaml \
-#       --config 'data={archive: /path/cifar-10-python.tar.gz}'   # minutes, for tests
+#       --config 'data={archive: /path/synthetic.tar.gz, allow_md5_mismatch: true}'   # minutes, for tests
 import shutil
 
 from snakemake.exceptions import WorkflowError

@@ -383,7 +383,8 @@ def default_profile(root: Path) -> str:
     params = root / "params.yaml"
     profile = (yaml.safe_load(params.read_text()) or {}).get("profile") if params.is_file() else None
     if not profile:
-        raise ConfigError(f"no profile chosen: set DEQROBUST_PROFILE (paper, quick or smoke) or 'profile' in {params}")
+        raise ConfigError("no profile chosen: set DEQROBUST_PROFILE (paper, quick, cpu, smoke or import) "
+                          f"or 'profile' in {params}")
     return profile
 
 
