@@ -160,3 +160,14 @@ def write_authors_file(folder: Path, state: dict, layout: str, prefix: str = "")
     path = folder / AUTHORS_FILES[layout]
     torch.save(obj, path)
     return path
+
+
+def run_command(name: str, argv: list[str]) -> int:
+    """Run one subcommand through its own parser (independent of the other subcommands)."""
+    import argparse
+    import importlib
+
+    module = importlib.import_module(f"deqrobust.commands.{name}")
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return module.run(parser.parse_args(argv))

@@ -2,8 +2,6 @@
 (the verdicts themselves: tests/test_verdicts.py)."""
 from __future__ import annotations
 
-import argparse
-import importlib
 import json
 from pathlib import Path
 
@@ -14,6 +12,8 @@ import pytest
 from deqrobust import analysis, figures, results, stats
 from deqrobust.plan import BASELINE_ESTIMATOR
 from deqrobust.results import wilson
+
+from conftest import run_command
 
 ROOT = Path(__file__).resolve().parents[1]
 STATES = (1, 2, 3, 4)
@@ -307,19 +307,11 @@ def write_config(path: Path) -> Path:
     return path
 
 
-def command(name: str, argv: list[str]) -> int:
-    """Run one subcommand through its own parser (independent of the other subcommands)."""
-    module = importlib.import_module(f"deqrobust.commands.{name}")
-    parser = argparse.ArgumentParser()
-    module.add_arguments(parser)
-    return module.run(parser.parse_args(argv))
-
-
 def test_figures_and_report_commands(tmp_path: Path):
     table, paths = write_outputs(tmp_path / "reports")
     cfg = write_config(tmp_path / "unit.yaml")
     out = tmp_path / "figures"
-    assert command("figures", ["-c", str(cfg), "--table", str(table), "--analysis", *map(str, paths),
+    assert run_command("figures", ["-c", str(cfg), "--table", str(table), "--analysis", *map(str, paths),
                  "--out-dir", str(out)]) == 0
     for name in ("residual.png", "convergence.png", "residual_samples.png", "state_accuracy.png", "heatmap_deq_pgd.png",
                  "heatmap_resnet_pgd.png", "alignment.png", "residual_distribution.png", "main.md", "main.tex"):
@@ -330,7 +322,7 @@ def test_figures_and_report_commands(tmp_path: Path):
     assert r"\toprule" in (out / "main.tex").read_text() and "deq\\_pgd" in (out / "main.tex").read_text()
 
     md, metrics = tmp_path / "report.md", tmp_path / "metrics.json"
-    assert command("report", ["-c", str(cfg), "--table", str(table), "--analysis", *map(str, paths),
+    assert run_command("report", ["-c", str(cfg), "--table", str(table), "--analysis", *map(str, paths),
                  "--out", str(md), "--metrics", str(metrics)]) == 0
     text = md.read_text()
     # Claim 1 reads the analyses; claims 2-5 need per-example outcomes (tests/test_verdicts.py), not given here.

@@ -7,7 +7,6 @@ known: A = first(n, 150) against B = first(n, 100) gives b = 50, c = 0.
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -17,6 +16,8 @@ import yaml
 
 from deqrobust import analysis, config, report, results, stats
 from deqrobust.plan import BASELINE_ESTIMATOR
+
+from conftest import run_command
 
 ATTACKS = {"pgd10": {"name": "pgd", "steps": 10}, "apgd": {"name": "apgd-ce", "n_iter": 20}}
 ESTIMATORS = {"exact": {"name": "exact"}, "unroll": {"name": "unroll"}, "inter": {"name": "intermediate"},
@@ -343,15 +344,6 @@ def test_claim1_pairs_by_seed_else_any_seed_and_says_what_is_missing():
 
 
 # ---------------------------------------------------------------- the commands, end to end
-def command(name: str, argv: list[str]) -> int:
-    import importlib
-
-    module = importlib.import_module(f"deqrobust.commands.{name}")
-    parser = argparse.ArgumentParser()
-    module.add_arguments(parser)
-    return module.run(parser.parse_args(argv))
-
-
 def test_merge_and_report_commands_write_verdicts(tmp_path: Path):
     lab = Lab(tmp_path / "cells")
     paper_like(lab)
@@ -369,10 +361,10 @@ def test_merge_and_report_commands_write_verdicts(tmp_path: Path):
     config.load([cfg])
     table, outcomes = tmp_path / "table.csv", tmp_path / "outcomes.csv.gz"
     exits = [str(p) for p in lab.exits]
-    assert command("merge", ["-c", str(cfg), "--cells", *map(str, lab.cells), "--early-exit", *exits,
+    assert run_command("merge", ["-c", str(cfg), "--cells", *map(str, lab.cells), "--early-exit", *exits,
                              "--out", str(table), "--outcomes", str(outcomes)]) == 0
     md, metrics = tmp_path / "report.md", tmp_path / "metrics.json"
-    assert command("report", ["-c", str(cfg), "--table", str(table), "--outcomes", str(outcomes),
+    assert run_command("report", ["-c", str(cfg), "--table", str(table), "--outcomes", str(outcomes),
                               "--early-exit", *exits, "--analysis", *analyses, "--out", str(md),
                               "--metrics", str(metrics)]) == 0
     text = md.read_text()
@@ -386,5 +378,5 @@ def test_merge_and_report_commands_write_verdicts(tmp_path: Path):
     assert all(0 <= p <= stats.ALPHA for p in record["p_values"].values())
     assert record["claims"]["4"]["test"]["n"] == 300 and record["accuracy"]["deq-adv"]["final"]["worst_case"] == 0.3
     # without the outcomes, claims 2-5 say why they were not tested
-    assert command("report", ["-c", str(cfg), "--table", str(table), "--analysis", *analyses, "--out", str(md)]) == 0
+    assert run_command("report", ["-c", str(cfg), "--table", str(table), "--analysis", *analyses, "--out", str(md)]) == 0
     assert md.read_text().count("no per-example outcomes were given") >= 4
