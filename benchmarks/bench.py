@@ -17,6 +17,10 @@ reported. Sections:
 - ``training``: images/s of ``deqrobust.training.Trainer.step`` (standard, PGD-AT, FGSM-AT)
   per size, on a synthetic dataset and config;
 - ``evaluation``: images/s of a PGD attack through each estimator at a few states;
+- ``jobs``: a profile's work units (``--profile-config``, default config/cpu.yaml): one
+  training step of each model and one batch of a cell, built from the profile as its jobs
+  build them, against the calibration convolution and a convolution of each model's own
+  shape, with torch.profiler's operator table for the slowest;
 - ``early_stop``: the saving from running the solver only to the attacked state n,
   against the bound (n + K + 1) / (N + K + 1);
 - ``memory``: peak memory of forward plus input gradient per estimator against the
@@ -37,6 +41,7 @@ import datetime as dt
 import io
 import itertools
 import json
+import math
 import os
 import pickle
 import platform
@@ -61,12 +66,18 @@ import yaml
 from deqrobust import config, data
 from deqrobust.atomic import write_json
 from deqrobust.attacks.pgd import pgd
+from deqrobust.attacks import build_attack
 from deqrobust.deq_logits import DEQLogits
 from deqrobust.estimators import build_estimator
+from deqrobust.evaluation import attack_batch, attacked_model, own_estimator
+from deqrobust.models import is_deq
 from deqrobust.models.mdeq import MDEQ
+from deqrobust.plan import instances, spec_of
+from deqrobust.sizes import SIZES
 from deqrobust.training import Trainer
 
-SECTIONS = ("calibration", "large", "f_cost", "threading", "training", "evaluation", "early_stop", "memory", "workflow")
+SECTIONS = ("calibration", "large", "f_cost", "threading", "training", "evaluation", "jobs", "early_stop", "memory",
+            "workflow")
 EPS, STEP = 8 / 255, 2 / 255
 
 
@@ -91,6 +102,7 @@ class Settings:
     memory_steps: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
     memory_size: str = "tiny"
     large_size: str = "large"      # tests shrink it
+    profile_config: str = str(Path(__file__).resolve().parents[1] / "config" / "cpu.yaml")   # the jobs section's
     threads: int = 0
 
     @classmethod
@@ -105,6 +117,8 @@ class Settings:
             s.large_batch = args.batch
         if getattr(args, "repeats", None):
             s.repeats = s.large_repeats = args.repeats
+        if getattr(args, "profile_config", None):
+            s.profile_config = args.profile_config
         s.threads = getattr(args, "threads", None) or os.cpu_count() or 1
         return s
 
@@ -416,6 +430,118 @@ def evaluation(s: Settings) -> dict:
     return {"batch": s.batch, "attack": f"PGD-{s.pgd_steps}", "solver": s.solver(), "sizes": out}
 
 
+# ---- a profile's jobs against the convolution ----------------------------------------------------
+def profile_trainers(folder: Path, s: Settings) -> tuple[dict, dict[str, Trainer]]:
+    """The profile config (``s.profile_config``) on a synthetic dataset, every solve at
+    tolerance 0: one ``Trainer`` per model (its first seed), as the train job builds it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    archive = synthetic_archive(folder / "cifar.tar.gz", per_batch=40)     # 200 training images: one batch of any profile
+    cfg = config.load(s.profile_config, [f"data.root={folder / 'data'}", f"data.archive={archive}",
+                                         "data.allow_md5_mismatch=true", "data.dev_size=2", "data.train_subset=null",
+                                         "data.test_subset=null", f"threads={s.threads}", "solver.tol=0.0",
+                                         "backward_solver.tol=0.0"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", data.DataWarning)     # the synthetic archive is not the official one
+        data.prepare(cfg)
+    first = {}
+    for inst in instances(cfg):
+        first.setdefault(inst.model, inst.name)
+    return cfg, {model: Trainer(cfg, name, folder / name) for model, name in first.items()}
+
+
+def model_conv(model: torch.nn.Module, spec: dict, batch: int) -> tuple[str, Callable[[], object], int]:
+    """A 3x3 convolution of the shape that dominates the model's compute (an MDEQ's first
+    branch, a PreAct network's first stage), at the job's batch: what its own convolutions can reach."""
+    if is_deq(model):
+        size = SIZES[spec["size"]]
+        channels, side = size.channels[0], 32 >> size.downsample
+    else:
+        channels, side = model.conv1.out_channels, 32
+    run, flops = conv_case(batch, channels, side, channels_last=False)
+    return f"conv {channels}ch {side}x{side} b{batch}", run, flops
+
+
+def jobs(s: Settings, calib: dict) -> dict:
+    """The work units of a profile's train and evaluate jobs, timed as the jobs run them and
+    interleaved with the calibration convolution and convolutions of the models' own shapes:
+
+    - ``train <model>``: one ``Trainer.step`` after pretraining and the Jacobian
+      regulariser's epochs (the bulk of the iterations), at the profile's training batch;
+    - ``cell <model> <estimator>@final <attack>``: one batch of a cell as ``run_cell`` runs it
+      (clean scores, the attack, adversarial scores) at the profile's evaluation batch, for
+      the first estimator and attack of the first cell group, on the last DEQ it covers.
+
+    FLOPs are counted on the same calls; a torch.profiler table names where the slowest
+    case's time goes.
+    """
+    with tempfile.TemporaryDirectory(prefix="deqrobust-bench-") as tmp:
+        cfg, trainers = profile_trainers(Path(tmp), s)
+        conv, conv_flops = _reference_conv(s, calib)
+        cases, flops, images, notes = {"conv_reference": conv}, {"conv_reference": conv_flops}, {}, {}
+        conv_of = {}                                  # case -> the convolution of its model's shape
+        for model, trainer in trainers.items():
+            tc = trainer.tc
+            x, y = make_batch(tc["batch_size"])
+            first = tc["pretrain_iters"] + math.ceil(tc["jac_reg"]["stop_epoch"] * trainer.per_epoch) if trainer.deq else 0
+            label = f"train {model}"
+            cases[label] = lambda t=trainer, x=x, y=y, it=itertools.count(first): t.step(next(it), x, y)
+            images[label], notes[label] = len(y), f"{trainer.spec['training']} training step"
+            conv_label, run, n = model_conv(trainer.model, trainer.spec, len(y))
+            cases[conv_label], flops[conv_label], conv_of[label] = run, n, conv_label
+        group = cfg["evaluation"]["cells"][0]
+        estimator, attack = group["estimators"][0], group["attacks"][0]
+        covered = [m for m, t in trainers.items() if t.deq and m in (group.get("models") or trainers)]
+        for model in covered[-1:]:
+            t = trainers[model]
+            net = t.model.eval()
+            own = own_estimator(t.cfg, t.spec)
+            target = attacked_model(t.cfg, net, estimator, None, own)
+            runner = build_attack(attack, spec_of(t.cfg, "attack", attack))
+            x, y = make_batch(cfg["evaluation"]["batch_size"], seed=1)
+            label = f"cell {model} {estimator}@final {attack}"
+            cases[label] = lambda net=net, target=target, runner=runner, own=own, x=x, y=y, solver=t.cfg["solver"]: \
+                attack_batch(net, target, runner, x, y, solver, own, seed=0)
+            images[label], notes[label] = len(y), "one batch of a cell: clean scores, attack, adversarial scores"
+            conv_label, run, n = model_conv(t.model, t.spec, len(y))
+            cases[conv_label], flops[conv_label], conv_of[label] = run, n, conv_label
+        for label, fn in cases.items():
+            if label not in flops:
+                flops[label] = count_flops(fn)
+        times = interleaved(cases, s.repeats)
+        slowest = max(images, key=lambda k: times[k]["median_s"])
+        breakdown = profile_ops(cases[slowest])
+    gflops = {k: flops[k] / t["median_s"] / 1e9 for k, t in times.items()}
+    rows = {k: {**t, "what": notes.get(k, "3x3 convolution"), "gflop": flops[k] / 1e9, "gflops": gflops[k],
+                "images_per_s": images[k] / t["median_s"] if k in images else None,
+                "gflop_per_image": flops[k] / images[k] / 1e9 if k in images else None,
+                "fraction_of_interleaved_conv": gflops[k] / gflops["conv_reference"],
+                "model_conv": conv_of.get(k), "fraction_of_model_conv": gflops[k] / gflops[conv_of[k]] if k in conv_of else None}
+            for k, t in times.items()}
+    return {"profile_config": s.profile_config, "solver": cfg["solver"], "backward_solver": cfg["backward_solver"],
+            "reference_conv": calib["conv"], "rows": rows, "profiled": slowest, "ops": breakdown}
+
+
+def profile_ops(fn: Callable[[], object], top: int = 12) -> dict:
+    """Where one call's time goes: torch.profiler's operators by self CPU time, their share
+    of the call's wall time, and the convolution and group-norm totals."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()                                             # warm
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        fn()
+        wall = time.perf_counter() - t0
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events) / 1e6
+    kinds = {"convolution": ("conv",), "group norm": ("group_norm",), "matmul": ("addmm", "mm", "bmm", "linear")}
+    groups = {k: sum(e.self_cpu_time_total for e in events if any(w in e.key for w in words)) / 1e6 / wall
+              for k, words in kinds.items()}
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    return {"wall_s": wall, "operators_s": total, "outside_operators": 1 - total / wall, "groups": groups,
+            "top": [{"op": e.key, "self_s": e.self_cpu_time_total / 1e6, "share": e.self_cpu_time_total / 1e6 / wall,
+                     "calls": e.count} for e in events[:top]]}
+
+
 # ---- attacking state n: the saving from stopping the solve ---------------------------------------
 def early_stop(s: Settings) -> dict:
     """Attack step (forward + input gradient) and forward alone at state n against the
@@ -591,17 +717,29 @@ _DONE = re.compile(r"^Finished jobid: (\d+) \(Rule: ([\w-]+)\)$")
 _ERROR = re.compile(r"^Error in rule ([\w-]+):$")
 
 
+def log_span(text: str) -> float | None:
+    """Seconds from the first to the last time stamp of a Snakemake log: the invocation's wall time."""
+    stamps = [_parse_stamp(m.group(1)) for m in map(_STAMP.match, (line.strip() for line in text.splitlines())) if m]
+    return (stamps[-1] - stamps[0]).total_seconds() if stamps else None
+
+
+def _parse_stamp(text: str) -> dt.datetime:
+    return dt.datetime.strptime(text.replace("  ", " "), "%a %b %d %H:%M:%S %Y")
+
+
 def parse_snakemake_log(text: str) -> list[dict]:
     """Jobs of one Snakemake log: rule, jobid, wildcards, start, end, seconds, status.
 
-    Snakemake stamps lines to the second, so a job's time is good to about one second.
+    Snakemake stamps lines to the second, so a job's time is good to about one second. A job
+    the log never finishes (the invocation was stopped) is ``unfinished``, its seconds counted
+    to the log's last stamp: a lower bound of the time it ran.
     """
     jobs: dict[str, dict] = {}
     stamp, current, error_rule = None, None, None
     for line in text.splitlines():
         m = _STAMP.match(line.strip())
         if m:
-            stamp = dt.datetime.strptime(m.group(1).replace("  ", " "), "%a %b %d %H:%M:%S %Y")
+            stamp = _parse_stamp(m.group(1))
             continue
         m = _START.match(line)
         if m and stamp is not None:
@@ -631,12 +769,10 @@ def parse_snakemake_log(text: str) -> list[dict]:
             error_rule = None
     rows = []
     for jobid, job in jobs.items():
-        if "end" in job:
-            seconds = (job["end"] - job["start"]).total_seconds()
-        else:
-            seconds = None
+        end = job.get("end", stamp)
         rows.append({"rule": job["rule"], "jobid": int(jobid), "wildcards": job["wildcards"],
-                     "seconds": seconds, "status": job.get("status", "unfinished")})
+                     "seconds": (end - job["start"]).total_seconds() if end else None,
+                     "status": job.get("status", "unfinished")})
     return rows
 
 
@@ -656,10 +792,11 @@ def workflow_times(path: str | Path) -> dict:
     """Per-rule wall times from ``benchmark:`` TSVs under PATH, else from Snakemake logs.
 
     PATH may be a benchmark folder (rule = first folder under it, else the file stem), a
-    run folder holding ``.snakemake/log``, or one log file. The latest log wins.
+    run folder holding ``.snakemake/log``, a folder of logs, or one log file. ``wall_s`` sums
+    the invocations' wall times: the run's wall time when it was stopped and resumed.
     """
     path = Path(path)
-    jobs, source = [], None
+    jobs, source, spans = [], None, []
     tsvs = [p for p in path.rglob("*") if p.is_file() and p.suffix in (".tsv", ".txt", ".benchmark")] if path.is_dir() else []
     for tsv in sorted(tsvs):
         try:
@@ -678,20 +815,26 @@ def workflow_times(path: str | Path) -> dict:
             logs = [path]
         else:
             logs = sorted((path / ".snakemake" / "log").glob("*.snakemake.log")) or sorted(path.rglob("*.snakemake.log"))
-        latest: dict[tuple[str, str], dict] = {}     # a job re-run by a later invocation: its last run counts
-        used = []
+        # A job finished again by a later invocation counts its last run only (a deliberate
+        # rerun); a job stopped and resumed counts each of its runs since it last finished (the
+        # work carried over: training and cells resume).
+        latest: dict[tuple[str, str], dict] = {}
         for log in logs:                              # file names are start times: chronological
-            rows = parse_snakemake_log(log.read_text(errors="replace"))
+            text = log.read_text(errors="replace")
+            rows = parse_snakemake_log(text)
             if rows:
-                used.append(str(log))
+                spans.append({"log": log.name, "wall_s": log_span(text)})
             for r in rows:
                 key = (r["rule"], r["wildcards"])
-                if r["status"] == "done" or key not in latest or latest[key]["status"] != "done":
-                    latest[key] = {"rule": r["rule"], "job": r["wildcards"], "seconds": r["seconds"],
-                                   "status": r["status"], "log": log.name}
-        if used:
+                before = latest.get(key)
+                carried = before["seconds"] if before and before["status"] != "done" and before["seconds"] else 0.0
+                runs = before["runs"] + 1 if before and before["status"] != "done" else 1
+                latest[key] = {"rule": r["rule"], "job": r["wildcards"], "status": r["status"], "log": log.name,
+                               "seconds": (r["seconds"] or 0.0) + carried if r["seconds"] is not None else None,
+                               "runs": runs}
+        if spans:
             jobs = list(latest.values())
-            source = f"snakemake logs ({len(used)}: {', '.join(Path(u).name for u in used)})"
+            source = f"snakemake logs ({len(spans)}: {', '.join(s['log'] for s in spans)})"
     by_rule: dict[str, list[dict]] = defaultdict(list)
     for job in jobs:
         by_rule[job["rule"]].append(job)
@@ -700,7 +843,8 @@ def workflow_times(path: str | Path) -> dict:
         secs = [r["seconds"] for r in rows if r["seconds"] is not None and r["status"] == "done"]
         rules[rule] = {"jobs": len(rows), "finished": len(secs), "total_s": sum(secs),
                        "median_s": statistics.median(secs) if secs else None, "max_s": max(secs) if secs else None}
-    return {"path": str(path), "source": source, "rules": rules, "jobs": jobs,
+    return {"path": str(path), "source": source, "rules": rules, "jobs": jobs, "invocations": spans,
+            "wall_s": sum(s["wall_s"] or 0.0 for s in spans) if spans else None,
             "note": None if source and source.startswith("benchmark") else
             "no benchmark: files found; times come from the Snakemake log (1 s resolution, includes queueing "
             "inside the job's shell only)"}
@@ -767,6 +911,18 @@ def render(report: dict) -> str:
         rows = [[f"{size} {k}", v["median_s"], v["images_per_s"]] for size, cases in e["sizes"].items() for k, v in cases.items()]
         out.append(table(f"evaluation: {e['attack']} through each estimator, batch {e['batch']}",
                          ["size estimator@state", "median s", "images/s"], rows))
+    if "jobs" in report:
+        j = report["jobs"]
+        rows = [[k, v["median_s"], v["images_per_s"], v["gflop_per_image"], v["gflops"], v["fraction_of_interleaved_conv"],
+                 v["fraction_of_model_conv"]] for k, v in j["rows"].items()]
+        out.append(table(f"a profile's jobs ({j['profile_config']}; solves at tolerance 0) against the convolutions",
+                         ["case", "median s", "images/s", "GFLOP/image", "GFLOP/s", "of conv", "of model conv"], rows))
+        ops = j["ops"]
+        out.append(table(f"where the time of '{j['profiled']}' goes ({ops['wall_s']:.2f} s; outside operators "
+                         f"{ops['outside_operators']:.0%}; convolution {ops['groups']['convolution']:.0%}, group norm "
+                         f"{ops['groups']['group norm']:.0%}, matmul {ops['groups']['matmul']:.0%})",
+                         ["operator", "self s", "share", "calls"],
+                         [[o["op"], o["self_s"], o["share"], o["calls"]] for o in ops["top"]]))
     if "early_stop" in report:
         r = report["early_stop"]
         rows = [[f"{size} n={n}", v["bound"], v["attack_step_ratio"], v["forward_ratio"], v["f_calls_ratio"],
@@ -785,6 +941,8 @@ def render(report: dict) -> str:
         w = report["workflow"]
         rows = [[rule, v["jobs"], v["finished"], v["total_s"], v["median_s"], v["max_s"]] for rule, v in w["rules"].items()]
         out.append(table(f"workflow wall times ({w['source']})", ["rule", "jobs", "finished", "total s", "median s", "max s"], rows))
+        if w.get("wall_s") is not None:
+            out.append(f"wall time of the invocations (first to last stamp of each log, summed): {w['wall_s']:.0f} s")
         if w.get("note"):
             out.append(f"note: {w['note']}")
     return "\n".join(out)
@@ -801,13 +959,13 @@ def run(s: Settings, sections: list[str] | None = None, workflow_path: str | Non
     if unknown:
         raise ValueError(f"unknown bench section {unknown[0]!r}; valid sections: {', '.join(SECTIONS)}")
     report: dict = {"format": "deqrobust-bench/1", "settings": asdict(s), "machine": machine(), "seconds": {}}
-    needs_calibration = any(k in wanted for k in ("calibration", "large"))
+    needs_calibration = any(k in wanted for k in ("calibration", "large", "jobs"))
     for name in (["calibration"] if needs_calibration else []) + [k for k in wanted if k != "calibration"]:
         started = time.perf_counter()
         if name == "calibration":
             report[name] = calibration(s)
-        elif name == "large":
-            report[name] = large(s, report["calibration"])
+        elif name in ("large", "jobs"):
+            report[name] = globals()[name](s, report["calibration"])
         elif name == "workflow":
             if not workflow_path:
                 continue
@@ -834,6 +992,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=None, help="batch of the DEQ-Large section (default 32)")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved repeats per measurement")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
+    parser.add_argument("--profile-config", metavar="YAML", default=None,
+                        help="the profile whose jobs the jobs section times (default: config/cpu.yaml)")
     parser.add_argument("--omp-wait-policy", choices=("passive", "active"), default=None,
                         help="re-run under OMP_WAIT_POLICY=<policy> (read when OpenMP loads, so the process "
                              "restarts itself); default: as inherited")

@@ -127,6 +127,53 @@ def test_workflow_times_from_a_snakemake_log_and_from_benchmark_files(tmp_path):
     assert out["source"] == "benchmark files" and out["rules"]["train"]["total_s"] == 33.0
 
 
+STOPPED_LOG = """\
+[Wed Nov 25 08:00:00 2026]
+localrule train:
+    jobid: 4
+    wildcards: model=deq-std
+[Wed Nov 25 08:00:50 2026]
+Finished jobid: 9 (Rule: data)
+"""
+
+RESUMED_LOG = """\
+[Wed Nov 25 09:00:00 2026]
+localrule train:
+    jobid: 7
+    wildcards: model=deq-std
+[Wed Nov 25 09:00:30 2026]
+Finished jobid: 7 (Rule: train)
+"""
+
+
+def test_a_stopped_and_resumed_job_counts_both_runs_and_the_invocations_sum(tmp_path):
+    (tmp_path / "2026-11-25T080000.snakemake.log").write_text(STOPPED_LOG)
+    (tmp_path / "2026-11-25T090000.snakemake.log").write_text(RESUMED_LOG)
+    out = bench.workflow_times(tmp_path)
+    assert out["rules"]["train"]["total_s"] == 50 + 30          # ran 50 s (to the stop), then 30 s
+    assert out["jobs"][0]["runs"] == 2
+    assert out["wall_s"] == 50 + 30
+    # a job finished twice is a rerun: the last run counts alone
+    (tmp_path / "2026-11-25T100000.snakemake.log").write_text(RESUMED_LOG.replace("09:00:30", "09:00:10"))
+    assert bench.workflow_times(tmp_path)["rules"]["train"]["total_s"] == 10
+
+
+def test_jobs_section_times_a_profiles_work_units_against_the_convolutions(capsys):
+    s = tiny_settings(profile_config=str(BENCH.parents[1] / "config" / "smoke.yaml"))
+    report = bench.run(s, ["jobs"], echo=print)["jobs"]
+    rows = report["rows"]
+    trained = [k for k in rows if k.startswith("train ")]
+    cells = [k for k in rows if k.startswith("cell ")]
+    assert len(trained) == 3 and len(cells) == 1          # smoke: deq-std, deq-adv, one baseline; a DEQ's cell
+    for k in trained + cells:
+        assert rows[k]["gflop_per_image"] > 0 and rows[k]["images_per_s"] > 0
+        assert rows[rows[k]["model_conv"]]["gflop"] > 0 and rows[k]["fraction_of_model_conv"] > 0
+    # an adversarial step attacks first: more convolution work per image than a standard one
+    assert rows["train deq-adv"]["gflop_per_image"] > rows["train deq-std"]["gflop_per_image"]
+    assert 0 < report["ops"]["groups"]["convolution"] < 1 and report["ops"]["top"]
+    assert "against the convolutions" in capsys.readouterr().out
+
+
 def test_command_line_writes_json_and_prints_the_table(tmp_path, capsys):
     log_dir = tmp_path / ".snakemake" / "log"
     log_dir.mkdir(parents=True)

@@ -52,6 +52,16 @@ def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, solver: dict, own)
     return {key: (out.argmax(1) == y).cpu() for key, out in logits.items()}
 
 
+def attack_batch(model: nn.Module, target: nn.Module, runner, x: torch.Tensor, y: torch.Tensor, solver: dict, own,
+                 seed: int) -> dict:
+    """One batch of a cell: correctness before and after ``runner`` attacks ``target`` (the
+    model under the cell's estimator and state), under every defense and state, and the
+    attack's warnings."""
+    clean = score(model, x, y, solver, own)
+    result = runner.run(target, x, y, seed=seed)
+    return {"clean": clean, "adversarial": score(model, result.x_adv, y, solver, own), "warnings": list(result.warnings)}
+
+
 def own_estimator(cfg: dict, spec: dict):
     """The estimator that defines a DEQ's own output, with its model's training overrides."""
     training = model_spec(cfg, spec["name"])["training_config"] if spec["name"] in instance_names(cfg) else cfg["training"]
@@ -131,13 +141,10 @@ def run_cell(cfg: dict, checkpoint: str, estimator: str, attack: str, state, out
         done = partial / f"batch-{i:05d}.pt"
         if done.exists():
             continue
-        xb, yb = xb.to(device), yb.to(device)
         start = time.perf_counter()
-        clean = score(model, xb, yb, cfg["solver"], own)
-        result = runner.run(target, xb, yb, seed=seeds.derive(cfg["seed"], seeds.TEST_ATTACK, i))
-        adversarial = score(model, result.x_adv, yb, cfg["solver"], own)
-        torch_save({"clean": clean, "adversarial": adversarial, "warnings": list(result.warnings),
-                    "seconds": time.perf_counter() - start}, done)
+        part = attack_batch(model, target, runner, xb.to(device), yb.to(device), cfg["solver"], own,
+                            seed=seeds.derive(cfg["seed"], seeds.TEST_ATTACK, i))
+        torch_save({**part, "seconds": time.perf_counter() - start}, done)
     parts = [torch_load(partial / f"batch-{i:05d}.pt") for i in range(len(chunks))]
     cell = {
         "model": spec["name"], **identity(cfg, spec["name"]),
