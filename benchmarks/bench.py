@@ -830,7 +830,7 @@ def workflow_times(path: str | Path) -> dict:
                 carried = before["seconds"] if before and before["status"] != "done" and before["seconds"] else 0.0
                 runs = before["runs"] + 1 if before and before["status"] != "done" else 1
                 latest[key] = {"rule": r["rule"], "job": r["wildcards"], "status": r["status"], "log": log.name,
-                               "seconds": (r["seconds"] or 0.0) + carried if r["seconds"] is not None else None,
+                               "seconds": None if r["seconds"] is None else r["seconds"] + carried,
                                "runs": runs}
         if spans:
             jobs = list(latest.values())

@@ -127,34 +127,23 @@ def test_workflow_times_from_a_snakemake_log_and_from_benchmark_files(tmp_path):
     assert out["source"] == "benchmark files" and out["rules"]["train"]["total_s"] == 33.0
 
 
-STOPPED_LOG = """\
-[Wed Nov 25 08:00:00 2026]
-localrule train:
-    jobid: 4
-    wildcards: model=deq-std
-[Wed Nov 25 08:00:50 2026]
-Finished jobid: 9 (Rule: data)
-"""
-
-RESUMED_LOG = """\
-[Wed Nov 25 09:00:00 2026]
-localrule train:
-    jobid: 7
-    wildcards: model=deq-std
-[Wed Nov 25 09:00:30 2026]
-Finished jobid: 7 (Rule: train)
-"""
+def train_log(start: str, end: str, finished: bool = True) -> str:
+    """A Snakemake log of one train job started at ``start``; at ``end`` it finishes, or
+    (``finished=False``) another job's line stamps the log and the invocation stops."""
+    last = "Finished jobid: 7 (Rule: train)" if finished else "Finished jobid: 9 (Rule: data)"
+    return (f"[Wed Nov 25 {start} 2026]\nlocalrule train:\n    jobid: 7\n    wildcards: model=deq-std\n"
+            f"[Wed Nov 25 {end} 2026]\n{last}\n")
 
 
 def test_a_stopped_and_resumed_job_counts_both_runs_and_the_invocations_sum(tmp_path):
-    (tmp_path / "2026-11-25T080000.snakemake.log").write_text(STOPPED_LOG)
-    (tmp_path / "2026-11-25T090000.snakemake.log").write_text(RESUMED_LOG)
+    (tmp_path / "2026-11-25T080000.snakemake.log").write_text(train_log("08:00:00", "08:00:50", finished=False))
+    (tmp_path / "2026-11-25T090000.snakemake.log").write_text(train_log("09:00:00", "09:00:30"))
     out = bench.workflow_times(tmp_path)
     assert out["rules"]["train"]["total_s"] == 50 + 30          # ran 50 s (to the stop), then 30 s
     assert out["jobs"][0]["runs"] == 2
     assert out["wall_s"] == 50 + 30
     # a job finished twice is a rerun: the last run counts alone
-    (tmp_path / "2026-11-25T100000.snakemake.log").write_text(RESUMED_LOG.replace("09:00:30", "09:00:10"))
+    (tmp_path / "2026-11-25T100000.snakemake.log").write_text(train_log("10:00:00", "10:00:10"))
     assert bench.workflow_times(tmp_path)["rules"]["train"]["total_s"] == 10
 
 
