@@ -110,6 +110,7 @@ def expected_jobs(cfg: dict, notebooks: int) -> Counter:
                  for e in g["estimators"] for a in g["attacks"] for s in g["states"]}
     return Counter({
         "data": 1, "train": len(models), "select_exit": len(deqs), "analyze": len(deqs),
+        "trajectory": len(deqs),      # every DEQ of a profile is trained (an import profile is tested apart)
         "evaluate": len(deq_cells) + len(baselines) * len(ev.get("baseline_attacks", [])),
         "merge": 1, "figures": 1, "report": 1, "notebook": notebooks, "all": 1,
     })
@@ -205,18 +206,21 @@ def test_paper_matrix_size():
 
 
 def test_cpu_matrix_gives_each_model_its_groups(workdir):
-    """The cpu profile: the final-state gradients (PGD-10) on every DEQ, the rest of the matrix on
-    each seed of the PGD-AT DEQ only (a cell group's `models`), and its key cells also under batch
-    coupling at batch 96: 2 x (17 + 11) + 3 DEQ cells + 2 baseline."""
+    """The cpu profile: three seeds of each DEQ; the final-state gradients (PGD-10) on every DEQ,
+    the rest of the matrix on each seed of the PGD-AT DEQ only (a cell group's `models`), and its
+    key cells also under batch coupling at batch 96: 3 x (17 + 11) + 3 x 3 DEQ cells + 2 baseline;
+    a trajectory of every DEQ."""
     proc = snakemake(workdir, "-n", "--configfile", PROFILES["cpu"])
     text = output_of(proc)
     assert proc.returncode == 0, text[-3000:]
-    assert job_stats(text)["evaluate"] == 2 * (3 + 2 + 8 + 2 + 2 + 3 + 8) + 3 + 2 == 61
+    assert job_stats(text)["evaluate"] == 3 * (3 + 2 + 8 + 2 + 2 + 3 + 8) + 3 * 3 + 2 == 95
+    assert job_stats(text)["trajectory"] == 6
     cells = {o.removeprefix("results/cpu/eval/") for o in planned_outputs(text) if o.startswith("results/cpu/eval/")}
     per_model = {m: {c.split("/", 1)[1] for c in cells if c.startswith(m + "/")}
-                 for m in ("deq-std", "deq-adv.s0", "deq-adv.s1", "resnet18-w8-adv")}
-    assert per_model["deq-std"] == {f"{e}/pgd10/state-final.json" for e in ("exact", "unroll", "solver_autograd")}
-    assert per_model["deq-adv.s0"] == per_model["deq-adv.s1"] > per_model["deq-std"]
+                 for m in ("deq-std.s0", "deq-std.s2", "deq-adv.s0", "deq-adv.s1", "deq-adv.s2", "resnet18-w8-adv")}
+    assert per_model["deq-std.s0"] == per_model["deq-std.s2"] == \
+        {f"{e}/pgd10/state-final.json" for e in ("exact", "unroll", "solver_autograd")}
+    assert per_model["deq-adv.s0"] == per_model["deq-adv.s1"] == per_model["deq-adv.s2"] > per_model["deq-std.s0"]
     assert len(per_model["deq-adv.s0"]) == 28 and "intermediate/pgd10/state-8.json" in per_model["deq-adv.s0"]
     coupled = {c for c in per_model["deq-adv.s0"] if ".batch96." in c}
     assert coupled == {f"{e}/pgd10/state-final.batch96.json" for e in ("exact", "unroll", "solver_autograd")} | \

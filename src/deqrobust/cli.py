@@ -23,6 +23,7 @@ COMMANDS = {
     "evaluate": "run one cell of the estimator x attack matrix on one checkpoint, resumable",
     "merge": "merge evaluation cells into the tidy robustness table",
     "analyze": "fixed-point analysis: residual traces and per-state accuracy, clean and adversarial",
+    "trajectory": "training dynamics of a trained DEQ: residuals, accuracy and alignment at every snapshot",
     "figures": "figures and tables from the merged results",
     "report": "the reproduction report: each claim of the paper against the measured figures",
 }

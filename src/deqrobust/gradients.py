@@ -6,6 +6,10 @@ mechanism diagnostics.
   estimator's; the reference an estimator's gradient is measured against.
 - ``alignment(model, x, y)``: per image, the cosine between the estimator's input gradient
   and that true gradient.
+- ``deployed_model(model)``: the DEQ as deployed (its own output at the final state, the
+  final defense) under its true gradient: the reference of claim 2's precondition, because
+  an attack is scored on the deployed model whatever output its estimator differentiates
+  (unroll's output is the unrolled state, not the deployed one).
 - ``batch_dependence(model, x, y, images=None)``: per image (the first ``images`` of the
   batch), the cosine between its input gradient when solved in the batch ``x`` and when
   solved alone. 1 under per-sample solver decisions
@@ -22,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deqrobust.deq_logits import DEQLogits
-from deqrobust.estimators import true_gradient
+from deqrobust.estimators import SolverAutograd, true_gradient
 
 
 def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -40,6 +44,12 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def true_gradient_model(model: DEQLogits) -> DEQLogits:
     """``model`` (a DEQ under estimator E at a state) with the true gradient of E's output."""
     return DEQLogits(model.deq, true_gradient(model.estimator), model.state, model.solver, model.backward_solver,
+                     own=model.own).train(model.training)
+
+
+def deployed_model(model: DEQLogits) -> DEQLogits:
+    """The deployed DEQ of ``model`` (same weights, solvers and own estimator) under the true gradient."""
+    return DEQLogits(model.deq, SolverAutograd(), None, model.solver, model.backward_solver,
                      own=model.own).train(model.training)
 
 

@@ -274,6 +274,11 @@ def deqs(cfg: dict) -> list[str]:
     return [i.name for i in instances(cfg) if cfg["models"][i.model]["arch"] == "mdeq"]
 
 
+def trained_deqs(cfg: dict) -> list[str]:
+    """The DEQ instances the workflow trains (not imported): they keep training snapshots."""
+    return [name for name in deqs(cfg) if instance(cfg, name).model not in imported(cfg)]
+
+
 def baselines(cfg: dict) -> list[str]:
     """The deep-network instances."""
     return [i.name for i in instances(cfg) if cfg["models"][i.model]["arch"] != "mdeq"]
@@ -359,6 +364,14 @@ def analysis_slice(cfg: dict) -> dict:
     """The fixed-point analysis: the ``analysis`` section with the specs it names."""
     an = cfg["analysis"]
     return {**an, **_referenced(cfg, "analysis", an), "diagnosed": diagnosed(cfg),
+            "test_subset": cfg["data"]["test_subset"], "batch_size": cfg["evaluation"]["batch_size"], **_solvers(cfg)}
+
+
+def trajectory_slice(cfg: dict) -> dict:
+    """The training-dynamics analysis: its section, the traced budget, the final-state estimators
+    it compares (the diagnostics') and what the solve of each snapshot depends on."""
+    estimators = {name: entry["spec"] for name, entry in diagnosed(cfg)["estimators"].items() if entry["states"] == [FINAL]}
+    return {**cfg["analysis"]["trajectory"], "budget": cfg["analysis"]["budget"], "estimators": estimators,
             "test_subset": cfg["data"]["test_subset"], "batch_size": cfg["evaluation"]["batch_size"], **_solvers(cfg)}
 
 

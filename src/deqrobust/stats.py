@@ -391,3 +391,47 @@ def combine(verdicts: Sequence[Verdict], require: str = "all") -> Verdict:
     kind = next((k for k in order if k in kinds), NOT_TESTED)
     tally = ", ".join(f"{kinds.count(k)} {k}" for k in VERDICTS if k in kinds) or "no units"
     return Verdict(kind, f"{require} of {len(kinds)} units must hold: {tally}")
+
+
+# ---------------------------------------------------------------- a paired change (training dynamics)
+@dataclass(frozen=True)
+class Change:
+    """The change of a per-example measure between two times, on the same examples: the median of
+    the paired differences (after - before), its distribution-free interval and the two-sided
+    exact sign test."""
+    estimate: float
+    ci: tuple[float, float]
+    confidence: float
+    p_value: float
+    increased: int
+    decreased: int
+    n: int              # pairs with a defined difference (ties included)
+
+    def summary(self, digits: int = 3) -> str:
+        lo, hi = (format(v, f"+.{digits}g") for v in self.ci)
+        return (f"median change {self.estimate:+.{digits}g} [{lo}, {hi}] ({100 * self.confidence:g} % interval); "
+                f"sign test: {self.increased} up, {self.decreased} down of {self.n}, p = {self.p_value:.3g}")
+
+
+def median_change(before, after, confidence: float = CONFIDENCE) -> Change:
+    """Paired change after - before. Pairs whose difference is undefined (both infinite: both
+    diverged, or a missing value) are left out; an infinite difference (one of the two diverged)
+    counts with its sign. Interval: the order statistics [d_(k), d_(n-k+1)] of the sorted
+    differences, k the largest rank with P(Bin(n, 1/2) < k) <= (1 - confidence) / 2 (exact for
+    the median of any continuous distribution). Test: exact binomial test on the signs, ties
+    dropped (`scipy.stats.binomtest`)."""
+    before, after = (np.asarray(v, dtype=float) for v in (before, after))
+    if before.shape != after.shape or before.ndim != 1:
+        raise ValueError(f"before and after must be 1-D and of one length: {before.shape} vs {after.shape}")
+    with np.errstate(invalid="ignore"):
+        diff = after - before
+    diff = np.sort(diff[~np.isnan(diff)])
+    n = diff.size
+    if n == 0:
+        raise ValueError("no pair has a defined difference")
+    up, down = int((diff > 0).sum()), int((diff < 0).sum())
+    p = float(stats.binomtest(up, up + down, 0.5).pvalue) if up + down else 1.0
+    k = int(stats.binom.ppf((1 - confidence) / 2, n, 0.5))   # P(Bin <= k - 1) <= (1 - c) / 2 < P(Bin <= k)
+    k = k if stats.binom.cdf(k - 1, n, 0.5) <= (1 - confidence) / 2 else k - 1
+    ci = (float(diff[k - 1]), float(diff[n - k])) if k >= 1 else (float("-inf"), float("inf"))
+    return Change(float(np.median(diff)), ci, confidence, p, up, down, n)

@@ -8,6 +8,10 @@ restarted therefore ends with the same metrics and weights as an uninterrupted r
 ``checkpoint.pt`` is written once, when the training has finished, from the best weights
 kept in ``resume.pt``: a model folder that holds ``resume.pt`` is unfinished, and every
 consumer (``load_checkpoint``) refuses its checkpoint.
+At every selection point the current weights are also kept as a snapshot
+(``snapshots/iter-<iteration>.pt``), and the finished training lists them with their MD5 in
+``snapshots.json``: the training-dynamics analysis (deqrobust.trajectory) reads them. Snapshots
+are not outputs a workflow manager deletes before a resumed job, so a resume keeps them.
 Model selection uses the dev split only; the test set is scored once, for the summary.
 
 Under ``torchrun`` the loop runs data-parallel (``deqrobust.distributed`` explains how:
@@ -37,6 +41,7 @@ from deqrobust.atomic import torch_load, torch_save, unreadable, write_json, wri
 from deqrobust.attacks.pgd import pgd
 from deqrobust.checkpoint import RESUME, load_checkpoint, save_checkpoint
 from deqrobust.config import ConfigError, model_spec
+from deqrobust.data import md5_of
 from deqrobust.device import resolve_device
 from deqrobust.deq_logits import DEQLogits
 from deqrobust.estimators import build_estimator, model_estimator
@@ -44,6 +49,8 @@ from deqrobust.models import build_model, is_deq
 from deqrobust.plan import identity, instance_config, settings, train_slice
 
 RESUME_FORMAT = "deqrobust-resume/1"
+SNAPSHOTS_FORMAT = "deqrobust-snapshots/1"
+SNAPSHOT_DIR, SNAPSHOT_MANIFEST = "snapshots", "snapshots.json"
 COLUMNS = ("epoch", "iteration", "lr", "train_loss", "dev_loss", "dev_clean_acc", "dev_robust_acc",
            "dev_solver_steps", "dev_rel_residual")
 
@@ -78,7 +85,7 @@ class Trainer:
         self.eval_every = max(1, round(self.tc["select"]["every_epochs"] * self.per_epoch))
         self.fingerprint = settings(train_slice(cfg, name))   # what resume.pt must match: the train rule's slice
         self.state = {"iteration": 0, "metrics": [], "best": None, "loss_sum": 0.0, "loss_count": 0,
-                      "wall_seconds": 0.0, "train_seconds": 0.0}
+                      "wall_seconds": 0.0, "train_seconds": 0.0, "snapshots": []}
         self.best_weights: dict | None = None
 
     # ---- the model under the estimators of training -------------------------------------
@@ -199,9 +206,28 @@ class Trainer:
         if st["best"] is None or score > st["best"]["score"]:
             st["best"] = {"score": score, "row": row}
             self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.snapshot(iteration, row)
         tqdm.write(f"epoch {row['epoch']:.2f}: train loss {row['train_loss']:.4f}, dev clean {row['dev_clean_acc']:.3f}, "
                    f"dev PGD-{self.tc['select']['pgd_steps']} {row['dev_robust_acc']:.3f}")
         self.dist.barrier()
+
+    def snapshot(self, iteration: int, row: dict) -> None:
+        """Keep the current weights of this selection point (rank 0)."""
+        name = f"iter-{iteration:07d}.pt"
+        save_checkpoint(self.out / SNAPSHOT_DIR / name, self.model, self.spec, row["epoch"], row, self.cfg["profile"])
+        kept = [s for s in self.state["snapshots"] if s["iteration"] != iteration]   # a resume may redo one
+        self.state["snapshots"] = [*kept, {"iteration": iteration, "epoch": row["epoch"], "file": name}]
+
+    def write_snapshots(self) -> None:
+        """``snapshots.json``: every selection point's weights, in order, with their MD5 (a file
+        left by an earlier run is overwritten or not listed). ``pretrain_iters``: the
+        iterations of unrolled pretraining (DEQs), so readers can skip snapshots made during it."""
+        entries = [{**s, "md5": md5_of(self.out / SNAPSHOT_DIR / s["file"])}
+                   for s in sorted(self.state["snapshots"], key=lambda s: s["iteration"])]
+        write_json(self.out / SNAPSHOT_MANIFEST, {
+            "format": SNAPSHOTS_FORMAT, "model": self.spec["name"], "profile": self.cfg["profile"],
+            "folder": SNAPSHOT_DIR, "iterations_per_epoch": self.per_epoch,
+            "pretrain_iters": self.tc["pretrain_iters"] if self.deq else 0, "snapshots": entries})
 
     def write_checkpoint(self) -> None:
         row = self.state["best"]["row"]
@@ -237,7 +263,7 @@ class Trainer:
         if not isinstance(saved, dict) or saved.get("format") != RESUME_FORMAT or saved.get("fingerprint") != self.fingerprint:
             raise ConfigError(f"{path} was written by a run with another config or model; "
                               "delete it (or the whole folder) to start over")
-        self.state = saved["state"]
+        self.state = {"snapshots": [], **saved["state"]}   # resume state written before snapshots existed
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.best_weights = saved["best_weights"]
@@ -309,6 +335,7 @@ class Trainer:
         summary = None
         if self.dist.is_main:
             self.write_checkpoint()     # the selected model, now that the training has finished
+            self.write_snapshots()
             summary = self.summarise()
             (self.out / RESUME).unlink(missing_ok=True)
         self.dist.barrier()

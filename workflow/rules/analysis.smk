@@ -26,3 +26,30 @@ rule analyze:
     shell:
         "deqrobust analyze {params.cli}"
         " --checkpoint {input.checkpoint} --out {output} --no-progress > {log} 2>&1"
+
+
+# Training dynamics of each trained DEQ: every snapshot its training kept, analysed on the same
+# test images (deqrobust.trajectory).
+rule trajectory:
+    input:
+        snapshots=snapshots(),
+        split=split_json(),
+    output:
+        trajectory(),
+    params:
+        cli=cli_args,
+        settings=lambda w: plan.settings(plan.trajectory_slice(job_config(w))),
+    log:
+        log("trajectory", "{model}.log"),
+    wildcard_constraints:
+        model=names_pattern(plan.trained_deqs(config)),
+    threads: config["threads"]
+    resources:
+        gpu=plan.gpus(config),
+        mem_mb=lambda w: plan.resources(config, w.model).mem_mb,
+        runtime=lambda w: plan.resources(config, w.model).eval_minutes,
+    conda:
+        ENV
+    shell:
+        "deqrobust trajectory {params.cli}"
+        " --snapshots {input.snapshots} --out {output} --no-progress > {log} 2>&1"

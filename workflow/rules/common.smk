@@ -74,6 +74,15 @@ def training_summary(model="{model}"):
     return os.path.join(model_dir(model), "summary.json")
 
 
+def snapshots(model="{model}"):
+    """The list of the weights a training kept at its selection points (snapshots/ beside it)."""
+    return os.path.join(model_dir(model), "snapshots.json")
+
+
+def trajectory(model="{model}"):
+    return results("trajectory", f"{model}.json")
+
+
 def early_exit(model="{model}"):
     return results("early_exit", f"{model}.json")
 
@@ -134,6 +143,10 @@ def all_analyses():
     return [analysis(m) for m in plan.deqs(config)]
 
 
+def all_trajectories():
+    return [trajectory(m) for m in plan.trained_deqs(config)]
+
+
 def all_targets():
     return [
         *[checkpoint(m) for m in plan.instance_names(config)],
@@ -141,6 +154,7 @@ def all_targets():
         *all_cells(),
         table(),
         *all_analyses(),
+        *all_trajectories(),
         figures_dir(),
         report_md(),
         metrics_json(),

@@ -13,6 +13,7 @@ rule train:
         checkpoint=checkpoint(),
         curves=training_curves(),
         summary=training_summary(),
+        snapshots=snapshots(),
     params:
         cli=cli_args,
         launcher=train_launcher,
