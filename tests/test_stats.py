@@ -198,14 +198,19 @@ def test_an_effect_measured_the_other_way_did_not_hold_even_at_low_power():
     assert stats.decide(reversed_, stats.SMALLEST_EFFECT[1]).kind == stats.DID_NOT_HOLD
 
 
-def test_aligned_gradients_mean_precondition_absent():
+def test_a_significant_effect_outranks_an_absent_precondition():
+    """The precondition explains a null result; it never hides a significant one."""
     aligned = stats.Precondition("final-state gradient misaligned with the true gradient",
                                  "median cosine to the true gradient", 0.97, stats.ALIGNED_COSINE, present_below=True)
-    result = stats.mcnemar(*outcomes(50, 40, 5, 205))           # would hold on its own
+    result = stats.mcnemar(*outcomes(50, 40, 5, 205))           # significant on its own
     verdict = stats.decide(result, stats.SMALLEST_EFFECT[2], aligned)
-    assert verdict.kind == stats.PRECONDITION_ABSENT and "median cosine to the true gradient 0.97" in verdict.reason
+    assert verdict.kind == stats.HELD and "precondition absent" in verdict.reason
+    assert "median cosine to the true gradient 0.97" in verdict.reason
+    null = stats.mcnemar(*outcomes(50, 6, 5, 239))               # not significant
+    assert stats.decide(null, stats.SMALLEST_EFFECT[2], aligned).kind == stats.PRECONDITION_ABSENT
     misaligned = stats.Precondition(aligned.name, aligned.statistic, 0.4, stats.ALIGNED_COSINE, present_below=True)
     assert stats.decide(result, stats.SMALLEST_EFFECT[2], misaligned).kind == stats.HELD
+    assert stats.decide(null, stats.SMALLEST_EFFECT[2], misaligned).kind != stats.PRECONDITION_ABSENT
 
 
 def test_missing_data_is_not_tested():

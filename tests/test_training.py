@@ -135,6 +135,15 @@ def test_kill_and_resume_ends_exactly_like_an_uninterrupted_run(tmp_path):
     assert ca["state_dict"].keys() == cb["state_dict"].keys()
     assert all(torch.equal(ca["state_dict"][k], cb["state_dict"][k]) for k in ca["state_dict"])
     assert {k: v for k, v in ca.items() if k != "state_dict"} == {k: v for k, v in cb.items() if k != "state_dict"}
+    # every selection point's snapshot survives the kill, and equals the uninterrupted run's
+    sa, sb = (json.loads((d / "snapshots.json").read_text()) for d in (whole, cut))
+    assert [s["iteration"] for s in sa["snapshots"]] == [4, 8, 12] and sa["pretrain_iters"] == 1
+    for a_entry, b_entry in zip(sa["snapshots"], sb["snapshots"]):
+        wa, wb = (torch.load(d / "snapshots" / e["file"], weights_only=True)["state_dict"]
+                  for d, e in ((whole, a_entry), (cut, b_entry)))
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    last = torch.load(whole / "snapshots" / sa["snapshots"][-1]["file"], weights_only=True)
+    assert last["epoch"] == 1.5 and last["metrics"]["iteration"] == 12
 
 
 def test_checkpoints_load_safely_and_refuse_another_architecture(tmp_path):

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from deqrobust.config import ConfigError
 from deqrobust.deq_logits import DEQLogits
 from deqrobust.estimators import Exact, build_estimator, true_gradient
-from deqrobust.gradients import alignment, input_gradient, true_gradient_model
+from deqrobust.gradients import cosine, deployed_model, input_gradient, true_gradient_model
 from deqrobust.models.mdeq import MDEQ
 from deqrobust.scoring import all_state_logits
 from toy_deq import ToyDEQ
@@ -161,10 +161,26 @@ def test_true_gradient_of_an_estimator_keeps_its_logits_and_differs_in_gradient(
     assert reference.estimator == true_gradient(model.estimator) and reference.state == model.state
     xx = x.clone().requires_grad_()
     torch.testing.assert_close(reference(xx), model(xx), rtol=1e-12, atol=1e-14)
-    cos = alignment(model, x, weights.argmax(1))
+    cos = cosine(input_gradient(model, x, weights.argmax(1)), input_gradient(reference, x, weights.argmax(1)))
     assert cos.shape == (4,) and torch.isfinite(cos).all() and (cos.abs() <= 1 + 1e-12).all()
     if spec["name"] in ("exact", "neumann", "adjoint"):   # a gradient rewrite: the true gradient is another vector
         assert (cos < 0.999).any()
+
+
+@pytest.mark.parametrize("own_spec", [{"name": "exact"}, {"name": "unroll", "lam": 0.5, "k": 2}], ids=str)
+def test_the_deployed_model_is_the_own_output_under_its_true_gradient(mini, own_spec):
+    """deployed_model: the final defense's logits (the model's own estimator's output), and the
+    gradient of autograd through the solver of that output, whichever estimator it is built from."""
+    deq, x, weights = mini
+    solver, y = {"name": "broyden", "budget": 4, "tol": 1e-3}, weights.argmax(1)
+    own = build_estimator(own_spec)
+    for spec in ({"name": "exact"}, {"name": "unroll", "lam": 0.5, "k": 3}):
+        model = DEQLogits(deq, build_estimator(spec), None, solver, {"budget": 3}, own=own)
+        deployed = deployed_model(model)
+        as_own = true_gradient_model(DEQLogits(deq, own, None, solver, {"budget": 3}, own=own))
+        with torch.no_grad():
+            torch.testing.assert_close(deployed(x), as_own(x), rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(input_gradient(deployed, x, y), input_gradient(as_own, x, y), rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["broyden", "anderson", "fixed_point"])

@@ -96,12 +96,16 @@ def baseline(lab: Lab, n: int, correct: int, training: str | None = None) -> Non
         lab.cell("resnet-adv", BASELINE_ESTIMATOR, attack, "final", first(n, correct), training=training)
 
 
-def aligned(name: str, training: str, median: float, seed: int = 0) -> dict:
-    """An analysis record with alignment entries of the final-state estimators only."""
+def aligned(name: str, training: str, median: float, seed: int = 0, deployed: list[float] | None = None) -> dict:
+    """An analysis record with alignment entries of the final-state estimators only: cosines
+    ``median`` to their own output's true gradient, ``deployed`` (default the same) to the
+    deployed model's."""
+    deployed = [median] * 5 if deployed is None else deployed
     return {"model": {"name": name, "arch": "mdeq", "size": "mini", "training": training, "grad": "exact",
                       "seed": seed},
             "alignment": [{"inputs": kind, "estimator": e, "estimator_type": ESTIMATORS[e]["name"], "state": "final",
-                           "cosine": [median] * 5, "median": median}
+                           "cosine": [median] * 5, "median": median,
+                           "deployed": {"cosine": deployed, "median": float(np.median(deployed))}}
                           for e in ("exact", "unroll") for kind in ("clean", "adversarial")]}
 
 
@@ -209,16 +213,33 @@ def test_too_few_examples_are_underpowered(tmp_path: Path):
     assert got[2].result.mde > 0.3            # at alpha 0.05 / 4 (Holm over 2 estimators x 2 attacks)
 
 
-def test_aligned_gradients_mean_precondition_absent(tmp_path: Path):
+def test_aligned_gradients_explain_a_null_result_and_never_hide_an_effect(tmp_path: Path):
+    """Claim 2's precondition: the 10th percentile of the cosines to the deployed model's true
+    gradient. Aligned and no over-estimate: precondition absent. Aligned and a significant
+    over-estimate: held, the precondition stated beside it. A misaligned tail (2 of 10 images)
+    makes it present whatever the median."""
     lab = Lab(tmp_path)
-    paper_like(lab)
+    paper_like(lab, exact=100)                    # exact and unroll leave as many correct as the truth
     lab.analyses = [aligned("deq-adv", "pgd", 0.97)]
     got = lab.findings()[2]
     assert got.verdict == stats.PRECONDITION_ABSENT
-    assert "median cosine of exact@final to the true gradient (clean inputs) 0.97 (needs < 0.9)" in got.reason
-    assert "precondition for unroll@final absent" in "\n".join(got.evidence)
-    # without an alignment measurement the comparison alone decides
-    lab.analyses = []
+    assert ("10th percentile of the cosines of exact@final to it (clean inputs) 0.97 (needs < 0.9)"
+            in got.reason)
+    evidence = "\n".join(got.evidence)
+    assert "precondition for unroll@final absent" in evidence
+    assert "exact@final against the deployed model's true gradient, clean inputs, n=5: median cosine 0.97" in evidence
+
+    lab = Lab(tmp_path / "effect")
+    paper_like(lab)                               # exact over-estimates by 50 of 300
+    lab.analyses = [aligned("deq-adv", "pgd", 0.97)]
+    got = lab.findings()[2]
+    assert got.verdict == stats.HELD and "precondition for exact@final absent" in "\n".join(got.evidence)
+
+    tail = [0.99] * 8 + [0.2, 0.3]
+    lab.analyses = [aligned("deq-adv", "pgd", 0.99, deployed=tail)]
+    pre = report.alignment_precondition(lab.analyses[0], "exact", "exact")
+    assert pre.present and pre.value == pytest.approx(np.quantile(tail, 0.1))
+    lab.analyses = []                              # without an alignment measurement the comparison alone decides
     assert lab.findings()[2].verdict == stats.HELD
 
 
@@ -312,20 +333,43 @@ def test_deployed_residual_is_that_of_the_returned_iterate():
     assert report.deployed_residuals(record).tolist() == [0.2, report.DIVERGED]
 
 
-def test_claim1_held_when_every_seed_holds_and_not_when_seeds_disagree():
-    slow, fast = 0.3, 0.05
+def runs(levels: list[tuple[float, float]]) -> list[dict]:
+    """Analyses of an adversarially trained and a standard DEQ per seed, at the given residual levels."""
     records = []
-    for seed, (adv, std) in enumerate([(slow, fast), (slow, fast)]):
+    for seed, (adv, std) in enumerate(levels):
         records += [residual_record(f"deq-adv@{seed}", "pgd", traces(adv, seed=seed), seed),
                     residual_record(f"deq-std@{seed}", "standard", traces(std, seed=10 + seed), seed)]
-    got = report.claim1(records)
-    assert got.verdict == stats.HELD and got.result.method == "Mann-Whitney U" and got.result.estimate > 0.9
-    assert got.reason.startswith("all of 2 units must hold: 2 held")
-    # seed 1's adversarially trained DEQ converges faster than its standard one: the claim did not hold
-    records[2] = residual_record("deq-adv@1", "pgd", traces(fast / 10, seed=1), 1)
-    got = report.claim1(records)
-    assert got.verdict == stats.DID_NOT_HOLD and got.result.estimate < 0.5
-    assert "deq-adv@1 vs deq-std@1 (seed 1): **did not hold**" in "\n".join(got.evidence)
+    return records
+
+
+def test_claim1_is_decided_across_training_runs():
+    """Three runs a side, every adversarially trained run above every standard one: the run-level
+    exact test reaches its smallest p, 1 / C(6, 3) = 0.05, and holds. One run out of line: not held,
+    although every per-image test of the other pairs holds."""
+    slow, fast = 0.3, 0.05
+    got = report.claim1(runs([(slow, fast)] * 3))
+    assert got.verdict == stats.HELD and got.reason.startswith("across training runs")
+    assert (got.result.method, got.result.n, got.result.estimate) == ("Mann-Whitney U", 6, 1.0)
+    assert got.result.p_value == pytest.approx(1 / 20)
+    text = "\n".join(got.evidence)
+    assert "median deployed residual per training run, adversarial: deq-adv@0" in text and "spread" in text
+    assert "per pair of runs, deq-adv@1 vs deq-std@1 (seed 1): **held**" in text
+    got = report.claim1(runs([(slow, fast), (slow, fast), (fast / 10, fast)]))   # seed 2's adversarial run converges best
+    assert got.verdict != stats.HELD and got.result.estimate < 1
+    assert "deq-adv@2 vs deq-std@2 (seed 2): **did not hold**" in "\n".join(got.evidence)
+
+
+def test_claim1_across_two_runs_a_side_cannot_hold_and_says_so():
+    """Two runs a side: the smallest exact p is 1 / C(4, 2) = 1/6 > 0.05, so the run-level test
+    can only be underpowered (or refute), even where every pair holds."""
+    got = report.claim1(runs([(0.3, 0.05)] * 2))
+    assert got.verdict == stats.UNDERPOWERED and got.result.p_value == pytest.approx(1 / 6)
+    assert got.result.mde > stats.SMALLEST_EFFECT[1]
+
+
+def test_claim1_with_one_run_a_side_is_decided_by_the_pair():
+    got = report.claim1(runs([(0.3, 0.05)]))
+    assert got.verdict == stats.HELD and got.reason.startswith("all of 1 units must hold: 1 held")
 
 
 def test_claim1_pairs_by_seed_else_any_seed_and_says_what_is_missing():
@@ -372,7 +416,7 @@ def test_merge_and_report_commands_write_verdicts(tmp_path: Path):
     assert text.count("Rule:") == 5
     for claim in range(1, 6):
         assert f"| {claim} | **held** | " in text
-    assert "## Gradient alignment" in text and "deq-std (standard), clean" in text and "| exact | final | 0.3 |" in text
+    assert "## Gradient alignment" in text and "deq-std (standard), clean" in text and "| exact | final | 0.3 / 0.3 (0.3) |" in text
     record = json.loads(metrics.read_text())
     assert record["verdicts"] == dict.fromkeys("12345", stats.HELD)
     assert all(0 <= p <= stats.ALPHA for p in record["p_values"].values())

@@ -23,7 +23,8 @@ per sample, on clean and adversarial inputs:
   budget, tolerance and coupling, in the evaluation's batches), on every analysed image;
 - ``backward_residual``: relative residual of the adjoint solve of ``exact`` after the
   backward solver's budget, ``alignment``: cosine between each estimator's input gradient
-  and the true gradient of the same output (gradients.alignment), on the first
+  and the true gradient of the same output, and of the deployed model (claim 2's precondition
+  reads the latter: every attack is scored on the deployed model), on the first
   ``diagnostics.num_examples`` images;
 - ``batch_dependence``: per solver coupling, cosine between an image's gradient solved in a
   batch of clean images (``diagnostics.batch_size``, default the evaluation's) and solved
@@ -181,23 +182,32 @@ def diagnose(deq: torch.nn.Module, own, inputs: dict[str, tuple[torch.Tensor, to
     """``alignment`` entries and ``backward_residual`` per input kind (see the module docstring).
 
     ``diagnosed`` is plan.diagnosed(cfg); ``own`` the model's own estimator; gradients are taken
-    under the deployed ``solver`` and ``backward_solver`` in batches of ``batch_size``."""
+    under the deployed ``solver`` and ``backward_solver`` in batches of ``batch_size``. Each
+    alignment entry holds the cosine to the true gradient of the estimator's own output
+    (``cosine``) and to the deployed model's true gradient (``deployed``: the final defense's
+    output, which every attack is scored on; gradients.deployed_model)."""
     from deqrobust.deq_logits import DEQLogits
     from deqrobust.estimators import Exact, build_estimator
-    from deqrobust.gradients import alignment
+    from deqrobust.gradients import batched_gradient, cosine, deployed_model, true_gradient_model
 
     def model(estimator, state):
         return DEQLogits(deq, estimator, state, solver, backward_solver, own=own).eval()
+
+    def gradients(target, x, y) -> torch.Tensor:
+        return batched_gradient(target, x, y, batch_size)
 
     pairs = [(name, entry["spec"], state)
              for name, entry in diagnosed["estimators"].items() for state in entry["states"]]
     entries, backward = [], {}
     for kind, (x, y) in tqdm(inputs.items(), desc="diagnose", unit="inputs", disable=not progress):
+        deployed = gradients(deployed_model(model(own, None)), x, y)
         for name, spec, state in pairs:
             target = model(build_estimator(spec), state)
-            cosines = _batched(lambda xb, yb: alignment(target, xb, yb), x, y, batch_size)
+            mine = gradients(target, x, y)
+            own_truth = cosine(mine, gradients(true_gradient_model(target), x, y)).double().cpu().numpy()
             entries.append({"inputs": kind, "estimator": name, "estimator_type": spec["name"], "state": state,
-                            **_per_sample(cosines)})
+                            **_per_sample(own_truth),
+                            "deployed": _per_sample(cosine(mine, deployed).double().cpu().numpy())})
         exact = model(Exact(), None)
         backward[kind] = _finite_or_none(_batched(lambda xb, yb: backward_residual(exact, xb, yb), x, y, batch_size))
     return {"alignment": entries, "backward_residual": backward}

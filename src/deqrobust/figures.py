@@ -38,6 +38,18 @@ def _style() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def _seeded_jitter(seed: int = 0) -> Iterator[None]:
+    """seaborn's strip-plot jitter draws from numpy's global generator: seed it here (and restore
+    it after), so two runs on the same data give byte-identical figures."""
+    saved = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(saved)
+
+
 def _label(analysis: dict) -> str:
     model = analysis["model"]
     return _model_label(model["name"], model["training"], model["grad"])
@@ -255,8 +267,9 @@ def residual_distribution_figure(analyses: list[dict]) -> Figure:
                 continue
             sns.boxplot(finite, x="model", y="residual", hue="inputs", palette=palette, log_scale=True, ax=ax,
                         fliersize=0)
-            sns.stripplot(finite, x="model", y="residual", hue="inputs", palette=palette, dodge=True, size=2,
-                          alpha=0.5, ax=ax, legend=False)
+            with _seeded_jitter():
+                sns.stripplot(finite, x="model", y="residual", hue="inputs", palette=palette, dodge=True, size=2,
+                              alpha=0.5, ax=ax, legend=False)
             for tol in tols - {None, 0}:
                 ax.axhline(tol, color="grey", linestyle=":", linewidth=1)
             dropped = len(part) - len(finite)
@@ -264,6 +277,58 @@ def residual_distribution_figure(analyses: list[dict]) -> Figure:
                    ylabel="relative residual")
             ax.set_xticks(ax.get_xticks(), [_wrap(t.get_text(), 24) for t in ax.get_xticklabels()])
         fig.suptitle("Per-sample residuals, clean and adversarial inputs; dotted: tolerance")
+    return fit(fig)
+
+
+def training_dynamics_figure(trajectories: list[dict]) -> Figure:
+    """Along training, per model instance (colour: training; line style: seed): the deployed forward
+    residual (median, quartile band, log scale), each final-state estimator's cosine to the deployed
+    model's true gradient (median, quartile band), and clean accuracy, against the epoch. Snapshots
+    made during unrolled pretraining are hollow markers."""
+    from deqrobust.stats import ALIGNED_COSINE
+    from deqrobust.trajectory import frame as trajectory_frame
+
+    frame = trajectory_frame(trajectories)
+    estimators = sorted(e for e in frame["estimator"].dropna().unique()) if len(frame) else []
+    trainings = sorted(frame["training"].unique()) if len(frame) else []
+    colours = dict(zip(trainings, sns.color_palette("colorblind", max(len(trainings), 1))))
+    seeds = sorted(frame["seed"].unique()) if len(frame) else []
+    styles = dict(zip(seeds, ["-", "--", ":", "-."] * (len(seeds) // 4 + 1)))
+    panels = [("forward_residual", "deployed forward residual"), *((e, f"cosine of {e}@final") for e in estimators),
+              ("clean_accuracy", "clean accuracy")]
+    with _style():
+        fig = Figure(figsize=(4.2 * len(panels), 3.6), layout="constrained")
+        axes = fig.subplots(1, len(panels), squeeze=False)[0]
+        if frame.empty:
+            _empty(axes[0], "no training trajectories")
+        for ax, (key, title) in zip(axes, panels):
+            for model, part in frame.groupby("model", sort=False):
+                first = part.iloc[0]
+                style = {"color": colours[first["training"]], "linestyle": styles[first["seed"]]}
+                label = f"{model} ({first['training']})"
+                if key in ("forward_residual", "clean_accuracy"):
+                    part = part.drop_duplicates("iteration").sort_values("epoch")
+                else:
+                    part = part[part["estimator"] == key].sort_values("epoch")
+                if part.empty:
+                    continue
+                low, mid, high = ((part[f"{key}_{q}"] for q in ("q25", "median", "q75")) if key == "forward_residual"
+                                  else (part[f"cosine_{q}"] for q in ("q25", "median", "q75"))
+                                  if key in estimators else (None, part[key], None))
+                ax.plot(part["epoch"], mid, label=label, **style)
+                pre = part["pretraining"].to_numpy(dtype=bool)
+                ax.scatter(part["epoch"][pre], mid[pre], facecolors="none", edgecolors=style["color"], s=14)
+                ax.scatter(part["epoch"][~pre], mid[~pre], color=style["color"], s=10)
+                if low is not None:
+                    ax.fill_between(part["epoch"], low, high, color=style["color"], alpha=0.12, linewidth=0)
+            if key == "forward_residual":
+                ax.set_yscale("log")
+            elif key in estimators:
+                ax.axhline(ALIGNED_COSINE, color="grey", linestyle=":", linewidth=1)
+            ax.set(xlabel="epoch", title=title)
+        if not frame.empty:
+            axes[-1].legend(loc="best", fontsize="x-small")
+        fig.suptitle("Along training, on the same test images (median and quartiles; hollow: unrolled pretraining)")
     return fit(fig)
 
 
@@ -340,8 +405,10 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
 
 
-def write_all(table: pd.DataFrame, analyses: list[dict], out_dir: str | os.PathLike, profile: str = "") -> list[Path]:
-    """Every figure as PNG and the main table as main.md and main.tex in ``out_dir``."""
+def write_all(table: pd.DataFrame, analyses: list[dict], out_dir: str | os.PathLike, profile: str = "",
+              trajectories: list[dict] | None = None) -> list[Path]:
+    """Every figure as PNG and the main table as main.md and main.tex in ``out_dir``; with
+    ``trajectories``, the training dynamics too."""
     out = Path(out_dir)
     written = [save_figure(residual_figure(analyses), out / "residual.png"),
                save_figure(convergence_figure(analyses), out / "convergence.png"),
@@ -349,6 +416,8 @@ def write_all(table: pd.DataFrame, analyses: list[dict], out_dir: str | os.PathL
                save_figure(state_accuracy_figure(analyses, table), out / "state_accuracy.png"),
                save_figure(alignment_figure(analyses), out / "alignment.png"),
                save_figure(residual_distribution_figure(analyses), out / "residual_distribution.png")]
+    if trajectories:
+        written.append(save_figure(training_dynamics_figure(trajectories), out / "training_dynamics.png"))
     for model in table["model"].unique():
         written.append(save_figure(heatmap_figure(table, model), out / f"heatmap_{_slug(model)}.png"))
     header, rows = results.main_table_rows(table, profile)

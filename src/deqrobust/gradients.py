@@ -4,8 +4,8 @@ mechanism diagnostics.
 - ``true_gradient_model(model)``: the same DEQ, state, solvers and logits as ``model``, with
   the true gradient of its output (deqrobust.estimators.true_gradient) instead of its
   estimator's; the reference an estimator's gradient is measured against.
-- ``alignment(model, x, y)``: per image, the cosine between the estimator's input gradient
-  and that true gradient.
+- ``batched_gradient(model, x, y, batch_size)``: input gradients solved in batches of
+  ``batch_size`` (the evaluation's: batch coupling depends on it); ``cosine`` compares two.
 - ``deployed_model(model)``: the DEQ as deployed (its own output at the final state, the
   final defense) under its true gradient: the reference of claim 2's precondition, because
   an attack is scored on the deployed model whatever output its estimator differentiates
@@ -53,10 +53,10 @@ def deployed_model(model: DEQLogits) -> DEQLogits:
                      own=model.own).train(model.training)
 
 
-def alignment(model: DEQLogits, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per image, cosine between the estimator's input gradient and the true gradient of the
-    same output (same logits, autograd through the solver's own iterations)."""
-    return cosine(input_gradient(model, x, y), input_gradient(true_gradient_model(model), x, y))
+def batched_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``input_gradient`` over batches of ``batch_size``."""
+    return torch.cat([input_gradient(model, x[i:i + batch_size], y[i:i + batch_size])
+                      for i in range(0, len(y), batch_size)])
 
 
 def batch_dependence(model: nn.Module, x: torch.Tensor, y: torch.Tensor, images: int | None = None) -> torch.Tensor:

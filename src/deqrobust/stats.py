@@ -10,14 +10,17 @@ Newcombe's interval for it. Claim 5 ("competitive") is a non-inferiority questio
 
 `decide` turns one result into a verdict, checking in this order:
 1. no result (data missing)                                 -> NOT_TESTED
-2. precondition measured and absent                         -> PRECONDITION_ABSENT
-3. significant in the claimed direction (Holm p if set)     -> HELD
+2. significant in the claimed direction (Holm p if set)     -> HELD (a measured precondition
+   is stated beside it, present or not)
+3. precondition measured and absent                         -> PRECONDITION_ABSENT
 4. not significant and the interval excludes every effect that matters -> DID_NOT_HOLD
 5. not significant and MDE > the smallest effect that matters -> UNDERPOWERED
 6. otherwise                                                -> DID_NOT_HOLD
 Step 4 was added after the first quick run (docs/results.md says why): without it a test of
 low power could never refute a claim, not even one whose effect is measured in the other
-direction.
+direction. Steps 2 and 3 swapped after the cpu run (issue 17): a measured effect outranks its
+proposed mechanism; an absent precondition may explain a null result, never hide a
+significant one.
 `combine` merges verdicts of several units (seeds, models, competing comparisons).
 docs/results.md ("How a verdict is decided") states the rules and their power.
 """
@@ -43,8 +46,9 @@ ALTERNATIVES = ("greater", "less")
 # "small" effect of Vargha & Delaney 2000); claims 2-4 an accuracy difference of 2 percentage
 # points; claim 5 a non-inferiority margin of 5 points.
 SMALLEST_EFFECT = {1: 0.06, 2: 0.02, 3: 0.02, 4: 0.02, 5: 0.05}
-# Claim 2's precondition: obfuscation needs a final-state gradient misaligned with the true
-# gradient; a median cosine at or above this means aligned, so obfuscation cannot occur (ours).
+# Claim 2's precondition: obfuscation needs a final-state gradient misaligned with the deployed
+# model's true gradient; a cosine at or above this is aligned (ours). The report reads it on the
+# misaligned tail (the 10th percentile of the images' cosines, report.TAIL).
 ALIGNED_COSINE = 0.9
 
 DIFFERENCE, SUPERIORITY = "accuracy difference", "probability of superiority"
@@ -358,10 +362,12 @@ def decide(result: Comparison | None, smallest_effect: float, precondition: Prec
         raise ValueError(f"smallest_effect must be positive, got {smallest_effect}")
     if result is None:
         return Verdict(NOT_TESTED, "data missing: no comparison could be made")
+    if result.p <= alpha:
+        mechanism = "" if precondition is None else (
+            f"; precondition {'present' if precondition.present else 'absent'}, {precondition.describe()}")
+        return Verdict(HELD, f"significant at {alpha:g}: {result.summary()}{mechanism}", result)
     if precondition is not None and not precondition.present:
         return Verdict(PRECONDITION_ABSENT, f"precondition absent, {precondition.describe()}", result)
-    if result.p <= alpha:
-        return Verdict(HELD, f"significant at {alpha:g}: {result.summary()}", result)
     if result.rules_out(smallest_effect):
         return Verdict(DID_NOT_HOLD, f"not significant, and the {100 * result.confidence:g} % interval excludes "
                                      f"every effect of the size that matters ({result.distance(smallest_effect)} "

@@ -89,18 +89,15 @@ def deployed_alignment(deq: torch.nn.Module, own, x: torch.Tensor, y: torch.Tens
     input gradient to the deployed model's true gradient."""
     from deqrobust.deq_logits import DEQLogits
     from deqrobust.estimators import build_estimator
-    from deqrobust.gradients import cosine, deployed_model, input_gradient
+    from deqrobust.gradients import batched_gradient, cosine, deployed_model
 
-    targets = {name: DEQLogits(deq, build_estimator(spec), None, solver, backward_solver, own=own).eval()
-               for name, spec in estimators.items()}
     reference = deployed_model(DEQLogits(deq, own, None, solver, backward_solver, own=own).eval())
-    found: dict[str, list[np.ndarray]] = {name: [] for name in targets}
-    for start in range(0, len(y), batch_size):
-        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-        truth = input_gradient(reference, xb, yb)
-        for name, target in targets.items():
-            found[name].append(cosine(input_gradient(target, xb, yb), truth).double().cpu().numpy())
-    return {name: np.concatenate(parts) for name, parts in found.items()}
+    truth = batched_gradient(reference, x, y, batch_size)
+    found = {}
+    for name, spec in estimators.items():
+        target = DEQLogits(deq, build_estimator(spec), None, solver, backward_solver, own=own).eval()
+        found[name] = cosine(batched_gradient(target, x, y, batch_size), truth).double().cpu().numpy()
+    return found
 
 
 def run(cfg: dict, manifest_path: str | Path, device: torch.device, progress: bool = True) -> dict:

@@ -5,6 +5,7 @@ rule figures:
     input:
         table=table(),
         analyses=all_analyses(),
+        trajectories=all_trajectories(),
     output:
         report(
             directory(figures_dir()),
@@ -25,7 +26,8 @@ rule figures:
         ENV
     shell:
         "deqrobust figures {params.cli}"
-        " --table {input.table} --analysis {input.analyses} --out-dir {output} > {log} 2>&1"
+        " --table {input.table} --analysis {input.analyses} --trajectory {input.trajectories}"
+        " --out-dir {output} > {log} 2>&1"
 
 
 rule report:
@@ -34,6 +36,7 @@ rule report:
         outcomes=outcomes(),
         early_exit=all_early_exits(),
         analyses=all_analyses(),
+        trajectories=all_trajectories(),
     output:
         report=report(
             report_md(),
@@ -55,7 +58,8 @@ rule report:
     shell:
         "deqrobust report {params.cli}"
         " --table {input.table} --outcomes {input.outcomes} --early-exit {input.early_exit}"
-        " --analysis {input.analyses} --out {output.report} --metrics {output.metrics} > {log} 2>&1"
+        " --analysis {input.analyses} --trajectory {input.trajectories}"
+        " --out {output.report} --metrics {output.metrics} > {log} 2>&1"
 
 
 # notebooks/*.py are jupytext (percent format) notebooks; they read their inputs from

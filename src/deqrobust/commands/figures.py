@@ -9,6 +9,8 @@ from deqrobust.config import load
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_results_arguments(parser)
+    parser.add_argument("--trajectory", nargs="*", default=[], metavar="JSON",
+                        help="training trajectories (deqrobust trajectory): the training-dynamics figure")
     parser.add_argument("--out-dir", required=True, help="folder for the PNGs, main.md and main.tex")
 
 
@@ -16,10 +18,11 @@ def run(args: argparse.Namespace) -> int:
     import matplotlib  # heavy imports stay out of `deqrobust --help`
 
     matplotlib.use("Agg")
-    from deqrobust import analysis, figures, results
+    from deqrobust import analysis, figures, results, trajectory
 
     cfg = load(args.config, args.overrides)
     table = results.profile_rows(results.load_table(args.table, cfg), cfg)   # the profile's solver setting
-    written = figures.write_all(table, [analysis.load(p) for p in args.analysis], args.out_dir, cfg["profile"])
+    written = figures.write_all(table, [analysis.load(p) for p in args.analysis], args.out_dir, cfg["profile"],
+                                [trajectory.load(p) for p in args.trajectory])
     print(f"wrote {len(written)} files to {args.out_dir}")
     return 0

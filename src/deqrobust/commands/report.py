@@ -13,12 +13,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                            "paired tests of claims 2-5 are not run")
     parser.add_argument("--early-exit", nargs="*", default=[], metavar="JSON",
                         help="development-selection records (deqrobust select-exit): claim 3's state")
+    parser.add_argument("--trajectory", nargs="*", default=[], metavar="JSON",
+                        help="training trajectories (deqrobust trajectory): the section \"Along training\"")
     parser.add_argument("--out", required=True, help="report Markdown to write")
     parser.add_argument("--metrics", help="also write headline accuracies, verdicts and p-values to this JSON")
 
 
 def run(args: argparse.Namespace) -> int:
-    from deqrobust import analysis, report  # heavy imports stay out of `deqrobust --help`
+    from deqrobust import analysis, report, trajectory  # heavy imports stay out of `deqrobust --help`
     from deqrobust.atomic import write_json, write_text
     from deqrobust.results import load_outcomes, load_table
 
@@ -27,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
     analyses = [analysis.load(p) for p in args.analysis]
     outcomes = load_outcomes(args.outcomes) if args.outcomes else None
     results = report.findings(analyses, cfg, outcomes, report.load_exits(args.early_exit))
-    write_text(args.out, report.render(table, analyses, cfg, results, outcomes))
+    trajectories = [trajectory.load(p) for p in args.trajectory]
+    write_text(args.out, report.render(table, analyses, cfg, results, outcomes, trajectories))
     if args.metrics:
         write_json(args.metrics, report.metrics(table, cfg, results, outcomes))
     for r in results:
