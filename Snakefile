@@ -41,6 +41,7 @@ include: "workflow/rules/common.smk"
 
 onstart:
     check_gpu()  # require_gpu without CUDA: stop before the first job, naming quick.yaml
+    ownership.claim(config["results"], config["profile"])
 
 
 wildcard_constraints:

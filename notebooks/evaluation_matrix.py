@@ -33,6 +33,7 @@
 # |---|---|---|
 # | `DEQROBUST_PROFILE` | the profile (paper, quick, smoke) | `profile` of `params.yaml` |
 # | `DEQROBUST_CONFIG` | the profile config (models, scale) | `config/<profile>.yaml` |
+# | `DEQROBUST_OVERRIDES` | the run's `--config` overrides, a JSON list | none |
 # | `DEQROBUST_REPORTS` | the profile's reports folder | `reports` of the config |
 # | `DEQROBUST_TABLE` | tidy table CSV (`deqrobust merge`) | `$DEQROBUST_REPORTS/table.csv` |
 # | `DEQROBUST_ANALYSIS` | comma-separated analysis JSONs (`deqrobust analyze`) | `<results of the config>/analysis/*.json` |
@@ -50,7 +51,8 @@ from IPython.display import Markdown, display
 
 from deqrobust import analysis, figures, report, results
 
-paths = results.notebook_inputs()
+paths = results.notebook_inputs(require=("table",))
+print(results.describe_inputs(paths))
 cfg = paths["config"]
 table = results.profile_rows(results.load_table(paths["table"], cfg), cfg)   # cells of the profile's solver setting
 analyses = [analysis.load(p) for p in paths["analysis"]]

@@ -37,6 +37,7 @@
 # |---|---|---|
 # | `DEQROBUST_ANALYSIS` | comma-separated analysis JSONs (`deqrobust analyze`) | `<results of the config>/analysis/*.json` |
 # | `DEQROBUST_PROFILE`, `DEQROBUST_CONFIG` | the profile and its config | `profile` of `params.yaml`, `config/<profile>.yaml` |
+# | `DEQROBUST_OVERRIDES` | the run's `--config` overrides, a JSON list | none |
 # | `DEQROBUST_REPORTS`, `DEQROBUST_TABLE` | reports folder and tidy table (not needed here) | as in `evaluation_matrix` |
 #
 # The defaults are files of the checkout, found from any working directory (the nearest folder
@@ -49,7 +50,8 @@ from IPython.display import Markdown, display
 
 from deqrobust import analysis, figures, report, results
 
-paths = results.notebook_inputs()
+paths = results.notebook_inputs(require=("analysis",))
+print(results.describe_inputs(paths))
 analyses = [analysis.load(p) for p in paths["analysis"]]
 for a in analyses:
     m = a["model"]

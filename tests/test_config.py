@@ -33,8 +33,10 @@ def refused(*overrides: str) -> str:
 
 
 def test_config_and_plan_import_no_torch():
-    code = ("import sys; from deqrobust import config, plan; cfg = config.load('config/smoke.yaml'); "
-            "plan.cells(cfg); plan.check_steps(cfg); print('torch' in sys.modules)")
+    code = ("import sys; from deqrobust import codeprint, config, ownership, plan; "
+            "cfg = config.load('config/smoke.yaml'); plan.cells(cfg); plan.check_steps(cfg); "
+            "ownership.check('results/smoke', 'smoke'); codeprint.command_fingerprint('train'); "
+            "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -115,6 +117,13 @@ def test_model_spec_deep_merges_training_overrides():
     ("evaluation.estimators.unroll.lam=0", "evaluation.estimators.unroll: lam must be a number in (0, 1], got 0"),
     ("evaluation.estimators.autograd={name: exact}", "evaluation.estimators.autograd: the name is reserved"),
     ("models={'bad name': {arch: mdeq, training: standard}}", "models.bad name: the name must match"),
+    # values a job could only refuse after Snakemake removed its old outputs, refused here (issue 16)
+    ("training.batch_size=300", "training.batch_size: batch 300 of model 'deq-std' is larger than the training split "
+                                "(200 images: data.train_subset, or 50,000 minus data.dev_size); valid: at most 200"),
+    ("evaluation.num_examples=100000000", "evaluation.num_examples: 100000000 test images asked, the test split has 50 "
+                                          "(data.test_subset, or 10,000); valid: at most 50, or null for all"),
+    ("data.dev_size=100000000", "data.dev_size: 100000000 is greater than the maximum of 49999"),
+    ("solver.budget=100000000", "solver.budget: 100000000 is greater than the maximum of 1000"),
 ])
 def test_bad_values_are_refused_by_key(override, message):
     text = refused(override)
@@ -141,6 +150,30 @@ def test_states_follow_the_one_grammar():
 def test_unreadable_files_are_named(tmp_path, file, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         config.load(tmp_path / file)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a: 1\nb:\n  c: 2\n  c: 3\n", "line 4, column 3, is not valid YAML: key 'c' is given twice (lines 3 and 4); keep one"),
+    ("a: [1, 2\nb: 3\n", "line 2, column 2, is not valid YAML: expected ',' or ']', but got ':'"),
+])
+def test_yaml_errors_name_the_file_and_line_and_a_key_given_twice_is_refused(tmp_path, text, message):
+    path = tmp_path / "profile.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        config.read_file(path)
+    assert str(err.value) == f"config file {str(path)!r}, {message}" or message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_profile_without_models_is_refused(tmp_path):
+    cfg = yaml.safe_load(Path(SMOKE).read_text())
+    cfg["models"] = {}
+    for group in cfg["evaluation"]["cells"]:
+        group.pop("models", None)
+    path = tmp_path / "empty.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match="models: {} should be non-empty"):
+        config.load(path)
 
 
 def test_bad_override_syntax_is_named():

@@ -176,6 +176,26 @@ def test_merge_refuses_cells_that_disagree_or_name_no_type(tmp_path):
         merge([], [])
 
 
+def test_merge_names_a_missing_or_foreign_file_and_a_cell_of_other_settings(tmp_path):
+    scores = {"final": [1, 0, 0, 0], "ensemble": [1, 0, 0, 0], "state_1": [0, 0, 0, 0], "state_2": [1, 0, 0, 0]}
+    a = hand_cell(tmp_path / "a.json", "exact", {"name": "exact"}, "pgd2", PGD, "final", scores)
+    with pytest.raises(ConfigError, match=f"cell {tmp_path / 'missing.json'} does not exist; run it first"):
+        merge([a, tmp_path / "missing.json"], [])
+    (tmp_path / "table.csv").write_text("model,n\n")
+    with pytest.raises(ConfigError, match="is not an evaluation cell \\(not JSON\\)"):
+        merge([tmp_path / "table.csv"], [])
+    (tmp_path / "other.json").write_text('{"model": "deq"}')
+    with pytest.raises(ConfigError, match="other.json is not an evaluation cell: it has no estimator, "):
+        merge([tmp_path / "other.json"], [])
+    # a cell run by hand with 5 PGD steps is not the profile's pgd2 (2 steps): refused, not merged under its name
+    cfg = {"evaluation": {"attacks": {"pgd2": PGD}, "estimators": {"exact": {"name": "exact"}}}}
+    results.read_cell(a, cfg)
+    b = hand_cell(tmp_path / "b.json", "exact", {"name": "exact"}, "pgd2", {**PGD, "steps": 5}, "final", scores)
+    with pytest.raises(ConfigError, match="b.json ran attack 'pgd2' as .*'steps': 5.*but this profile defines 'pgd2' "
+                                          "as .*'steps': 2.*rerun the cell with this profile"):
+        results.read_cell(b, cfg)
+
+
 def test_select_exit_records_the_dev_choice(setup):
     """One attack per state gives every number of the record; the choices follow from them."""
     cfg, tmp = setup

@@ -286,6 +286,42 @@ def test_residual_distribution_figure_and_records_without_diagnostics():
         assert inside_canvas(fig)
 
 
+def test_figures_are_byte_identical_across_runs(tmp_path: Path):
+    """The strip plot's jitter is seeded: two runs on the same data give the same PNG bytes (DVC and
+    git see no change), and the global numpy generator is left as it was."""
+    import numpy as np
+
+    state = np.random.get_state()[1].copy()
+    paths = [figures.save_figure(figures.residual_distribution_figure(analyses()), tmp_path / f"{i}.png")
+             for i in range(2)]
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    assert (np.random.get_state()[1] == state).all()
+
+
+def test_the_report_says_where_its_data_and_models_came_from(tmp_path: Path):
+    """The archive (official or not) in the scale section, the table and metrics.json; the machine
+    each model was trained on, and a warning when the models came from different machines."""
+    from deqrobust import report
+
+    path = tmp_path / "table.csv"
+    make_table().assign(data_md5="0123abcd", data_official=False).to_csv(path, index=False)
+    table = results.load_table(path, CFG)
+    intel = {"processor": "Intel Xeon", "architecture": "x86_64", "threads": 1, "cpu_capability": "AVX512",
+             "torch": "2.14.1", "blas": "mkl", "gpu": None}
+    machines = {"deq_pgd": intel, "deq_std": {**intel, "processor": "AMD EPYC"}, "old": None}
+    text = report.render(table, [], CFG, [], machines=machines)
+    scale = text.split("## Scale", 1)[1].split("## Verdicts", 1)[0]
+    assert "- data: archive MD5 0123abcd, **not the official CIFAR-10 archive**" in scale
+    assert "- model `deq_pgd` trained on: Intel Xeon (x86_64, AVX512), 1 thread, torch 2.14.1, BLAS mkl" in scale
+    assert "- model `old` trained on: not recorded" in scale and "trained on different machines" in scale
+    record = report.metrics(table, CFG, [], machines=machines)
+    assert record["data"] == {"md5": "0123abcd", "official": False} and record["trained_on"]["deq_std"]["processor"] == \
+        "AMD EPYC"
+    legacy = tmp_path / "legacy.csv"
+    make_table().to_csv(legacy, index=False)           # merged before the data source was recorded
+    assert "- data: not recorded" in report.render(results.load_table(legacy, CFG), [], CFG, [])
+
+
 def write_outputs(folder: Path) -> tuple[Path, list[Path]]:
     """A table CSV and two analysis JSONs as the workflow would leave them."""
     table = folder / "table.csv"
@@ -369,6 +405,28 @@ def test_notebook_inputs_found_from_another_working_directory(tmp_path: Path, mo
     else:
         with pytest.raises(results.ConfigError, match="no Snakefile.*DEQROBUST_CONFIG"):
             results.project_root()
+
+
+def test_notebook_inputs_read_the_runs_overrides_say_what_they_read_and_refuse_missing_ones(tmp_path: Path,
+                                                                                             monkeypatch):
+    """The notebooks load the config the report loaded (the run's --config overrides), print the
+    profile and the files they read, and stop on a required input they cannot find."""
+    root = checkout(tmp_path / "clone")
+    for name in ("DEQROBUST_PROFILE", "DEQROBUST_CONFIG", "DEQROBUST_REPORTS", "DEQROBUST_TABLE", "DEQROBUST_ANALYSIS",
+                 "DEQROBUST_OUTCOMES", "DEQROBUST_EARLY_EXIT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("DEQROBUST_OVERRIDES", '["evaluation.num_examples=7", "solver={tol: 0.5}"]')
+    paths = results.notebook_inputs(require=("table", "analysis"))
+    assert paths["config"]["evaluation"]["num_examples"] == 7 and paths["config"]["solver"]["tol"] == 0.5
+    text = results.describe_inputs(paths)
+    assert text.startswith("profile 'unit' (config ") and "table: " + str(root / "reports" / "unit" / "table.csv") in text
+    assert "outcomes: none" in text
+    for analysis_file in (root / "results" / "unit" / "analysis").glob("*.json"):
+        analysis_file.unlink()
+    with pytest.raises(results.ConfigError, match="notebook input 'analysis' of profile 'unit': no file found; run "
+                                                  "the workflow for this profile first"):
+        results.notebook_inputs(require=("analysis",))
 
 
 def test_table_without_spec_columns_needs_the_config(tmp_path: Path):

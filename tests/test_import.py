@@ -201,6 +201,13 @@ def test_cli_imports_and_help_says_how_to_evaluate(tmp_path, their_state, capsys
                      "--name", "mine"]) == 0
     assert "MDEQ-LARGE (pgd, grad unroll, name mine)" in capsys.readouterr().out
     assert torch_load(out)["spec"]["grad"] == "unroll"
+    before = out.read_bytes()                  # a second import over it is refused without --force
+    assert cli.main(["import", str(source), "--grad", "exact", "--training", "pgd", "--out", str(out)]) == 2
+    assert "already holds a checkpoint; give another --out, or add --force" in capsys.readouterr().err
+    assert out.read_bytes() == before
+    assert cli.main(["import", str(source), "--grad", "exact", "--training", "pgd", "--out", str(out), "--force"]) == 0
+    assert torch_load(out)["spec"]["grad"] == "exact"
+    capsys.readouterr()
     with pytest.raises(SystemExit):
         cli.main(["import", "--help"])
     text = capsys.readouterr().out

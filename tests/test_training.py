@@ -146,6 +146,23 @@ def test_kill_and_resume_ends_exactly_like_an_uninterrupted_run(tmp_path):
     assert last["epoch"] == 1.5 and last["metrics"]["iteration"] == 12
 
 
+def test_a_file_that_is_no_checkpoint_is_named_and_never_said_to_be_deleted(tmp_path):
+    from deqrobust.checkpoint import load_checkpoint
+
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_text("epoch,iteration\n0.5,4\n")
+    with pytest.raises(ConfigError, match="metrics.csv is not a checkpoint \\(not a torch file\\); valid: the "
+                                          "checkpoint.pt of a model folder") as err:
+        load_checkpoint(metrics)
+    assert "Delete" not in str(err.value)
+    damaged = tmp_path / "checkpoint.pt"
+    spec = {"arch": "mdeq", "size": "tiny", "training": "pgd", "grad": "exact", "name": "deq"}
+    save_checkpoint(damaged, build_model(spec), spec, epoch=1.0, metrics={}, profile="test")
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])   # a torch file cut short
+    with pytest.raises(ConfigError, match="cannot be read: .*Delete it and rerun"):
+        load_checkpoint(damaged)
+
+
 def test_checkpoints_load_safely_and_refuse_another_architecture(tmp_path):
     spec = {"arch": "mdeq", "size": "tiny", "training": "pgd", "grad": "exact", "name": "deq"}
     model = build_model(spec)
@@ -164,3 +181,57 @@ def test_checkpoints_load_safely_and_refuse_another_architecture(tmp_path):
     torch.save(raw, path)
     with pytest.raises(ConfigError, match=r"weights do not fit a mdeq \(size small\) model"):
         load_checkpoint(path, "cpu")
+
+
+def test_train_never_replaces_a_finished_model_without_force(tmp_path, capsys):
+    from deqrobust import cli
+
+    _, path = setup(tmp_path, epochs=0.25)
+    out = tmp_path / "model"
+    argv = ["train", "-c", str(path), "--model", "deq", "--out", str(out)]
+    assert cli.main(argv) == 0
+    machine = json.loads((out / "summary.json").read_text())["machine"]   # where it was trained
+    assert machine["processor"] and machine["threads"] == 1 and machine["torch"] == torch.__version__
+    finished = {name: (out / name).read_bytes() for name in ("checkpoint.pt", "metrics.csv", "summary.json")}
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    assert f"{out / 'checkpoint.pt'} already holds a finished model; give another --out, or add --force" in \
+        capsys.readouterr().err
+    assert {name: (out / name).read_bytes() for name in finished} == finished
+    assert cli.main([*argv, "--force"]) == 0
+
+
+def test_an_interrupted_rerun_after_a_config_change_never_costs_the_finished_model(tmp_path):
+    """Issue 16, as found: change lr, start the rerun (Snakemake first removes the job's outputs),
+    Ctrl-C; the finished model is gone from the folder. With the old config back, the rerun
+    restores it byte for byte from finished/ instead of training, and the interrupted run of the
+    other config is kept aside."""
+    import yaml
+
+    _, path = setup(tmp_path, epochs=1.5, select={"every_epochs": 0.5, "pgd_steps": 1}, checkpoint_every_iters=1)
+    out = tmp_path / "model"
+    first = train_command(path, out)
+    assert first.wait(timeout=120) == 0, first.communicate()[1][-2000:]
+    outputs = ("checkpoint.pt", "metrics.csv", "summary.json", "snapshots.json")
+    finished = {name: (out / name).read_bytes() for name in outputs}
+    changed = tmp_path / "changed.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    cfg["training"]["lr"] = 2e-3                        # a setting changed
+    changed.write_text(yaml.safe_dump(cfg))
+    for name in outputs:                                   # as Snakemake does before it reruns the job
+        (out / name).unlink()
+    victim = train_command(changed, out)
+    deadline = time.time() + 90
+    while not (out / "resume.pt").is_file() and time.time() < deadline and victim.poll() is None:
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGINT)                      # Ctrl-C
+    victim.wait(timeout=60)
+    assert not (out / "checkpoint.pt").exists() and (out / "resume.pt").is_file()
+    back = train_command(path, out)                        # the old config again
+    said, err = back.communicate(timeout=120)
+    assert back.returncode == 0, err[-2000:]
+    assert "restored the finished training" in said
+    assert {name: (out / name).read_bytes() for name in outputs} == finished
+    assert not (out / "resume.pt").exists() and (out / "resume-other-config.pt").is_file()
+    manifest = json.loads(finished["snapshots.json"])
+    assert all((out / "snapshots" / s["file"]).is_file() for s in manifest["snapshots"])

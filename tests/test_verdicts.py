@@ -387,6 +387,38 @@ def test_claim1_pairs_by_seed_else_any_seed_and_says_what_is_missing():
     assert report.findings([], CFG)[0].reason == "no fixed-point analysis was given"
 
 
+# ---------------------------------------------------------------- inputs of one run
+def stamp(paths: list[Path], md5: str) -> None:
+    """Stamp cells or records with the checkpoint MD5 they were made from."""
+    for path in paths:
+        path.write_text(json.dumps({**json.loads(path.read_text()), "checkpoint_md5": md5}))
+
+
+def test_the_report_refuses_inputs_of_different_runs(tmp_path: Path):
+    """A table from another run (a committed one restored by git), or an analysis or development
+    record made from another checkpoint than the cells, is refused, naming the odd one out."""
+    lab = Lab(tmp_path / "run")
+    paper_like(lab)
+    stamp(lab.cells, "aaaa")
+    stamp(lab.exits, "aaaa")
+    outcomes = lab.outcomes()
+    table = results.tabulate(outcomes)
+    record = tmp_path / "analysis.json"
+    analysis_record = {"model": {"name": "deq-adv"}, "checkpoint_md5": "aaaa"}
+    report.check_runs(table, outcomes, {str(record): analysis_record, str(lab.exits[0]): json.loads(
+        lab.exits[0].read_text())})                                          # one run: accepted
+    other = Lab(tmp_path / "other")
+    paper_like(other, exact=160)                                              # another run's table
+    with pytest.raises(config.ConfigError, match="the table and the per-example outcomes come from different runs"):
+        report.check_runs(results.tabulate(other.outcomes()), outcomes, {})
+    with pytest.raises(config.ConfigError, match=f"{record} was made from another checkpoint of 'deq-adv' "
+                                                 r"\(MD5 bbbb\) than its evaluation cells \(aaaa\)"):
+        report.check_runs(table, outcomes, {str(record): {**analysis_record, "checkpoint_md5": "bbbb"}})
+    stamp(lab.cells[:1], "cccc")                                              # one stale cell
+    with pytest.raises(config.ConfigError, match="cells of model 'deq-adv' were made from different checkpoints"):
+        lab.outcomes()
+
+
 # ---------------------------------------------------------------- the commands, end to end
 def test_merge_and_report_commands_write_verdicts(tmp_path: Path):
     lab = Lab(tmp_path / "cells")

@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -227,6 +228,28 @@ def test_cpu_matrix_gives_each_model_its_groups(workdir):
         {f"intermediate/pgd10/state-{n}.batch96.json" for n in range(1, 9)}
     assert {c.replace(".batch96", "") for c in coupled} <= per_model["deq-adv.s0"]   # each beside its per-sample cell
     assert per_model["resnet18-w8-adv"] == {"autograd/pgd10/state-final.json", "autograd/apgd-ce/state-final.json"}
+
+
+def test_a_results_folder_belongs_to_one_profile(workdir):
+    """A second profile whose `results:` names another profile's folder is refused before any
+    job, naming both; the marker of the first (written when its run started) or, for a folder made
+    before markers, its models' summary.json says whose it is."""
+    other = load("smoke")
+    other["profile"] = "mine"
+    path = write_yaml(workdir / "config" / "mine.yaml", other)
+    folder = workdir / "results" / "smoke"
+    (folder / "models" / "deq-std").mkdir(parents=True)
+    (folder / "models" / "deq-std" / "summary.json").write_text('{"profile": "smoke"}')
+    proc = snakemake(workdir, "-n", "--configfile", str(path))
+    text = output_of(proc)
+    assert proc.returncode != 0
+    assert ("results folder results/smoke belongs to profile 'smoke' (results/smoke/models/deq-std/summary.json); "
+            "this run is profile 'mine'") in text, text[-2000:]
+    assert "--config results=results/mine" in text and "Traceback" not in text
+    (folder / ".profile").write_text("smoke\n")
+    assert "belongs to profile 'smoke' (results/smoke/.profile)" in output_of(snakemake(workdir, "-n", "--configfile",
+                                                                                      str(path)))
+    assert snakemake(workdir, "-n", "--configfile", str(path), "--config", "results=results/mine").returncode == 0
 
 
 def test_dry_run_with_seeds_plans_one_instance_per_seed(workdir):
@@ -582,10 +605,21 @@ def test_smoke_workflow_end_to_end(workdir, cifar_archive):
     for model in deqs:
         assert (results / "early_exit" / f"{model}.json").is_file()
         assert (results / "analysis" / f"{model}.json").is_file()
+    for model in deqs:   # every selection point's weights, and their analysis along training
+        snapshots = json.loads((results / "models" / model / "snapshots.json").read_text())["snapshots"]
+        assert len(snapshots) == 2 and all((results / "models" / model / "snapshots" / s["file"]).is_file()
+                                           for s in snapshots)
+        assert len(json.loads((results / "trajectory" / f"{model}.json").read_text())["snapshots"]) == 2
+    assert (results / ".profile").read_text() == "smoke\n"      # the folder is the smoke profile's
     assert (reports / "table.csv").is_file() and (reports / "report.md").is_file()
+    table = pd.read_csv(reports / "table.csv")
+    assert set(table["data_official"]) == {False} and table["data_md5"].nunique() == 1   # a synthetic archive
+    text = (reports / "report.md").read_text()
+    assert "**not the official CIFAR-10 archive**" in text and "## Along training" in text
+    assert "- model `deq-std` trained on: " in text and "not recorded" not in text.split("## Verdicts")[0]
     metrics = json.loads((reports / "metrics.json").read_text())
-    assert metrics.get("profile") == "smoke"
-    assert list((reports / "figures").glob("*.png"))
+    assert metrics.get("profile") == "smoke" and metrics["data"]["official"] is False
+    assert list((reports / "figures").glob("*.png")) and (reports / "figures" / "training_dynamics.png").is_file()
     for nb in (workdir / "notebooks").glob("*.py"):
         executed = json.loads((reports / "notebooks" / f"{nb.stem}.ipynb").read_text())
         assert any(c.get("outputs") for c in executed["cells"] if c["cell_type"] == "code")

@@ -265,7 +265,7 @@ def run(cfg: dict, checkpoint: str, device: torch.device, progress: bool = True)
     from deqrobust import __version__
     from deqrobust.checkpoint import load_checkpoint
     from deqrobust.config import ConfigError
-    from deqrobust.data import load_split
+    from deqrobust.data import load_split, md5_of
     from deqrobust.evaluation import own_estimator
     from deqrobust.plan import diagnosed, identity, instance_config
     from deqrobust.solvers import solver_coupling
@@ -300,6 +300,7 @@ def run(cfg: dict, checkpoint: str, device: torch.device, progress: bool = True)
         "model": {k: spec.get(k) for k in ("name", "arch", "size", "training", "grad")},
         "profile": cfg["profile"],
         "checkpoint": str(checkpoint),
+        "checkpoint_md5": md5_of(Path(checkpoint)),   # the run stamp the report checks
         "epoch": meta.get("epoch"),
         "num_examples": count,
         "indices": list(range(count)),

@@ -36,6 +36,12 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module | dict, spec: dict
     }, path)
 
 
+def _starts_as_torch_file(path: Path) -> bool:
+    """Whether a file begins like a torch file (a zip archive), whole or cut short."""
+    with open(path, "rb") as handle:
+        return handle.read(4) == b"PK\x03\x04"
+
+
 def _describe(spec: dict) -> str:
     return spec["arch"] if spec["arch"] != "mdeq" else f"mdeq (size {spec.get('size')})"
 
@@ -62,6 +68,9 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu",
         raise ConfigError(f"checkpoint {path} does not exist; train the model first (snakemake, or "
                           "`deqrobust train`) or import it (`deqrobust import`)") from err
     except Exception as err:  # unpickling refused or file damaged: either way not a usable checkpoint
+        if path.is_file() and path.stat().st_size and not _starts_as_torch_file(path):   # another kind of file
+            raise ConfigError(f"{path} is not a checkpoint (not a torch file); valid: the checkpoint.pt of a model "
+                              "folder (results/<profile>/models/<model>/checkpoint.pt)") from err
         raise ConfigError(f"checkpoint {path} cannot be read: {unreadable(path, err)}. Delete it and rerun "
                           "the training of its model (snakemake reruns it), or copy it again") from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

@@ -30,7 +30,20 @@ class ConfigError(ValueError):
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML with exponent floats: PyYAML follows YAML 1.1, which reads 1e-3 and 1e9 as strings."""
+    """YAML with exponent floats (PyYAML follows YAML 1.1, which reads 1e-3 and 1e9 as strings),
+    and a key given twice in one mapping refused (PyYAML silently keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    f"in the mapping that starts at line {node.start_mark.line + 1}", node.start_mark,
+                    f"key {key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); "
+                    "keep one", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(
@@ -164,10 +177,25 @@ def read_file(path: str | os.PathLike) -> dict:
     try:
         cfg = read_yaml(path.read_text())
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+        raise ConfigError(f"config file {str(path)!r}{_yaml_where(err)} is not valid YAML: {_yaml_problem(err)}") from None
     if not isinstance(cfg, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys (profile, models, ...)")
     return cfg
+
+
+def _yaml_where(err: yaml.YAMLError) -> str:
+    """', line L, column C' of a YAML error that knows where it is."""
+    mark = getattr(err, "problem_mark", None)
+    return "" if mark is None else f", line {mark.line + 1}, column {mark.column + 1},"
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong (and the context it was read in)."""
+    problem = getattr(err, "problem", None)
+    if problem is None:
+        return " ".join(str(err).split())
+    context = getattr(err, "context", None)
+    return problem + (f" ({context})" if context and "mapping that starts" not in context else "")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -152,7 +152,8 @@ def _accept_md5(path: Path, md5: str, allow: bool) -> bool:
     if not allow:
         raise DataError(
             f"archive {path} has MD5 {md5}, the official cifar-10-python.tar.gz has {OFFICIAL_MD5}; "
-            "use the official archive, or set data.allow_md5_mismatch=true to accept this one"
+            "use the official archive, or accept this one with data.allow_md5_mismatch: true (snakemake: "
+            f"--config 'data={{archive: {path}, allow_md5_mismatch: true}}'; deqrobust: --set data.allow_md5_mismatch=true)"
         )
     warnings.warn(
         f"archive {path} has MD5 {md5}, not the official {OFFICIAL_MD5}; accepted because "

@@ -134,7 +134,8 @@ def run_cell(cfg: dict, checkpoint: str, estimator: str, attack: str, state, out
     out = Path(out)
     size = cfg["evaluation"]["batch_size"]
     # finished batches count only for this checkpoint, state and test set, and the evaluate rule's slice
-    partial = _partial_dir(out, {"checkpoint": md5_of(Path(checkpoint)), "state": state_name(state),
+    stamp = md5_of(Path(checkpoint))   # the run stamp: which model made this cell
+    partial = _partial_dir(out, {"checkpoint": stamp, "state": state_name(state),
                                  "examples": len(y), **cell_slice(cfg, estimator, attack)})
     chunks = list(batches(x, y, size))
     for i, (xb, yb) in enumerate(tqdm(chunks, desc=f"{spec['name']} {estimator}@{state or 'final'} {attack}", unit="batch")):
@@ -147,7 +148,7 @@ def run_cell(cfg: dict, checkpoint: str, estimator: str, attack: str, state, out
         torch_save({**part, "seconds": time.perf_counter() - start}, done)
     parts = [torch_load(partial / f"batch-{i:05d}.pt") for i in range(len(chunks))]
     cell = {
-        "model": spec["name"], **identity(cfg, spec["name"]),
+        "model": spec["name"], **identity(cfg, spec["name"]), "checkpoint_md5": stamp,
         "arch": spec["arch"], "training": spec["training"], "grad": spec.get("grad"), "estimator": estimator, "estimator_spec": cfg["evaluation"]["estimators"].get(estimator, {}),
         "attack": attack, "attack_spec": attack_spec,
         "attacked_state": "final" if state is None else state,
@@ -199,7 +200,7 @@ def select_exit(cfg: dict, checkpoint: str, out: str | Path) -> dict:
         dev[str(n)] = {"clean_acc": clean[f"state_{n}"], "robust_acc": adversarial[f"state_{n}"],
                        "final_robust_acc": adversarial["final"]}
     state, eligible = choose_exit(dev, clean["final"], choice["rule"], choice["clean_margin"])
-    record = {"model": name, **identity(cfg, name), "profile": cfg["profile"],
+    record = {"model": name, **identity(cfg, name), "profile": cfg["profile"], "checkpoint_md5": md5_of(Path(checkpoint)),
               "state": state, "rule": choice["rule"], "clean_margin": choice["clean_margin"], "eligible": eligible,
               "strongest_attack_state": strongest_attack_state(dev),
               "estimator": choice["estimator"], "attack": choice["attack"], "num_examples": len(y),

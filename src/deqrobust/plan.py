@@ -81,6 +81,7 @@ def problems(cfg: dict) -> list[str]:
             except ConfigError as err:
                 found.append(f"evaluation.cells[{i}].states: {err}")
     found += _undefined("evaluation.baseline_attacks", ev["baseline_attacks"], "attack", attacks)
+    found += [] if found else _size_problems(cfg)   # sizes need valid models and instances
     for kind, table, check in (("estimators", estimators, specs.estimator_params),
                                ("attacks", attacks, specs.attack_params)):
         for name, spec in table.items():
@@ -88,6 +89,28 @@ def problems(cfg: dict) -> list[str]:
                 check(spec, f"evaluation.{kind}.{name}")
             except ConfigError as err:
                 found.append(str(err))
+    return found
+
+
+CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000   # images of the official archive's training and test batches
+
+
+def _size_problems(cfg: dict) -> list[str]:
+    """Batches and image counts that the splits of the official archive cannot fill: refused before
+    any job (a job that refuses them would run after Snakemake removed its old outputs). Only
+    trained models need a training batch."""
+    data, found = cfg["data"], []
+    train = min(data["train_subset"] or CIFAR_TRAIN, CIFAR_TRAIN - data["dev_size"])
+    test = min(data["test_subset"] or CIFAR_TEST, CIFAR_TEST)
+    too_big = [(name, size) for name in trained(cfg)
+               if (size := model_spec(cfg, name)["training_config"]["batch_size"]) > train]
+    found += [f"training.batch_size: batch {size} of model {name!r} is larger than the training split ({train} "
+              f"images: data.train_subset, or {CIFAR_TRAIN:,} minus data.dev_size); valid: at most {train}"
+              for name, size in too_big[:1]]
+    wanted = cfg["evaluation"]["num_examples"]
+    if wanted is not None and wanted > test:
+        found.append(f"evaluation.num_examples: {wanted} test images asked, the test split has {test} "
+                     f"(data.test_subset, or {CIFAR_TEST:,}); valid: at most {test}, or null for all")
     return found
 
 
@@ -274,9 +297,14 @@ def deqs(cfg: dict) -> list[str]:
     return [i.name for i in instances(cfg) if cfg["models"][i.model]["arch"] == "mdeq"]
 
 
+def trained(cfg: dict) -> list[str]:
+    """The instances the workflow trains (not imported): they have training summaries."""
+    return [i.name for i in instances(cfg) if i.model not in imported(cfg)]
+
+
 def trained_deqs(cfg: dict) -> list[str]:
-    """The DEQ instances the workflow trains (not imported): they keep training snapshots."""
-    return [name for name in deqs(cfg) if instance(cfg, name).model not in imported(cfg)]
+    """The DEQ instances the workflow trains: they keep training snapshots."""
+    return [name for name in deqs(cfg) if name in trained(cfg)]
 
 
 def baselines(cfg: dict) -> list[str]:

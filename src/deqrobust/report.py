@@ -146,6 +146,46 @@ def load_exits(paths) -> dict[str, dict]:
     return {r["model"]: r for r in records}
 
 
+def load_machines(paths) -> dict[str, dict | None]:
+    """The machine each model was trained on, by model name, from its training summary (None when
+    the summary predates the record)."""
+    summaries = [json.loads(Path(p).read_text()) for p in paths]
+    return {s["model"]: s.get("machine") for s in summaries}
+
+
+TABLE_KEY = ["model", "estimator", "attacked_state", "attack", "defense", "scored_state", "coupling", "batch_size",
+             "correct", "n"]
+
+
+def check_runs(table: pd.DataFrame, outcomes: pd.DataFrame | None, records: dict[str, dict]) -> None:
+    """The report's inputs come from one run, or ConfigError naming the odd one out: the table must be
+    what the outcomes give (``tabulate``), and each analysis or development record (by file) must
+    stamp the checkpoint its model's cells were made from."""
+    from deqrobust.config import ConfigError
+    from deqrobust.results import tabulate
+
+    if outcomes is None:
+        return
+    def keyed(frame: pd.DataFrame) -> set[tuple]:
+        part = frame[TABLE_KEY].astype(object)
+        return set(map(tuple, part.where(part.notna(), "").astype(str).to_numpy()))
+
+    ours, theirs = keyed(table), keyed(tabulate(outcomes))
+    if ours != theirs:
+        odd = sorted(ours ^ theirs)[0]
+        raise ConfigError(f"the table and the per-example outcomes come from different runs ({len(ours ^ theirs)} "
+                          f"rows differ, e.g. model {odd[0]}, {odd[1]}@{odd[2]} {odd[3]}, defense {odd[4]}): rebuild "
+                          "the table from the outcomes (snakemake -R merge, or deqrobust merge)")
+    stamps = outcomes.dropna(subset=["checkpoint_md5"]).groupby("model")["checkpoint_md5"].first().to_dict()
+    for path, record in records.items():
+        model, stamp = record["model"]["name"] if isinstance(record["model"], dict) else record["model"], \
+            record.get("checkpoint_md5")
+        if stamp is not None and model in stamps and stamp != stamps[model]:
+            raise ConfigError(f"{path} was made from another checkpoint of {model!r} (MD5 {stamp}) than its "
+                              f"evaluation cells ({stamps[model]}): inputs of different runs; rerun the workflow "
+                              "(snakemake) to remake the stale one")
+
+
 def seed_of(record: dict):
     """The training seed of an analysis record (its model's, else the config's)."""
     return record["model"].get("seed", record.get("seed"))
@@ -721,11 +761,36 @@ def alignment_rows(analyses: list[dict]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def scale_lines(table: pd.DataFrame, analyses: list[dict], cfg: dict) -> list[str]:
-    """Profile, sizes and budgets: what "at this scale" means for this report."""
+def data_line(table: pd.DataFrame) -> str:
+    """Which archive the table's cells read: the official one, or another (named by its MD5)."""
+    md5s = set(table["data_md5"].dropna()) if "data_md5" in table.columns else set()
+    if not md5s:
+        return "- data: not recorded (the table was merged before its data source was)"
+    official = set(table["data_official"].dropna())
+    kind = ("the official CIFAR-10 archive" if official == {True} else
+            "**not the official CIFAR-10 archive** (accepted with data.allow_md5_mismatch): accuracies are not "
+            "comparable with the paper's")
+    return f"- data: archive MD5 {', '.join(sorted(md5s))}, {kind}"
+
+
+def machine_lines(machines: dict[str, dict | None]) -> list[str]:
+    """The machine each model was trained on, and a warning when they differ."""
+    from deqrobust.provenance import describe
+
+    lines = [f"- model `{name}` trained on: {describe(found)}" for name, found in machines.items()]
+    if len({describe(found) for found in machines.values() if found}) > 1:
+        lines.append("- the models were trained on different machines: float training differs between processors, "
+                     "so a model retrained elsewhere gives other numbers")
+    return lines
+
+
+def scale_lines(table: pd.DataFrame, analyses: list[dict], cfg: dict,
+                machines: dict[str, dict | None] | None = None) -> list[str]:
+    """Profile, data, sizes, budgets and machines: what "at this scale" means for this report."""
     solver = cfg.get("solver", {})
     attacked_n = table.loc[table["attack"] != CLEAN, "n"]
     lines = [f"- profile: `{cfg.get('profile', '?')}`; device setting `{cfg.get('device', 'auto')}`",
+             data_line(table),
              f"- test images per evaluation cell: {attacked_n.min() if len(attacked_n) else 'none'}"
              f"{'' if attacked_n.nunique() <= 1 else f' to {attacked_n.max()}'}",
              f"- forward solver: {solver.get('name')}, {solver.get('budget')} steps, tolerance {solver.get('tol')}"]
@@ -738,7 +803,7 @@ def scale_lines(table: pd.DataFrame, analyses: list[dict], cfg: dict) -> list[st
     for a in analyses:
         lines.append(f"- analysis of `{a['model']['name']}`: {a['num_examples']} test images, {a['solver']['budget']} "
                      f"solver steps traced, adversarial inputs by {a['attack']} via {a['estimator']}")
-    return lines
+    return lines + machine_lines(machines or {})
 
 
 def fmt(cell: dict | None) -> str:
@@ -751,7 +816,8 @@ def fmt(cell: dict | None) -> str:
 
 
 def render(table: pd.DataFrame, analyses: list[dict], cfg: dict, results: list[Finding],
-           outcomes: pd.DataFrame | None = None, trajectories: list[dict] | None = None) -> str:
+           outcomes: pd.DataFrame | None = None, trajectories: list[dict] | None = None,
+           machines: dict[str, dict | None] | None = None) -> str:
     """The report in Markdown: verdict table, per claim its rule and evidence, alignment, batch
     coupling (with ``outcomes``, when cells ran under it), main table (the profile's setting)."""
     from deqrobust.results import markdown_table
@@ -761,7 +827,7 @@ def render(table: pd.DataFrame, analyses: list[dict], cfg: dict, results: list[F
            "Yang, Pang, Liu. *A Closer Look at the Adversarial Robustness of Deep Equilibrium Models*, NeurIPS 2022. "
            "Each claim below is decided by a paired test whose rule was fixed in `deqrobust/report.py` before results "
            "were seen (docs/results.md, \"How a verdict is decided\"); nothing was tuned. Verdicts speak for this "
-           "profile's scale only.", "", "## Scale", "", *scale_lines(table, analyses, cfg), "", "## Verdicts", "",
+           "profile's scale only.", "", "## Scale", "", *scale_lines(table, analyses, cfg, machines), "", "## Verdicts", "",
            COMMON, "",
            markdown_table(["claim", "verdict", "statistic", "p", "effect [95 % CI]", "n", "MDE"],
                           [verdict_row(r) for r in results]).rstrip(), "",
@@ -789,7 +855,8 @@ def render(table: pd.DataFrame, analyses: list[dict], cfg: dict, results: list[F
     return "\n".join(out) + "\n"
 
 
-def metrics(table: pd.DataFrame, cfg: dict, results: list[Finding], outcomes: pd.DataFrame | None = None) -> dict:
+def metrics(table: pd.DataFrame, cfg: dict, results: list[Finding], outcomes: pd.DataFrame | None = None,
+            machines: dict[str, dict | None] | None = None) -> dict:
     """Headline accuracies (the profile's setting), the heading of each accuracy key (what ran under it:
     the key names stay fixed for the metrics history), verdict kinds and p-values, and with ``outcomes``
     the batch-coupling comparisons, for a metrics JSON."""
@@ -799,7 +866,12 @@ def metrics(table: pd.DataFrame, cfg: dict, results: list[Finding], outcomes: pd
                                        "mde": r.mde if np.isfinite(r.mde) else None}
     coupling = [] if outcomes is None else coupling_pairs(outcomes, cfg)
     rows = profile_rows(table, cfg)
+    provenance = {c: (None if table.empty or c not in table.columns or pd.isna(table[c].iloc[0]) else table[c].iloc[0])
+                  for c in ("data_md5", "data_official")}
     return {"profile": cfg.get("profile"),
+            "data": {"md5": provenance["data_md5"],
+                     "official": None if provenance["data_official"] is None else bool(provenance["data_official"])},
+            "trained_on": machines or {},
             "accuracy": headline_metrics(rows),
             "columns": dict(main_columns(rows)),
             "verdicts": {str(r.claim): r.verdict for r in results},

@@ -67,12 +67,15 @@ SPEC_COLUMNS = ("attack_type", "attack_version", "eps_255", "attack_steps", "res
                 "estimator_type", "estimator_params")
 COLUMNS = (*IDENTITY, "estimator", "attacked_state", "attack", "defense", "scored_state", "correct", "n",
            "accuracy", "ci_low", "ci_high", *SOLVE_COLUMNS, *SPEC_COLUMNS)
+# Where the table's data came from (provenance.data_source), the same in every row; written by
+# `deqrobust merge` after the COLUMNS, blank in a table merged before they existed.
+PROVENANCE_COLUMNS = ("data_md5", "data_official")
 SORT = ["model", "attack", "estimator", "attacked_state", "defense", "scored_state", *SOLVE_COLUMNS]
 # Per-example outcomes: the table's rows before counting. ``base_model`` is the model's name
 # without its seed suffix (the model itself when the profile has one seed); ``indices`` the
 # test examples as ranges ("0-299"); ``outcomes`` one character 0/1 per example, in that order.
 OUTCOME_COLUMNS = (*IDENTITY, "base_model", "seed", "estimator", "attacked_state", "attack", "defense",
-                   "scored_state", "n", "indices", "outcomes", *SOLVE_COLUMNS, *SPEC_COLUMNS)
+                   "scored_state", "n", "indices", "outcomes", *SOLVE_COLUMNS, *SPEC_COLUMNS, "checkpoint_md5")
 
 MAIN_KEYS = ("clean", "pgd10", "autoattack", "worst_case")   # keys of main rows and headline metrics
 NOT_RUN = "not run"
@@ -200,6 +203,34 @@ def _rows_of(scores: dict, exit_state: int | None) -> list[dict]:
             for defense, key in picks if key in scores]
 
 
+CELL_KEYS = ("model", "estimator", "estimator_spec", "attack", "attack_spec", "attacked_state", "indices", "labels",
+             "clean", "adversarial")
+
+
+def read_cell(path: str | os.PathLike, cfg: dict | None = None) -> dict:
+    """An evaluation cell, or ConfigError naming the file: missing, not a cell, or (given the
+    profile's ``cfg``) run with other settings than the profile gives its attack or estimator name,
+    which would merge it under a name it does not mean."""
+    path = Path(path)
+    try:
+        cell = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"cell {path} does not exist; run it first (`deqrobust evaluate`, or the workflow)") from None
+    except (ValueError, UnicodeDecodeError):
+        raise ConfigError(f"{path} is not an evaluation cell (not JSON); valid: a file `deqrobust evaluate` wrote") from None
+    missing = [k for k in CELL_KEYS if not isinstance(cell, dict) or k not in cell]
+    if missing:
+        raise ConfigError(f"{path} is not an evaluation cell: it has no {', '.join(missing)}")
+    if cfg is not None:
+        for kind, defined in (("attack", cfg["evaluation"]["attacks"]), ("estimator", cfg["evaluation"]["estimators"])):
+            name, spec = cell[kind], cell[f"{kind}_spec"]
+            if name in defined and spec != defined[name]:
+                raise ConfigError(f"{path} ran {kind} {name!r} as {spec}, but this profile defines {name!r} as "
+                                  f"{defined[name]}: rerun the cell with this profile, or give those settings "
+                                  f"another {kind} name")
+    return cell
+
+
 def merge_outcomes(cell_paths: Iterable[str | os.PathLike], exit_paths: Iterable[str | os.PathLike],
                    cfg: dict | None = None) -> pd.DataFrame:
     """Per-example outcomes (OUTCOME_COLUMNS) from evaluation cells and early-exit choices: attacked
@@ -211,7 +242,7 @@ def merge_outcomes(cell_paths: Iterable[str | os.PathLike], exit_paths: Iterable
     for path in exit_paths:
         record = json.loads(Path(path).read_text())
         exits[record["model"]] = record["state"]
-    cells = [json.loads(Path(p).read_text()) for p in cell_paths]
+    cells = [read_cell(p, cfg) for p in cell_paths]
     if not cells:
         raise ConfigError("merge needs at least one evaluation cell")
     blank = dict.fromkeys(SPEC_COLUMNS)
@@ -220,6 +251,7 @@ def merge_outcomes(cell_paths: Iterable[str | os.PathLike], exit_paths: Iterable
     for cell in cells:
         ident = {**{k: cell[k] for k in IDENTITY}, "base_model": cell.get("base_model") or cell["model"],
                  "seed": cell.get("seed"), "indices": index_ranges(cell["indices"]),
+                 "checkpoint_md5": cell.get("checkpoint_md5"),   # the run stamp (blank: a cell made before it)
                  **{k: cell.get(k, legacy[k]) for k in SOLVE_COLUMNS}}
         by_model.setdefault((cell["model"], *(ident[k] for k in SOLVE_COLUMNS)), (ident, []))[1].append(cell)
         specs = {**attack_columns(cell["attack_spec"]), **estimator_columns(cell["estimator"], cell["estimator_spec"])}
@@ -228,6 +260,10 @@ def merge_outcomes(cell_paths: Iterable[str | os.PathLike], exit_paths: Iterable
                          "attack": cell["attack"], **row, **specs})
     for (model, *_), (ident, group) in by_model.items():
         reference = group[0]
+        stamps = {c.get("checkpoint_md5") for c in group} - {None}
+        if len(stamps) > 1:
+            raise ConfigError(f"cells of model {model!r} were made from different checkpoints (MD5 "
+                              f"{', '.join(sorted(stamps))}): some are stale; rerun the workflow to remake them")
         for other in group[1:]:
             if any(other[k] != reference[k] for k in ("indices", "labels", "clean")):
                 setting = ", ".join(f"{k} {ident[k]}" for k in SOLVE_COLUMNS)
@@ -291,13 +327,15 @@ def write_outcomes(outcomes: pd.DataFrame, path: str | os.PathLike) -> None:
 
 def load_outcomes(path: str | os.PathLike) -> pd.DataFrame:
     """Per-example outcomes as ``merge_outcomes`` made them (outcomes and indices kept as text); a
-    file merged before the SOLVE_COLUMNS existed gets them blank (the profile's)."""
+    file merged before the SOLVE_COLUMNS or the run stamp existed gets them blank (the profile's; unchecked)."""
     if not Path(path).is_file():
         raise ConfigError(f"per-example outcomes {path} do not exist; make them with `deqrobust merge --outcomes` "
                           "(the workflow's merge rule)")
     text = {c: str for c in ("model", "base_model", "attacked_state", "scored_state", "indices", "outcomes",
-                             "attack_params", "estimator_params")}
+                             "attack_params", "estimator_params", "checkpoint_md5")}
     frame = _with_solve(pd.read_csv(path, dtype=text, compression="gzip"))
+    if "checkpoint_md5" not in frame.columns:   # merged before cells carried their run stamp
+        frame["checkpoint_md5"] = None
     missing = [c for c in OUTCOME_COLUMNS if c not in frame.columns]
     if missing:
         raise ConfigError(f"{path} is not a per-example outcomes file: no columns {', '.join(missing)}")
@@ -322,6 +360,9 @@ def load_table(path: str | os.PathLike, cfg: dict | None = None) -> pd.DataFrame
             raise ConfigError(f"table {path} has no columns {', '.join(missing)}: it was merged before they existed; "
                               "rerun `deqrobust merge` on its cells, or give the profile's config")
         table = _with_specs(table.drop(columns=[c for c in SPEC_COLUMNS if c in table.columns]), cfg)
+    for column in PROVENANCE_COLUMNS:
+        if column not in table.columns:
+            table[column] = None
     return table
 
 
@@ -388,15 +429,19 @@ def default_profile(root: Path) -> str:
     return profile
 
 
-def notebook_inputs(profile: str | None = None, start: str | os.PathLike | None = None) -> dict:
+def notebook_inputs(profile: str | None = None, start: str | os.PathLike | None = None,
+                    require: tuple[str, ...] = ()) -> dict:
     """Config, reports folder, table, per-example outcomes, analyses and development records a notebook reads.
 
     Environment variables win (the workflow sets them; relative paths are read from the
-    working directory): DEQROBUST_CONFIG, DEQROBUST_REPORTS, DEQROBUST_TABLE, DEQROBUST_OUTCOMES,
-    DEQROBUST_ANALYSIS and DEQROBUST_EARLY_EXIT (comma-separated). Otherwise the profile's files
-    in the checkout found from ``start``: ``config/<profile>.yaml``, its ``reports`` folder with
-    ``table.csv``, ``<results>/outcomes.csv.gz``, ``<results>/analysis/*.json`` and
-    ``<results>/early_exit/*.json``.
+    working directory): DEQROBUST_CONFIG, DEQROBUST_OVERRIDES (a JSON list of the run's
+    ``--config`` overrides, so the notebook reads the config the report read), DEQROBUST_REPORTS,
+    DEQROBUST_TABLE, DEQROBUST_OUTCOMES, DEQROBUST_ANALYSIS and DEQROBUST_EARLY_EXIT
+    (comma-separated). Otherwise the profile's files in the checkout found from ``start``:
+    ``config/<profile>.yaml``, its ``reports`` folder with ``table.csv``,
+    ``<results>/outcomes.csv.gz``, ``<results>/analysis/*.json`` and ``<results>/early_exit/*.json``.
+    Each key of ``require`` must name existing files (a list: at least one), else ConfigError:
+    a notebook never shows empty figures for inputs it did not find.
     """
     from deqrobust.config import load
 
@@ -413,7 +458,7 @@ def notebook_inputs(profile: str | None = None, start: str | os.PathLike | None 
     if not config_path.is_file():
         raise ConfigError(f"config {config_path} does not exist; valid: a profile under config/ "
                           "(set DEQROBUST_PROFILE or DEQROBUST_CONFIG)")
-    cfg = load(config_path)
+    cfg = load(config_path, json.loads(env("DEQROBUST_OVERRIDES") or "[]"))
 
     def in_checkout(path: str) -> Path:   # the config's paths are relative to the checkout (the workflow's workdir)
         return Path(path) if root is None else root / path
@@ -427,14 +472,32 @@ def notebook_inputs(profile: str | None = None, start: str | os.PathLike | None 
             return [Path(p) for p in given.split(",") if p]
         return sorted(found.joinpath(folder).glob("*.json"))
 
-    return {
+    paths = {
         "config": cfg,
+        "config_file": config_path,
         "reports": reports,
         "table": Path(env("DEQROBUST_TABLE") or reports / "table.csv"),
         "outcomes": Path(env("DEQROBUST_OUTCOMES") or found / "outcomes.csv.gz"),
         "analysis": listed("DEQROBUST_ANALYSIS", "analysis"),
         "early_exit": listed("DEQROBUST_EARLY_EXIT", "early_exit"),
     }
+    for key in require:
+        files = paths[key] if isinstance(paths[key], list) else [paths[key]]
+        missing = [str(f) for f in files if not Path(f).is_file()]
+        if not files or missing:
+            raise ConfigError(f"notebook input {key!r} of profile {cfg['profile']!r}: "
+                              f"{', '.join(missing) or 'no file found'}; run the workflow for this profile first "
+                              "(or point DEQROBUST_CONFIG / DEQROBUST_" + key.upper() + " at its files)")
+    return paths
+
+
+def describe_inputs(paths: dict) -> str:
+    """What a notebook read: the profile, its config and every input file."""
+    lines = [f"profile {paths['config']['profile']!r} (config {paths['config_file']})"]
+    for key in ("table", "outcomes", "analysis", "early_exit"):
+        files = paths[key] if isinstance(paths[key], list) else [paths[key]]
+        lines.append(f"{key}: " + (", ".join(str(f) for f in files if Path(f).is_file()) or "none"))
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- queries

@@ -24,9 +24,13 @@ attacks the pretraining network too).
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import math
+import os
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -36,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from deqrobust import data, distributed, seeds
+from deqrobust import data, distributed, provenance, seeds
 from deqrobust.atomic import torch_load, torch_save, unreadable, write_json, write_text
 from deqrobust.attacks.pgd import pgd
 from deqrobust.checkpoint import RESUME, load_checkpoint, save_checkpoint
@@ -51,6 +55,13 @@ from deqrobust.plan import identity, instance_config, settings, train_slice
 RESUME_FORMAT = "deqrobust-resume/1"
 SNAPSHOTS_FORMAT = "deqrobust-snapshots/1"
 SNAPSHOT_DIR, SNAPSHOT_MANIFEST = "snapshots", "snapshots.json"
+# Every finished training of a model folder stays in finished/<key>/ (hard links, no extra disk),
+# keyed by its train slice and the training code: Snakemake removes a job's outputs before it
+# reruns it, so a rerun that does not finish (Ctrl-C after a config change) would otherwise lose
+# the finished model; with the old config back, the rerun restores it instead of training.
+FINISHED = "finished"
+FINISHED_FILES = ("checkpoint.pt", "metrics.csv", "summary.json", SNAPSHOT_MANIFEST)
+OTHER_RESUME = "resume-other-config.pt"   # resume.pt of an interrupted run of another config, set aside
 COLUMNS = ("epoch", "iteration", "lr", "train_loss", "dev_loss", "dev_clean_acc", "dev_robust_acc",
            "dev_solver_steps", "dev_rel_residual")
 
@@ -295,13 +306,66 @@ class Trainer:
             "test_clean_acc": test["clean_acc"], "test_examples": len(y_test),
             "iterations": self.total, "epochs": self.total / self.per_epoch,
             "wall_seconds": st["wall_seconds"], "train_images_per_second": images / max(st["train_seconds"], 1e-9),
+            "machine": provenance.machine(),   # the last stretch's, after a resume on another machine
         }
         write_json(self.out / "summary.json", summary)
         return summary
 
+    # ---- finished trainings kept ----------------------------------------------------------
+    def finished_store(self) -> Path:
+        """finished/<key>: the key hashes this training's slice and the code of `deqrobust train`."""
+        from deqrobust.codeprint import command_fingerprint
+
+        key = hashlib.sha256((self.fingerprint + command_fingerprint("train")).encode()).hexdigest()[:16]
+        return self.out / FINISHED / key
+
+    def keep_finished(self) -> None:
+        """Hard-link the finished outputs and snapshots into finished_store (complete or absent:
+        assembled beside it, then renamed)."""
+        store = self.finished_store()
+        if store.is_dir():
+            shutil.rmtree(store)
+        partial = store.with_name(store.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        (partial / SNAPSHOT_DIR).mkdir(parents=True)
+        for name in FINISHED_FILES:
+            _link(self.out / name, partial / name)
+        for entry in self.state["snapshots"]:
+            _link(self.out / SNAPSHOT_DIR / entry["file"], partial / SNAPSHOT_DIR / entry["file"])
+        partial.rename(store)
+
+    def resume_is_mine(self) -> bool:
+        """Whether ``resume.pt`` exists and is an unfinished run of this very training."""
+        try:
+            saved = torch_load(self.out / RESUME)
+        except Exception:  # absent or unreadable: load_resume names a damaged one when it is used
+            return (self.out / RESUME).is_file()
+        return isinstance(saved, dict) and saved.get("fingerprint") == self.fingerprint
+
+    def restore_finished(self) -> dict | None:
+        """The summary of this very training, put back from finished_store, or None when there is none."""
+        store = self.finished_store()
+        if not all((store / name).is_file() for name in FINISHED_FILES):
+            return None
+        manifest = json.loads((store / SNAPSHOT_MANIFEST).read_text())
+        (self.out / SNAPSHOT_DIR).mkdir(exist_ok=True)
+        for entry in manifest["snapshots"]:
+            _link(store / SNAPSHOT_DIR / entry["file"], self.out / SNAPSHOT_DIR / entry["file"])
+        for name in FINISHED_FILES:   # checkpoint.pt, the completion mark of the folder, last but one
+            _link(store / name, self.out / name)
+        return json.loads((self.out / "summary.json").read_text())
+
     def run(self) -> dict | None:
-        """Train to the end; the summary (None on the ranks > 0 of a data-parallel run)."""
+        """Train to the end; the summary (None on the ranks > 0 of a data-parallel run). A training
+        finished before in this folder with the same slice and code is restored, not redone."""
         self.out.mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main and not self.dist.active and not self.resume_is_mine():
+            restored = self.restore_finished()
+            if restored is not None:
+                if (self.out / RESUME).is_file():   # an interrupted training of another config: kept aside
+                    os.replace(self.out / RESUME, self.out / OTHER_RESUME)
+                tqdm.write(f"{self.spec['name']}: restored the finished training from {self.finished_store()}")
+                return restored
         if (self.out / RESUME).is_file():
             self.load_resume()
         self.dist.barrier()    # every rank has read resume.pt before rank 0 may rewrite it
@@ -337,9 +401,21 @@ class Trainer:
             self.write_checkpoint()     # the selected model, now that the training has finished
             self.write_snapshots()
             summary = self.summarise()
+            self.keep_finished()
             (self.out / RESUME).unlink(missing_ok=True)
         self.dist.barrier()
         return summary
+
+
+def _link(source: Path, target: Path) -> None:
+    """``target`` becomes a hard link to ``source`` (replacing it atomically; a copy where links fail)."""
+    temporary = target.with_name(f".{target.name}.link")
+    temporary.unlink(missing_ok=True)
+    try:
+        os.link(source, temporary)
+    except OSError:
+        shutil.copy2(source, temporary)
+    os.replace(temporary, target)
 
 
 def train(cfg: dict, name: str, out: str | Path) -> dict | None:

@@ -12,6 +12,7 @@ rule analyze:
     params:
         cli=cli_args,
         settings=lambda w: plan.settings(plan.analysis_slice(job_config(w))),
+        code=code_of("analyze"),
     log:
         log("analyze", "{model}.log"),
     wildcard_constraints:
@@ -39,6 +40,7 @@ rule trajectory:
     params:
         cli=cli_args,
         settings=lambda w: plan.settings(plan.trajectory_slice(job_config(w))),
+        code=code_of("trajectory"),
     log:
         log("trajectory", "{model}.log"),
     wildcard_constraints:

@@ -143,6 +143,10 @@ def all_analyses():
     return [analysis(m) for m in plan.deqs(config)]
 
 
+def all_summaries():
+    return [training_summary(m) for m in plan.trained(config)]
+
+
 def all_trajectories():
     return [trajectory(m) for m in plan.trained_deqs(config)]
 
@@ -160,6 +164,14 @@ def all_targets():
         metrics_json(),
         *[notebook_out(n) for n in notebooks()],
     ]
+
+
+# --------------------------------------------------------------------------------------
+# The rerun trigger for library code: a rule's `code` param (deqrobust.codeprint)
+# --------------------------------------------------------------------------------------
+def code_of(command):
+    """The fingerprint of the library code `deqrobust <command>` runs: a change of it reruns the rule."""
+    return codeprint.command_fingerprint(command)
 
 
 # --------------------------------------------------------------------------------------

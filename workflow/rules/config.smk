@@ -9,6 +9,7 @@
 # references of early_exit and analysis. A wrong key or value stops `snakemake` (even -n)
 # before any job, with the message the CLI gives for the same files and overrides.
 import importlib.util
+import json
 import os
 import shlex
 import shutil
@@ -21,7 +22,7 @@ from snakemake.exceptions import WorkflowError
 if importlib.util.find_spec("deqrobust") is None:  # not installed: this clone's library
     sys.path.insert(0, str(Path(workflow.basedir, "src")))
 
-from deqrobust import plan
+from deqrobust import codeprint, ownership, plan
 from deqrobust.config import ConfigError, load
 
 
@@ -39,6 +40,7 @@ OVERRIDES = [_args] if isinstance(_args, str) else list(_args)  # the raw --conf
 try:
     _checked = load(CONFIGFILES, OVERRIDES)
     plan.check_steps(_checked)
+    ownership.check(_checked["results"], _checked["profile"])   # a results folder belongs to one profile
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 config.clear()
@@ -60,6 +62,12 @@ def cli_args(wildcards, threads):
     model = wildcards.get("model")
     seed = plan.seed_override(config, model) if model is not None else ""
     return f"{CLI_CONFIG} --set threads={threads}" + (f" --set {seed}" if seed else "")
+
+
+def overrides_json(wildcards, threads):
+    """The run's --config overrides as a JSON list, a derived (non-trigger) param: the notebooks
+    load the config the report loaded (deqrobust.results.notebook_inputs)."""
+    return json.dumps(OVERRIDES)
 
 
 def configfile_arg(wildcards, threads):

@@ -8,6 +8,7 @@ rule data:
     params:
         cli=cli_args,
         settings=plan.settings(plan.data_slice(config)),
+        code=code_of("data"),
     log:
         log("data.log"),
     threads: 1

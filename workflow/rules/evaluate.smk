@@ -12,6 +12,7 @@ rule evaluate:
     params:
         cli=cell_cli_args,
         settings=lambda w: plan.settings(plan.cell_slice(cell_job_config(w), w.estimator, w.attack)),
+        code=code_of("evaluate"),
     log:
         log("evaluate", "{model}", "{estimator}", "{attack}", "state-{state}{solve}.log"),
     wildcard_constraints:
@@ -34,6 +35,7 @@ rule merge:
     input:
         cells=all_cells(),
         early_exit=all_early_exits(),
+        split=split_json(),   # the archive the table's data came from (its provenance columns)
     output:
         table=report(
             table(),
@@ -43,6 +45,7 @@ rule merge:
         outcomes=outcomes(),
     params:
         cli=cli_args,
+        code=code_of("merge"),
     log:
         log("merge.log"),
     threads: 1

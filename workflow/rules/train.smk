@@ -19,6 +19,7 @@ rule train:
         launcher=train_launcher,
         rank_threads=rank_threads,
         settings=lambda w: plan.settings(plan.train_slice(config, w.model)),
+        code=code_of("train"),
         out=lambda wildcards, output: os.path.dirname(output.checkpoint),
     log:
         log("train", "{model}.log"),
@@ -58,6 +59,7 @@ rule import_checkpoint:
         grad=lambda w: config["models"][w.model]["grad"],
         training=lambda w: config["models"][w.model]["training"],
         settings=lambda w: plan.settings(plan.import_slice(config, w.model)),
+        code=code_of("import"),
     log:
         log("import", "{model}.log"),
     wildcard_constraints:
@@ -83,6 +85,7 @@ rule select_exit:
     params:
         cli=cli_args,
         settings=lambda w: plan.settings(plan.select_slice(job_config(w))),
+        code=code_of("select-exit"),
     log:
         log("select_exit", "{model}.log"),
     wildcard_constraints:

@@ -23,3 +23,20 @@ def add_results_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--table", required=True, help="tidy table CSV (deqrobust merge)")
     parser.add_argument("--analysis", nargs="*", default=[], metavar="JSON",
                         help="fixed-point analyses (deqrobust analyze)")
+
+
+def add_force_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--force``: replace a finished output (never needed under Snakemake, which removes a job's
+    old outputs before it runs it)."""
+    parser.add_argument("--force", action="store_true", help=f"replace an existing {what} (refused without it)")
+
+
+def refuse_overwrite(path, force: bool, what: str) -> None:
+    """ConfigError when ``path`` exists and ``--force`` was not given: finished work is never
+    replaced silently."""
+    from pathlib import Path
+
+    from deqrobust.config import ConfigError
+
+    if Path(path).exists() and not force:
+        raise ConfigError(f"{path} already holds {what}; give another --out, or add --force to replace it")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 
+from deqrobust.commands import add_force_argument, refuse_overwrite
+
 EPILOG = """\
 SOURCE is a file the authors' MDEQ-Vision training wrote (either training folder of
 minicheshire/DEQ-White-Box-Robustness): checkpoint_<epoch>.pth.tar, model_best.pth.tar or
@@ -47,11 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default="imported",
                         help="model name in the spec and in every result (default: imported); a model name of the "
                              "config makes evaluation use that model's training section")
+    add_force_argument(parser, "checkpoint at OUT")
 
 
 def run(args: argparse.Namespace) -> int:
     from deqrobust.authors import import_checkpoint
 
+    refuse_overwrite(args.out, args.force, "a checkpoint")
     spec = import_checkpoint(args.source, args.out, args.grad, args.training, args.name)
     source = spec["source"]
     extra = "".join(f", {key} {source[key]}" for key in ("epoch", "perf") if key in source)

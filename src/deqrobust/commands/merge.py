@@ -17,11 +17,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from deqrobust.provenance import data_source
     from deqrobust.results import merge_outcomes, tabulate, write_outcomes, write_table
 
     cfg = config.load(args.config, args.overrides)   # the profile the cells belong to (its solver setting)
     outcomes = merge_outcomes(args.cells, args.early_exit, cfg)
-    table = tabulate(outcomes)
+    table = tabulate(outcomes).assign(**data_source(cfg))   # results.PROVENANCE_COLUMNS
     write_table(table, args.out)
     if args.outcomes:
         write_outcomes(outcomes, args.outcomes)
