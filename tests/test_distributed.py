@@ -153,7 +153,14 @@ def test_torchrun_writes_from_rank_0_and_resumes_exactly(tmp_path):
     while not (cut / "resume.pt").is_file() and time.time() < deadline and victim.poll() is None:
         time.sleep(0.05)
     assert victim.poll() is None, f"the run ended before it could be killed: {victim.communicate()[1][-3000:]}"
-    os.killpg(victim.pid, signal.SIGKILL)    # torchrun and both ranks
+    # torchrun and both ranks: the ranks run in sessions of their own (torch 2.14), so a kill of
+    # torchrun's process group leaves them training; kill the whole tree
+    import psutil
+
+    tree = [*psutil.Process(victim.pid).children(recursive=True), psutil.Process(victim.pid)]
+    for proc in tree:
+        proc.kill()
+    psutil.wait_procs(tree, timeout=30)
     victim.wait()
     assert not (cut / "summary.json").exists()
     saved = torch.load(cut / "resume.pt", weights_only=True)
@@ -165,7 +172,8 @@ def test_torchrun_writes_from_rank_0_and_resumes_exactly(tmp_path):
         assert stdout.count("selected epoch") == 1    # rank 0 alone reports
 
     for d in (whole, cut):
-        assert sorted(p.name for p in d.iterdir()) == ["checkpoint.pt", "metrics.csv", "summary.json"]
+        assert sorted(p.name for p in d.iterdir()) == ["checkpoint.pt", "finished", "metrics.csv", "snapshots",
+                                                       "snapshots.json", "summary.json"]
     assert (whole / "metrics.csv").read_text() == (cut / "metrics.csv").read_text()
     assert [r["iteration"] for r in csv.DictReader((whole / "metrics.csv").open())] == ["4", "8"]
     timing = ("wall_seconds", "train_images_per_second")
