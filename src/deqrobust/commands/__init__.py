@@ -40,3 +40,23 @@ def refuse_overwrite(path, force: bool, what: str) -> None:
 
     if Path(path).exists() and not force:
         raise ConfigError(f"{path} already holds {what}; give another --out, or add --force to replace it")
+
+
+def analysis_record(args: argparse.Namespace, analyse) -> dict:
+    """The shared body of the analysis commands (analyze, trajectory): load the config, seed torch,
+    then ``analyse(cfg, device, progress)`` under the one-writer claim of ``--out`` and write its
+    record there as JSON."""
+    import torch  # heavy imports stay out of `deqrobust --help`
+
+    from deqrobust.atomic import write_json
+    from deqrobust.config import load
+    from deqrobust.device import resolve_device
+    from deqrobust.joblock import claim
+
+    cfg = load(args.config, args.overrides)
+    torch.set_num_threads(cfg["threads"])
+    torch.manual_seed(cfg["seed"])
+    with claim(args.out):   # one writer; stops if its snakemake dies
+        record = analyse(cfg, resolve_device(cfg), not args.no_progress)
+        write_json(args.out, record)
+    return record

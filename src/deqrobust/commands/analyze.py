@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from deqrobust.commands import add_config_arguments
-from deqrobust.config import load
+from deqrobust.commands import add_config_arguments, analysis_record
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,19 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch  # heavy imports stay out of `deqrobust --help`
+    from deqrobust import analysis  # heavy imports stay out of `deqrobust --help`
 
-    from deqrobust import analysis
-    from deqrobust.atomic import write_json
-    from deqrobust.device import resolve_device
-    from deqrobust.joblock import claim
-
-    cfg = load(args.config, args.overrides)
-    torch.set_num_threads(cfg["threads"])
-    torch.manual_seed(cfg["seed"])
-    with claim(args.out):   # one writer; stops if its snakemake dies
-        record = analysis.run(cfg, args.checkpoint, resolve_device(cfg), progress=not args.no_progress)
-        write_json(args.out, record)
+    record = analysis_record(args, lambda cfg, device, progress: analysis.run(cfg, args.checkpoint, device, progress))
     clean, timing = record["inputs"]["clean"], record["timing"]
     print(f"analysis of {record['model']['name']}: {record['num_examples']} images, "
           f"clean never converged {clean['share_never_converged']:.1%}; gradients compared on "

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from deqrobust.commands import add_config_arguments
-from deqrobust.config import load
+from deqrobust.commands import add_config_arguments, analysis_record
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,19 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch  # heavy imports stay out of `deqrobust --help`
+    from deqrobust import trajectory  # heavy imports stay out of `deqrobust --help`
 
-    from deqrobust import trajectory
-    from deqrobust.atomic import write_json
-    from deqrobust.device import resolve_device
-    from deqrobust.joblock import claim
-
-    cfg = load(args.config, args.overrides)
-    torch.set_num_threads(cfg["threads"])
-    torch.manual_seed(cfg["seed"])
-    with claim(args.out):   # one writer; stops if its snakemake dies
-        record = trajectory.run(cfg, args.snapshots, resolve_device(cfg), progress=not args.no_progress)
-        write_json(args.out, record)
+    record = analysis_record(args, lambda cfg, device, progress: trajectory.run(cfg, args.snapshots, device, progress))
     trend = trajectory.trend(record)
     change = "fewer than two snapshots after pretraining" if trend["residual"] is None else (
         f"log10 deployed residual, epoch {trend['first']:g} to {trend['last']:g}: {trend['residual'].summary()}")
