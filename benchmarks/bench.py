@@ -34,6 +34,7 @@ Every solve here uses tolerance 0, so it runs its whole budget: the cost does no
 on whether a random-weight model happens to converge (PGD-trained DEQs mostly do not).
 A subprocess probe is this script run again as ``bench.py --probe NAME ARGS_JSON``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,8 +66,8 @@ import yaml
 
 from deqrobust import config, data
 from deqrobust.atomic import write_json
-from deqrobust.attacks.pgd import pgd
 from deqrobust.attacks import build_attack
+from deqrobust.attacks.pgd import pgd
 from deqrobust.deq_logits import DEQLogits
 from deqrobust.estimators import build_estimator
 from deqrobust.evaluation import attack_batch, attacked_model, own_estimator
@@ -76,8 +77,18 @@ from deqrobust.plan import instances, spec_of
 from deqrobust.sizes import SIZES
 from deqrobust.training import Trainer
 
-SECTIONS = ("calibration", "large", "f_cost", "threading", "training", "evaluation", "jobs", "early_stop", "memory",
-            "workflow")
+SECTIONS = (
+    "calibration",
+    "large",
+    "f_cost",
+    "threading",
+    "training",
+    "evaluation",
+    "jobs",
+    "early_stop",
+    "memory",
+    "workflow",
+)
 EPS, STEP = 8 / 255, 2 / 255
 
 
@@ -86,31 +97,42 @@ EPS, STEP = 8 / 255, 2 / 255
 class Settings:
     quick: bool = False
     sizes: list[str] = field(default_factory=lambda: ["mini", "tiny"])
-    large_batch: int = 32          # DEQ-Large section (the issue's batch)
-    batch: int = 32                # training / evaluation / early-stop / memory sections
-    repeats: int = 5               # interleaved rounds for the small sizes
-    large_repeats: int = 3         # interleaved rounds for DEQ-Large (about 15 s a round)
+    large_batch: int = 32  # DEQ-Large section (the issue's batch)
+    batch: int = 32  # training / evaluation / early-stop / memory sections
+    repeats: int = 5  # interleaved rounds for the small sizes
+    large_repeats: int = 3  # interleaved rounds for DEQ-Large (about 15 s a round)
     calib_batch: int = 32
     calib_channels: int = 256
     calib_size: int = 32
-    budget: int = 8                # forward Broyden steps N (paper)
-    backward_budget: int = 7       # backward Broyden steps of exact (paper)
-    unroll_k: int = 9              # K of unroll / intermediate (authors' evaluation)
-    pgd_steps: int = 2             # attack steps in the evaluation section
-    train_pgd_steps: int = 3       # PGD-AT steps in the training section
+    budget: int = 8  # forward Broyden steps N (paper)
+    backward_budget: int = 7  # backward Broyden steps of exact (paper)
+    unroll_k: int = 9  # K of unroll / intermediate (authors' evaluation)
+    pgd_steps: int = 2  # attack steps in the evaluation section
+    train_pgd_steps: int = 3  # PGD-AT steps in the training section
     early_states: list[int] = field(default_factory=lambda: [1, 2, 4, 6])
     memory_steps: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
     memory_size: str = "tiny"
-    large_size: str = "large"      # tests shrink it
-    profile_config: str = str(Path(__file__).resolve().parents[1] / "config" / "cpu.yaml")   # the jobs section's
+    large_size: str = "large"  # tests shrink it
+    profile_config: str = str(Path(__file__).resolve().parents[1] / "config" / "cpu.yaml")  # the jobs section's
     threads: int = 0
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Settings":
         s = cls()
         if getattr(args, "quick", False):
-            s = cls(quick=True, large_batch=8, batch=8, repeats=3, large_repeats=2, calib_batch=16,
-                    pgd_steps=1, train_pgd_steps=2, early_states=[1, 4], memory_steps=[2, 8], memory_size="mini")
+            s = cls(
+                quick=True,
+                large_batch=8,
+                batch=8,
+                repeats=3,
+                large_repeats=2,
+                calib_batch=16,
+                pgd_steps=1,
+                train_pgd_steps=2,
+                early_states=[1, 4],
+                memory_steps=[2, 8],
+                memory_size="mini",
+            )
         if getattr(args, "sizes", None):
             s.sizes = list(args.sizes)
         if getattr(args, "batch", None):
@@ -130,11 +152,12 @@ class Settings:
 
 
 # ---- timing --------------------------------------------------------------------------------
-MIN_SAMPLE_S = 0.3   # a sample repeats a short case until it lasts this long (timer and scheduler noise)
+MIN_SAMPLE_S = 0.3  # a sample repeats a short case until it lasts this long (timer and scheduler noise)
 
 
-def interleaved(cases: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
-                min_sample_s: float | None = None) -> dict[str, dict]:
+def interleaved(
+    cases: dict[str, Callable[[], object]], repeats: int, warmup: int = 1, min_sample_s: float | None = None
+) -> dict[str, dict]:
     """Seconds per call of each case, measured round robin with a rotating order.
 
     Each case is warmed up, then each round times one sample of every case; a sample of a
@@ -160,9 +183,18 @@ def interleaved(cases: dict[str, Callable[[], object]], repeats: int, warmup: in
                 cases[name]()
             wall[name].append((time.perf_counter() - t0) / inner[name])
             cpu[name].append((time.process_time() - c0) / inner[name])
-    return {n: {"median_s": statistics.median(wall[n]), "min_s": min(wall[n]), "max_s": max(wall[n]),
-                "cpu_median_s": statistics.median(cpu[n]), "repeats": repeats, "inner": inner[n],
-                "samples_s": [round(t, 6) for t in wall[n]]} for n in names}
+    return {
+        n: {
+            "median_s": statistics.median(wall[n]),
+            "min_s": min(wall[n]),
+            "max_s": max(wall[n]),
+            "cpu_median_s": statistics.median(cpu[n]),
+            "repeats": repeats,
+            "inner": inner[n],
+            "samples_s": [round(t, 6) for t in wall[n]],
+        }
+        for n in names
+    }
 
 
 class _GlobalOnly:
@@ -206,7 +238,7 @@ class CountCalls:
         return self
 
     def __exit__(self, *exc):
-        del self.deq.f   # the instance attribute; the class method shows through again
+        del self.deq.f  # the instance attribute; the class method shows through again
 
 
 def machine() -> dict:
@@ -219,9 +251,16 @@ def machine() -> dict:
         isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags.split()]
     except OSError:
         isa = []
-    return {"cpu": model, "cores": os.cpu_count(), "isa": isa, "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "python": platform.python_version(),
-            "platform": platform.platform(), "load_average_start": os.getloadavg()}
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "isa": isa,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_average_start": os.getloadavg(),
+    }
 
 
 # ---- calibration ---------------------------------------------------------------------------
@@ -244,11 +283,22 @@ def calibration(s: Settings) -> dict:
     for layout, cl in (("contiguous", False), ("channels_last", True)):
         cases[layout], flops[layout] = conv_case(s.calib_batch, s.calib_channels, s.calib_size, cl)
     times = interleaved(cases, max(s.repeats, 5))
-    rows = {k: {**v, "gflop": flops[k] / 1e9, "gflops_best": flops[k] / v["min_s"] / 1e9,
-                "gflops_median": flops[k] / v["median_s"] / 1e9} for k, v in times.items()}
+    rows = {
+        k: {
+            **v,
+            "gflop": flops[k] / 1e9,
+            "gflops_best": flops[k] / v["min_s"] / 1e9,
+            "gflops_median": flops[k] / v["median_s"] / 1e9,
+        }
+        for k, v in times.items()
+    }
     best = max(rows, key=lambda k: rows[k]["gflops_best"])
-    return {"conv": f"3x3, batch {s.calib_batch}, {s.calib_channels}->{s.calib_channels} at {s.calib_size}x{s.calib_size}",
-            "layouts": rows, "best_layout": best, "gflops": rows[best]["gflops_best"]}
+    return {
+        "conv": f"3x3, batch {s.calib_batch}, {s.calib_channels}->{s.calib_channels} at {s.calib_size}x{s.calib_size}",
+        "layouts": rows,
+        "best_layout": best,
+        "gflops": rows[best]["gflops_best"],
+    }
 
 
 def _reference_conv(s: Settings, calib: dict) -> tuple[Callable[[], object], int]:
@@ -297,8 +347,12 @@ def large(s: Settings, calib: dict) -> dict:
             return deq.f(z1, injection)
 
     conv, conv_flops = _reference_conv(s, calib)
-    cases = {"conv_reference": conv, "f": one_f, "forward": lambda: forward_only(model, x),
-             "forward_exact_input_grad": lambda: input_gradient(model, x, y)}
+    cases = {
+        "conv_reference": conv,
+        "f": one_f,
+        "forward": lambda: forward_only(model, x),
+        "forward_exact_input_grad": lambda: input_gradient(model, x, y),
+    }
     flops = {"conv_reference": conv_flops, **{k: count_flops(cases[k]) for k in list(cases)[1:]}}
     with CountCalls(deq) as counter:
         input_gradient(model, x, y)
@@ -307,14 +361,26 @@ def large(s: Settings, calib: dict) -> dict:
     rows = {}
     for name, t in times.items():
         gflops = flops[name] / t["median_s"] / 1e9
-        rows[name] = {**t, "gflop": flops[name] / 1e9, "gflops": gflops,
-                      "images_per_s": None if name == "conv_reference" else s.large_batch / t["median_s"],
-                      "fraction_of_interleaved_conv": gflops / ref, "fraction_of_calibration": gflops / calib["gflops"]}
+        rows[name] = {
+            **t,
+            "gflop": flops[name] / 1e9,
+            "gflops": gflops,
+            "images_per_s": None if name == "conv_reference" else s.large_batch / t["median_s"],
+            "fraction_of_interleaved_conv": gflops / ref,
+            "fraction_of_calibration": gflops / calib["gflops"],
+        }
     per_image_f = flops["f"] / s.large_batch / 1e9
-    return {"size": s.large_size, "batch": s.large_batch, "solver": s.solver(), "backward_solver": s.backward_solver(),
-            "gflop_per_f_per_image": per_image_f, "f_applications_forward_grad": counter.calls,
-            "target_fraction": 0.60, "rows": rows,
-            "target_met": rows["forward_exact_input_grad"]["fraction_of_interleaved_conv"] >= 0.60}
+    return {
+        "size": s.large_size,
+        "batch": s.large_batch,
+        "solver": s.solver(),
+        "backward_solver": s.backward_solver(),
+        "gflop_per_f_per_image": per_image_f,
+        "f_applications_forward_grad": counter.calls,
+        "target_fraction": 0.60,
+        "rows": rows,
+        "target_met": rows["forward_exact_input_grad"]["fraction_of_interleaved_conv"] >= 0.60,
+    }
 
 
 # ---- cost of one f per size ------------------------------------------------------------------------
@@ -333,12 +399,23 @@ def f_cost(s: Settings) -> dict:
 
         cases[size] = one_f
         flops[size] = count_flops(one_f)
-        info[size] = {"parameters": sum(p.numel() for p in deq.parameters()), "state_size": deq.state_size,
-                      "channels_last": deq.channels_last()}
+        info[size] = {
+            "parameters": sum(p.numel() for p in deq.parameters()),
+            "state_size": deq.state_size,
+            "channels_last": deq.channels_last(),
+        }
     times = interleaved(cases, s.repeats)
     first = s.sizes[0] if s.sizes else None
-    rows = {k: {**info[k], **t, "gflop_per_image": flops[k] / s.batch / 1e9, "gflops": flops[k] / t["median_s"] / 1e9,
-                "time_vs_first": t["median_s"] / times[first]["median_s"]} for k, t in times.items()}
+    rows = {
+        k: {
+            **info[k],
+            **t,
+            "gflop_per_image": flops[k] / s.batch / 1e9,
+            "gflops": flops[k] / t["median_s"] / 1e9,
+            "time_vs_first": t["median_s"] / times[first]["median_s"],
+        }
+        for k, t in times.items()
+    }
     return {"batch": s.batch, "sizes": rows}
 
 
@@ -350,8 +427,13 @@ def synthetic_archive(path: Path, per_batch: int) -> Path:
     """An archive in CIFAR-10's official layout holding random images: a Trainer needs a
     prepared dataset, and no timing depends on the pixels."""
     rng = np.random.default_rng(0)
-    batches = {name: {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-                      b"labels": rng.integers(0, 10, per_batch).tolist()} for name in (*data.TRAIN_BATCHES, "test_batch")}
+    batches = {
+        name: {
+            b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+            b"labels": rng.integers(0, 10, per_batch).tolist(),
+        }
+        for name in (*data.TRAIN_BATCHES, "test_batch")
+    }
     batches["batches.meta"] = {b"label_names": [f"class {i}".encode() for i in range(10)]}
     with tarfile.open(path, "w:gz") as tar:
         for name, batch in batches.items():
@@ -367,18 +449,29 @@ def synthetic_trainers(folder: Path, size: str, s: Settings) -> dict[str, Traine
     pretraining and no Jacobian regularisation, the schema's attack settings otherwise."""
     folder.mkdir(parents=True, exist_ok=True)
     archive = synthetic_archive(folder / "cifar.tar.gz", per_batch=4)
-    cfg = {"profile": "bench", "device": "cpu", "threads": s.threads, "seed": 0,
-           "data": {"root": str(folder / "data"), "archive": str(archive), "allow_md5_mismatch": True, "dev_size": 2},
-           "solver": s.solver(), "backward_solver": s.backward_solver(),
-           "models": {f"deq-{mode}": {"arch": "mdeq", "size": size, "training": mode, "grad": "exact"}
-                      for mode in TRAINING_MODES},
-           "training": {"batch_size": s.batch, "pretrain_iters": 0, "jac_reg": {"weight": 0.0},
-                        "adv": {"steps": s.train_pgd_steps}}}
+    cfg = {
+        "profile": "bench",
+        "device": "cpu",
+        "threads": s.threads,
+        "seed": 0,
+        "data": {"root": str(folder / "data"), "archive": str(archive), "allow_md5_mismatch": True, "dev_size": 2},
+        "solver": s.solver(),
+        "backward_solver": s.backward_solver(),
+        "models": {
+            f"deq-{mode}": {"arch": "mdeq", "size": size, "training": mode, "grad": "exact"} for mode in TRAINING_MODES
+        },
+        "training": {
+            "batch_size": s.batch,
+            "pretrain_iters": 0,
+            "jac_reg": {"weight": 0.0},
+            "adv": {"steps": s.train_pgd_steps},
+        },
+    }
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     cfg = config.load(path)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", data.DataWarning)     # the synthetic archive is not the official one
+        warnings.simplefilter("ignore", data.DataWarning)  # the synthetic archive is not the official one
         data.prepare(cfg)
     return {mode: Trainer(cfg, f"deq-{mode}", folder / mode) for mode in TRAINING_MODES}
 
@@ -392,19 +485,29 @@ def training(s: Settings) -> dict:
             cases = {mode: (lambda t=t, it=itertools.count(): t.step(next(it), x, y)) for mode, t in trainers.items()}
             times = interleaved(cases, s.repeats)
             base = times["standard"]["median_s"]
-            out[size] = {k: {**t, "images_per_s": s.batch / t["median_s"], "time_vs_standard": t["median_s"] / base}
-                         for k, t in times.items()}
+            out[size] = {
+                k: {**t, "images_per_s": s.batch / t["median_s"], "time_vs_standard": t["median_s"] / base}
+                for k, t in times.items()
+            }
             adv = trainers["pgd"].tc["adv"]
-    return {"step": "deqrobust.training.Trainer.step", "batch": s.batch, "grad": "exact", "pgd_steps": adv.get("steps"),
-            "fgsm_step_255": adv.get("fgsm_step_255"), "sizes": out}
+    return {
+        "step": "deqrobust.training.Trainer.step",
+        "batch": s.batch,
+        "grad": "exact",
+        "pgd_steps": adv.get("steps"),
+        "fgsm_step_255": adv.get("fgsm_step_255"),
+        "sizes": out,
+    }
 
 
 # ---- evaluation --------------------------------------------------------------------------------
 def estimator_cases(s: Settings) -> list[tuple[str, dict, object]]:
     k = s.unroll_k
-    rows = [("exact", {"name": "exact"}, None),
-            ("unroll", {"name": "unroll", "lam": 0.5, "k": k}, None),
-            ("neumann", {"name": "neumann", "lam": 1.0, "k": s.budget}, None)]
+    rows = [
+        ("exact", {"name": "exact"}, None),
+        ("unroll", {"name": "unroll", "lam": 0.5, "k": k}, None),
+        ("neumann", {"name": "neumann", "lam": 1.0, "k": s.budget}, None),
+    ]
     for state in (1, s.budget // 2, None):
         rows.append(("adjoint", {"name": "adjoint", "variant": "lockstep"}, state))
     for state in (1, s.budget // 2):
@@ -423,7 +526,7 @@ def evaluation(s: Settings) -> dict:
             label = f"{name}@{'final' if state is None else state}" + (f"(k={spec['k']})" if "k" in spec else "")
             model = logits_module(deq, spec, state, s)
             gen = torch.Generator().manual_seed(0)
-            cases[label] = (lambda model=model, gen=gen: pgd(model, x, y, EPS, STEP, s.pgd_steps, generator=gen))
+            cases[label] = lambda model=model, gen=gen: pgd(model, x, y, EPS, STEP, s.pgd_steps, generator=gen)
             meta[label] = {"estimator": spec, "state": "final" if state is None else state}
         times = interleaved(cases, s.repeats)
         out[size] = {k: {**meta[k], **t, "images_per_s": s.batch / t["median_s"]} for k, t in times.items()}
@@ -435,13 +538,23 @@ def profile_trainers(folder: Path, s: Settings) -> tuple[dict, dict[str, Trainer
     """The profile config (``s.profile_config``) on a synthetic dataset, every solve at
     tolerance 0: one ``Trainer`` per model (its first seed), as the train job builds it."""
     folder.mkdir(parents=True, exist_ok=True)
-    archive = synthetic_archive(folder / "cifar.tar.gz", per_batch=40)     # 200 training images: one batch of any profile
-    cfg = config.load(s.profile_config, [f"data.root={folder / 'data'}", f"data.archive={archive}",
-                                         "data.allow_md5_mismatch=true", "data.dev_size=2", "data.train_subset=null",
-                                         "data.test_subset=null", f"threads={s.threads}", "solver.tol=0.0",
-                                         "backward_solver.tol=0.0"])
+    archive = synthetic_archive(folder / "cifar.tar.gz", per_batch=40)  # 200 training images: one batch of any profile
+    cfg = config.load(
+        s.profile_config,
+        [
+            f"data.root={folder / 'data'}",
+            f"data.archive={archive}",
+            "data.allow_md5_mismatch=true",
+            "data.dev_size=2",
+            "data.train_subset=null",
+            "data.test_subset=null",
+            f"threads={s.threads}",
+            "solver.tol=0.0",
+            "backward_solver.tol=0.0",
+        ],
+    )
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", data.DataWarning)     # the synthetic archive is not the official one
+        warnings.simplefilter("ignore", data.DataWarning)  # the synthetic archive is not the official one
         data.prepare(cfg)
     first = {}
     for inst in instances(cfg):
@@ -478,11 +591,13 @@ def jobs(s: Settings, calib: dict) -> dict:
         cfg, trainers = profile_trainers(Path(tmp), s)
         conv, conv_flops = _reference_conv(s, calib)
         cases, flops, images, notes = {"conv_reference": conv}, {"conv_reference": conv_flops}, {}, {}
-        conv_of = {}                                  # case -> the convolution of its model's shape
+        conv_of = {}  # case -> the convolution of its model's shape
         for model, trainer in trainers.items():
             tc = trainer.tc
             x, y = make_batch(tc["batch_size"])
-            first = tc["pretrain_iters"] + math.ceil(tc["jac_reg"]["stop_epoch"] * trainer.per_epoch) if trainer.deq else 0
+            first = (
+                tc["pretrain_iters"] + math.ceil(tc["jac_reg"]["stop_epoch"] * trainer.per_epoch) if trainer.deq else 0
+            )
             label = f"train {model}"
             cases[label] = lambda t=trainer, x=x, y=y, it=itertools.count(first): t.step(next(it), x, y)
             images[label], notes[label] = len(y), f"{trainer.spec['training']} training step"
@@ -499,8 +614,9 @@ def jobs(s: Settings, calib: dict) -> dict:
             runner = build_attack(attack, spec_of(t.cfg, "attack", attack))
             x, y = make_batch(cfg["evaluation"]["batch_size"], seed=1)
             label = f"cell {model} {estimator}@final {attack}"
-            cases[label] = lambda net=net, target=target, runner=runner, own=own, x=x, y=y, solver=t.cfg["solver"]: \
+            cases[label] = lambda net=net, target=target, runner=runner, own=own, x=x, y=y, solver=t.cfg["solver"]: (
                 attack_batch(net, target, runner, x, y, solver, own, seed=0)
+            )
             images[label], notes[label] = len(y), "one batch of a cell: clean scores, attack, adversarial scores"
             conv_label, run, n = model_conv(t.model, t.spec, len(y))
             cases[conv_label], flops[conv_label], conv_of[label] = run, n, conv_label
@@ -511,14 +627,29 @@ def jobs(s: Settings, calib: dict) -> dict:
         slowest = max(images, key=lambda k: times[k]["median_s"])
         breakdown = profile_ops(cases[slowest])
     gflops = {k: flops[k] / t["median_s"] / 1e9 for k, t in times.items()}
-    rows = {k: {**t, "what": notes.get(k, "3x3 convolution"), "gflop": flops[k] / 1e9, "gflops": gflops[k],
-                "images_per_s": images[k] / t["median_s"] if k in images else None,
-                "gflop_per_image": flops[k] / images[k] / 1e9 if k in images else None,
-                "fraction_of_interleaved_conv": gflops[k] / gflops["conv_reference"],
-                "model_conv": conv_of.get(k), "fraction_of_model_conv": gflops[k] / gflops[conv_of[k]] if k in conv_of else None}
-            for k, t in times.items()}
-    return {"profile_config": s.profile_config, "solver": cfg["solver"], "backward_solver": cfg["backward_solver"],
-            "reference_conv": calib["conv"], "rows": rows, "profiled": slowest, "ops": breakdown}
+    rows = {
+        k: {
+            **t,
+            "what": notes.get(k, "3x3 convolution"),
+            "gflop": flops[k] / 1e9,
+            "gflops": gflops[k],
+            "images_per_s": images[k] / t["median_s"] if k in images else None,
+            "gflop_per_image": flops[k] / images[k] / 1e9 if k in images else None,
+            "fraction_of_interleaved_conv": gflops[k] / gflops["conv_reference"],
+            "model_conv": conv_of.get(k),
+            "fraction_of_model_conv": gflops[k] / gflops[conv_of[k]] if k in conv_of else None,
+        }
+        for k, t in times.items()
+    }
+    return {
+        "profile_config": s.profile_config,
+        "solver": cfg["solver"],
+        "backward_solver": cfg["backward_solver"],
+        "reference_conv": calib["conv"],
+        "rows": rows,
+        "profiled": slowest,
+        "ops": breakdown,
+    }
 
 
 def profile_ops(fn: Callable[[], object], top: int = 12) -> dict:
@@ -526,7 +657,7 @@ def profile_ops(fn: Callable[[], object], top: int = 12) -> dict:
     of the call's wall time, and the convolution and group-norm totals."""
     from torch.profiler import ProfilerActivity, profile
 
-    fn()                                             # warm
+    fn()  # warm
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         t0 = time.perf_counter()
         fn()
@@ -534,12 +665,26 @@ def profile_ops(fn: Callable[[], object], top: int = 12) -> dict:
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
     total = sum(e.self_cpu_time_total for e in events) / 1e6
     kinds = {"convolution": ("conv",), "group norm": ("group_norm",), "matmul": ("addmm", "mm", "bmm", "linear")}
-    groups = {k: sum(e.self_cpu_time_total for e in events if any(w in e.key for w in words)) / 1e6 / wall
-              for k, words in kinds.items()}
+    groups = {
+        k: sum(e.self_cpu_time_total for e in events if any(w in e.key for w in words)) / 1e6 / wall
+        for k, words in kinds.items()
+    }
     events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
-    return {"wall_s": wall, "operators_s": total, "outside_operators": 1 - total / wall, "groups": groups,
-            "top": [{"op": e.key, "self_s": e.self_cpu_time_total / 1e6, "share": e.self_cpu_time_total / 1e6 / wall,
-                     "calls": e.count} for e in events[:top]]}
+    return {
+        "wall_s": wall,
+        "operators_s": total,
+        "outside_operators": 1 - total / wall,
+        "groups": groups,
+        "top": [
+            {
+                "op": e.key,
+                "self_s": e.self_cpu_time_total / 1e6,
+                "share": e.self_cpu_time_total / 1e6 / wall,
+                "calls": e.count,
+            }
+            for e in events[:top]
+        ],
+    }
 
 
 # ---- attacking state n: the saving from stopping the solve ---------------------------------------
@@ -567,25 +712,43 @@ def early_stop(s: Settings) -> dict:
         for n in s.early_states:
             bound = (n + k + 1) / (n_full + k + 1)
             grad, fwd = t("grad", n) / t("grad", "final"), t("forward", n) / t("forward", "final")
-            rows[str(n)] = {"bound": bound, "attack_step_ratio": grad, "forward_ratio": fwd,
-                            "f_calls_forward": calls[n], "f_calls_ratio": calls[n] / calls["final"],
-                            "attack_step_within_bound": grad <= bound, "forward_within_bound": fwd <= bound}
-        out[size] = {"rows": rows, "f_calls_forward_final": calls["final"], "attack_step_final_s": t("grad", "final"),
-                     "forward_final_s": t("forward", "final"),
-                     "times": {kk: {kkk: v[kkk] for kkk in ("median_s", "min_s", "repeats")} for kk, v in times.items()}}
-    return {"estimator": spec, "N": n_full, "K": k, "batch": s.batch,
-            "bound": "(n + K + 1) / (N + K + 1) of the full-solve attack step", "sizes": out}
+            rows[str(n)] = {
+                "bound": bound,
+                "attack_step_ratio": grad,
+                "forward_ratio": fwd,
+                "f_calls_forward": calls[n],
+                "f_calls_ratio": calls[n] / calls["final"],
+                "attack_step_within_bound": grad <= bound,
+                "forward_within_bound": fwd <= bound,
+            }
+        out[size] = {
+            "rows": rows,
+            "f_calls_forward_final": calls["final"],
+            "attack_step_final_s": t("grad", "final"),
+            "forward_final_s": t("forward", "final"),
+            "times": {kk: {kkk: v[kkk] for kkk in ("median_s", "min_s", "repeats")} for kk, v in times.items()},
+        }
+    return {
+        "estimator": spec,
+        "N": n_full,
+        "K": k,
+        "batch": s.batch,
+        "bound": "(n + K + 1) / (N + K + 1) of the full-solve attack step",
+        "sizes": out,
+    }
 
 
 # ---- memory ------------------------------------------------------------------------------------
 def memory_configs(s: Settings) -> list[tuple[str, dict, object, int]]:
     rows = []
     for n in s.memory_steps:
-        rows += [("exact", {"name": "exact"}, None, n),
-                 ("neumann(k=8)", {"name": "neumann", "lam": 1.0, "k": 8}, None, n),
-                 (f"unroll(k={s.unroll_k})", {"name": "unroll", "lam": 0.5, "k": s.unroll_k}, None, n),
-                 ("adjoint lockstep@N", {"name": "adjoint", "variant": "lockstep"}, n, n),
-                 ("autograd through N steps", {"name": "intermediate", "lam": 1.0, "k": n - 1}, 0, n)]
+        rows += [
+            ("exact", {"name": "exact"}, None, n),
+            ("neumann(k=8)", {"name": "neumann", "lam": 1.0, "k": 8}, None, n),
+            (f"unroll(k={s.unroll_k})", {"name": "unroll", "lam": 0.5, "k": s.unroll_k}, None, n),
+            ("adjoint lockstep@N", {"name": "adjoint", "variant": "lockstep"}, n, n),
+            ("autograd through N steps", {"name": "intermediate", "lam": 1.0, "k": n - 1}, 0, n),
+        ]
     return rows
 
 
@@ -606,17 +769,21 @@ def memory_probe(args: dict) -> dict:
     deq = make_model(args["size"])
     x, y = make_batch(args["batch"])
     model = logits_module(deq, args["spec"], args["state"], s, budget=args["budget"])
-    input_gradient(model, x, y)             # warm-up: lazy initialisations are not the estimator's
+    input_gradient(model, x, y)  # warm-up: lazy initialisations are not the estimator's
     reset = True
     try:
-        Path("/proc/self/clear_refs").write_text("5")   # resets VmHWM to the current RSS
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
     except OSError:
         reset = False
     base = _status_kb("VmRSS")
     input_gradient(model, x, y)
     peak = _status_kb("VmHWM")
-    return {"baseline_mb": base / 1024 if base else None, "peak_mb": peak / 1024 if peak else None,
-            "extra_mb": (peak - base) / 1024 if peak and base and reset else None, "hwm_reset": reset}
+    return {
+        "baseline_mb": base / 1024 if base else None,
+        "peak_mb": peak / 1024 if peak else None,
+        "extra_mb": (peak - base) / 1024 if peak and base and reset else None,
+        "hwm_reset": reset,
+    }
 
 
 def memory(s: Settings) -> dict:
@@ -624,24 +791,47 @@ def memory(s: Settings) -> dict:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
     rows = []
     for label, spec, state, n in memory_configs(s):
-        args = {"size": s.memory_size, "batch": s.batch, "spec": spec, "state": state, "budget": n,
-                "backward_budget": s.backward_budget, "threads": s.threads}
+        args = {
+            "size": s.memory_size,
+            "batch": s.batch,
+            "spec": spec,
+            "state": state,
+            "budget": n,
+            "backward_budget": s.backward_budget,
+            "threads": s.threads,
+        }
         result = run_probe("memory", args, env)
         if "error" in result:
             rows.append({"estimator": label, "N": n, **result})
             continue
         factors = 2 * s.batch * state_size * n * 4 / 2**20
-        rows.append({"estimator": label, "N": n, **result, "broyden_factors_mb": factors,
-                     "iterates_mb": (n * s.batch * state_size * 4 / 2**20) if state is not None else 0.0})
-    return {"size": s.memory_size, "batch": s.batch, "state_size": state_size, "measure":
-            "VmHWM - VmRSS around one forward + input gradient after a warm-up, HWM reset by /proc/self/clear_refs, "
-            "glibc mmap threshold 128 KiB so freed tensors leave the RSS", "rows": rows}
+        rows.append(
+            {
+                "estimator": label,
+                "N": n,
+                **result,
+                "broyden_factors_mb": factors,
+                "iterates_mb": (n * s.batch * state_size * 4 / 2**20) if state is not None else 0.0,
+            }
+        )
+    return {
+        "size": s.memory_size,
+        "batch": s.batch,
+        "state_size": state_size,
+        "measure": "VmHWM - VmRSS around one forward + input gradient after a warm-up, HWM reset by "
+        "/proc/self/clear_refs, "
+        "glibc mmap threshold 128 KiB so freed tensors leave the RSS",
+        "rows": rows,
+    }
 
 
 # ---- threads and OpenMP wait policy ----------------------------------------------------------------
-THREADING_VARIANTS = (("1 thread", 1, {}), ("2 threads, OpenMP default wait", 2, {}),
-                      ("2 threads, OMP_WAIT_POLICY=PASSIVE", 2, {"OMP_WAIT_POLICY": "PASSIVE"}),
-                      ("2 threads, GOMP_SPINCOUNT=10000", 2, {"GOMP_SPINCOUNT": "10000"}))
+THREADING_VARIANTS = (
+    ("1 thread", 1, {}),
+    ("2 threads, OpenMP default wait", 2, {}),
+    ("2 threads, OMP_WAIT_POLICY=PASSIVE", 2, {"OMP_WAIT_POLICY": "PASSIVE"}),
+    ("2 threads, GOMP_SPINCOUNT=10000", 2, {"GOMP_SPINCOUNT": "10000"}),
+)
 
 
 def threading_probe(args: dict) -> dict:
@@ -668,8 +858,15 @@ def threading_probe(args: dict) -> dict:
 
 def threading(s: Settings) -> dict:
     size = s.sizes[0] if s.sizes else "mini"
-    args = {"large_size": s.large_size, "large_batch": s.large_batch, "size": size, "batch": s.batch, "budget": s.budget,
-            "backward_budget": s.backward_budget, "repeats": 3}
+    args = {
+        "large_size": s.large_size,
+        "large_batch": s.large_batch,
+        "size": size,
+        "batch": s.batch,
+        "budget": s.budget,
+        "backward_budget": s.backward_budget,
+        "repeats": 3,
+    }
     samples: dict[str, list[dict]] = defaultdict(list)
     rounds = 2 if s.quick else 3
     for r in range(rounds):
@@ -689,8 +886,13 @@ def threading(s: Settings) -> dict:
         if base:
             row["large_f_vs_1_thread"] = row["large_f"] / base["large_f"]
             row["small_vs_1_thread"] = row["small_forward_grad"] / base["small_forward_grad"]
-    return {"large_batch": s.large_batch, "size": size, "batch": s.batch,
-            "inherited_OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "rows": rows}
+    return {
+        "large_batch": s.large_batch,
+        "size": size,
+        "batch": s.batch,
+        "inherited_OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+        "rows": rows,
+    }
 
 
 # ---- subprocess probes ------------------------------------------------------------------------
@@ -701,8 +903,13 @@ def run_probe(name: str, args: dict, env: dict) -> dict:
     """``PROBES[name](args)`` in a fresh interpreter (this script with ``--probe``): the
     memory high-water mark starts clean, and OpenMP reads ``env`` when torch loads.
     A failed probe gives ``{"error": [last line of its stderr]}``."""
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--probe", name, json.dumps(args)],
-                          capture_output=True, text=True, env=env, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--probe", name, json.dumps(args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1:]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -770,9 +977,15 @@ def parse_snakemake_log(text: str) -> list[dict]:
     rows = []
     for jobid, job in jobs.items():
         end = job.get("end", stamp)
-        rows.append({"rule": job["rule"], "jobid": int(jobid), "wildcards": job["wildcards"],
-                     "seconds": (end - job["start"]).total_seconds() if end else None,
-                     "status": job.get("status", "unfinished")})
+        rows.append(
+            {
+                "rule": job["rule"],
+                "jobid": int(jobid),
+                "wildcards": job["wildcards"],
+                "seconds": (end - job["start"]).total_seconds() if end else None,
+                "status": job.get("status", "unfinished"),
+            }
+        )
     return rows
 
 
@@ -797,7 +1010,11 @@ def workflow_times(path: str | Path) -> dict:
     """
     path = Path(path)
     jobs, source, spans = [], None, []
-    tsvs = [p for p in path.rglob("*") if p.is_file() and p.suffix in (".tsv", ".txt", ".benchmark")] if path.is_dir() else []
+    tsvs = (
+        [p for p in path.rglob("*") if p.is_file() and p.suffix in (".tsv", ".txt", ".benchmark")]
+        if path.is_dir()
+        else []
+    )
     for tsv in sorted(tsvs):
         try:
             bench = parse_benchmark_tsv(tsv)
@@ -807,19 +1024,28 @@ def workflow_times(path: str | Path) -> dict:
             continue
         rel = tsv.relative_to(path)
         rule = rel.parts[0] if len(rel.parts) > 1 else tsv.stem
-        jobs.append({"rule": rule, "job": str(rel), "seconds": bench["seconds"], "status": "done",
-                     "max_rss_mb": bench["max_rss_mb"]})
+        jobs.append(
+            {
+                "rule": rule,
+                "job": str(rel),
+                "seconds": bench["seconds"],
+                "status": "done",
+                "max_rss_mb": bench["max_rss_mb"],
+            }
+        )
         source = "benchmark files"
     if not jobs:
         if path.is_file():
             logs = [path]
         else:
-            logs = sorted((path / ".snakemake" / "log").glob("*.snakemake.log")) or sorted(path.rglob("*.snakemake.log"))
+            logs = sorted((path / ".snakemake" / "log").glob("*.snakemake.log")) or sorted(
+                path.rglob("*.snakemake.log")
+            )
         # A job finished again by a later invocation counts its last run only (a deliberate
         # rerun); a job stopped and resumed counts each of its runs since it last finished (the
         # work carried over: training and cells resume).
         latest: dict[tuple[str, str], dict] = {}
-        for log in logs:                              # file names are start times: chronological
+        for log in logs:  # file names are start times: chronological
             text = log.read_text(errors="replace")
             rows = parse_snakemake_log(text)
             if rows:
@@ -829,9 +1055,14 @@ def workflow_times(path: str | Path) -> dict:
                 before = latest.get(key)
                 carried = before["seconds"] if before and before["status"] != "done" and before["seconds"] else 0.0
                 runs = before["runs"] + 1 if before and before["status"] != "done" else 1
-                latest[key] = {"rule": r["rule"], "job": r["wildcards"], "status": r["status"], "log": log.name,
-                               "seconds": None if r["seconds"] is None else r["seconds"] + carried,
-                               "runs": runs}
+                latest[key] = {
+                    "rule": r["rule"],
+                    "job": r["wildcards"],
+                    "status": r["status"],
+                    "log": log.name,
+                    "seconds": None if r["seconds"] is None else r["seconds"] + carried,
+                    "runs": runs,
+                }
         if spans:
             jobs = list(latest.values())
             source = f"snakemake logs ({len(spans)}: {', '.join(s['log'] for s in spans)})"
@@ -841,13 +1072,25 @@ def workflow_times(path: str | Path) -> dict:
     rules = {}
     for rule, rows in sorted(by_rule.items()):
         secs = [r["seconds"] for r in rows if r["seconds"] is not None and r["status"] == "done"]
-        rules[rule] = {"jobs": len(rows), "finished": len(secs), "total_s": sum(secs),
-                       "median_s": statistics.median(secs) if secs else None, "max_s": max(secs) if secs else None}
-    return {"path": str(path), "source": source, "rules": rules, "jobs": jobs, "invocations": spans,
-            "wall_s": sum(s["wall_s"] or 0.0 for s in spans) if spans else None,
-            "note": None if source and source.startswith("benchmark") else
-            "no benchmark: files found; times come from the Snakemake log (1 s resolution, includes queueing "
-            "inside the job's shell only)"}
+        rules[rule] = {
+            "jobs": len(rows),
+            "finished": len(secs),
+            "total_s": sum(secs),
+            "median_s": statistics.median(secs) if secs else None,
+            "max_s": max(secs) if secs else None,
+        }
+    return {
+        "path": str(path),
+        "source": source,
+        "rules": rules,
+        "jobs": jobs,
+        "invocations": spans,
+        "wall_s": sum(s["wall_s"] or 0.0 for s in spans) if spans else None,
+        "note": None
+        if source and source.startswith("benchmark")
+        else "no benchmark: files found; times come from the Snakemake log (1 s resolution, includes queueing "
+        "inside the job's shell only)",
+    }
 
 
 # ---- printing ----------------------------------------------------------------------------------
@@ -872,75 +1115,200 @@ def table(title: str, header: list[str], rows: list[list]) -> str:
 def render(report: dict) -> str:
     out = []
     m = report["machine"]
-    out.append(f"# benchmarks/bench.py: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['threads']} threads, "
-               f"load average at start {m['load_average_start'][0]:.2f}")
+    out.append(
+        f"# benchmarks/bench.py: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['threads']} threads, "
+        f"load average at start {m['load_average_start'][0]:.2f}"
+    )
     if "calibration" in report:
         c = report["calibration"]
-        out.append(table(f"calibration: {c['conv']}", ["layout", "median s", "GFLOP/s best", "GFLOP/s median"],
-                         [[k, v["median_s"], v["gflops_best"], v["gflops_median"]] for k, v in c["layouts"].items()]))
+        out.append(
+            table(
+                f"calibration: {c['conv']}",
+                ["layout", "median s", "GFLOP/s best", "GFLOP/s median"],
+                [[k, v["median_s"], v["gflops_best"], v["gflops_median"]] for k, v in c["layouts"].items()],
+            )
+        )
     if "large" in report:
         g = report["large"]
-        out.append(table(f"DEQ-Large, batch {g['batch']} ({g['gflop_per_f_per_image']:.3f} GFLOP per f per image; "
-                         f"{g['f_applications_forward_grad']} f applications in forward+grad)",
-                         ["computation", "median s", "images/s", "GFLOP", "GFLOP/s", "of conv (interleaved)", "of calibration"],
-                         [[k, v["median_s"], v["images_per_s"], v["gflop"], v["gflops"], v["fraction_of_interleaved_conv"],
-                           v["fraction_of_calibration"]] for k, v in g["rows"].items()]))
-        out.append(f"target: forward + exact input gradient >= 60% of the conv throughput: "
-                   f"{'met' if g['target_met'] else 'NOT met'}")
+        out.append(
+            table(
+                f"DEQ-Large, batch {g['batch']} ({g['gflop_per_f_per_image']:.3f} GFLOP per f per image; "
+                f"{g['f_applications_forward_grad']} f applications in forward+grad)",
+                ["computation", "median s", "images/s", "GFLOP", "GFLOP/s", "of conv (interleaved)", "of calibration"],
+                [
+                    [
+                        k,
+                        v["median_s"],
+                        v["images_per_s"],
+                        v["gflop"],
+                        v["gflops"],
+                        v["fraction_of_interleaved_conv"],
+                        v["fraction_of_calibration"],
+                    ]
+                    for k, v in g["rows"].items()
+                ],
+            )
+        )
+        out.append(
+            f"target: forward + exact input gradient >= 60% of the conv throughput: "
+            f"{'met' if g['target_met'] else 'NOT met'}"
+        )
     if "f_cost" in report:
         fc = report["f_cost"]
-        rows = [[k, v["parameters"], v["state_size"], v["gflop_per_image"], v["median_s"], v["gflops"], v["time_vs_first"],
-                 v["channels_last"]] for k, v in fc["sizes"].items()]
-        out.append(table(f"one f per size, batch {fc['batch']}", ["size", "parameters", "state", "GFLOP/image",
-                                                                   "median s", "GFLOP/s", "time vs first", "NHWC"], rows))
+        rows = [
+            [
+                k,
+                v["parameters"],
+                v["state_size"],
+                v["gflop_per_image"],
+                v["median_s"],
+                v["gflops"],
+                v["time_vs_first"],
+                v["channels_last"],
+            ]
+            for k, v in fc["sizes"].items()
+        ]
+        out.append(
+            table(
+                f"one f per size, batch {fc['batch']}",
+                ["size", "parameters", "state", "GFLOP/image", "median s", "GFLOP/s", "time vs first", "NHWC"],
+                rows,
+            )
+        )
     if "threading" in report:
         t = report["threading"]
-        rows = [[k, v["large_f"], v.get("large_f_vs_1_thread"), v["small_forward_grad"], v.get("small_vs_1_thread"),
-                 v["rounds"]] for k, v in t["rows"].items()]
-        out.append(table(f"threads and OpenMP wait policy (subprocesses, alternating; DEQ-Large f batch {t['large_batch']}, "
-                         f"{t['size']} forward+exact grad batch {t['batch']})",
-                         ["variant", "large f s", "vs 1 thread", f"{t['size']} s", "vs 1 thread", "rounds"], rows))
+        rows = [
+            [
+                k,
+                v["large_f"],
+                v.get("large_f_vs_1_thread"),
+                v["small_forward_grad"],
+                v.get("small_vs_1_thread"),
+                v["rounds"],
+            ]
+            for k, v in t["rows"].items()
+        ]
+        out.append(
+            table(
+                f"threads and OpenMP wait policy (subprocesses, alternating; DEQ-Large f batch {t['large_batch']}, "
+                f"{t['size']} forward+exact grad batch {t['batch']})",
+                ["variant", "large f s", "vs 1 thread", f"{t['size']} s", "vs 1 thread", "rounds"],
+                rows,
+            )
+        )
     if "training" in report:
         t = report["training"]
-        rows = [[f"{size} {mode}", v["median_s"], v["images_per_s"], v["time_vs_standard"]]
-                for size, modes in t["sizes"].items() for mode, v in modes.items()]
-        out.append(table(f"Trainer.step, batch {t['batch']} (exact gradient; PGD-AT {t['pgd_steps']} steps)",
-                         ["size / mode", "median s", "images/s", "time vs standard"], rows))
+        rows = [
+            [f"{size} {mode}", v["median_s"], v["images_per_s"], v["time_vs_standard"]]
+            for size, modes in t["sizes"].items()
+            for mode, v in modes.items()
+        ]
+        out.append(
+            table(
+                f"Trainer.step, batch {t['batch']} (exact gradient; PGD-AT {t['pgd_steps']} steps)",
+                ["size / mode", "median s", "images/s", "time vs standard"],
+                rows,
+            )
+        )
     if "evaluation" in report:
         e = report["evaluation"]
-        rows = [[f"{size} {k}", v["median_s"], v["images_per_s"]] for size, cases in e["sizes"].items() for k, v in cases.items()]
-        out.append(table(f"evaluation: {e['attack']} through each estimator, batch {e['batch']}",
-                         ["size estimator@state", "median s", "images/s"], rows))
+        rows = [
+            [f"{size} {k}", v["median_s"], v["images_per_s"]]
+            for size, cases in e["sizes"].items()
+            for k, v in cases.items()
+        ]
+        out.append(
+            table(
+                f"evaluation: {e['attack']} through each estimator, batch {e['batch']}",
+                ["size estimator@state", "median s", "images/s"],
+                rows,
+            )
+        )
     if "jobs" in report:
         j = report["jobs"]
-        rows = [[k, v["median_s"], v["images_per_s"], v["gflop_per_image"], v["gflops"], v["fraction_of_interleaved_conv"],
-                 v["fraction_of_model_conv"]] for k, v in j["rows"].items()]
-        out.append(table(f"a profile's jobs ({j['profile_config']}; solves at tolerance 0) against the convolutions",
-                         ["case", "median s", "images/s", "GFLOP/image", "GFLOP/s", "of conv", "of model conv"], rows))
+        rows = [
+            [
+                k,
+                v["median_s"],
+                v["images_per_s"],
+                v["gflop_per_image"],
+                v["gflops"],
+                v["fraction_of_interleaved_conv"],
+                v["fraction_of_model_conv"],
+            ]
+            for k, v in j["rows"].items()
+        ]
+        out.append(
+            table(
+                f"a profile's jobs ({j['profile_config']}; solves at tolerance 0) against the convolutions",
+                ["case", "median s", "images/s", "GFLOP/image", "GFLOP/s", "of conv", "of model conv"],
+                rows,
+            )
+        )
         ops = j["ops"]
-        out.append(table(f"where the time of '{j['profiled']}' goes ({ops['wall_s']:.2f} s; outside operators "
-                         f"{ops['outside_operators']:.0%}; convolution {ops['groups']['convolution']:.0%}, group norm "
-                         f"{ops['groups']['group norm']:.0%}, matmul {ops['groups']['matmul']:.0%})",
-                         ["operator", "self s", "share", "calls"],
-                         [[o["op"], o["self_s"], o["share"], o["calls"]] for o in ops["top"]]))
+        out.append(
+            table(
+                f"where the time of '{j['profiled']}' goes ({ops['wall_s']:.2f} s; outside operators "
+                f"{ops['outside_operators']:.0%}; convolution {ops['groups']['convolution']:.0%}, group norm "
+                f"{ops['groups']['group norm']:.0%}, matmul {ops['groups']['matmul']:.0%})",
+                ["operator", "self s", "share", "calls"],
+                [[o["op"], o["self_s"], o["share"], o["calls"]] for o in ops["top"]],
+            )
+        )
     if "early_stop" in report:
         r = report["early_stop"]
-        rows = [[f"{size} n={n}", v["bound"], v["attack_step_ratio"], v["forward_ratio"], v["f_calls_ratio"],
-                 v["attack_step_within_bound"], v["forward_within_bound"]]
-                for size, d in r["sizes"].items() for n, v in d["rows"].items()]
-        out.append(table(f"attacking state n vs the full solve (intermediate, N={r['N']}, K={r['K']}): time ratios",
-                         ["size state", "bound", "attack step", "forward", "f calls", "step within", "fwd within"],
-                         rows))
+        rows = [
+            [
+                f"{size} n={n}",
+                v["bound"],
+                v["attack_step_ratio"],
+                v["forward_ratio"],
+                v["f_calls_ratio"],
+                v["attack_step_within_bound"],
+                v["forward_within_bound"],
+            ]
+            for size, d in r["sizes"].items()
+            for n, v in d["rows"].items()
+        ]
+        out.append(
+            table(
+                f"attacking state n vs the full solve (intermediate, N={r['N']}, K={r['K']}): time ratios",
+                ["size state", "bound", "attack step", "forward", "f calls", "step within", "fwd within"],
+                rows,
+            )
+        )
     if "memory" in report:
         mm = report["memory"]
-        rows = [[r["estimator"], r["N"], r.get("extra_mb"), r.get("broyden_factors_mb"), r.get("iterates_mb"),
-                 r.get("error")] for r in mm["rows"]]
-        out.append(table(f"peak memory of forward + input gradient, {mm['size']} batch {mm['batch']} (MB)",
-                         ["estimator", "N", "peak extra", "broyden U,V", "iterates", "error"], rows))
+        rows = [
+            [
+                r["estimator"],
+                r["N"],
+                r.get("extra_mb"),
+                r.get("broyden_factors_mb"),
+                r.get("iterates_mb"),
+                r.get("error"),
+            ]
+            for r in mm["rows"]
+        ]
+        out.append(
+            table(
+                f"peak memory of forward + input gradient, {mm['size']} batch {mm['batch']} (MB)",
+                ["estimator", "N", "peak extra", "broyden U,V", "iterates", "error"],
+                rows,
+            )
+        )
     if "workflow" in report:
         w = report["workflow"]
-        rows = [[rule, v["jobs"], v["finished"], v["total_s"], v["median_s"], v["max_s"]] for rule, v in w["rules"].items()]
-        out.append(table(f"workflow wall times ({w['source']})", ["rule", "jobs", "finished", "total s", "median s", "max s"], rows))
+        rows = [
+            [rule, v["jobs"], v["finished"], v["total_s"], v["median_s"], v["max_s"]] for rule, v in w["rules"].items()
+        ]
+        out.append(
+            table(
+                f"workflow wall times ({w['source']})",
+                ["rule", "jobs", "finished", "total s", "median s", "max s"],
+                rows,
+            )
+        )
         if w.get("wall_s") is not None:
             out.append(f"wall time of the invocations (first to last stamp of each log, summed): {w['wall_s']:.0f} s")
         if w.get("note"):
@@ -949,8 +1317,12 @@ def render(report: dict) -> str:
 
 
 # ---- entry point -------------------------------------------------------------------------------
-def run(s: Settings, sections: list[str] | None = None, workflow_path: str | None = None,
-        echo: Callable[[str], None] | None = None) -> dict:
+def run(
+    s: Settings,
+    sections: list[str] | None = None,
+    workflow_path: str | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> dict:
     torch.set_num_threads(s.threads)
     wanted = list(sections or [k for k in SECTIONS if k != "workflow" or workflow_path])
     if workflow_path and "workflow" not in wanted:
@@ -980,32 +1352,58 @@ def run(s: Settings, sections: list[str] | None = None, workflow_path: str | Non
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python benchmarks/bench.py",
-                                     description="Benchmarks of the DEQ core (docs/performance.md, benchmarks/README.md).")
-    parser.add_argument("--quick", action="store_true",
-                        help="small batches and few repeats (minutes instead of tens of minutes)")
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/bench.py",
+        description="Benchmarks of the DEQ core (docs/performance.md, benchmarks/README.md).",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small batches and few repeats (minutes instead of tens of minutes)"
+    )
     parser.add_argument("--out", metavar="JSON", help="write every figure to this JSON file")
-    parser.add_argument("--sections", nargs="+", metavar="NAME", default=None, choices=SECTIONS,
-                        help=f"run only these sections ({', '.join(SECTIONS)}; calibration runs whenever one needs it)")
-    parser.add_argument("--sizes", nargs="+", metavar="SIZE", default=None,
-                        help="MDEQ sizes of the f_cost/training/evaluation/early-stop sections (default: mini tiny)")
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        metavar="NAME",
+        default=None,
+        choices=SECTIONS,
+        help=f"run only these sections ({', '.join(SECTIONS)}; calibration runs whenever one needs it)",
+    )
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        metavar="SIZE",
+        default=None,
+        help="MDEQ sizes of the f_cost/training/evaluation/early-stop sections (default: mini tiny)",
+    )
     parser.add_argument("--batch", type=int, default=None, help="batch of the DEQ-Large section (default 32)")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved repeats per measurement")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
-    parser.add_argument("--profile-config", metavar="YAML", default=None,
-                        help="the profile whose jobs the jobs section times (default: config/cpu.yaml)")
-    parser.add_argument("--omp-wait-policy", choices=("passive", "active"), default=None,
-                        help="re-run under OMP_WAIT_POLICY=<policy> (read when OpenMP loads, so the process "
-                             "restarts itself); default: as inherited")
-    parser.add_argument("--workflow-times", metavar="PATH", default=None,
-                        help="summarise a Snakemake run's per-rule wall times (benchmark TSVs or .snakemake/log)")
+    parser.add_argument(
+        "--profile-config",
+        metavar="YAML",
+        default=None,
+        help="the profile whose jobs the jobs section times (default: config/cpu.yaml)",
+    )
+    parser.add_argument(
+        "--omp-wait-policy",
+        choices=("passive", "active"),
+        default=None,
+        help="re-run under OMP_WAIT_POLICY=<policy> (read when OpenMP loads, so the process "
+        "restarts itself); default: as inherited",
+    )
+    parser.add_argument(
+        "--workflow-times",
+        metavar="PATH",
+        default=None,
+        help="summarise a Snakemake run's per-rule wall times (benchmark TSVs or .snakemake/log)",
+    )
     parser.add_argument("--probe", nargs=2, metavar=("NAME", "ARGS_JSON"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.probe:                      # a subprocess started by run_probe: one JSON line on stdout
+    if args.probe:  # a subprocess started by run_probe: one JSON line on stdout
         name, payload = args.probe
         print(json.dumps(PROBES[name](json.loads(payload))))
         return 0
@@ -1013,13 +1411,18 @@ def main(argv: list[str] | None = None) -> int:
     if policy and os.environ.get("OMP_WAIT_POLICY", "").upper() != policy:
         # OpenMP reads its wait policy once, when torch loads it: restart with it set.
         script = str(Path(__file__).resolve())
-        os.execve(sys.executable, [sys.executable, script, *(sys.argv[1:] if argv is None else argv)],
-                  {**os.environ, "OMP_WAIT_POLICY": policy})
+        os.execve(
+            sys.executable,
+            [sys.executable, script, *(sys.argv[1:] if argv is None else argv)],
+            {**os.environ, "OMP_WAIT_POLICY": policy},
+        )
     s = Settings.from_args(args)
     report = run(s, args.sections, args.workflow_times, echo=lambda text: print(text, flush=True))
-    print(f"\nload average start {report['machine']['load_average_start'][0]:.2f}, "
-          f"end {report['machine']['load_average_end'][0]:.2f}; sections took "
-          + ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items()))
+    print(
+        f"\nload average start {report['machine']['load_average_start'][0]:.2f}, "
+        f"end {report['machine']['load_average_end'][0]:.2f}; sections took "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items())
+    )
     if args.out:
         write_json(args.out, report)
         print(f"wrote {args.out}")

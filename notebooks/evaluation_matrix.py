@@ -54,7 +54,7 @@ from deqrobust import analysis, figures, report, results
 paths = results.notebook_inputs(require=("table",))
 print(results.describe_inputs(paths))
 cfg = paths["config"]
-table = results.profile_rows(results.load_table(paths["table"], cfg), cfg)   # cells of the profile's solver setting
+table = results.profile_rows(results.load_table(paths["table"], cfg), cfg)  # cells of the profile's solver setting
 analyses = [analysis.load(p) for p in paths["analysis"]]
 print(f"table {paths['table']}: {len(table)} rows, models {', '.join(table['model'].unique())}")
 
@@ -119,8 +119,12 @@ display(figures.state_accuracy_figure(analyses, table))
 # %%
 outcomes = results.load_outcomes(paths["outcomes"]) if paths["outcomes"].is_file() else None
 for finding in report.findings(analyses, cfg, outcomes, report.load_exits(paths["early_exit"]))[1:]:
-    display(Markdown(f"**Claim {finding.claim}: {finding.verdict}.** {report.CLAIMS[finding.claim]}\n\n"
-                     f"*Rule:* {report.RULES[finding.claim]}\n\n" + "\n".join(finding.evidence)))
+    display(
+        Markdown(
+            f"**Claim {finding.claim}: {finding.verdict}.** {report.CLAIMS[finding.claim]}\n\n"
+            f"*Rule:* {report.RULES[finding.claim]}\n\n" + "\n".join(finding.evidence)
+        )
+    )
 
 # %% [markdown]
 # ## Batch coupling

@@ -55,9 +55,11 @@ print(results.describe_inputs(paths))
 analyses = [analysis.load(p) for p in paths["analysis"]]
 for a in analyses:
     m = a["model"]
-    print(f"{m['name']}: {m['arch']}-{m['size']}, training {m['training']}, gradient {m['grad']}; "
-          f"{a['num_examples']} images, {a['solver']['budget']} steps of {a['solver']['name']} traced, "
-          f"tolerance {a['tol']:g}, deployed budget {a['deployed_budget']}")
+    print(
+        f"{m['name']}: {m['arch']}-{m['size']}, training {m['training']}, gradient {m['grad']}; "
+        f"{a['num_examples']} images, {a['solver']['budget']} steps of {a['solver']['name']} traced, "
+        f"tolerance {a['tol']:g}, deployed budget {a['deployed_budget']}"
+    )
 
 # %% [markdown]
 # ## Residual versus solver step
@@ -143,14 +145,21 @@ display(Markdown(results.markdown_table(header, rows) if rows else "*No alignmen
 
 # %%
 dependence = analysis.batch_dependence_frame(analyses)
-display(Markdown(results.markdown_table(list(dependence.columns), dependence.round(3).astype(str).values.tolist())
-                 if len(dependence) else "*No batch dependence in these analyses.*"))
+display(
+    Markdown(
+        results.markdown_table(list(dependence.columns), dependence.round(3).astype(str).values.tolist())
+        if len(dependence)
+        else "*No batch dependence in these analyses.*"
+    )
+)
 for a in analyses:
     t = a.get("timing", {})
     if "alignment_per_example" in t:
-        print(f"{a['model']['name']}: gradients compared on {a['diagnostics']['num_examples']} images "
-              f"({t['alignment_per_example']:.2f} s per image), batch dependence on a batch of "
-              f"{a['diagnostics']['batch_size']} ({t['batch_dependence']:.0f} s)")
+        print(
+            f"{a['model']['name']}: gradients compared on {a['diagnostics']['num_examples']} images "
+            f"({t['alignment_per_example']:.2f} s per image), batch dependence on a batch of "
+            f"{a['diagnostics']['batch_size']} ({t['batch_dependence']:.0f} s)"
+        )
 
 # %% [markdown]
 # ## Verdict on claim 1
@@ -159,5 +168,9 @@ for a in analyses:
 
 # %%
 finding = report.claim1(analyses)
-display(Markdown(f"**Claim 1: {finding.verdict}.** {report.CLAIMS[1]}\n\n*Rule:* {report.RULES[1]}\n\n"
-                 + "\n".join(finding.evidence)))
+display(
+    Markdown(
+        f"**Claim 1: {finding.verdict}.** {report.CLAIMS[1]}\n\n*Rule:* {report.RULES[1]}\n\n"
+        + "\n".join(finding.evidence)
+    )
+)

@@ -1,5 +1,6 @@
 """Shared fixtures: a synthetic CIFAR-10 archive in the official layout, small test configs, and
 the authors' MDEQ-LARGE state dict (tests/fixtures/authors-mdeq-large.json) in their file layouts."""
+
 from __future__ import annotations
 
 import io
@@ -27,10 +28,17 @@ def synthetic_batches(per_batch: int = 20, n_test: int = 20, seed: int = 0) -> d
         labels = rng.integers(0, 10, size=n)
         noise = rng.integers(-30, 31, size=(n, 3, 1024))
         data = np.clip(palette[labels][:, :, None] + noise, 0, 255).astype(np.uint8).reshape(n, 3072)
-        batches[name] = {b"batch_label": name.encode(), b"labels": labels.tolist(), b"data": data,
-                         b"filenames": [f"{name}_{i}.png".encode() for i in range(n)]}
-    batches["batches.meta"] = {b"label_names": [s.encode() for s in LABEL_NAMES],
-                               b"num_cases_per_batch": per_batch, b"num_vis": 3072}
+        batches[name] = {
+            b"batch_label": name.encode(),
+            b"labels": labels.tolist(),
+            b"data": data,
+            b"filenames": [f"{name}_{i}.png".encode() for i in range(n)],
+        }
+    batches["batches.meta"] = {
+        b"label_names": [s.encode() for s in LABEL_NAMES],
+        b"num_cases_per_batch": per_batch,
+        b"num_vis": 3072,
+    }
     return batches
 
 
@@ -65,20 +73,29 @@ def cifar_archive(tmp_path: Path) -> Callable[..., tuple[Path, dict]]:
 
     ``edit(batches)`` may change or delete batches before they are written (broken archives).
     """
+
     def make(per_batch: int = 20, n_test: int = 20, seed: int = 0, edit=None, name: str = "cifar.tar.gz"):
         batches = synthetic_batches(per_batch, n_test, seed)
         if edit is not None:
             edit(batches)
         return write_archive(tmp_path / "archives" / name, batches), batches
+
     return make
 
 
 def write_config(path: Path, data_root: Path, archive: Path | None = None, **sections) -> Path:
     """A small profile: CPU, one thread, the given data root and archive, sections merged over defaults."""
     cfg = {
-        "profile": "test", "device": "cpu", "threads": 1, "seed": 0,
-        "data": {"root": str(data_root), "archive": str(archive) if archive else None,
-                 "allow_md5_mismatch": True, "dev_size": 10},
+        "profile": "test",
+        "device": "cpu",
+        "threads": 1,
+        "seed": 0,
+        "data": {
+            "root": str(data_root),
+            "archive": str(archive) if archive else None,
+            "allow_md5_mismatch": True,
+            "dev_size": 10,
+        },
         "solver": {"name": "broyden", "budget": 4, "tol": 1e-3},
         "backward_solver": {"name": "broyden", "budget": 3, "tol": 1e-3},
         "models": {"deq": {"arch": "mdeq", "size": "tiny", "training": "standard", "grad": "exact"}},
@@ -96,16 +113,21 @@ def write_config(path: Path, data_root: Path, archive: Path | None = None, **sec
 @pytest.fixture
 def make_config(tmp_path: Path) -> Callable[..., Path]:
     """Factory: ``make_config(archive, name="config.yaml", **sections)`` -> config path (data under tmp_path/data)."""
+
     def make(archive: Path | None = None, name: str = "config.yaml", **sections) -> Path:
         return write_config(tmp_path / name, tmp_path / "data", archive, **sections)
+
     return make
 
 
 # ---- the authors' MDEQ-LARGE (tests/fixtures/authors-mdeq-large.json, made with their code) ----
 AUTHORS_FIXTURE = Path(__file__).parent / "fixtures" / "authors-mdeq-large.json"
 # The files their training writes (fixture "checkpoint_formats").
-AUTHORS_FILES = {"checkpoint": "checkpoint_220.pth.tar", "model_best": "model_best.pth.tar",
-                 "final_state": "final_state.pth.tar"}
+AUTHORS_FILES = {
+    "checkpoint": "checkpoint_220.pth.tar",
+    "model_best": "model_best.pth.tar",
+    "final_state": "final_state.pth.tar",
+}
 
 
 def draw(kind: str, shape: list[int], g):
@@ -138,8 +160,10 @@ def their_state(authors) -> dict:
     """Their state dict, in their naming and order, rebuilt from the recipe."""
     import torch
 
-    return {t["key"]: draw(t["kind"], t["shape"], torch.Generator().manual_seed(1000 + i))
-            for i, t in enumerate(authors["tensors"])}
+    return {
+        t["key"]: draw(t["kind"], t["shape"], torch.Generator().manual_seed(1000 + i))
+        for i, t in enumerate(authors["tensors"])
+    }
 
 
 def write_authors_file(folder: Path, state: dict, layout: str, prefix: str = "") -> Path:
@@ -155,8 +179,15 @@ def write_authors_file(folder: Path, state: dict, layout: str, prefix: str = "")
         param.sum().backward()
         optimizer.step()
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, 100, eta_min=1e-6)
-        obj = {"epoch": 220, "model": "mdeq", "state_dict": state, "perf": 0.5625, "optimizer": optimizer.state_dict(),
-               "lr_scheduler": scheduler.state_dict(), "train_global_steps": 114400}
+        obj = {
+            "epoch": 220,
+            "model": "mdeq",
+            "state_dict": state,
+            "perf": 0.5625,
+            "optimizer": optimizer.state_dict(),
+            "lr_scheduler": scheduler.state_dict(),
+            "train_global_steps": 114400,
+        }
     path = folder / AUTHORS_FILES[layout]
     torch.save(obj, path)
     return path

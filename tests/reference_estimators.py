@@ -5,15 +5,15 @@ u_1 = a (``exact``'s backward solve is handed f(0) = a; the lockstep adjoint ski
 first Jacobian product); the original code below computes that product, and runs the
 backward solve with the reference solver. The other estimators had one version only.
 """
+
 from __future__ import annotations
 
 import dataclasses
 
 import torch
-
-from deqrobust.estimators import Adjoint, Estimator, Exact, build_estimator
-from deqrobust.estimators import _RewriteGrad, _vjp_at
 from reference_solvers import reference_solve
+
+from deqrobust.estimators import Adjoint, Estimator, Exact, _RewriteGrad, _vjp_at, build_estimator
 
 
 class ReferenceExact(Exact):

@@ -6,6 +6,7 @@ ReLUs and additions are out of place, the fusion is a plain sum, and the flat st
 always in NCHW order. The product caches weights per forward, works in place, and keeps
 tiny's state channels-last; tests/test_speed_equivalence.py checks it computes the same.
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,7 +26,9 @@ def block_forward(block: ResidualBlock, z: torch.Tensor, injection: torch.Tensor
 
 
 def layer_forward(layer: MultiscaleLayer, zs: list[torch.Tensor], injection: torch.Tensor) -> list[torch.Tensor]:
-    blocks = [block_forward(block, z, injection if i == 0 else None) for i, (block, z) in enumerate(zip(layer.blocks, zs))]
+    blocks = [
+        block_forward(block, z, injection if i == 0 else None) for i, (block, z) in enumerate(zip(layer.blocks, zs))
+    ]
     return [layer.post[i](sum(fuse(blocks[j]) for j, fuse in enumerate(row))) for i, row in enumerate(layer.fuse)]
 
 
@@ -39,7 +42,7 @@ class ReferenceMDEQ(nn.Module):
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         injection = self.deq.stem(x)
-        for block in self.deq.layer.blocks:     # the same draws, in the same order, as the product
+        for block in self.deq.layer.blocks:  # the same draws, in the same order, as the product
             block.drop.draw(torch.empty(x.shape[0], block.conv2.out_channels, device=x.device, dtype=x.dtype))
         return injection
 

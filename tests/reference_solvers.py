@@ -7,6 +7,7 @@ both (every selection done, einsum products over [B, D, m], zero-initialised fac
 tests/test_speed_equivalence.py checks that the product computes the same numbers.
 Anderson and plain iteration had no faster version: they are the product's classes.
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,7 +24,7 @@ class ReferenceBroyden:
         self.VT = z0.new_zeros(b, budget, d)
         self.rank = 0
 
-    def _matvec(self, x: torch.Tensor) -> torch.Tensor:   # B x
+    def _matvec(self, x: torch.Tensor) -> torch.Tensor:  # B x
         U, VT = self.U[..., : self.rank], self.VT[:, : self.rank]
         return -x + torch.einsum("bdm,bm->bd", U, torch.einsum("bmd,bd->bm", VT, x))
 
@@ -41,7 +42,9 @@ class ReferenceBroyden:
         vT = self._rmatvec(dz)
         denom = (vT * dg).sum(dim=1, keepdim=True)
         ok = active[:, None] & (denom.abs() > TINY) & torch.isfinite(denom)
-        self.U[..., self.rank] = torch.where(ok, (dz - self._matvec(dg)) / torch.where(ok, denom, torch.ones_like(denom)), 0.0)
+        self.U[..., self.rank] = torch.where(
+            ok, (dz - self._matvec(dg)) / torch.where(ok, denom, torch.ones_like(denom)), 0.0
+        )
         self.VT[:, self.rank] = torch.where(ok, vT, 0.0)
         self.rank += 1
 
@@ -53,8 +56,14 @@ REFERENCE_SOLVERS = {"broyden": ReferenceBroyden, "anderson": Anderson, "fixed_p
 
 
 @torch.no_grad()
-def reference_solve(spec: dict, f: Map, z0: torch.Tensor, keep_iterates: bool = False,
-                    f_z0: torch.Tensor | None = None, differentiable: bool = False) -> SolverResult:
+def reference_solve(
+    spec: dict,
+    f: Map,
+    z0: torch.Tensor,
+    keep_iterates: bool = False,
+    f_z0: torch.Tensor | None = None,
+    differentiable: bool = False,
+) -> SolverResult:
     """deqrobust.solvers.solve as first written: every per-sample selection is a torch.where
     (per-sample coupling, no graph: the settings the original code had)."""
     assert not differentiable and spec.get("coupling", "sample") == "sample", "the oracle predates these settings"
@@ -104,5 +113,14 @@ def reference_solve(spec: dict, f: Map, z0: torch.Tensor, keep_iterates: bool = 
         abs_trace[:, done:] = abs_trace[:, done - 1 : done]
         iterates += [z] * (budget - done)
     factors = rule.factors() if isinstance(rule, ReferenceBroyden) else None
-    return SolverResult(best_z, rel_trace, abs_trace, steps, converged, diverged,
-                        iterates if keep_iterates else None, factors, best_step)
+    return SolverResult(
+        best_z,
+        rel_trace,
+        abs_trace,
+        steps,
+        converged,
+        diverged,
+        iterates if keep_iterates else None,
+        factors,
+        best_step,
+    )

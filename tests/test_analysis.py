@@ -1,6 +1,7 @@
 """Fixed-point analysis: summaries agree with the raw solver trace and with direct head evaluations;
 the mechanism diagnostics give known answers (alignment 1 at a converged fixed point, -1 for a
 reversed gradient, batch dependence 1 under per-sample decisions)."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,6 +13,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 import torch
+from toy_deq import ToyDEQ
 
 from deqrobust import analysis, plan
 from deqrobust.config import ConfigError
@@ -19,7 +21,6 @@ from deqrobust.estimators import Exact, SolverAutograd, _RewriteGrad
 from deqrobust.models import build_model
 from deqrobust.models.mdeq import MDEQ
 from deqrobust.solvers import solve
-from toy_deq import ToyDEQ
 
 BUDGET = 6
 
@@ -54,23 +55,25 @@ def test_summarise_known_trace():
     assert s["residual"]["nonfinite"] == [1, 0, 0] and s["residual"]["median"][0] == 1.0
     assert s["accuracy"] == pytest.approx([2 / 3, 1 / 3, 2 / 3]) and s["accuracy_fixed_point"] == pytest.approx(1 / 3)
     assert s["per_sample"]["rel_residual"][2][0] is None
-    json.dumps(s, allow_nan=False)   # strict JSON: no NaN or Infinity
+    json.dumps(s, allow_nan=False)  # strict JSON: no NaN or Infinity
 
 
 def test_analyse_matches_solver_and_head(deq, images):
     x, y = images
     traced = {"name": "broyden", "budget": BUDGET, "tol": 0.0}
-    direct = analysis.trace_batch(deq, x, y, traced)             # one batch of 5
+    direct = analysis.trace_batch(deq, x, y, traced)  # one batch of 5
     rel = direct["rel"].numpy()
     mins = np.sort(rel.min(axis=1))
-    tol = float(mins[1] + mins[2]) / 2                            # some samples converge, some never do
+    tol = float(mins[1] + mins[2]) / 2  # some samples converge, some never do
     deployed_solver = {"name": "broyden", "budget": BUDGET - 1, "tol": tol}
-    result, x_adv = analysis.analyse(deq, x, y, traced, tol, batch_size=2, adversary=noise_adversary, progress=False,
-                                     deployed=deployed_solver)
+    result, x_adv = analysis.analyse(
+        deq, x, y, traced, tol, batch_size=2, adversary=noise_adversary, progress=False, deployed=deployed_solver
+    )
 
     assert set(result["inputs"]) == {"clean", "adversarial"}
-    torch.testing.assert_close(x_adv, torch.cat([noise_adversary(x[i:i + 2], y[i:i + 2], i // 2)[0]
-                                                 for i in (0, 2, 4)]))
+    torch.testing.assert_close(
+        x_adv, torch.cat([noise_adversary(x[i : i + 2], y[i : i + 2], i // 2)[0] for i in (0, 2, 4)])
+    )
     assert result["warnings"] == ["batch 0 warning", "shared warning", "batch 1 warning", "batch 2 warning"]
     clean = result["inputs"]["clean"]
     assert clean["n"] == 5 and len(clean["accuracy"]) == BUDGET
@@ -90,8 +93,9 @@ def test_analyse_matches_solver_and_head(deq, images):
             assert row[s - 1] <= tol and (row[: s - 1] > tol).all()
 
     # the deployed solver with this tolerance stops exactly where the trace first meets it
-    deployed = solve({"name": "broyden", "budget": BUDGET, "tol": tol}, lambda z: deq.f(z, deq.prepare(x)),
-                     deq.init_state(x))
+    deployed = solve(
+        {"name": "broyden", "budget": BUDGET, "tol": tol}, lambda z: deq.f(z, deq.prepare(x)), deq.init_state(x)
+    )
     assert deployed.converged.tolist() == [s is not None for s in steps]
     assert [int(d) for d, s in zip(deployed.steps, steps) if s is not None] == [s for s in steps if s is not None]
 
@@ -114,14 +118,24 @@ def test_analyze_command(tmp_path, cifar_archive, make_config):
     from deqrobust.commands import analyze
 
     archive, _ = cifar_archive(n_test=6)
-    estimators = {"exact": {"name": "exact"}, "unroll": {"name": "unroll", "k": 2},
-                  "intermediate": {"name": "intermediate", "k": 1}, "adjoint": {"name": "adjoint"},
-                  "truth": {"name": "solver_autograd"}}
+    estimators = {
+        "exact": {"name": "exact"},
+        "unroll": {"name": "unroll", "k": 2},
+        "intermediate": {"name": "intermediate", "k": 1},
+        "adjoint": {"name": "adjoint"},
+        "truth": {"name": "solver_autograd"},
+    }
     cfg_path = make_config(
-        archive, evaluation={"batch_size": 2, "estimators": estimators,
-                             "attacks": {"pgd1": {"name": "pgd", "steps": 1}}},
-        analysis={"budget": 5, "num_examples": 4, "attack": "pgd1", "estimator": "truth",   # needs the own estimator
-                  "diagnostics": {"num_examples": 3, "states": [1, 3], "batch_size": 4}})
+        archive,
+        evaluation={"batch_size": 2, "estimators": estimators, "attacks": {"pgd1": {"name": "pgd", "steps": 1}}},
+        analysis={
+            "budget": 5,
+            "num_examples": 4,
+            "attack": "pgd1",
+            "estimator": "truth",  # needs the own estimator
+            "diagnostics": {"num_examples": 3, "states": [1, 3], "batch_size": 4},
+        },
+    )
     cfg = config.load(cfg_path)
     data.prepare(cfg)
     torch.manual_seed(0)
@@ -131,8 +145,9 @@ def test_analyze_command(tmp_path, cifar_archive, make_config):
     parser = argparse.ArgumentParser()
     analyze.add_arguments(parser)
     out = tmp_path / "analysis" / "deq.json"
-    args = parser.parse_args(["-c", str(cfg_path), "--checkpoint", str(tmp_path / "checkpoint.pt"),
-                              "--out", str(out), "--no-progress"])
+    args = parser.parse_args(
+        ["-c", str(cfg_path), "--checkpoint", str(tmp_path / "checkpoint.pt"), "--out", str(out), "--no-progress"]
+    )
     assert analyze.run(args) == 0
     record = analysis.load(out)
     assert record["model"] == {"name": "deq", "arch": "mdeq", "size": "tiny", "training": "standard", "grad": "exact"}
@@ -144,8 +159,14 @@ def test_analyze_command(tmp_path, cifar_archive, make_config):
     json.dumps(record, allow_nan=False)
 
     # the interface the report and the figures read
-    expected = {("exact", "final"), ("unroll", "final"), ("intermediate", 1), ("intermediate", 3), ("adjoint", 1),
-                ("adjoint", 3)}
+    expected = {
+        ("exact", "final"),
+        ("unroll", "final"),
+        ("intermediate", 1),
+        ("intermediate", 3),
+        ("adjoint", 1),
+        ("adjoint", 3),
+    }
     for kind in ("clean", "adversarial"):
         entries = [e for e in record["alignment"] if e["inputs"] == kind]
         assert {(e["estimator"], e["state"]) for e in entries} == expected
@@ -157,7 +178,7 @@ def test_analyze_command(tmp_path, cifar_archive, make_config):
     assert set(record["batch_dependence"]) == {"sample", "batch"}
     for coupling, entries in record["batch_dependence"].items():
         assert set(entries) == {"exact", "unroll", "intermediate", "adjoint", "truth"}
-        assert all(len(e["cosine"]) == 3 for e in entries.values())   # the first 3 of a batch of 4
+        assert all(len(e["cosine"]) == 3 for e in entries.values())  # the first 3 of a batch of 4
     # Per-sample decisions make an image's gradient independent of its batch; this untrained float32
     # model never converges, so Broyden amplifies the batch-size-dependent rounding of float32
     # (worst seen: 0.9999 at other seeds and thread counts). The exact property is checked in
@@ -171,7 +192,6 @@ def test_analyze_command(tmp_path, cifar_archive, make_config):
 CONVERGED = {"name": "broyden", "budget": 40, "tol": 1e-12}
 
 
-
 @pytest.fixture
 def toy() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     """A contractive DEQ (||W|| = 0.9, slow enough that the solve's dependence on x matters)."""
@@ -182,8 +202,10 @@ def toy() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
 
 def diagnosed(**estimators: tuple[dict, list]) -> dict:
     """plan.diagnosed's form: name -> (spec, states)."""
-    return {"estimators": {name: {"spec": spec, "states": states} for name, (spec, states) in estimators.items()},
-            "true_gradient": plan.TRUE_GRADIENT}
+    return {
+        "estimators": {name: {"spec": spec, "states": states} for name, (spec, states) in estimators.items()},
+        "true_gradient": plan.TRUE_GRADIENT,
+    }
 
 
 def medians(result: dict) -> dict:
@@ -196,14 +218,15 @@ def test_exact_is_aligned_at_a_converged_fixed_point_and_a_short_unroll_is_not(t
     deq, x, y = toy
     unrolls = {f"unroll-k{k}": ({"name": "unroll", "lam": 0.5, "k": k}, ["final"]) for k in (0, 1, 5)}
     chosen = diagnosed(exact=({"name": "exact"}, ["final"]), adjoint=({"name": "adjoint"}, [40]), **unrolls)
-    result = analysis.diagnose(deq, Exact(), {"clean": (x, y)}, chosen, CONVERGED, CONVERGED, batch_size=4,
-                               progress=False)
-    assert analysis.deployed_residual(deq, x, CONVERGED).max() < 1e-10   # z* is the fixed point
-    assert max(result["backward_residual"]["clean"]) < 1e-10              # and u solves the adjoint equation
+    result = analysis.diagnose(
+        deq, Exact(), {"clean": (x, y)}, chosen, CONVERGED, CONVERGED, batch_size=4, progress=False
+    )
+    assert analysis.deployed_residual(deq, x, CONVERGED).max() < 1e-10  # z* is the fixed point
+    assert max(result["backward_residual"]["clean"]) < 1e-10  # and u solves the adjoint equation
     found = medians(result)
     exact = [e for e in result["alignment"] if e["estimator"] == "exact"][0]
-    assert min(exact["cosine"]) > 1 - 1e-9                                # implicit gradient = true gradient
-    assert found[("adjoint", 40)] > 1 - 1e-9                              # lockstep adjoint after convergence
+    assert min(exact["cosine"]) > 1 - 1e-9  # implicit gradient = true gradient
+    assert found[("adjoint", 40)] > 1 - 1e-9  # lockstep adjoint after convergence
     phantom = [found[(f"unroll-k{k}", "final")] for k in (0, 1, 5)]
     assert phantom[0] < 0.99 and phantom[0] < phantom[1] < phantom[2] and phantom[2] > 0.999, phantom
     assert all(len(e["cosine"]) == len(y) for e in result["alignment"])
@@ -224,11 +247,12 @@ def test_alignment_reads_one_for_the_true_gradient_and_minus_one_for_its_negativ
     from deqrobust import estimators, specs
 
     monkeypatch.setitem(estimators.ESTIMATORS, "reversed", Reversed)
-    monkeypatch.setitem(specs.ESTIMATORS, "reversed", {})   # no parameters
+    monkeypatch.setitem(specs.ESTIMATORS, "reversed", {})  # no parameters
     solver = {"name": "broyden", "budget": 5, "tol": 1e-3}
     chosen = diagnosed(truth=({"name": "solver_autograd"}, ["final", 3]), negative=({"name": "reversed"}, ["final", 3]))
-    found = medians(analysis.diagnose(deq, Exact(), {"clean": (x, y)}, chosen, solver, CONVERGED, batch_size=6,
-                                      progress=False))
+    found = medians(
+        analysis.diagnose(deq, Exact(), {"clean": (x, y)}, chosen, solver, CONVERGED, batch_size=6, progress=False)
+    )
     for state in ("final", 3):
         assert found[("truth", state)] == pytest.approx(1, abs=1e-12)
         assert found[("negative", state)] == pytest.approx(-1, abs=1e-12)
@@ -238,18 +262,29 @@ def test_batch_dependence_is_one_per_sample_and_below_one_under_batch_coupling()
     """An untrained MDEQ whose solve does not converge (tolerance 0.85 met by some images only)."""
     torch.manual_seed(0)
     deq = MDEQ("mini").double().eval()
-    x = torch.rand(6, 3, 32, 32, dtype=torch.float64) * torch.tensor([0.2, 0.6, 1, 1, 0.4, 0.8],
-                                                                     dtype=torch.float64)[:, None, None, None]
+    x = (
+        torch.rand(6, 3, 32, 32, dtype=torch.float64)
+        * torch.tensor([0.2, 0.6, 1, 1, 0.4, 0.8], dtype=torch.float64)[:, None, None, None]
+    )
     y = torch.arange(6)
-    chosen = diagnosed(exact=({"name": "exact"}, ["final"]),
-                       intermediate=({"name": "intermediate", "lam": 0.5, "k": 2}, [1, 4]))
-    result = analysis.batch_dependences(deq, Exact(), x, y, chosen, {"name": "broyden", "budget": 6, "tol": 0.85},
-                                        {"name": "broyden", "budget": 4, "tol": 0.5}, images=5)
+    chosen = diagnosed(
+        exact=({"name": "exact"}, ["final"]), intermediate=({"name": "intermediate", "lam": 0.5, "k": 2}, [1, 4])
+    )
+    result = analysis.batch_dependences(
+        deq,
+        Exact(),
+        x,
+        y,
+        chosen,
+        {"name": "broyden", "budget": 6, "tol": 0.85},
+        {"name": "broyden", "budget": 4, "tol": 0.5},
+        images=5,
+    )
     assert set(result) == {"sample", "batch"}
     for coupling in result.values():
         assert set(coupling) == {"exact", "intermediate", plan.TRUE_GRADIENT}
         assert coupling["intermediate"]["state"] == 4 and coupling["exact"]["state"] == "final"
-        assert all(len(entry["cosine"]) == 5 for entry in coupling.values())   # the first 5 of the batch of 6
+        assert all(len(entry["cosine"]) == 5 for entry in coupling.values())  # the first 5 of the batch of 6
     assert all(min(entry["cosine"]) > 1 - 1e-10 for entry in result["sample"].values())
     for name in ("exact", plan.TRUE_GRADIENT):
         assert min(result["batch"][name]["cosine"]) < 0.9, result["batch"][name]
@@ -268,17 +303,30 @@ def test_diagnosed_defaults_cover_the_papers_estimators_and_bad_entries_are_name
         budget = cfg["solver"]["budget"]
         assert entry["states"] == (["final"] if types[name] in plan.DIAGNOSED_AT_FINAL else list(range(1, budget + 1)))
     assert chosen["true_gradient"] == plan.TRUE_GRADIENT
-    assert "diagnosed" in plan.analysis_slice(cfg)   # a changed spec reruns the analysis
+    assert "diagnosed" in plan.analysis_slice(cfg)  # a changed spec reruns the analysis
 
     def diagnostics(**section):
-        return {**cfg, "analysis": {**cfg["analysis"], "diagnostics": {**cfg["analysis"]["diagnostics"], **section}},
-                "evaluation": {**cfg["evaluation"], "estimators": {  # 'truth' the only true-gradient estimator
+        return {
+            **cfg,
+            "analysis": {**cfg["analysis"], "diagnostics": {**cfg["analysis"]["diagnostics"], **section}},
+            "evaluation": {
+                **cfg["evaluation"],
+                "estimators": {  # 'truth' the only true-gradient estimator
                     **{k: v for k, v in cfg["evaluation"]["estimators"].items() if v["name"] != plan.TRUE_GRADIENT},
-                    "truth": {"name": "solver_autograd"}}}}
+                    "truth": {"name": "solver_autograd"},
+                },
+            },
+        }
+
     assert plan.diagnosed(diagnostics(estimators=["exact"], states=[2]))["true_gradient"] == "truth"
-    for section, message in [({"estimators": ["nope"]}, r"analysis.diagnostics.estimators: unknown estimator 'nope'; "
-                                                        r"defined in evaluation.estimators: exact, "),
-                             ({"estimators": ["truth"]}, r"'truth' is a 'solver_autograd' estimator; diagnosed types"),
-                             ({"states": [9]}, r"analysis.diagnostics.states: state 9 is not valid .* 0..8")]:
+    for section, message in [
+        (
+            {"estimators": ["nope"]},
+            r"analysis.diagnostics.estimators: unknown estimator 'nope'; "
+            r"defined in evaluation.estimators: exact, ",
+        ),
+        ({"estimators": ["truth"]}, r"'truth' is a 'solver_autograd' estimator; diagnosed types"),
+        ({"states": [9]}, r"analysis.diagnostics.states: state 9 is not valid .* 0..8"),
+    ]:
         with pytest.raises(ConfigError, match=message):
             plan.diagnosed(diagnostics(**section))

@@ -1,4 +1,5 @@
 """PGD and the AutoAttack adapter on tiny models (no DEQ needed: attacks only call model(x))."""
+
 import copy
 import logging
 import warnings
@@ -17,7 +18,6 @@ from deqrobust.config import ConfigError
 SIDE = 8  # image side: small, square (Square attack assumes square images)
 
 
-
 def synthetic(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Ten classes, each a fixed pattern of amplitude 0.02 under noise: easy to learn, easy to attack at 8/255."""
     patterns = torch.randn(10, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(0))
@@ -28,8 +28,14 @@ def synthetic(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def tiny_net() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
-                         nn.Dropout(0.2), nn.Linear(8 * SIDE * SIDE, 10))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Dropout(0.2),
+        nn.Linear(8 * SIDE * SIDE, 10),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +114,7 @@ class Lambda(nn.Module):
 
 # --- PGD ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kw", [dict(), dict(restarts=3), dict(random_start=False, loss="cw")])
 def test_pgd_stays_in_ball_and_image(model, test_set, kw):
     x, y = test_set
@@ -174,12 +181,16 @@ def test_pgd_follows_the_models_own_backward():
 
 # --- AutoAttack adapter ----------------------------------------------------------------
 
-@pytest.mark.parametrize("spec", [
-    {"name": "apgd-ce", "n_iter": 10, "restarts": 2},
-    {"name": "apgd-t", "n_iter": 10, "n_target_classes": 3},
-    {"name": "fab-t", "n_iter": 10, "n_target_classes": 3},
-    {"name": "square", "n_queries": 50},
-])
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"name": "apgd-ce", "n_iter": 10, "restarts": 2},
+        {"name": "apgd-t", "n_iter": 10, "n_target_classes": 3},
+        {"name": "fab-t", "n_iter": 10, "n_target_classes": 3},
+        {"name": "square", "n_queries": 50},
+    ],
+)
 def test_components_use_nonzero_input_gradients(model, test_set, spec):
     x, y = test_set
     probe = Probe(model)
@@ -294,8 +305,7 @@ def test_capture_takes_autoattack_output_only(caplog):
     """Logger records, pyautoattack's Python warnings and stdout are kept; other warnings pass."""
     logger = logging.getLogger("auto-attack")
     probabilities = torch.full((2, 10), 0.1)
-    with caplog.at_level(logging.DEBUG), pytest.warns(UserWarning, match="foreign"), \
-            capture(logger) as (found, lines):
+    with caplog.at_level(logging.DEBUG), pytest.warns(UserWarning, match="foreign"), capture(logger) as (found, lines):
         logger.warning("checked")
         logger.debug("detail")
         checks.check_range_output(lambda x: x, probabilities)  # no logger: warnings.warn
@@ -309,6 +319,7 @@ def test_capture_takes_autoattack_output_only(caplog):
 
 # --- build_attack ------------------------------------------------------------------------
 
+
 def test_build_attack_defaults():
     pgd10 = build_attack("pgd10", {"name": "pgd"})
     assert (pgd10.eps, pgd10.step, pgd10.steps, pgd10.restarts) == (8 / 255, 2 / 255, 10, 1)
@@ -319,20 +330,26 @@ def test_build_attack_defaults():
     assert square.settings == {"n_queries": 500, "square_restarts": 2}
 
 
-@pytest.mark.parametrize("spec, message", [
-    ({"name": "pgd-10"}, "unknown attack type 'pgd-10'; valid types: pgd, autoattack, apgd-ce"),
-    ({"steps": 10}, "unknown attack type None"),
-    ({"name": "pgd", "stepz": 3}, "unknown parameter 'stepz'; valid parameters: eps_255, step_255, steps"),
-    ({"name": "fab-t", "restarts": 2}, "unknown parameter 'restarts'; valid parameters: eps_255, n_iter"),
-    ({"name": "autoattack", "restarts": 2}, "unknown parameter 'restarts'; valid parameters: eps_255, version"),
-    ({"name": "pgd", "steps": 0}, "steps must be a positive integer"),
-    ({"name": "pgd", "loss": "dlr"}, "loss 'dlr' is not valid; choose one of ce, cw"),
-    ({"name": "autoattack", "version": "rand"}, "version 'rand' is not valid; choose one of standard, plus, custom"),
-    ({"name": "autoattack", "version": "custom"}, "needs 'attacks'"),
-    ({"name": "autoattack", "version": "custom", "attacks": ["apgd-ce", "pgd"]}, "component 'pgd' is not valid"),
-    ({"name": "autoattack", "version": "custom", "attacks": ["fab-t", "fab"]}, "put 'fab' before 'fab-t'"),
-    ({"name": "autoattack", "attacks": ["square"]}, "only for version custom"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"name": "pgd-10"}, "unknown attack type 'pgd-10'; valid types: pgd, autoattack, apgd-ce"),
+        ({"steps": 10}, "unknown attack type None"),
+        ({"name": "pgd", "stepz": 3}, "unknown parameter 'stepz'; valid parameters: eps_255, step_255, steps"),
+        ({"name": "fab-t", "restarts": 2}, "unknown parameter 'restarts'; valid parameters: eps_255, n_iter"),
+        ({"name": "autoattack", "restarts": 2}, "unknown parameter 'restarts'; valid parameters: eps_255, version"),
+        ({"name": "pgd", "steps": 0}, "steps must be a positive integer"),
+        ({"name": "pgd", "loss": "dlr"}, "loss 'dlr' is not valid; choose one of ce, cw"),
+        (
+            {"name": "autoattack", "version": "rand"},
+            "version 'rand' is not valid; choose one of standard, plus, custom",
+        ),
+        ({"name": "autoattack", "version": "custom"}, "needs 'attacks'"),
+        ({"name": "autoattack", "version": "custom", "attacks": ["apgd-ce", "pgd"]}, "component 'pgd' is not valid"),
+        ({"name": "autoattack", "version": "custom", "attacks": ["fab-t", "fab"]}, "put 'fab' before 'fab-t'"),
+        ({"name": "autoattack", "attacks": ["square"]}, "only for version custom"),
+    ],
+)
 def test_bad_specs_name_the_problem(spec, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")) as err:
         build_attack("mine", spec)

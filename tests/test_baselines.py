@@ -1,4 +1,5 @@
 """Deep baselines: parameter counts derived from the architecture, shapes, eval mode."""
+
 import pytest
 import torch
 

@@ -1,5 +1,6 @@
 """Smoke test of the benchmark harness (benchmarks/bench.py) with tiny sizes: every
 section's code path, no timings asserted."""
+
 import importlib.util
 import json
 import sys
@@ -15,7 +16,7 @@ def load_bench():
     """The harness is a script beside the package, not a module of it: load it by path."""
     spec = importlib.util.spec_from_file_location("bench", BENCH)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["bench"] = module           # dataclasses resolve annotations through sys.modules
+    sys.modules["bench"] = module  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(module)
     return module
 
@@ -32,16 +33,32 @@ def fast(monkeypatch):
 
 
 def tiny_settings(**kw) -> bench.Settings:
-    base = dict(sizes=["mini"], large_size="mini", large_batch=2, batch=2, repeats=1, large_repeats=1,
-                calib_batch=1, calib_channels=16, calib_size=8, budget=3, backward_budget=2, unroll_k=2,
-                pgd_steps=1, train_pgd_steps=1, early_states=[1], memory_steps=[2], memory_size="mini", threads=1)
+    base = dict(
+        sizes=["mini"],
+        large_size="mini",
+        large_batch=2,
+        batch=2,
+        repeats=1,
+        large_repeats=1,
+        calib_batch=1,
+        calib_channels=16,
+        calib_size=8,
+        budget=3,
+        backward_budget=2,
+        unroll_k=2,
+        pgd_steps=1,
+        train_pgd_steps=1,
+        early_states=[1],
+        memory_steps=[2],
+        memory_size="mini",
+        threads=1,
+    )
     return bench.Settings(**{**base, **kw})
 
 
 def test_in_process_sections_run_and_report(capsys):
     s = tiny_settings()
-    report = bench.run(s, ["calibration", "large", "f_cost", "training", "evaluation", "early_stop"],
-                       echo=print)
+    report = bench.run(s, ["calibration", "large", "f_cost", "training", "evaluation", "early_stop"], echo=print)
     assert report["calibration"]["gflops"] > 0
     rows = report["large"]["rows"]
     assert set(rows) == {"conv_reference", "f", "forward", "forward_exact_input_grad"}
@@ -58,12 +75,21 @@ def test_in_process_sections_run_and_report(capsys):
     assert early["rows"]["1"]["f_calls_forward"] == 1 + 1 + 3 and early["f_calls_forward_final"] == 1 + 3 + 3
     text = capsys.readouterr().out
     assert "calibration" in text and "Trainer.step" in text
-    json.dumps(report)   # serialisable
+    json.dumps(report)  # serialisable
 
 
 def test_memory_probe_measures_a_peak_in_process():
-    result = bench.memory_probe({"size": "mini", "batch": 2, "spec": {"name": "exact"}, "state": None, "budget": 2,
-                                 "backward_budget": 2, "threads": 1})
+    result = bench.memory_probe(
+        {
+            "size": "mini",
+            "batch": 2,
+            "spec": {"name": "exact"},
+            "state": None,
+            "budget": 2,
+            "backward_budget": 2,
+            "threads": 1,
+        }
+    )
     assert result["peak_mb"] is None or result["peak_mb"] > 0
 
 
@@ -75,8 +101,18 @@ def test_memory_section_runs_the_probe_in_a_subprocess_of_the_script(monkeypatch
 
 
 def test_threading_probe_in_process():
-    out = bench.threading_probe({"large_size": "mini", "large_batch": 1, "size": "mini", "batch": 1, "budget": 2,
-                                 "backward_budget": 2, "repeats": 1, "threads": 1})
+    out = bench.threading_probe(
+        {
+            "large_size": "mini",
+            "large_batch": 1,
+            "size": "mini",
+            "batch": 1,
+            "budget": 2,
+            "backward_budget": 2,
+            "repeats": 1,
+            "threads": 1,
+        }
+    )
     assert out["large_f"] > 0 and out["small_forward_grad"] > 0
 
 
@@ -131,15 +167,17 @@ def train_log(start: str, end: str, finished: bool = True) -> str:
     """A Snakemake log of one train job started at ``start``; at ``end`` it finishes, or
     (``finished=False``) another job's line stamps the log and the invocation stops."""
     last = "Finished jobid: 7 (Rule: train)" if finished else "Finished jobid: 9 (Rule: data)"
-    return (f"[Wed Nov 25 {start} 2026]\nlocalrule train:\n    jobid: 7\n    wildcards: model=deq-std\n"
-            f"[Wed Nov 25 {end} 2026]\n{last}\n")
+    return (
+        f"[Wed Nov 25 {start} 2026]\nlocalrule train:\n    jobid: 7\n    wildcards: model=deq-std\n"
+        f"[Wed Nov 25 {end} 2026]\n{last}\n"
+    )
 
 
 def test_a_stopped_and_resumed_job_counts_both_runs_and_the_invocations_sum(tmp_path):
     (tmp_path / "2026-11-25T080000.snakemake.log").write_text(train_log("08:00:00", "08:00:50", finished=False))
     (tmp_path / "2026-11-25T090000.snakemake.log").write_text(train_log("09:00:00", "09:00:30"))
     out = bench.workflow_times(tmp_path)
-    assert out["rules"]["train"]["total_s"] == 50 + 30          # ran 50 s (to the stop), then 30 s
+    assert out["rules"]["train"]["total_s"] == 50 + 30  # ran 50 s (to the stop), then 30 s
     assert out["jobs"][0]["runs"] == 2
     assert out["wall_s"] == 50 + 30
     # a job finished twice is a rerun: the last run counts alone
@@ -153,7 +191,7 @@ def test_jobs_section_times_a_profiles_work_units_against_the_convolutions(capsy
     rows = report["rows"]
     trained = [k for k in rows if k.startswith("train ")]
     cells = [k for k in rows if k.startswith("cell ")]
-    assert len(trained) == 3 and len(cells) == 1          # smoke: deq-std, deq-adv, one baseline; a DEQ's cell
+    assert len(trained) == 3 and len(cells) == 1  # smoke: deq-std, deq-adv, one baseline; a DEQ's cell
     for k in trained + cells:
         assert rows[k]["gflop_per_image"] > 0 and rows[k]["images_per_s"] > 0
         assert rows[rows[k]["model_conv"]]["gflop"] > 0 and rows[k]["fraction_of_model_conv"] > 0
@@ -168,8 +206,10 @@ def test_command_line_writes_json_and_prints_the_table(tmp_path, capsys):
     log_dir.mkdir(parents=True)
     (log_dir / "a.snakemake.log").write_text(SNAKEMAKE_LOG)
     out = tmp_path / "bench.json"
-    assert bench.main(["--sections", "workflow", "--workflow-times", str(tmp_path), "--out", str(out),
-                       "--threads", "1"]) == 0
+    assert (
+        bench.main(["--sections", "workflow", "--workflow-times", str(tmp_path), "--out", str(out), "--threads", "1"])
+        == 0
+    )
     report = json.loads(out.read_text())
     assert report["format"] == "deqrobust-bench/1" and "train" in report["workflow"]["rules"]
     assert "workflow wall times" in capsys.readouterr().out

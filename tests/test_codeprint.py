@@ -1,5 +1,6 @@
 """Library code is a rerun trigger: each rule's `code` param is the fingerprint of the modules its
 command imports (deqrobust.codeprint), found from the import graph."""
+
 from __future__ import annotations
 
 import shutil
@@ -39,8 +40,8 @@ def test_an_attack_change_reruns_what_runs_attacks_and_nothing_else(package):
     edit(package / "attacks" / "pgd.py", "def pgd(", "ZERO = 0\n\n\ndef pgd(")
     after = prints(package)
     changed = {c for c in COMMANDS if before[c] != after[c]}
-    assert {"train", "evaluate", "select-exit", "analyze"} <= changed      # they attack
-    assert not changed & {"data", "merge", "import"}                       # they never run an attack
+    assert {"train", "evaluate", "select-exit", "analyze"} <= changed  # they attack
+    assert not changed & {"data", "merge", "import"}  # they never run an attack
 
 
 def test_a_renderer_change_reruns_only_the_report(package):
@@ -59,7 +60,7 @@ def test_docstrings_comments_and_layout_are_not_code(package):
     solvers.write_text(text)
     edit(package / "stats.py", "ALPHA = 0.05", "ALPHA  =  0.05")
     assert prints(package) == before
-    edit(package / "solvers.py", "TINY = 1e-12", "TINY = 1e-11")           # a value is code
+    edit(package / "solvers.py", "TINY = 1e-12", "TINY = 1e-11")  # a value is code
     assert prints(package)["train"] != before["train"]
 
 
@@ -67,7 +68,7 @@ def test_function_level_imports_count(package):
     """`deqrobust analyze` imports the analysis module inside run(): its code is still the command's."""
     closure = codeprint.closure(package / "commands" / "analyze.py", package)
     assert {"deqrobust.analysis", "deqrobust.solvers", "deqrobust.attacks.pgd"} <= set(closure)
-    assert "deqrobust" not in closure            # the version alone reruns nothing
+    assert "deqrobust" not in closure  # the version alone reruns nothing
 
 
 def test_every_rule_that_runs_library_code_has_a_code_param():

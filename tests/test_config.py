@@ -4,6 +4,7 @@ What the Snakefile imports must not import torch; every bad value is refused by 
 the valid choices; the plan's lists and slices follow the config, not the code's guesses.
 The same messages through Snakemake: tests/test_workflow.py.
 """
+
 from __future__ import annotations
 
 import re
@@ -33,10 +34,12 @@ def refused(*overrides: str) -> str:
 
 
 def test_config_and_plan_import_no_torch():
-    code = ("import sys; from deqrobust import codeprint, config, ownership, plan; "
-            "cfg = config.load('config/smoke.yaml'); plan.cells(cfg); plan.check_steps(cfg); "
-            "ownership.check('results/smoke', 'smoke'); codeprint.command_fingerprint('train'); "
-            "print('torch' in sys.modules)")
+    code = (
+        "import sys; from deqrobust import codeprint, config, ownership, plan; "
+        "cfg = config.load('config/smoke.yaml'); plan.cells(cfg); plan.check_steps(cfg); "
+        "ownership.check('results/smoke', 'smoke'); codeprint.command_fingerprint('train'); "
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -44,21 +47,35 @@ def test_config_and_plan_import_no_torch():
 def test_commands_never_import_the_cli():
     """cli.py imports the commands; the commands take their helpers from deqrobust.commands."""
     names = [p.stem for p in (REPO / "src" / "deqrobust" / "commands").glob("*.py") if p.stem != "__init__"]
-    code = ("import importlib, sys\n"
-            f"for name in {names!r}: importlib.import_module('deqrobust.commands.' + name)\n"
-            "print('deqrobust.cli' in sys.modules)")
+    code = (
+        "import importlib, sys\n"
+        f"for name in {names!r}: importlib.import_module('deqrobust.commands.' + name)\n"
+        "print('deqrobust.cli' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
 # ---- reading -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, value", [("1e-3", 1e-3), ("1e9", 1e9), ("-2.5E+2", -250.0), ("1.0e-3", 1e-3),
-                                         ("8", 8), (".nan", None), ("1e", "1e"), ("abc1e3", "abc1e3")])
+
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("1e-3", 1e-3),
+        ("1e9", 1e9),
+        ("-2.5E+2", -250.0),
+        ("1.0e-3", 1e-3),
+        ("8", 8),
+        (".nan", None),
+        ("1e", "1e"),
+        ("abc1e3", "abc1e3"),
+    ],
+)
 def test_numbers_in_exponent_form_are_numbers(text, value):
     read = config.read_yaml(text)
     if value is None:
-        assert read != read    # NaN
+        assert read != read  # NaN
     else:
         assert read == value and type(read) is type(value)
 
@@ -68,7 +85,7 @@ def test_exponent_values_reach_the_config_typed():
     assert cfg["training"]["lr"] == 1e-4
     assert cfg["evaluation"]["num_examples"] == 10 and type(cfg["evaluation"]["num_examples"]) is int
     assert cfg["data"]["archive"] == "/x.tar.gz" and cfg["data"]["allow_md5_mismatch"] is True
-    assert cfg["data"]["dev_size"] == 50          # a mapping override is merged into its section
+    assert cfg["data"]["dev_size"] == 50  # a mapping override is merged into its section
 
 
 def test_files_merge_in_order_and_overrides_win(tmp_path):
@@ -76,7 +93,10 @@ def test_files_merge_in_order_and_overrides_win(tmp_path):
     extra.write_text(yaml.safe_dump({"training": {"epochs": 3, "unroll": {"k": 4}}, "seed": 7}))
     cfg = load("seed=9", files=(SMOKE, extra))
     smoke = yaml.safe_load(SMOKE.read_text())
-    assert cfg["training"]["epochs"] == 3 and cfg["training"]["unroll"] == {"lam": smoke["training"]["unroll"]["lam"], "k": 4}
+    assert cfg["training"]["epochs"] == 3 and cfg["training"]["unroll"] == {
+        "lam": smoke["training"]["unroll"]["lam"],
+        "k": 4,
+    }
     assert cfg["training"]["batch_size"] == smoke["training"]["batch_size"]
     assert cfg["seed"] == 9
 
@@ -91,40 +111,71 @@ def test_model_spec_deep_merges_training_overrides():
 
 # ---- refused, by key, with what is valid ---------------------------------------------------
 
-@pytest.mark.parametrize("override, message", [
-    ("evaluation.num_examples=-5", "evaluation.num_examples: -5 is less than the minimum of 1"),
-    ("evaluation.early_exit.num_examples=0", "evaluation.early_exit.num_examples: 0 is less than the minimum of 1"),
-    ("training.adv.eps_255=1000", "training.adv.eps_255: 1000 is greater than the maximum of 255"),
-    ("training.lr=.nan", "training.lr: nan is not a finite number"),
-    ("training.lr=-1e-3", "training.lr: -0.001 is less than or equal to the minimum of 0"),
-    ("training.batch_size=0", "training.batch_size: 0 is less than the minimum of 1"),
-    ("models.deq-std.size=huge", "models.deq-std.size: 'huge' is not an MDEQ size; valid sizes: mini, tiny, small, large, xl"),
-    ("models.deq-std.training=sgd", "models.deq-std.training: 'sgd' is not one of ['standard', 'pgd', 'fgsm']"),
-    ("training.epochz=3", "training: Additional properties are not allowed ('epochz' was unexpected); valid keys: epochs,"),
-    ("models.deq-std.training_overrides={epochz: 1}", "models.deq-std.training_overrides: Additional properties are not "
-                                                       "allowed ('epochz' was unexpected)"),
-    ("models.deq-std.training_overrides={lr: .inf}", "models.deq-std.training_overrides.lr: inf is not a finite number"),
-    ("evaluation.cells=[{estimators: [exact], attacks: [pgd2], states: [4]}]",
-     "evaluation.cells[0].states: state 4 is not valid for a solver budget of 3 (solver.budget); "
-     "valid states: 'final', 'ensemble', 0..3"),
-    ("evaluation.cells=[{estimators: [exact], attacks: [pgd2], states: [middle]}]", "state 'middle' is not valid"),
-    ("evaluation.cells=[{estimators: [exact], attacks: [pgd9], states: [final]}]",
-     "evaluation.cells[0].attacks: unknown attack 'pgd9'; defined in evaluation.attacks: pgd2, apgd-ce"),
-    ("evaluation.baseline_attacks=[fgsm]", "evaluation.baseline_attacks: unknown attack 'fgsm'"),
-    ("evaluation.attacks.pgd2.eps_255=1000", "evaluation.attacks.pgd2: eps_255 must be a number in (0, 255], got 1000"),
-    ("evaluation.attacks.pgd2.stepz=1", "evaluation.attacks.pgd2 (pgd): unknown parameter 'stepz'; valid parameters: "
-                                        "eps_255, step_255, steps, restarts, random_start, loss"),
-    ("evaluation.estimators.unroll.lam=0", "evaluation.estimators.unroll: lam must be a number in (0, 1], got 0"),
-    ("evaluation.estimators.autograd={name: exact}", "evaluation.estimators.autograd: the name is reserved"),
-    ("models={'bad name': {arch: mdeq, training: standard}}", "models.bad name: the name must match"),
-    # values a job could only refuse after Snakemake removed its old outputs, refused here (issue 16)
-    ("training.batch_size=300", "training.batch_size: batch 300 of model 'deq-std' is larger than the training split "
-                                "(200 images: data.train_subset, or 50,000 minus data.dev_size); valid: at most 200"),
-    ("evaluation.num_examples=100000000", "evaluation.num_examples: 100000000 test images asked, the test split has 50 "
-                                          "(data.test_subset, or 10,000); valid: at most 50, or null for all"),
-    ("data.dev_size=100000000", "data.dev_size: 100000000 is greater than the maximum of 49999"),
-    ("solver.budget=100000000", "solver.budget: 100000000 is greater than the maximum of 1000"),
-])
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("evaluation.num_examples=-5", "evaluation.num_examples: -5 is less than the minimum of 1"),
+        ("evaluation.early_exit.num_examples=0", "evaluation.early_exit.num_examples: 0 is less than the minimum of 1"),
+        ("training.adv.eps_255=1000", "training.adv.eps_255: 1000 is greater than the maximum of 255"),
+        ("training.lr=.nan", "training.lr: nan is not a finite number"),
+        ("training.lr=-1e-3", "training.lr: -0.001 is less than or equal to the minimum of 0"),
+        ("training.batch_size=0", "training.batch_size: 0 is less than the minimum of 1"),
+        (
+            "models.deq-std.size=huge",
+            "models.deq-std.size: 'huge' is not an MDEQ size; valid sizes: mini, tiny, small, large, xl",
+        ),
+        ("models.deq-std.training=sgd", "models.deq-std.training: 'sgd' is not one of ['standard', 'pgd', 'fgsm']"),
+        (
+            "training.epochz=3",
+            "training: Additional properties are not allowed ('epochz' was unexpected); valid keys: epochs,",
+        ),
+        (
+            "models.deq-std.training_overrides={epochz: 1}",
+            "models.deq-std.training_overrides: Additional properties are not allowed ('epochz' was unexpected)",
+        ),
+        (
+            "models.deq-std.training_overrides={lr: .inf}",
+            "models.deq-std.training_overrides.lr: inf is not a finite number",
+        ),
+        (
+            "evaluation.cells=[{estimators: [exact], attacks: [pgd2], states: [4]}]",
+            "evaluation.cells[0].states: state 4 is not valid for a solver budget of 3 (solver.budget); "
+            "valid states: 'final', 'ensemble', 0..3",
+        ),
+        ("evaluation.cells=[{estimators: [exact], attacks: [pgd2], states: [middle]}]", "state 'middle' is not valid"),
+        (
+            "evaluation.cells=[{estimators: [exact], attacks: [pgd9], states: [final]}]",
+            "evaluation.cells[0].attacks: unknown attack 'pgd9'; defined in evaluation.attacks: pgd2, apgd-ce",
+        ),
+        ("evaluation.baseline_attacks=[fgsm]", "evaluation.baseline_attacks: unknown attack 'fgsm'"),
+        (
+            "evaluation.attacks.pgd2.eps_255=1000",
+            "evaluation.attacks.pgd2: eps_255 must be a number in (0, 255], got 1000",
+        ),
+        (
+            "evaluation.attacks.pgd2.stepz=1",
+            "evaluation.attacks.pgd2 (pgd): unknown parameter 'stepz'; valid parameters: "
+            "eps_255, step_255, steps, restarts, random_start, loss",
+        ),
+        ("evaluation.estimators.unroll.lam=0", "evaluation.estimators.unroll: lam must be a number in (0, 1], got 0"),
+        ("evaluation.estimators.autograd={name: exact}", "evaluation.estimators.autograd: the name is reserved"),
+        ("models={'bad name': {arch: mdeq, training: standard}}", "models.bad name: the name must match"),
+        # values a job could only refuse after Snakemake removed its old outputs, refused here (issue 16)
+        (
+            "training.batch_size=300",
+            "training.batch_size: batch 300 of model 'deq-std' is larger than the training split "
+            "(200 images: data.train_subset, or 50,000 minus data.dev_size); valid: at most 200",
+        ),
+        (
+            "evaluation.num_examples=100000000",
+            "evaluation.num_examples: 100000000 test images asked, the test split has 50 "
+            "(data.test_subset, or 10,000); valid: at most 50, or null for all",
+        ),
+        ("data.dev_size=100000000", "data.dev_size: 100000000 is greater than the maximum of 49999"),
+        ("solver.budget=100000000", "solver.budget: 100000000 is greater than the maximum of 1000"),
+    ],
+)
 def test_bad_values_are_refused_by_key(override, message):
     text = refused(override)
     assert message in text, text
@@ -132,8 +183,15 @@ def test_bad_values_are_refused_by_key(override, message):
 
 
 def test_errors_are_a_few_lines_not_the_schema():
-    text = refused("evaluation.num_examples=-1", "training.batch_size=0", "training.lr=-1", "training.epochs=0",
-                   "data.dev_size=0", "training.pretrain_unroll=0", "training.adv.steps=0")
+    text = refused(
+        "evaluation.num_examples=-1",
+        "training.batch_size=0",
+        "training.lr=-1",
+        "training.epochs=0",
+        "data.dev_size=0",
+        "training.pretrain_unroll=0",
+        "training.adv.steps=0",
+    )
     lines = text.splitlines()
     assert len(lines) == 1 + config.MAX_LINES + 1 and lines[-1] == "  (and 2 more)"
     assert "properties" not in text and "$schema" not in text
@@ -146,16 +204,24 @@ def test_states_follow_the_one_grammar():
     assert all(re.fullmatch(plan.STATE_RE, text) for text in states)
 
 
-@pytest.mark.parametrize("file, message", [("missing.yaml", "does not exist"), (".", "does not exist (it is a folder)")])
+@pytest.mark.parametrize(
+    "file, message", [("missing.yaml", "does not exist"), (".", "does not exist (it is a folder)")]
+)
 def test_unreadable_files_are_named(tmp_path, file, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         config.load(tmp_path / file)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("a: 1\nb:\n  c: 2\n  c: 3\n", "line 4, column 3, is not valid YAML: key 'c' is given twice (lines 3 and 4); keep one"),
-    ("a: [1, 2\nb: 3\n", "line 2, column 2, is not valid YAML: expected ',' or ']', but got ':'"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "a: 1\nb:\n  c: 2\n  c: 3\n",
+            "line 4, column 3, is not valid YAML: key 'c' is given twice (lines 3 and 4); keep one",
+        ),
+        ("a: [1, 2\nb: 3\n", "line 2, column 2, is not valid YAML: expected ',' or ']', but got ':'"),
+    ],
+)
 def test_yaml_errors_name_the_file_and_line_and_a_key_given_twice_is_refused(tmp_path, text, message):
     path = tmp_path / "profile.yaml"
     path.write_text(text)
@@ -185,14 +251,21 @@ def test_bad_override_syntax_is_named():
 
 # ---- the plan --------------------------------------------------------------------------------
 
+
 def test_cells_follow_the_config():
     cfg = load()
     cells = plan.cells(cfg)
     assert len(cells) == len(set(cells))
     ev = cfg["evaluation"]
-    expected = {(m, e, a, str(s), g.get("coupling"), g.get("batch_size")) for m in ("deq-std", "deq-adv")
-                for g in ev["cells"] if m in g.get("models", [m])
-                for e in g["estimators"] for a in g["attacks"] for s in g["states"]}
+    expected = {
+        (m, e, a, str(s), g.get("coupling"), g.get("batch_size"))
+        for m in ("deq-std", "deq-adv")
+        for g in ev["cells"]
+        if m in g.get("models", [m])
+        for e in g["estimators"]
+        for a in g["attacks"]
+        for s in g["states"]
+    }
     expected |= {("resnet18-adv", plan.BASELINE_ESTIMATOR, a, plan.FINAL, None, None) for a in ev["baseline_attacks"]}
     assert set(cells) == expected
     assert plan.deqs(cfg) == ["deq-std", "deq-adv"] and plan.baselines(cfg) == ["resnet18-adv"]
@@ -205,29 +278,34 @@ def test_a_coupled_group_is_its_own_cells_with_its_own_path_and_slice():
     cfg = load()
     cells = plan.cells(cfg)
     coupled = [c for c in cells if c.coupling is not None]
-    assert {(c.model, c.estimator, c.attack, c.state, c.coupling, c.batch_size) for c in coupled} == \
-        {("deq-adv", e, "pgd2", "final", "batch", 10) for e in ("exact", "solver_autograd")}
-    assert plan.Cell("deq-adv", "exact", "pgd2", "final") in cells       # the per-sample one stays
+    assert {(c.model, c.estimator, c.attack, c.state, c.coupling, c.batch_size) for c in coupled} == {
+        ("deq-adv", e, "pgd2", "final", "batch", 10) for e in ("exact", "solver_autograd")
+    }
+    assert plan.Cell("deq-adv", "exact", "pgd2", "final") in cells  # the per-sample one stays
     assert [plan.solve_suffix(c) for c in coupled] == [".batch10"] * 2
     assert plan.parse_solve(".batch10") == ("batch", 10) and plan.parse_solve("") == (None, None)
     assert all(plan.solve_suffix(c) == "" for c in cells if c.coupling is None)
     plain = plan.cell_slice(cfg, "exact", "pgd2")
     batch = plan.cell_slice(plan.cell_config(cfg, "batch", 10), "exact", "pgd2")
-    assert plan.cell_config(cfg) is cfg and "coupling" not in plain["solver"]     # the profile's: as written
+    assert plan.cell_config(cfg) is cfg and "coupling" not in plain["solver"]  # the profile's: as written
     assert batch["solver"]["coupling"] == batch["backward_solver"]["coupling"] == "batch"
-    assert {k: v for k, v in batch.items() if k not in ("solver", "backward_solver")} == \
-        {k: v for k, v in plain.items() if k not in ("solver", "backward_solver")}
+    assert {k: v for k, v in batch.items() if k not in ("solver", "backward_solver")} == {
+        k: v for k, v in plain.items() if k not in ("solver", "backward_solver")
+    }
     assert plan.coupling_of(cfg) == "sample" and plan.coupling_of(plan.cell_config(cfg, "batch")) == "batch"
 
 
-@pytest.mark.parametrize("group, expected", [
-    ({}, (None, None)),                                   # the profile's: no suffix
-    ({"coupling": "sample"}, (None, None)),               # written but the profile's setting
-    ({"batch_size": 10}, (None, None)),
-    ({"coupling": "batch"}, ("batch", 10)),               # the batch defaults to evaluation.batch_size
-    ({"batch_size": 4}, ("sample", 4)),                   # the coupling to solver.coupling
-    ({"coupling": "batch", "batch_size": 96}, ("batch", 96)),
-])
+@pytest.mark.parametrize(
+    "group, expected",
+    [
+        ({}, (None, None)),  # the profile's: no suffix
+        ({"coupling": "sample"}, (None, None)),  # written but the profile's setting
+        ({"batch_size": 10}, (None, None)),
+        ({"coupling": "batch"}, ("batch", 10)),  # the batch defaults to evaluation.batch_size
+        ({"batch_size": 4}, ("sample", 4)),  # the coupling to solver.coupling
+        ({"coupling": "batch", "batch_size": 96}, ("batch", 96)),
+    ],
+)
 def test_a_group_is_off_the_profile_only_where_its_setting_differs(group, expected):
     cfg = load()
     cfg["evaluation"]["cells"] = [{"estimators": ["exact"], "attacks": ["pgd2"], "states": ["final"], **group}]
@@ -237,23 +315,29 @@ def test_a_group_is_off_the_profile_only_where_its_setting_differs(group, expect
 def test_a_mixed_profile_is_named_and_a_group_coupling_sets_both_solvers():
     cfg = load("backward_solver.coupling=batch")
     assert plan.coupling_of(cfg) == "sample/batch"
-    cfg["evaluation"]["cells"] = [{"estimators": ["exact"], "attacks": ["pgd2"], "states": ["final"],
-                                   "coupling": "sample"}]
+    cfg["evaluation"]["cells"] = [
+        {"estimators": ["exact"], "attacks": ["pgd2"], "states": ["final"], "coupling": "sample"}
+    ]
     assert {c[4:] for c in plan.cells(cfg) if c.estimator == "exact"} == {("sample", 10)}
 
 
 def test_a_bad_group_coupling_or_batch_is_named():
     assert "evaluation.cells[0].coupling: 'authors' is not one of ['sample', 'batch']" in refused(
-        "evaluation.cells=[{estimators: [exact], attacks: [pgd2], states: [final], coupling: authors}]")
+        "evaluation.cells=[{estimators: [exact], attacks: [pgd2], states: [final], coupling: authors}]"
+    )
     assert "evaluation.cells[0].batch_size: 0 is less than the minimum of 1" in refused(
-        "evaluation.cells=[{estimators: [exact], attacks: [pgd2], states: [final], batch_size: 0}]")
+        "evaluation.cells=[{estimators: [exact], attacks: [pgd2], states: [final], batch_size: 0}]"
+    )
 
 
 def test_step_references_are_checked_by_their_slices():
-    cfg = load("evaluation.early_exit.estimator=nope")   # a valid config for the steps that do not use it
-    with pytest.raises(ConfigError, match="evaluation.early_exit.estimator: unknown estimator 'nope'; "
-                                          "defined in evaluation.estimators: exact, unroll, neumann, solver_autograd, "
-                                          "intermediate, adjoint"):
+    cfg = load("evaluation.early_exit.estimator=nope")  # a valid config for the steps that do not use it
+    with pytest.raises(
+        ConfigError,
+        match="evaluation.early_exit.estimator: unknown estimator 'nope'; "
+        "defined in evaluation.estimators: exact, unroll, neumann, solver_autograd, "
+        "intermediate, adjoint",
+    ):
         plan.check_steps(cfg)
     cfg = load("analysis.attack=nope")
     with pytest.raises(ConfigError, match="analysis.attack: unknown attack 'nope'"):
@@ -263,9 +347,15 @@ def test_step_references_are_checked_by_their_slices():
 def test_train_slice_ignores_what_never_changes_a_model():
     base = plan.settings(plan.train_slice(load(), "deq-std"))
     assert plan.settings(plan.train_slice(load("training.distributed_backend=gloo"), "deq-std")) == base
-    assert "amp" not in plan.train_slice(load(), "deq-std")["spec"]["training_config"]   # off: as before the key existed
-    for change in ("training.amp=true", "training.epochs=2", "models.deq-std.training=pgd",
-                   "models.deq-std.training_overrides={unroll: {k: 3}}", "data.train_subset=100", "solver.tol=0"):
+    assert "amp" not in plan.train_slice(load(), "deq-std")["spec"]["training_config"]  # off: as before the key existed
+    for change in (
+        "training.amp=true",
+        "training.epochs=2",
+        "models.deq-std.training=pgd",
+        "models.deq-std.training_overrides={unroll: {k: 3}}",
+        "data.train_subset=100",
+        "solver.tol=0",
+    ):
         assert plan.settings(plan.train_slice(load(change), "deq-std")) != base, change
     assert plan.settings(plan.train_slice(load("evaluation.num_examples=5"), "deq-std")) == base
 
@@ -276,8 +366,9 @@ def test_cell_slice_holds_the_specs_of_its_cell():
     assert one["estimator"] == {"name": "exact"} and one["attack"] == cfg["evaluation"]["attacks"]["pgd2"]
     assert plan.cell_slice(cfg, plan.BASELINE_ESTIMATOR, "pgd2")["estimator"] is None
     other = load("evaluation.attacks.apgd-ce.n_iter=3")
-    assert plan.cell_slice(other, "exact", "pgd2") == one and plan.cell_slice(other, "exact", "apgd-ce") != \
-        plan.cell_slice(cfg, "exact", "apgd-ce")
+    assert plan.cell_slice(other, "exact", "pgd2") == one and plan.cell_slice(
+        other, "exact", "apgd-ce"
+    ) != plan.cell_slice(cfg, "exact", "apgd-ce")
 
 
 def test_every_model_has_resources():
@@ -289,6 +380,7 @@ def test_every_model_has_resources():
 
 
 # ---- one description of estimators and attacks, used by the builders ----------------------------
+
 
 def test_builders_use_the_spec_table():
     from deqrobust.attacks import build_attack

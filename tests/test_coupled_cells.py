@@ -5,6 +5,7 @@ settings apart, and the report compares them without letting them into the claim
 The plan's side (cells, paths, slices) is in tests/test_config.py, the workflow's jobs in
 tests/test_workflow.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,7 @@ from deqrobust.scoring import all_state_logits
 from deqrobust.solvers import solve
 
 N_TEST = 12
-SOLVER = {"name": "broyden", "budget": 3, "tol": 1e-3}   # the tolerance is set from the fixture's residuals below
+SOLVER = {"name": "broyden", "budget": 3, "tol": 1e-3}  # the tolerance is set from the fixture's residuals below
 
 
 @pytest.fixture(scope="module")
@@ -38,18 +39,29 @@ def trained(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("coupled")
     archive = write_archive(tmp / "cifar.tar.gz", synthetic_batches(20, N_TEST, 0))
-    evaluation = {"num_examples": N_TEST, "batch_size": N_TEST, "estimators": {"exact": {"name": "exact"}},
-                  "attacks": {"pgd1": {"name": "pgd", "steps": 1}}}
-    cfg = config.load(write_config(tmp / "unit.yaml", tmp / "data", archive, solver=SOLVER, evaluation=evaluation,
-                                   models={"deq": {"arch": "mdeq", "size": "mini", "training": "standard",
-                                                   "grad": "exact"}}))
+    evaluation = {
+        "num_examples": N_TEST,
+        "batch_size": N_TEST,
+        "estimators": {"exact": {"name": "exact"}},
+        "attacks": {"pgd1": {"name": "pgd", "steps": 1}},
+    }
+    cfg = config.load(
+        write_config(
+            tmp / "unit.yaml",
+            tmp / "data",
+            archive,
+            solver=SOLVER,
+            evaluation=evaluation,
+            models={"deq": {"arch": "mdeq", "size": "mini", "training": "standard", "grad": "exact"}},
+        )
+    )
     data.prepare(cfg)
     torch.manual_seed(0)
     spec = {**cfg["models"]["deq"], "name": "deq"}
     model = build_model(spec)
     x, y = data.load_split(cfg, "train")
     optimiser = torch.optim.Adam(model.parameters(), 1e-2)
-    for _ in range(15):   # three unrolled steps, the head on each: cheap, and enough to separate the classes
+    for _ in range(15):  # three unrolled steps, the head on each: cheap, and enough to separate the classes
         pick = torch.randint(0, len(x), (20,))
         injection, z, loss = model.prepare(x[pick]), model.init_state(x[pick]), 0.0
         for _ in range(3):
@@ -65,7 +77,7 @@ def trained(tmp_path_factory):
         traced = solve({**SOLVER, "tol": 0.0}, lambda z: model.f(z, injection), model.init_state(x_test))
     step2 = traced.rel_trace[:, 1]
     cfg["solver"]["tol"] = float(step2.median())
-    assert 0 < int((step2 <= cfg["solver"]["tol"]).sum()) < N_TEST    # some meet it at step 2, some not
+    assert 0 < int((step2 <= cfg["solver"]["tol"]).sum()) < N_TEST  # some meet it at step 2, some not
     save_checkpoint(tmp / "deq.pt", model, spec, epoch=1.0, metrics={}, profile="unit")
     return cfg, tmp, model
 
@@ -81,7 +93,7 @@ def reference(cfg: dict, model, coupling: str, size: int) -> dict:
     x, y = data.load_split(cfg, "test")
     found, logits = {"clean": [], "adversarial": []}, []
     for i, start in enumerate(range(0, N_TEST, size)):
-        xb, yb = x[start:start + size], y[start:start + size]
+        xb, yb = x[start : start + size], y[start : start + size]
         x_adv = attack.run(target, xb, yb, seed=seeds.derive(cfg["seed"], seeds.TEST_ATTACK, i)).x_adv
         for kind, inputs in (("clean", xb), ("adversarial", x_adv)):
             with torch.no_grad():
@@ -89,8 +101,9 @@ def reference(cfg: dict, model, coupling: str, size: int) -> dict:
             found[kind].append({k: (v.argmax(1) == yb).int() for k, v in scored.items()})
             if kind == "clean":
                 logits.append(scored["final"])
-    outcomes = {kind: {k: torch.cat([part[k] for part in parts]).tolist() for k in parts[0]}
-                for kind, parts in found.items()}
+    outcomes = {
+        kind: {k: torch.cat([part[k] for part in parts]).tolist() for k in parts[0]} for kind, parts in found.items()
+    }
     return {"outcomes": outcomes, "logits": torch.cat(logits)}
 
 
@@ -113,9 +126,10 @@ def test_a_coupled_cell_attacks_and_scores_under_batch_coupling_at_its_batch(tra
     # The fixture tells the settings apart (by its tolerance): some image's final state differs.
     assert not torch.allclose(batch3["logits"], sample["logits"], rtol=0, atol=1e-6)
     solves.clear()
-    coupled = run_cell(cfg, str(tmp / "deq.pt"), "exact", "pgd1", "final", tmp / "coupled.json",
-                       coupling="batch", batch_size=3)
-    assert solves and set(solves) == {("batch", 3)}        # every solve of the cell: batch-coupled, 3 images
+    coupled = run_cell(
+        cfg, str(tmp / "deq.pt"), "exact", "pgd1", "final", tmp / "coupled.json", coupling="batch", batch_size=3
+    )
+    assert solves and set(solves) == {("batch", 3)}  # every solve of the cell: batch-coupled, 3 images
     solves.clear()
     plain = run_cell(cfg, str(tmp / "deq.pt"), "exact", "pgd1", "final", tmp / "plain.json")
     assert solves and set(solves) == {("sample", N_TEST)}
@@ -131,11 +145,14 @@ N = 300
 ATTACKS = {"pgd10": {"name": "pgd", "steps": 10}}
 ESTIMATORS = {"exact": {"name": "exact"}, "truth": {"name": "solver_autograd"}}
 KEYS = ("final", "ensemble", "state_1", "state_2")
-CFG = {"profile": "unit", "training": {"epochs": 1},
-       "models": {"deq-adv": {"arch": "mdeq", "size": "mini", "training": "pgd", "grad": "exact"}},
-       "solver": {"name": "broyden", "budget": 2, "tol": 1e-3, "coupling": "sample"},
-       "backward_solver": {"name": "broyden", "budget": 2, "tol": 1e-3},
-       "evaluation": {"batch_size": 100, "attacks": ATTACKS, "estimators": ESTIMATORS}}
+CFG = {
+    "profile": "unit",
+    "training": {"epochs": 1},
+    "models": {"deq-adv": {"arch": "mdeq", "size": "mini", "training": "pgd", "grad": "exact"}},
+    "solver": {"name": "broyden", "budget": 2, "tol": 1e-3, "coupling": "sample"},
+    "backward_solver": {"name": "broyden", "budget": 2, "tol": 1e-3},
+    "evaluation": {"batch_size": 100, "attacks": ATTACKS, "estimators": ESTIMATORS},
+}
 
 
 def first(k: int) -> list[int]:
@@ -145,12 +162,26 @@ def first(k: int) -> list[int]:
 def write_cell(folder: Path, estimator: str, final: list[int], coupling: str | None, clean: int = 250) -> Path:
     """A cell as run_cell writes it (coupling None: recorded before cells carried their setting)."""
     setting = {} if coupling is None else {"coupling": coupling, "batch_size": 96 if coupling == "batch" else 100}
-    record = {"model": "deq-adv", "base_model": "deq-adv", "arch": "mdeq", "training": "pgd", "grad": "exact",
-              "estimator": estimator, "estimator_spec": ESTIMATORS[estimator], "attack": "pgd10",
-              "attack_spec": ATTACKS["pgd10"], "attacked_state": "final", **setting, "seed": 0, "profile": "unit",
-              "num_examples": N, "indices": list(range(N)), "labels": [0] * N,
-              "clean": {k: first(clean) for k in KEYS},
-              "adversarial": {k: list(final) for k in KEYS}}
+    record = {
+        "model": "deq-adv",
+        "base_model": "deq-adv",
+        "arch": "mdeq",
+        "training": "pgd",
+        "grad": "exact",
+        "estimator": estimator,
+        "estimator_spec": ESTIMATORS[estimator],
+        "attack": "pgd10",
+        "attack_spec": ATTACKS["pgd10"],
+        "attacked_state": "final",
+        **setting,
+        "seed": 0,
+        "profile": "unit",
+        "num_examples": N,
+        "indices": list(range(N)),
+        "labels": [0] * N,
+        "clean": {k: first(clean) for k in KEYS},
+        "adversarial": {k: list(final) for k in KEYS},
+    }
     path = folder / f"{estimator}-{coupling}.json"
     path.write_text(json.dumps(record))
     return path
@@ -161,9 +192,12 @@ def cells(tmp_path) -> list[Path]:
     """Per sample (the profile's): exact and the true gradient both leave 100 correct (no
     over-estimate). Batch-coupled at 96: exact leaves 150, the true gradient 100 (an over-estimate
     of 50 of 300, all of it the coupling's); clean 240 instead of 250."""
-    return [write_cell(tmp_path, "exact", first(100), "sample"), write_cell(tmp_path, "truth", first(100), "sample"),
-            write_cell(tmp_path, "exact", first(150), "batch", clean=240),
-            write_cell(tmp_path, "truth", first(100), "batch", clean=240)]
+    return [
+        write_cell(tmp_path, "exact", first(100), "sample"),
+        write_cell(tmp_path, "truth", first(100), "sample"),
+        write_cell(tmp_path, "exact", first(150), "batch", clean=240),
+        write_cell(tmp_path, "truth", first(100), "batch", clean=240),
+    ]
 
 
 def rows(frame, **equal):
@@ -180,7 +214,7 @@ def test_merge_keeps_the_settings_apart_and_builds_each_worst_case_from_one(cell
     assert sorted(attacked["outcomes"].str.count("1")) == [100, 150]
     worst = rows(frame, attack=results.WORST_CASE, defense="final")
     assert dict(zip(worst["coupling"], worst["outcomes"].str.count("1"))) == {"sample": 100, "batch": 100}
-    clean = rows(frame, attack=results.CLEAN, defense="final")          # one clean row per setting
+    clean = rows(frame, attack=results.CLEAN, defense="final")  # one clean row per setting
     assert dict(zip(clean["coupling"], clean["outcomes"].str.count("1"))) == {"sample": 250, "batch": 240}
     profile = results.profile_rows(results.tabulate(frame), CFG)
     assert set(profile["coupling"]) == {"sample"} and len(profile) == len(frame) / 2
@@ -188,8 +222,10 @@ def test_merge_keeps_the_settings_apart_and_builds_each_worst_case_from_one(cell
 
 def test_a_worst_case_never_mixes_settings(tmp_path):
     """Example 0 falls only to the batch-coupled attack: the per-sample worst case keeps it."""
-    both = [write_cell(tmp_path, "exact", [1, 1] + [0] * (N - 2), "sample"),
-            write_cell(tmp_path, "truth", [0, 1] + [0] * (N - 2), "batch")]
+    both = [
+        write_cell(tmp_path, "exact", [1, 1] + [0] * (N - 2), "sample"),
+        write_cell(tmp_path, "truth", [0, 1] + [0] * (N - 2), "batch"),
+    ]
     worst = rows(results.merge_outcomes(both, [], CFG), attack=results.WORST_CASE, defense="final")
     assert dict(zip(worst["coupling"], worst["outcomes"].str[:2])) == {"sample": "11", "batch": "01"}
 
@@ -198,9 +234,9 @@ def test_cells_recorded_before_the_setting_are_the_profiles(tmp_path):
     old = [write_cell(tmp_path, "exact", first(100), None), write_cell(tmp_path, "truth", first(90), None)]
     filled = results.merge_outcomes(old, [], CFG)
     assert set(zip(filled["coupling"], filled["batch_size"])) == {("sample", 100)}
-    blank = results.merge_outcomes(old, [])                          # no config: blank, read as the profile's
+    blank = results.merge_outcomes(old, [])  # no config: blank, read as the profile's
     assert blank["coupling"].isna().all() and len(results.profile_rows(blank, CFG)) == len(blank)
-    new = write_cell(tmp_path, "exact", first(100), "sample")        # rerun under the same setting: one group
+    new = write_cell(tmp_path, "exact", first(100), "sample")  # rerun under the same setting: one group
     mixed = results.merge_outcomes([new, old[1]], [], CFG)
     assert len(rows(mixed, attack=results.WORST_CASE, defense="final")) == 1
 
@@ -210,39 +246,53 @@ def test_report_claims_read_the_profiles_setting_and_a_section_compares_the_coup
     profile_only = results.merge_outcomes([c for c in cells if "sample" in c.name], [], CFG)
     both, alone = report.findings([], CFG, frame), report.findings([], CFG, profile_only)
     assert [(f.verdict, f.reason, f.evidence) for f in both] == [(f.verdict, f.reason, f.evidence) for f in alone]
-    assert both[1].verdict != stats.HELD                  # per sample, exact does not over-estimate ...
+    assert both[1].verdict != stats.HELD  # per sample, exact does not over-estimate ...
     assert report.claim2(frame, []).verdict == stats.HELD  # ... the batch-coupled exact cell would have held it
 
     pairs = report.coupling_pairs(frame, CFG)
     assert [(p["cell"], p["result"].counts) for p in pairs] == [
         ("exact@final pgd10", "b=50, c=0, n=300 (A 150/300, B 100/300)"),
-        ("truth@final pgd10", "b=0, c=0, n=300 (A 100/300, B 100/300)")]
+        ("truth@final pgd10", "b=0, c=0, n=300 (A 100/300, B 100/300)"),
+    ]
     exact = pairs[0]["result"]
-    assert exact.p_adjusted == pytest.approx(min(1.0, 2 * 0.5 ** 50)) and exact.family == 2
+    assert exact.p_adjusted == pytest.approx(min(1.0, 2 * 0.5**50)) and exact.family == 2
     [gap] = report.coupling_gaps(frame, CFG)
     assert (gap["estimator"], gap["batch_size"], gap["share"]) == ("exact", 96, 1.0)
     assert gap["under"]["batch"].estimate == pytest.approx(50 / 300) and gap["under"]["sample"].estimate == 0
 
-    analyses = [{"model": {"name": "deq-adv", "training": "pgd", "grad": "exact"}, "diagnostics": {"batch_size": 96},
-                 "batch_dependence": {c: {"exact": {"state": "final", "cosine": [m, m], "median": m}}
-                                      for c, m in (("sample", 1.0), ("batch", 0.6))}}]
+    analyses = [
+        {
+            "model": {"name": "deq-adv", "training": "pgd", "grad": "exact"},
+            "diagnostics": {"batch_size": 96},
+            "batch_dependence": {
+                c: {"exact": {"state": "final", "cosine": [m, m], "median": m}}
+                for c, m in (("sample", 1.0), ("batch", 0.6))
+            },
+        }
+    ]
     text = report.render(results.tabulate(frame), [], CFG, both, frame)
     section = "\n".join(report.coupling_lines(frame, analyses, CFG))
     assert "## Batch coupling" in text and "## Batch coupling" in section
-    assert ("| deq-adv | exact@final pgd10 | 33.3 % (sample coupling, batch 100) | 50.0 % (batch coupling, batch 96) | "
-            "+16.7 [") in section
+    assert (
+        "| deq-adv | exact@final pgd10 | 33.3 % (sample coupling, batch 100) | 50.0 % (batch coupling, batch 96) | "
+        "+16.7 ["
+    ) in section
     assert "80.0 % under batch coupling, batch 96; 83.3 % under sample coupling, batch 100" in section
     assert "| deq-adv | pgd10 | exact | +0.0 [" in section and "| 100 % |" in section
     assert "| deq-adv | exact | final | 96 | 1 | 0.6 |" in section
     main = text.split("## Main table", 1)[1]
-    assert "deq-adv / final: clean 83.3 %" in main and "PGD-10 33.3 %" in main   # the profile's cells only
+    assert "deq-adv / final: clean 83.3 %" in main and "PGD-10 33.3 %" in main  # the profile's cells only
     assert "80.0 %" not in main and "50.0 %" not in main
-    assert report.metrics(results.tabulate(frame), CFG, both, frame)["batch_coupling"][0]["batch"] == \
-        {"accuracy": 0.5, "coupling": "batch", "batch_size": 96}
+    assert report.metrics(results.tabulate(frame), CFG, both, frame)["batch_coupling"][0]["batch"] == {
+        "accuracy": 0.5,
+        "coupling": "batch",
+        "batch_size": 96,
+    }
 
 
 def test_no_section_without_coupled_cells(cells):
     frame = results.merge_outcomes([c for c in cells if "sample" in c.name], [], CFG)
     assert report.coupling_lines(frame, [], CFG) == [] and "Batch coupling" not in report.render(
-        results.tabulate(frame), [], CFG, report.findings([], CFG, frame), frame)
+        results.tabulate(frame), [], CFG, report.findings([], CFG, frame), frame
+    )
     assert "batch_coupling" not in report.metrics(results.tabulate(frame), CFG, report.findings([], CFG, frame), frame)

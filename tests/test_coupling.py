@@ -2,16 +2,16 @@
 an image's logits and input gradient depend on the other images of its batch, forward and
 backward; under per-sample decisions (our default) they do not. ``batch_dependence``
 measures it. Solver-level checks of the rule itself: tests/test_solvers.py."""
+
 import pytest
 import torch
+from toy_deq import ToyDEQ
 
 from deqrobust.config import ConfigError, load
 from deqrobust.deq_logits import DEQLogits
 from deqrobust.estimators import Exact, build_estimator
 from deqrobust.gradients import batch_dependence, input_gradient
 from deqrobust.models.mdeq import MDEQ
-from toy_deq import ToyDEQ
-
 
 
 @pytest.fixture
@@ -23,8 +23,10 @@ def toy():
 
 
 def solvers(coupling, backward_coupling=None):
-    return ({"name": "broyden", "budget": 8, "tol": 1e-3, "coupling": coupling},
-            {"name": "broyden", "budget": 6, "tol": 1e-3, "coupling": backward_coupling or coupling})
+    return (
+        {"name": "broyden", "budget": 8, "tol": 1e-3, "coupling": coupling},
+        {"name": "broyden", "budget": 6, "tol": 1e-3, "coupling": backward_coupling or coupling},
+    )
 
 
 def with_mate(model, x, y, image, mate):
@@ -40,7 +42,7 @@ def test_under_batch_coupling_an_image_depends_on_its_batch_mates(toy):
     model = DEQLogits(deq, Exact(), None, *solvers("batch"))
     slow_logits, slow_grad, slow_steps = with_mate(model, x, y, 1, 0)
     fast_logits, fast_grad, fast_steps = with_mate(model, x, y, 1, 2)
-    assert slow_steps > fast_steps           # the slow mate keeps image 1 iterating
+    assert slow_steps > fast_steps  # the slow mate keeps image 1 iterating
     assert not torch.allclose(slow_logits, fast_logits, rtol=0, atol=1e-10)
     assert not torch.allclose(slow_grad, fast_grad, rtol=0, atol=1e-10)
 
@@ -76,13 +78,18 @@ def test_batch_dependence_measures_the_coupling_on_an_mdeq(spec):
     gradient is the one it has alone."""
     torch.manual_seed(0)
     deq = MDEQ("mini").double().eval()
-    x = torch.rand(6, 3, 32, 32, dtype=torch.float64) * torch.tensor([0.2, 0.6, 1, 1, 0.4, 0.8], dtype=torch.float64)[:, None, None, None]
+    x = (
+        torch.rand(6, 3, 32, 32, dtype=torch.float64)
+        * torch.tensor([0.2, 0.6, 1, 1, 0.4, 0.8], dtype=torch.float64)[:, None, None, None]
+    )
     y = torch.arange(6)
     cosines = {}
     for coupling in ("sample", "batch"):
         solver = {"name": "broyden", "budget": 6, "tol": 0.85, "coupling": coupling}
         backward = {"name": "broyden", "budget": 4, "tol": 0.5, "coupling": coupling}
-        cosines[coupling] = batch_dependence(DEQLogits(deq, build_estimator(spec), None, solver, backward, own=Exact()), x, y)
+        cosines[coupling] = batch_dependence(
+            DEQLogits(deq, build_estimator(spec), None, solver, backward, own=Exact()), x, y
+        )
     assert (cosines["sample"] > 1 - 1e-10).all(), cosines["sample"]
     assert cosines["batch"].min() < 0.9, cosines["batch"]
 

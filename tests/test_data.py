@@ -1,4 +1,5 @@
 """CIFAR-10 import: verification errors, exact round trip, stable dev split, reproducible loaders."""
+
 from __future__ import annotations
 
 import json
@@ -9,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import synthetic_batches, write_archive
 
 from deqrobust import config, data
 from deqrobust.cli import main
-
-from conftest import synthetic_batches, write_archive
 
 
 def prepared(make_config, archive, **sections):
@@ -36,9 +36,13 @@ def test_round_trip_gives_the_exact_pixels_and_labels(cifar_archive, make_config
     assert torch.equal((x * 255).round().to(torch.uint8), torch.from_numpy(train[keep].reshape(-1, 3, 32, 32)))
     assert y.tolist() == labels[keep].tolist()
     xd, yd = data.load_split(cfg, "dev")
-    assert torch.equal((xd * 255).round().to(torch.uint8), torch.from_numpy(train[split["dev_indices"]].reshape(-1, 3, 32, 32)))
+    assert torch.equal(
+        (xd * 255).round().to(torch.uint8), torch.from_numpy(train[split["dev_indices"]].reshape(-1, 3, 32, 32))
+    )
     xt, yt = data.load_split(cfg, "test")
-    assert torch.equal((xt * 255).round().to(torch.uint8), torch.from_numpy(written["test_batch"][b"data"].reshape(-1, 3, 32, 32)))
+    assert torch.equal(
+        (xt * 255).round().to(torch.uint8), torch.from_numpy(written["test_batch"][b"data"].reshape(-1, 3, 32, 32))
+    )
     assert yt.tolist() == written["test_batch"][b"labels"]
     assert split["official"] is False and split["archive_md5"] == data.md5_of(archive)
 
@@ -99,13 +103,16 @@ def _short_labels(batches):
     batches["data_batch_4"][b"labels"].pop()
 
 
-@pytest.mark.parametrize("edit, message", [
-    (_drop("data_batch_3"), "lacks member.*cifar-10-batches-py/data_batch_3"),
-    (_drop("batches.meta"), "lacks member.*batches.meta"),
-    (_reshape, r"data_batch_2: data has shape \(20, 1536, 2\)"),
-    (_bad_labels, r"test_batch: labels outside 0..9 \(found \[10\]\)"),
-    (_short_labels, "data_batch_4: 20 images but 19 labels"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (_drop("data_batch_3"), "lacks member.*cifar-10-batches-py/data_batch_3"),
+        (_drop("batches.meta"), "lacks member.*batches.meta"),
+        (_reshape, r"data_batch_2: data has shape \(20, 1536, 2\)"),
+        (_bad_labels, r"test_batch: labels outside 0..9 \(found \[10\]\)"),
+        (_short_labels, "data_batch_4: 20 images but 19 labels"),
+    ],
+)
 def test_broken_archives_each_have_their_message(cifar_archive, make_config, edit, message):
     archive, _ = cifar_archive(edit=edit)
     with pytest.raises(data.DataError, match=message) as err:
@@ -124,8 +131,9 @@ def test_truncated_and_foreign_members(cifar_archive, make_config, tmp_path):
         def __reduce__(self):
             return (print, ("pwned",))
 
-    hostile = write_archive(tmp_path / "hostile.tar.gz", synthetic_batches(),
-                            raw={"test_batch": pickle.dumps(Payload())})
+    hostile = write_archive(
+        tmp_path / "hostile.tar.gz", synthetic_batches(), raw={"test_batch": pickle.dumps(Payload())}
+    )
     with pytest.raises(data.DataError, match="forbidden object builtins.print"):
         prepared(make_config, hostile)
 
@@ -148,8 +156,9 @@ def test_dev_split_is_stable_and_disjoint(cifar_archive, make_config, tmp_path):
 
 def test_subsets_are_seeded_and_exclude_dev(cifar_archive, make_config):
     archive, _ = cifar_archive()
-    cfg = prepared(make_config, archive, data={"train_subset": 30, "test_subset": 7},
-                   training={"batch_size": 10})   # a training batch must fit the training split
+    cfg = prepared(
+        make_config, archive, data={"train_subset": 30, "test_subset": 7}, training={"batch_size": 10}
+    )  # a training batch must fit the training split
     x1, y1 = data.load_split(cfg, "train")
     x2, y2 = data.load_split(cfg, "train")
     assert len(y1) == 30 and torch.equal(x1, x2) and torch.equal(y1, y2)

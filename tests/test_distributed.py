@@ -6,12 +6,12 @@
 * ``deqrobust train`` under torchrun writes its outputs from rank 0 only, and a 2-process
   run killed mid-way and restarted ends exactly like an uninterrupted 2-process run.
 """
+
 from __future__ import annotations
 
 import csv
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -24,27 +24,39 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from conftest import synthetic_batches, write_archive, write_config
 
 from deqrobust import config, data, distributed
 from deqrobust.config import ConfigError
 from deqrobust.training import Trainer
 
-from conftest import synthetic_batches, write_archive, write_config
-
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 
 STEPS = 3
-TRAINING = {"batch_size": 8, "pretrain_iters": 1, "pretrain_unroll": 2, "eval_batch_size": 10,
-            "jac_reg": {"weight": 0.0}, "adv": {"steps": 2}, "select": {"pgd_steps": 1}, "lr": 3e-3}
+TRAINING = {
+    "batch_size": 8,
+    "pretrain_iters": 1,
+    "pretrain_unroll": 2,
+    "eval_batch_size": 10,
+    "jac_reg": {"weight": 0.0},
+    "adv": {"steps": 2},
+    "select": {"pgd_steps": 1},
+    "lr": 3e-3,
+}
 
 
 def setup(root: Path, **training) -> Path:
     """A prepared synthetic dataset (70 train, 10 dev, 16 test images) and a mini-MDEQ config."""
     archive = write_archive(root / "cifar.tar.gz", synthetic_batches(per_batch=16, n_test=16))
-    path = write_config(root / "config.yaml", root / "data", archive, solver={"budget": 3},
-                        backward_solver={"budget": 2},
-                        models={"deq": {"arch": "mdeq", "size": "mini", "training": "standard", "grad": "exact"}},
-                        training={**TRAINING, **training})
+    path = write_config(
+        root / "config.yaml",
+        root / "data",
+        archive,
+        solver={"budget": 3},
+        backward_solver={"budget": 2},
+        models={"deq": {"arch": "mdeq", "size": "mini", "training": "standard", "grad": "exact"}},
+        training={**TRAINING, **training},
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", data.DataWarning)
         data.prepare(config.load(path))
@@ -58,8 +70,9 @@ def free_port() -> int:
 
 
 def _worker(rank: int, port: int, cfg_path: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE="2")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2"
+    )
     t = Trainer(config.load(cfg_path), "deq", out)
     assert t.dist.world_size == 2 and t.dist.rank == rank and t.dist.backend == "gloo"
     losses = []
@@ -108,7 +121,7 @@ def test_two_ranks_stay_identical_and_average_the_half_batch_gradients(tmp_path,
     r0, r1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["losses"] == r1["losses"]
     assert r0["state"].keys() == r1["state"].keys()
-    for key in r0["state"]:    # parameters and buffers: bit-identical on both ranks
+    for key in r0["state"]:  # parameters and buffers: bit-identical on both ranks
         assert torch.equal(r0["state"][key], r1["state"][key]), key
 
     losses, state = reference(config.load(cfg_path), tmp_path / "ref")
@@ -116,10 +129,12 @@ def test_two_ranks_stay_identical_and_average_the_half_batch_gradients(tmp_path,
     moved = 0
     initial = Trainer(config.load(cfg_path), "deq", tmp_path / "init").model.state_dict()
     for key, value in state.items():
-        assert torch.allclose(r0["state"][key].float(), value.float(), rtol=1e-4, atol=1e-6), \
-            (key, (r0["state"][key].float() - value.float()).abs().max().item())
+        assert torch.allclose(r0["state"][key].float(), value.float(), rtol=1e-4, atol=1e-6), (
+            key,
+            (r0["state"][key].float() - value.float()).abs().max().item(),
+        )
         moved += not torch.equal(value, initial[key])
-    assert moved > len(state) // 2     # the comparison is not between untrained weights
+    assert moved > len(state) // 2  # the comparison is not between untrained weights
 
 
 def test_global_batch_must_divide_by_the_processes(tmp_path):
@@ -130,7 +145,10 @@ def test_global_batch_must_divide_by_the_processes(tmp_path):
 
 def test_amp_is_refused_without_cuda(tmp_path):
     if torch.cuda.is_available():
-        pytest.skip("CUDA is available: this checks that amp is refused on CPU; on a GPU measure amp as docs/performance.md says")
+        pytest.skip(
+            "CUDA is available: this checks that amp is refused on CPU; on a GPU measure amp as "
+            "docs/performance.md says"
+        )
     with pytest.raises(ConfigError, match="training.amp=true needs CUDA"):
         Trainer(config.load(setup(tmp_path, amp=True)), "deq", tmp_path / "out")
 
@@ -139,10 +157,29 @@ def torchrun(cfg_path: Path, out: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
     return subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "deqrobust.cli", "train", "-c", str(cfg_path),
-         "--model", "deq", "--out", str(out)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "deqrobust.cli",
+            "train",
+            "-c",
+            str(cfg_path),
+            "--model",
+            "deq",
+            "--out",
+            str(out),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def test_torchrun_writes_from_rank_0_and_resumes_exactly(tmp_path):
@@ -169,11 +206,17 @@ def test_torchrun_writes_from_rank_0_and_resumes_exactly(tmp_path):
     for proc in (reference_run, resumed):
         stdout, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err[-3000:]
-        assert stdout.count("selected epoch") == 1    # rank 0 alone reports
+        assert stdout.count("selected epoch") == 1  # rank 0 alone reports
 
     for d in (whole, cut):
-        assert sorted(p.name for p in d.iterdir()) == ["checkpoint.pt", "finished", "metrics.csv", "snapshots",
-                                                       "snapshots.json", "summary.json"]
+        assert sorted(p.name for p in d.iterdir()) == [
+            "checkpoint.pt",
+            "finished",
+            "metrics.csv",
+            "snapshots",
+            "snapshots.json",
+            "summary.json",
+        ]
     assert (whole / "metrics.csv").read_text() == (cut / "metrics.csv").read_text()
     assert [r["iteration"] for r in csv.DictReader((whole / "metrics.csv").open())] == ["4", "8"]
     timing = ("wall_seconds", "train_images_per_second")

@@ -6,6 +6,7 @@ the documented profile switch (``dvc exp run -S profile=smoke``, with a dry-run 
 that it stays cheap) run, and every file must keep its bytes. The end-to-end test in
 test_workflow.py repeats the profile switch and ``dvc repro`` on a real smoke run.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,8 +20,18 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-TRACKED = ["Snakefile", "workflow", "config", "notebooks", "src/deqrobust", "dvc.yaml", "params.yaml",
-           ".dvc/config", ".dvcignore", ".gitignore"]
+TRACKED = [
+    "Snakefile",
+    "workflow",
+    "config",
+    "notebooks",
+    "src/deqrobust",
+    "dvc.yaml",
+    "params.yaml",
+    ".dvc/config",
+    ".dvcignore",
+    ".gitignore",
+]
 BIN = str(Path(sys.executable).parent)
 
 
@@ -44,16 +55,23 @@ def clone_of_the_workflow(root: Path) -> Path:
             shutil.copytree(src, dst, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.ipynb"))
         else:
             shutil.copy2(src, dst)
-    for cmd in (["git", "init", "-q"], ["git", "config", "user.name", "test"],
-                ["git", "config", "user.email", "test@example.org"], ["git", "add", "-A"],
-                ["git", "commit", "-qm", "clone"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "config", "user.name", "test"],
+        ["git", "config", "user.email", "test@example.org"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", "clone"],
+    ):
         sh(root, *cmd)
     return root
 
 
 def digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def write(path: Path, data: bytes) -> None:
@@ -82,7 +100,7 @@ def clone(tmp_path: Path) -> Path:
 
 def test_dvc_commands_keep_results_made_outside_dvc(clone, tmp_path):
     smoke_outputs(clone, b"recorded")
-    dvc(clone, "commit", "--force")          # DVC records this version ...
+    dvc(clone, "commit", "--force")  # DVC records this version ...
     assert (clone / "dvc.lock").is_file()
     # ... then plain snakemake retrains a model, finishes another and leaves one interrupted.
     write(clone / "results/smoke/models/deq-std/checkpoint.pt", os.urandom(4096) + b"retrained")
@@ -96,8 +114,8 @@ def test_dvc_commands_keep_results_made_outside_dvc(clone, tmp_path):
     dvc(clone, "checkout", "--force")
     dvc(clone, "gc", "--workspace", "--force")
     status = dvc(clone, "status").stdout
-    assert "results/smoke" in status         # DVC sees the change (it records results) ...
-    assert digest(clone / "results") == before   # ... and changed nothing
+    assert "results/smoke" in status  # DVC sees the change (it records results) ...
+    assert digest(clone / "results") == before  # ... and changed nothing
 
     # The documented profile switch (a dry-run snakemake keeps it cheap): DVC checks out
     # with --force before running; results/smoke must come through it untouched.
@@ -105,7 +123,7 @@ def test_dvc_commands_keep_results_made_outside_dvc(clone, tmp_path):
     assert digest(clone / "results") == before
     lock = yaml.safe_load((clone / "dvc.lock").read_text())
     recorded = {o["path"]: o for o in lock["stages"]["workflow"]["outs"]}
-    assert recorded["results/smoke"]["nfiles"] == len(before)   # adopted: the record now holds every file
+    assert recorded["results/smoke"]["nfiles"] == len(before)  # adopted: the record now holds every file
 
 
 def test_switching_to_a_profile_never_recorded_keeps_its_results(clone):

@@ -1,15 +1,16 @@
 """Gradient estimators against finite differences, explicit unrolls and each other."""
+
 import itertools
 
 import pytest
 import torch
 import torch.nn.functional as F
+from toy_deq import ToyDEQ
 
 from deqrobust.config import ConfigError
 from deqrobust.deq_logits import DEQLogits
 from deqrobust.estimators import build_estimator
 from deqrobust.models.mdeq import MDEQ
-from toy_deq import ToyDEQ
 
 SOLVER = {"name": "broyden", "budget": 40, "tol": 1e-10}
 BACKWARD = {"name": "broyden", "budget": 40, "tol": 1e-10}
@@ -88,6 +89,7 @@ def test_unroll_equals_autograd_through_the_same_unroll(toy, lam, k):
     inj = deq.prepare(xx)
     with torch.no_grad():
         from deqrobust.solvers import solve
+
         z_star = solve(SOLVER, lambda z: deq.f(z, inj), deq.init_state(x)).z
     z = deq.f(z_star, inj)
     for _ in range(k):
@@ -105,7 +107,7 @@ def test_intermediate_at_state_n_equals_autograd_through_its_explicit_unroll(toy
     xx = x.clone().requires_grad_()
     inj = deq.prepare(xx)
     z_n = deq.init_state(x)
-    with torch.no_grad():                      # z_n is held constant (detached)
+    with torch.no_grad():  # z_n is held constant (detached)
         for _ in range(state):
             z_n = deq.f(z_n, inj)
     z = deq.f(z_n, inj)
@@ -115,12 +117,15 @@ def test_intermediate_at_state_n_equals_autograd_through_its_explicit_unroll(toy
     torch.testing.assert_close(est, ref)
 
 
-@pytest.mark.parametrize("spec", [
-    {"name": "adjoint", "variant": "lockstep"},
-    {"name": "neumann", "lam": 1.0, "k": 60},
-    {"name": "neumann", "lam": 0.7, "k": 80},
-    {"name": "unroll", "lam": 0.5, "k": 60},
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"name": "adjoint", "variant": "lockstep"},
+        {"name": "neumann", "lam": 1.0, "k": 60},
+        {"name": "neumann", "lam": 0.7, "k": 80},
+        {"name": "unroll", "lam": 0.5, "k": 60},
+    ],
+)
 def test_estimators_agree_with_exact_where_the_solver_has_converged(toy, spec):
     deq, x, y = toy
     exact = input_grad(logits_of(deq, {"name": "exact"}), x, y)
@@ -140,7 +145,7 @@ def test_quasi_newton_adjoint_is_exact_for_a_scalar_state():
 
 def test_ensemble_weights_states_equally(toy):
     """h(mean of the N estimator states): each state's path gets weight 1/N."""
-    deq = ToyDEQ(contraction=0.9)        # slow enough for the states to differ
+    deq = ToyDEQ(contraction=0.9)  # slow enough for the states to differ
     x, y = toy[1], toy[2]
     budget = 4
     solver = {"name": "fixed_point", "budget": budget, "tol": 0.0}
@@ -170,9 +175,14 @@ def test_every_estimator_gives_input_gradients_on_an_mdeq_in_eval_mode():
     deq = MDEQ("tiny").eval()
     x, y = torch.rand(2, 3, 32, 32), torch.tensor([1, 2])
     solver = {"name": "broyden", "budget": 4, "tol": 1e-3}
-    for spec, state in [({"name": "exact"}, None), ({"name": "unroll", "lam": 0.5, "k": 2}, None),
-                        ({"name": "neumann", "lam": 1.0, "k": 3}, None), ({"name": "intermediate", "lam": 1.0, "k": 1}, 2),
-                        ({"name": "adjoint"}, 3), ({"name": "adjoint", "variant": "quasi_newton"}, 3)]:
+    for spec, state in [
+        ({"name": "exact"}, None),
+        ({"name": "unroll", "lam": 0.5, "k": 2}, None),
+        ({"name": "neumann", "lam": 1.0, "k": 3}, None),
+        ({"name": "intermediate", "lam": 1.0, "k": 1}, 2),
+        ({"name": "adjoint"}, 3),
+        ({"name": "adjoint", "variant": "quasi_newton"}, 3),
+    ]:
         grad = input_grad(DEQLogits(deq, build_estimator(spec), state, solver, {"budget": 3}), x, y)
         assert torch.isfinite(grad).all() and grad.abs().sum() > 0, spec
 
@@ -184,9 +194,13 @@ def test_attacking_state_n_runs_the_solver_only_to_n():
     deq.f = lambda z, inj: calls.append(1) or original(z, inj)
     x = torch.randn(2, 6, dtype=torch.float64)
     with torch.no_grad():
-        DEQLogits(deq, build_estimator({"name": "intermediate", "lam": 1.0, "k": 1}), 3,
-                  {"name": "fixed_point", "budget": 30, "tol": 0.0})(x)
-    assert len(calls) == 1 + 3 + 2        # f(z_0) + 3 solver steps + the estimator's 2 layers
+        DEQLogits(
+            deq,
+            build_estimator({"name": "intermediate", "lam": 1.0, "k": 1}),
+            3,
+            {"name": "fixed_point", "budget": 30, "tol": 0.0},
+        )(x)
+    assert len(calls) == 1 + 3 + 2  # f(z_0) + 3 solver steps + the estimator's 2 layers
 
 
 def test_bad_estimator_inputs_are_named():

@@ -1,5 +1,6 @@
 """Results queries, figures, main table and the report command on hand-made results whose answers are known
 (the verdicts themselves: tests/test_verdicts.py)."""
+
 from __future__ import annotations
 
 import json
@@ -8,57 +9,89 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_command
 
 from deqrobust import analysis, figures, results, stats
 from deqrobust.plan import BASELINE_ESTIMATOR
 from deqrobust.results import wilson
 
-from conftest import run_command
-
 ROOT = Path(__file__).resolve().parents[1]
 STATES = (1, 2, 3, 4)
 ATTACKS = {"pgd10": {"name": "pgd", "steps": 10}, "aa": {"name": "autoattack"}}
 ESTIMATORS = {name: {"name": name} for name in ("exact", "unroll", "intermediate", "adjoint")}
-CFG = {"profile": "unit", "training": {"epochs": 1},
-       "solver": {"name": "broyden", "budget": 4, "tol": 1e-3},
-       "evaluation": {"attacks": ATTACKS, "estimators": ESTIMATORS},
-       "models": {"deq_std": {"arch": "mdeq", "size": "tiny", "training": "standard", "grad": "exact"},
-                  "deq_pgd": {"arch": "mdeq", "size": "tiny", "training": "pgd", "grad": "exact"},
-                  "resnet_pgd": {"arch": "preact_resnet18", "training": "pgd"}}}
+CFG = {
+    "profile": "unit",
+    "training": {"epochs": 1},
+    "solver": {"name": "broyden", "budget": 4, "tol": 1e-3},
+    "evaluation": {"attacks": ATTACKS, "estimators": ESTIMATORS},
+    "models": {
+        "deq_std": {"arch": "mdeq", "size": "tiny", "training": "standard", "grad": "exact"},
+        "deq_pgd": {"arch": "mdeq", "size": "tiny", "training": "pgd", "grad": "exact"},
+        "resnet_pgd": {"arch": "preact_resnet18", "training": "pgd"},
+    },
+}
 MODELS = {name: (spec["arch"], spec["training"], spec.get("grad", "")) for name, spec in CFG["models"].items()}
 
 
-def row(model: str, estimator: str, attacked: str, attack: str, defense: str, scored: str, acc: float,
-        n: int = 400) -> dict:
+def row(
+    model: str, estimator: str, attacked: str, attack: str, defense: str, scored: str, acc: float, n: int = 400
+) -> dict:
     """One table row as merge writes it, with the spec columns of ATTACKS and ESTIMATORS."""
     arch, training, grad = MODELS[model]
     correct = round(min(max(acc, 0.0), 1.0) * n)
     low, high = wilson(correct, n)
-    specs = (dict.fromkeys(results.SPEC_COLUMNS) if attack in results.PSEUDO_ATTACKS else
-             {**results.attack_columns(ATTACKS[attack]),
-              **results.estimator_columns(estimator, ESTIMATORS.get(estimator, {}))})
-    return {"model": model, "arch": arch, "training": training, "grad": grad, "estimator": estimator,
-            "attacked_state": attacked, "attack": attack, "defense": defense, "scored_state": scored,
-            "correct": correct, "n": n, "accuracy": correct / n, "ci_low": low, "ci_high": high, **specs}
+    specs = (
+        dict.fromkeys(results.SPEC_COLUMNS)
+        if attack in results.PSEUDO_ATTACKS
+        else {
+            **results.attack_columns(ATTACKS[attack]),
+            **results.estimator_columns(estimator, ESTIMATORS.get(estimator, {})),
+        }
+    )
+    return {
+        "model": model,
+        "arch": arch,
+        "training": training,
+        "grad": grad,
+        "estimator": estimator,
+        "attacked_state": attacked,
+        "attack": attack,
+        "defense": defense,
+        "scored_state": scored,
+        "correct": correct,
+        "n": n,
+        "accuracy": correct / n,
+        "ci_low": low,
+        "ci_high": high,
+        **specs,
+    }
 
 
 def deq_rows(model: str, final_acc: float, inter_acc: float, exit_acc: float, attacks=("pgd10", "aa")) -> list[dict]:
     """Cells of one DEQ: final-state estimators score ``final_acc`` on defense final, intermediate ones
     ``inter_acc``; early exit and ensemble score ``exit_acc`` under every attack."""
     rows = []
-    cells = [("exact", "final", final_acc), ("unroll", "final", final_acc + 0.02),
-             ("intermediate", "2", inter_acc), ("adjoint", "3", inter_acc + 0.01)]
+    cells = [
+        ("exact", "final", final_acc),
+        ("unroll", "final", final_acc + 0.02),
+        ("intermediate", "2", inter_acc),
+        ("adjoint", "3", inter_acc + 0.01),
+    ]
     for attack in attacks:
         bump = 0.0 if attack == "aa" else 0.03
         for estimator, attacked, acc in cells:
             rows.append(row(model, estimator, attacked, attack, "final", "final", acc + bump))
             rows.append(row(model, estimator, attacked, attack, "early_exit", "state_2", exit_acc + bump))
             rows.append(row(model, estimator, attacked, attack, "ensemble", "ensemble", exit_acc - 0.02 + bump))
-            rows += [row(model, estimator, attacked, attack, "state", f"state_{s}", acc + 0.02 * s + bump)
-                     for s in STATES]
+            rows += [
+                row(model, estimator, attacked, attack, "state", f"state_{s}", acc + 0.02 * s + bump) for s in STATES
+            ]
     worst = min(final_acc, inter_acc)
-    for defense, scored, clean, adv in [("final", "final", 0.8, worst), ("early_exit", "state_2", 0.75, exit_acc),
-                                        ("ensemble", "ensemble", 0.77, exit_acc - 0.02)]:
+    for defense, scored, clean, adv in [
+        ("final", "final", 0.8, worst),
+        ("early_exit", "state_2", 0.75, exit_acc),
+        ("ensemble", "ensemble", 0.77, exit_acc - 0.02),
+    ]:
         rows.append(row(model, "none", "none", "clean", defense, scored, clean))
         rows.append(row(model, "any", "any", "worst-case", defense, scored, adv))
     for s in STATES:
@@ -67,8 +100,9 @@ def deq_rows(model: str, final_acc: float, inter_acc: float, exit_acc: float, at
     return rows
 
 
-def make_table(inter_stronger: bool = True, defenses_help: bool = True, autoattack: bool = True,
-               baseline_acc: float | None = 0.22) -> pd.DataFrame:
+def make_table(
+    inter_stronger: bool = True, defenses_help: bool = True, autoattack: bool = True, baseline_acc: float | None = 0.22
+) -> pd.DataFrame:
     attacks = ("pgd10", "aa") if autoattack else ("pgd10",)
     final_acc, inter_acc = (0.45, 0.20) if inter_stronger else (0.20, 0.45)
     rows = deq_rows("deq_pgd", final_acc, inter_acc, 0.35 if defenses_help else 0.05, attacks)
@@ -87,48 +121,73 @@ def fake_analysis(name: str, rel: np.ndarray, seed: int = 0) -> dict:
     n, budget = rel.shape
     correct = rng.random((n, budget)) < 0.6
     _, training, grad = MODELS[name]
-    inputs = {kind: analysis.summarise(rel * scale, correct, correct[:, -1], 1e-3)
-              for kind, scale in (("clean", 1.0), ("adversarial", 3.0))}
-    return {"format": analysis.FORMAT, "model": {"name": name, "arch": "mdeq", "size": "tiny", "training": training,
-                                                 "grad": grad},
-            "profile": "unit", "num_examples": n, "solver": {"name": "broyden", "budget": budget, "tol": 0.0},
-            "tol": 1e-3, "deployed_budget": 4, "attack": "pgd10", "estimator": "exact", "inputs": inputs,
-            "warnings": ["Square beats the white-box attacks"], **fake_diagnostics(rel, rng, training != "standard")}
+    inputs = {
+        kind: analysis.summarise(rel * scale, correct, correct[:, -1], 1e-3)
+        for kind, scale in (("clean", 1.0), ("adversarial", 3.0))
+    }
+    return {
+        "format": analysis.FORMAT,
+        "model": {"name": name, "arch": "mdeq", "size": "tiny", "training": training, "grad": grad},
+        "profile": "unit",
+        "num_examples": n,
+        "solver": {"name": "broyden", "budget": budget, "tol": 0.0},
+        "tol": 1e-3,
+        "deployed_budget": 4,
+        "attack": "pgd10",
+        "estimator": "exact",
+        "inputs": inputs,
+        "warnings": ["Square beats the white-box attacks"],
+        **fake_diagnostics(rel, rng, training != "standard"),
+    }
 
 
 def fake_diagnostics(rel: np.ndarray, rng, misaligned: bool, examples: int = 8) -> dict:
     """The mechanism diagnostics of an analysis record: cosines near 1, lower at the final state
     of a ``misaligned`` model, falling with n for the state estimators."""
+
     def cosines(centre: float) -> list:
         return np.clip(centre + 0.05 * rng.standard_normal(examples), -1, 1).tolist()
 
     entries = []
     for kind in ("clean", "adversarial"):
         final = 0.4 if misaligned else 0.97
-        entries += [{"inputs": kind, "estimator": e, "estimator_type": e, "state": "final", "cosine": cosines(final)}
-                    for e in ("exact", "unroll")]
-        entries += [{"inputs": kind, "estimator": e, "estimator_type": e, "state": n, "cosine": cosines(1 - 0.1 * n)}
-                    for e in ("intermediate", "adjoint") for n in STATES]
+        entries += [
+            {"inputs": kind, "estimator": e, "estimator_type": e, "state": "final", "cosine": cosines(final)}
+            for e in ("exact", "unroll")
+        ]
+        entries += [
+            {"inputs": kind, "estimator": e, "estimator_type": e, "state": n, "cosine": cosines(1 - 0.1 * n)}
+            for e in ("intermediate", "adjoint")
+            for n in STATES
+        ]
     for e in entries:
         e["median"] = float(np.median(e["cosine"]))
     budget = 4
-    return {"alignment": entries,
-            "forward_residual": {"clean": rel[:, budget - 1].tolist(),
-                                 "adversarial": (3 * rel[:, budget - 1]).tolist()},
-            "backward_residual": {kind: (scale * rng.random(examples)).tolist() for kind, scale in
-                                  (("clean", 1e-3), ("adversarial", 1e-1))},
-            "batch_dependence": {c: {e: {"state": "final", "cosine": cosines(value), "median": value}
-                                     for e in ("exact", "solver_autograd")} for c, value in (("sample", 1.0),
-                                                                                              ("batch", 0.7))},
-            "diagnostics": {"num_examples": examples, "batch_size": 20, "coupling": "sample",
-                            "backward_solver": {"name": "broyden", "budget": 3, "tol": 1e-3},
-                            "true_gradient": "solver_autograd", "estimators": {}}}
+    return {
+        "alignment": entries,
+        "forward_residual": {"clean": rel[:, budget - 1].tolist(), "adversarial": (3 * rel[:, budget - 1]).tolist()},
+        "backward_residual": {
+            kind: (scale * rng.random(examples)).tolist() for kind, scale in (("clean", 1e-3), ("adversarial", 1e-1))
+        },
+        "batch_dependence": {
+            c: {e: {"state": "final", "cosine": cosines(value), "median": value} for e in ("exact", "solver_autograd")}
+            for c, value in (("sample", 1.0), ("batch", 0.7))
+        },
+        "diagnostics": {
+            "num_examples": examples,
+            "batch_size": 20,
+            "coupling": "sample",
+            "backward_solver": {"name": "broyden", "budget": 3, "tol": 1e-3},
+            "true_gradient": "solver_autograd",
+            "estimators": {},
+        },
+    }
 
 
 def analyses(adv_slower: bool = True) -> list[dict]:
     steps = np.arange(1, 13)
     fast = np.tile(10.0 ** (-steps / 2), (20, 1)) * np.linspace(0.5, 2, 20)[:, None]
-    slow = np.tile(0.3 * 0.9 ** steps, (20, 1)) * np.linspace(0.5, 2, 20)[:, None]
+    slow = np.tile(0.3 * 0.9**steps, (20, 1)) * np.linspace(0.5, 2, 20)[:, None]
     std, adv = (fast, slow) if adv_slower else (slow, fast)
     return [fake_analysis("deq_std", std), fake_analysis("deq_pgd", adv, seed=1)]
 
@@ -152,17 +211,25 @@ def with_attack(table: pd.DataFrame, attack: str, spec: dict) -> pd.DataFrame:
     return table
 
 
-@pytest.mark.parametrize("spec, heading", [
-    ({"name": "autoattack"}, "AutoAttack"),
-    ({"name": "autoattack", "version": "standard", "eps_255": 8}, "AutoAttack"),
-    ({"name": "autoattack", "n_iter": 20}, "AutoAttack standard (n_iter=20)"),
-    ({"name": "autoattack", "version": "plus"}, "AutoAttack plus"),
-    ({"name": "autoattack", "version": "custom", "attacks": ["apgd-ce", "square"]}, "AutoAttack custom: APGD-CE+Square"),
-    ({"name": "apgd-ce", "n_iter": 20, "restarts": 1}, "APGD-CE (20 it.)"),
-    ({"name": "apgd-t", "n_iter": 100, "n_target_classes": 9, "restarts": 5},
-     "APGD-T (100 it., 9 target classes, 5 restarts)"),
-    ({"name": "square", "n_queries": 5000}, "Square (5000 queries)"),
-])
+@pytest.mark.parametrize(
+    "spec, heading",
+    [
+        ({"name": "autoattack"}, "AutoAttack"),
+        ({"name": "autoattack", "version": "standard", "eps_255": 8}, "AutoAttack"),
+        ({"name": "autoattack", "n_iter": 20}, "AutoAttack standard (n_iter=20)"),
+        ({"name": "autoattack", "version": "plus"}, "AutoAttack plus"),
+        (
+            {"name": "autoattack", "version": "custom", "attacks": ["apgd-ce", "square"]},
+            "AutoAttack custom: APGD-CE+Square",
+        ),
+        ({"name": "apgd-ce", "n_iter": 20, "restarts": 1}, "APGD-CE (20 it.)"),
+        (
+            {"name": "apgd-t", "n_iter": 100, "n_target_classes": 9, "restarts": 5},
+            "APGD-T (100 it., 9 target classes, 5 restarts)",
+        ),
+        ({"name": "square", "n_queries": 5000}, "Square (5000 queries)"),
+    ],
+)
 def test_autoattack_heading_says_what_ran(spec: dict, heading: str):
     """'AutoAttack' only for the standard suite at its own settings; else the attack and its iterations."""
     table = with_attack(make_table(), "aa", spec)
@@ -182,8 +249,12 @@ def test_metrics_columns_name_what_ran_under_the_fixed_keys(tmp_path: Path):
     path = tmp_path / "table.csv"
     with_attack(make_table(), "aa", {"name": "apgd-ce", "n_iter": 20, "restarts": 1}).to_csv(path, index=False)
     record = report.metrics(results.load_table(path, CFG), CFG, [])
-    assert record["columns"] == {"clean": "clean", "pgd10": "PGD-10", "autoattack": "APGD-CE (20 it.)",
-                                 "worst_case": "worst case"}
+    assert record["columns"] == {
+        "clean": "clean",
+        "pgd10": "PGD-10",
+        "autoattack": "APGD-CE (20 it.)",
+        "worst_case": "worst case",
+    }
     assert set(record["accuracy"]["deq_pgd"]["final"]) == {*record["columns"], "n"}
     assert record["accuracy"]["deq_pgd"]["final"]["autoattack"] is not None
 
@@ -192,12 +263,15 @@ def test_pgd_heading_and_attacks_outside_the_main_table():
     table = with_attack(make_table(), "pgd10", {"name": "pgd", "steps": 10, "restarts": 5})
     assert results.main_columns(table)[1] == ("pgd10", "PGD-10 (5 restarts)")
     # Another radius or step count is not the paper's PGD-10 / AutoAttack: not run, under the default heading.
-    table = with_attack(with_attack(make_table(), "pgd10", {"name": "pgd", "steps": 20}), "aa",
-                        {"name": "autoattack", "eps_255": 4})
+    table = with_attack(
+        with_attack(make_table(), "pgd10", {"name": "pgd", "steps": 20}), "aa", {"name": "autoattack", "eps_255": 4}
+    )
     assert [h for _, h in results.main_columns(table)] == ["clean", "PGD-10", "AutoAttack", "worst case"]
     assert results.headline_metrics(table)["deq_pgd"]["final"]["pgd10"] is None
-    assert results.attack_label("autoattack", json.loads(table.loc[table["attack"] == "aa", "attack_params"].iloc[0])) \
+    assert (
+        results.attack_label("autoattack", json.loads(table.loc[table["attack"] == "aa", "attack_params"].iloc[0]))
         == "AutoAttack standard (eps 4/255)"
+    )
 
 
 def test_heading_of_several_attacks_names_them_all():
@@ -229,14 +303,17 @@ def test_heatmap_with_long_names_is_not_clipped_and_scales_to_the_data(tmp_path:
     table = make_table()
     model = "deq-adversarially-trained-with-pgd-and-a-long-descriptive-name"
     table = table[table["model"] == "deq_pgd"].assign(
-        model=model, attack=lambda d: d["attack"].replace(long),
-        estimator=lambda d: d["estimator"].where(d["estimator"].isin(["none", "any"]),
-                                                 d["estimator"] + "-gradient-estimator-with-a-long-name"))
+        model=model,
+        attack=lambda d: d["attack"].replace(long),
+        estimator=lambda d: d["estimator"].where(
+            d["estimator"].isin(["none", "any"]), d["estimator"] + "-gradient-estimator-with-a-long-name"
+        ),
+    )
     fig = figures.heatmap_figure(table, model)
     assert inside_canvas(fig)
     drawn = table[table["defense"].isin(results.DEFENSES) & ~table["attack"].isin(results.PSEUDO_ATTACKS)]
     values = 100 * drawn["accuracy"]
-    for ax in fig.axes[:3]:   # one panel per defense, then the colour bar
+    for ax in fig.axes[:3]:  # one panel per defense, then the colour bar
         mesh = ax.collections[0]
         assert (mesh.norm.vmin, mesh.norm.vmax) == (pytest.approx(values.min()), pytest.approx(values.max()))
     assert {t.get_text() for ax in fig.axes[:3] for t in ax.texts} == {f"{v:.1f}%" for v in values}
@@ -246,10 +323,15 @@ def test_heatmap_with_long_names_is_not_clipped_and_scales_to_the_data(tmp_path:
 
 def test_every_figure_fits_its_canvas():
     table, records = make_table(), analyses()
-    for fig in (figures.residual_figure(records), figures.convergence_figure(records),
-                figures.sample_traces_figure(records), figures.state_accuracy_figure(records, table),
-                figures.alignment_figure(records), figures.residual_distribution_figure(records),
-                *(figures.heatmap_figure(table, m) for m in table["model"].unique())):
+    for fig in (
+        figures.residual_figure(records),
+        figures.convergence_figure(records),
+        figures.sample_traces_figure(records),
+        figures.state_accuracy_figure(records, table),
+        figures.alignment_figure(records),
+        figures.residual_distribution_figure(records),
+        *(figures.heatmap_figure(table, m) for m in table["model"].unique()),
+    ):
         assert inside_canvas(fig), fig.get_suptitle() or fig.axes[0].get_title()
 
 
@@ -257,14 +339,15 @@ def test_alignment_figure_draws_the_medians_per_state_and_final_markers():
     records = analyses()
     fig = figures.alignment_figure(records)
     assert inside_canvas(fig)
-    axes = np.array(fig.axes).reshape(2, 2)          # rows clean, adversarial; columns deq_std, deq_pgd
+    axes = np.array(fig.axes).reshape(2, 2)  # rows clean, adversarial; columns deq_std, deq_pgd
     entries = {(e["estimator"], e["state"]): e for e in records[1]["alignment"] if e["inputs"] == "adversarial"}
     ax = axes[1, 1]
     assert "deq_pgd" in ax.get_title() and "adversarial" in ax.get_title()
     lines = {line.get_label(): line for line in ax.get_lines()}
     np.testing.assert_allclose(lines["intermediate"].get_xdata(), STATES)
-    np.testing.assert_allclose(lines["intermediate"].get_ydata(),
-                               [entries[("intermediate", n)]["median"] for n in STATES])
+    np.testing.assert_allclose(
+        lines["intermediate"].get_ydata(), [entries[("intermediate", n)]["median"] for n in STATES]
+    )
     assert [t.get_text() for t in ax.get_xticklabels()] == [*map(str, STATES), "final"]
     finals = [c for c in ax.containers if c.get_label() == "exact (final)"]
     (marker,) = finals[0].lines[0].get_ydata()
@@ -276,10 +359,17 @@ def test_residual_distribution_figure_and_records_without_diagnostics():
     fig = figures.residual_distribution_figure(records)
     assert inside_canvas(fig)
     frame = analysis.diagnostic_residual_frame(records)
-    assert len(frame) == sum(len(v) for r in records for key in ("forward_residual", "backward_residual")
-                             for v in r[key].values())
-    old = [{k: v for k, v in r.items() if k not in ("alignment", "forward_residual", "backward_residual",
-                                                    "batch_dependence", "diagnostics")} for r in records]
+    assert len(frame) == sum(
+        len(v) for r in records for key in ("forward_residual", "backward_residual") for v in r[key].values()
+    )
+    old = [
+        {
+            k: v
+            for k, v in r.items()
+            if k not in ("alignment", "forward_residual", "backward_residual", "batch_dependence", "diagnostics")
+        }
+        for r in records
+    ]
     for fig in (figures.alignment_figure(old), figures.residual_distribution_figure(old)):
         texts = [t.get_text() for ax in fig.axes for t in ax.texts]
         assert any(t.startswith("no ") for t in texts), texts
@@ -292,8 +382,9 @@ def test_figures_are_byte_identical_across_runs(tmp_path: Path):
     import numpy as np
 
     state = np.random.get_state()[1].copy()
-    paths = [figures.save_figure(figures.residual_distribution_figure(analyses()), tmp_path / f"{i}.png")
-             for i in range(2)]
+    paths = [
+        figures.save_figure(figures.residual_distribution_figure(analyses()), tmp_path / f"{i}.png") for i in range(2)
+    ]
     assert paths[0].read_bytes() == paths[1].read_bytes()
     assert (np.random.get_state()[1] == state).all()
 
@@ -306,8 +397,15 @@ def test_the_report_says_where_its_data_and_models_came_from(tmp_path: Path):
     path = tmp_path / "table.csv"
     make_table().assign(data_md5="0123abcd", data_official=False).to_csv(path, index=False)
     table = results.load_table(path, CFG)
-    intel = {"processor": "Intel Xeon", "architecture": "x86_64", "threads": 1, "cpu_capability": "AVX512",
-             "torch": "2.14.1", "blas": "mkl", "gpu": None}
+    intel = {
+        "processor": "Intel Xeon",
+        "architecture": "x86_64",
+        "threads": 1,
+        "cpu_capability": "AVX512",
+        "torch": "2.14.1",
+        "blas": "mkl",
+        "gpu": None,
+    }
     machines = {"deq_pgd": intel, "deq_std": {**intel, "processor": "AMD EPYC"}, "old": None}
     text = report.render(table, [], CFG, [], machines=machines)
     scale = text.split("## Scale", 1)[1].split("## Verdicts", 1)[0]
@@ -315,10 +413,12 @@ def test_the_report_says_where_its_data_and_models_came_from(tmp_path: Path):
     assert "- model `deq_pgd` trained on: Intel Xeon (x86_64, AVX512), 1 thread, torch 2.14.1, BLAS mkl" in scale
     assert "- model `old` trained on: not recorded" in scale and "trained on different machines" in scale
     record = report.metrics(table, CFG, [], machines=machines)
-    assert record["data"] == {"md5": "0123abcd", "official": False} and record["trained_on"]["deq_std"]["processor"] == \
-        "AMD EPYC"
+    assert (
+        record["data"] == {"md5": "0123abcd", "official": False}
+        and record["trained_on"]["deq_std"]["processor"] == "AMD EPYC"
+    )
     legacy = tmp_path / "legacy.csv"
-    make_table().to_csv(legacy, index=False)           # merged before the data source was recorded
+    make_table().to_csv(legacy, index=False)  # merged before the data source was recorded
     assert "- data: not recorded" in report.render(results.load_table(legacy, CFG), [], CFG, [])
 
 
@@ -347,10 +447,24 @@ def test_figures_and_report_commands(tmp_path: Path):
     table, paths = write_outputs(tmp_path / "reports")
     cfg = write_config(tmp_path / "unit.yaml")
     out = tmp_path / "figures"
-    assert run_command("figures", ["-c", str(cfg), "--table", str(table), "--analysis", *map(str, paths),
-                 "--out-dir", str(out)]) == 0
-    for name in ("residual.png", "convergence.png", "residual_samples.png", "state_accuracy.png", "heatmap_deq_pgd.png",
-                 "heatmap_resnet_pgd.png", "alignment.png", "residual_distribution.png", "main.md", "main.tex"):
+    assert (
+        run_command(
+            "figures", ["-c", str(cfg), "--table", str(table), "--analysis", *map(str, paths), "--out-dir", str(out)]
+        )
+        == 0
+    )
+    for name in (
+        "residual.png",
+        "convergence.png",
+        "residual_samples.png",
+        "state_accuracy.png",
+        "heatmap_deq_pgd.png",
+        "heatmap_resnet_pgd.png",
+        "alignment.png",
+        "residual_distribution.png",
+        "main.md",
+        "main.tex",
+    ):
         assert (out / name).stat().st_size > 0, name
     main_md = (out / "main.md").read_text()
     for text in ("deq_pgd", "deq_std", "resnet_pgd", "early_exit", "Madry", "Rice", "Wong", "RobustBench"):
@@ -358,8 +472,24 @@ def test_figures_and_report_commands(tmp_path: Path):
     assert r"\toprule" in (out / "main.tex").read_text() and "deq\\_pgd" in (out / "main.tex").read_text()
 
     md, metrics = tmp_path / "report.md", tmp_path / "metrics.json"
-    assert run_command("report", ["-c", str(cfg), "--table", str(table), "--analysis", *map(str, paths),
-                 "--out", str(md), "--metrics", str(metrics)]) == 0
+    assert (
+        run_command(
+            "report",
+            [
+                "-c",
+                str(cfg),
+                "--table",
+                str(table),
+                "--analysis",
+                *map(str, paths),
+                "--out",
+                str(md),
+                "--metrics",
+                str(metrics),
+            ],
+        )
+        == 0
+    )
     text = md.read_text()
     # Claim 1 reads the analyses; claims 2-5 need per-example outcomes (tests/test_verdicts.py), not given here.
     assert "profile `unit`" in text and text.count("Rule:") == 5 and "| 1 | **held** |" in text
@@ -378,8 +508,9 @@ def checkout(root: Path, profile: str = "unit") -> Path:
     (root / "Snakefile").write_text("# the project root marker\n")
     (root / "params.yaml").write_text(yaml.safe_dump({"profile": profile}))
     (root / "config").mkdir()
-    (root / "config" / f"{profile}.yaml").write_text(yaml.safe_dump(
-        {**CFG, "profile": profile, "reports": f"reports/{profile}", "results": f"results/{profile}"}))
+    (root / "config" / f"{profile}.yaml").write_text(
+        yaml.safe_dump({**CFG, "profile": profile, "reports": f"reports/{profile}", "results": f"results/{profile}"})
+    )
     table, paths = write_outputs(root / "reports" / profile)
     (root / "results" / profile / "analysis").mkdir(parents=True)
     for path in paths:
@@ -407,25 +538,37 @@ def test_notebook_inputs_found_from_another_working_directory(tmp_path: Path, mo
             results.project_root()
 
 
-def test_notebook_inputs_read_the_runs_overrides_say_what_they_read_and_refuse_missing_ones(tmp_path: Path,
-                                                                                             monkeypatch):
+def test_notebook_inputs_read_the_runs_overrides_say_what_they_read_and_refuse_missing_ones(
+    tmp_path: Path, monkeypatch
+):
     """The notebooks load the config the report loaded (the run's --config overrides), print the
     profile and the files they read, and stop on a required input they cannot find."""
     root = checkout(tmp_path / "clone")
-    for name in ("DEQROBUST_PROFILE", "DEQROBUST_CONFIG", "DEQROBUST_REPORTS", "DEQROBUST_TABLE", "DEQROBUST_ANALYSIS",
-                 "DEQROBUST_OUTCOMES", "DEQROBUST_EARLY_EXIT"):
+    for name in (
+        "DEQROBUST_PROFILE",
+        "DEQROBUST_CONFIG",
+        "DEQROBUST_REPORTS",
+        "DEQROBUST_TABLE",
+        "DEQROBUST_ANALYSIS",
+        "DEQROBUST_OUTCOMES",
+        "DEQROBUST_EARLY_EXIT",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(root)
     monkeypatch.setenv("DEQROBUST_OVERRIDES", '["evaluation.num_examples=7", "solver={tol: 0.5}"]')
     paths = results.notebook_inputs(require=("table", "analysis"))
     assert paths["config"]["evaluation"]["num_examples"] == 7 and paths["config"]["solver"]["tol"] == 0.5
     text = results.describe_inputs(paths)
-    assert text.startswith("profile 'unit' (config ") and "table: " + str(root / "reports" / "unit" / "table.csv") in text
+    assert (
+        text.startswith("profile 'unit' (config ") and "table: " + str(root / "reports" / "unit" / "table.csv") in text
+    )
     assert "outcomes: none" in text
     for analysis_file in (root / "results" / "unit" / "analysis").glob("*.json"):
         analysis_file.unlink()
-    with pytest.raises(results.ConfigError, match="notebook input 'analysis' of profile 'unit': no file found; run "
-                                                  "the workflow for this profile first"):
+    with pytest.raises(
+        results.ConfigError,
+        match="notebook input 'analysis' of profile 'unit': no file found; run the workflow for this profile first",
+    ):
         results.notebook_inputs(require=("analysis",))
 
 
@@ -454,8 +597,9 @@ def test_notebooks_execute(tmp_path: Path, monkeypatch, notebook: str):
     nb = jupytext.read(ROOT / "notebooks" / notebook)
     assert nb.metadata["language_info"]["name"] == "python"
     NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    images = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs
-              if "image/png" in o.get("data", {})]
+    images = [
+        o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs if "image/png" in o.get("data", {})
+    ]
     assert images, "the notebook showed no figure"
 
 
@@ -468,7 +612,8 @@ def test_notebook_runs_in_its_own_folder_without_variables(tmp_path: Path, monke
     for name in ("DEQROBUST_PROFILE", "DEQROBUST_CONFIG", "DEQROBUST_REPORTS", "DEQROBUST_TABLE", "DEQROBUST_ANALYSIS"):
         monkeypatch.delenv(name, raising=False)
     nb = jupytext.read(ROOT / "notebooks" / "evaluation_matrix.py")
-    NotebookClient(nb, timeout=120, kernel_name="python3",
-                   resources={"metadata": {"path": str(root / "notebooks")}}).execute()
+    NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(root / "notebooks")}}
+    ).execute()
     text = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs)
     assert "reports/unit/table.csv" in text

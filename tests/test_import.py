@@ -6,6 +6,7 @@ seed, two input images, and what their model computes with those weights in floa
 The parity test runs the product path (imported checkpoint, DEQLogits with the ``exact``
 estimator) on each image alone, as the fixture was made.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import AUTHORS_FILES, write_authors_file
+
 from deqrobust import cli
 from deqrobust.atomic import torch_load
 from deqrobust.authors import import_checkpoint, ours_from_theirs, theirs_from_ours, to_ours
@@ -24,9 +25,9 @@ from deqrobust.config import ConfigError
 from deqrobust.data import md5_of
 from deqrobust.deq_logits import DEQLogits
 from deqrobust.estimators import Exact, Unroll, build_estimator, model_estimator
-from deqrobust.scoring import all_state_logits
 from deqrobust.models import build_model
 from deqrobust.models.mdeq import MDEQ
+from deqrobust.scoring import all_state_logits
 
 # The fixture's "forward" and "input_gradient" settings (checked against its text below).
 SOLVER = {"name": "broyden", "budget": 8, "tol": 1e-3}
@@ -89,7 +90,12 @@ def test_imported_checkpoint_loads_and_records_its_source(imported, their_state)
     model, meta = load_checkpoint(imported, "cpu", expect_arch={"arch": "mdeq", "size": "large"})
     spec = meta["spec"]
     assert {k: spec[k] for k in ("arch", "size", "training", "grad", "name")} == {
-        "arch": "mdeq", "size": "large", "training": "pgd", "grad": "exact", "name": "authors-large"}
+        "arch": "mdeq",
+        "size": "large",
+        "training": "pgd",
+        "grad": "exact",
+        "name": "authors-large",
+    }
     assert spec["source"]["layout"] == "state_dict" and spec["source"]["prefix"] == ""
     assert spec["source"]["file"].endswith("final_state.pth.tar") and len(spec["source"]["md5"]) == 32
     assert math.isnan(meta["epoch"]) and meta["profile"] == "imported"
@@ -107,17 +113,26 @@ def test_each_file_layout_imports_to_the_same_checkpoint(tmp_path, imported, the
     reference = torch_load(imported)["state_dict"]
     written = torch_load(out)
     assert list(written["state_dict"]) == list(reference)
-    assert all(torch.equal(written["state_dict"][k], v) and written["state_dict"][k].dtype == v.dtype
-               for k, v in reference.items())
+    assert all(
+        torch.equal(written["state_dict"][k], v) and written["state_dict"][k].dtype == v.dtype
+        for k, v in reference.items()
+    )
     assert written["spec"] == spec
     assert spec["source"] == {
-        "file": str(source), "md5": md5_of(source), "layout": "checkpoint" if layout == "checkpoint" else "state_dict",
-        "prefix": prefix, **({"epoch": 220, "model": "mdeq", "perf": 0.5625, "train_global_steps": 114400}
-                             if layout == "checkpoint" else {})}
+        "file": str(source),
+        "md5": md5_of(source),
+        "layout": "checkpoint" if layout == "checkpoint" else "state_dict",
+        "prefix": prefix,
+        **(
+            {"epoch": 220, "model": "mdeq", "perf": 0.5625, "train_global_steps": 114400}
+            if layout == "checkpoint"
+            else {}
+        ),
+    }
     assert written["epoch"] == 220.0 if layout == "checkpoint" else math.isnan(written["epoch"])
     # The gradient mode decides the model's own output.
     assert isinstance(model_estimator(spec, {"unroll": {"lam": 0.5, "k": 5}}), Unroll)
-    source.unlink()     # 90 MB each: keep the kept temporary folders small
+    source.unlink()  # 90 MB each: keep the kept temporary folders small
     out.unlink()
 
 
@@ -139,12 +154,18 @@ def test_extra_tensor_is_refused_by_name(their_state):
 
 def test_misshapen_tensor_is_refused_by_name(their_state):
     state = {**their_state, "incre_modules.1.0.conv2.weight": torch.zeros(28, 28, 5, 5, dtype=torch.float64)}
-    with pytest.raises(ConfigError, match=r"tensor 'incre_modules\.1\.0\.conv2\.weight' has shape \[28, 28, 5, 5\]; "
-                                          r"MDEQ-large needs \[28, 28, 3, 3\]"):
+    with pytest.raises(
+        ConfigError,
+        match=r"tensor 'incre_modules\.1\.0\.conv2\.weight' has shape \[28, 28, 5, 5\]; "
+        r"MDEQ-large needs \[28, 28, 3, 3\]",
+    ):
         to_ours(state)
     state = {**their_state, "downsample.0.weight": torch.zeros(48, 3, 3, 3, dtype=torch.float64)}
-    with pytest.raises(ConfigError, match=r"'downsample\.0\.weight' has shape \[48, 3, 3, 3\].*valid widths: 32 \(large\), "
-                                          r"72 \(xl\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"'downsample\.0\.weight' has shape \[48, 3, 3, 3\].*valid widths: 32 \(large\), "
+        r"72 \(xl\)",
+    ):
         to_ours(state)
 
 
@@ -171,13 +192,19 @@ class _Marker:
 def test_pickled_object_is_refused_without_running_it(tmp_path, zipfile):
     marker = tmp_path / "marker"
     source = tmp_path / AUTHORS_FILES["checkpoint"]
-    torch.save({"epoch": 1, "state_dict": {"classifier.bias": torch.zeros(10)}, "perf": _Marker(marker)}, source,
-               _use_new_zipfile_serialization=zipfile)
-    with pytest.raises(ConfigError, match=r"it asks for (builtins|io)\.open, which loading without running code "
-                                          r"from the file refuses\. Valid: checkpoint_<epoch>\.pth\.tar"):
+    torch.save(
+        {"epoch": 1, "state_dict": {"classifier.bias": torch.zeros(10)}, "perf": _Marker(marker)},
+        source,
+        _use_new_zipfile_serialization=zipfile,
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"it asks for (builtins|io)\.open, which loading without running code "
+        r"from the file refuses\. Valid: checkpoint_<epoch>\.pth\.tar",
+    ):
         import_checkpoint(source, tmp_path / "c.pt", "exact", "standard")
     assert not marker.exists() and not (tmp_path / "c.pt").exists()
-    torch.load(source, weights_only=False)      # what unsafe loading would have done
+    torch.load(source, weights_only=False)  # what unsafe loading would have done
     assert marker.exists()
 
 
@@ -197,11 +224,13 @@ def test_unreadable_and_wrong_content_are_refused(tmp_path):
 def test_cli_imports_and_help_says_how_to_evaluate(tmp_path, their_state, capsys):
     source = write_authors_file(tmp_path, their_state, "model_best", "module.")
     out = tmp_path / "mine" / "checkpoint.pt"
-    assert cli.main(["import", str(source), "--grad", "unroll", "--training", "pgd", "--out", str(out),
-                     "--name", "mine"]) == 0
+    assert (
+        cli.main(["import", str(source), "--grad", "unroll", "--training", "pgd", "--out", str(out), "--name", "mine"])
+        == 0
+    )
     assert "MDEQ-LARGE (pgd, grad unroll, name mine)" in capsys.readouterr().out
     assert torch_load(out)["spec"]["grad"] == "unroll"
-    before = out.read_bytes()                  # a second import over it is refused without --force
+    before = out.read_bytes()  # a second import over it is refused without --force
     assert cli.main(["import", str(source), "--grad", "exact", "--training", "pgd", "--out", str(out)]) == 2
     assert "already holds a checkpoint; give another --out, or add --force" in capsys.readouterr().err
     assert out.read_bytes() == before

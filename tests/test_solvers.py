@@ -1,5 +1,6 @@
 """Solvers against known fixed points; per-sample stopping and batch independence; the
 authors' whole-batch rule (coupling: batch); solves that keep their graph."""
+
 import pytest
 import torch
 
@@ -27,7 +28,7 @@ def test_solver_finds_known_fixed_point_per_sample(name):
     assert (rel_err < 1e-6).all()
     # Promised outputs: every iterate, per-sample traces consistent with the iterates.
     assert len(res.iterates) == 60 and res.rel_trace.shape == (5, 60) == res.abs_trace.shape
-    torch.testing.assert_close(res.iterates[0], f(torch.zeros_like(c)))        # z_1 = f(z_0)
+    torch.testing.assert_close(res.iterates[0], f(torch.zeros_like(c)))  # z_1 = f(z_0)
     for b in range(5):
         n = int(res.steps[b])
         assert res.rel_trace[b, n - 1] <= tol and (n == 1 or res.rel_trace[b, n - 2] > tol)
@@ -40,8 +41,11 @@ def test_solver_finds_known_fixed_point_per_sample(name):
 
 def solved_alone(spec, f, c, b):
     """Sample b of the affine problem solved in a batch of one."""
-    return solve(spec, lambda z: f(torch.zeros_like(c).index_copy(0, torch.tensor([b]), z))[b:b + 1],
-                 torch.zeros_like(c[b:b + 1]))
+    return solve(
+        spec,
+        lambda z: f(torch.zeros_like(c).index_copy(0, torch.tensor([b]), z))[b : b + 1],
+        torch.zeros_like(c[b : b + 1]),
+    )
 
 
 @pytest.mark.parametrize("name", sorted(SOLVERS))
@@ -49,7 +53,7 @@ def test_results_do_not_depend_on_the_batch(name):
     f, c, _ = affine_problem(batch=6)
     spec = {"name": name, "budget": 12, "tol": 1e-4}
     full = solve(spec, f, torch.zeros_like(c))
-    assert full.steps.unique().numel() > 1          # samples stop at different steps
+    assert full.steps.unique().numel() > 1  # samples stop at different steps
     for b in range(6):
         one = solved_alone(spec, f, c, b)
         torch.testing.assert_close(one.z[0], full.z[b])
@@ -71,7 +75,7 @@ def test_batch_coupling_is_the_authors_whole_batch_rule(name):
     assert (res.best_step == best).all()
     torch.testing.assert_close(res.z, res.iterates[best - 1], rtol=0, atol=0)
     moved = [(res.iterates[n] - res.iterates[n - 1]).norm(dim=1) for n in range(1, stop)]
-    assert all((m > 0).all() for m in moved)        # nobody is frozen before the batch stops
+    assert all((m > 0).all() for m in moved)  # nobody is frozen before the batch stops
     alone = [solved_alone(spec, f, c, b) for b in range(6)]
     assert any(int(one.steps[0]) != stop for one in alone)
     assert any(not torch.allclose(one.z[0], res.z[b], rtol=0, atol=1e-12) for b, one in enumerate(alone))
@@ -84,7 +88,7 @@ def test_a_solve_that_keeps_its_graph_computes_the_same_numbers(name, coupling):
     what is computed; every returned iterate carries the graph to the map's parameters."""
     f, c, _ = affine_problem(batch=6)
     c = c.clone().requires_grad_()
-    g = lambda z: f(z) - f(torch.zeros_like(z)) + c       # the same map, with a graph to c
+    g = lambda z: f(z) - f(torch.zeros_like(z)) + c  # the same map, with a graph to c
     spec = {"name": name, "budget": 12, "tol": 1e-4, "coupling": coupling}
     plain = solve(spec, g, torch.zeros_like(c), keep_iterates=True)
     kept = solve(spec, g, torch.zeros_like(c), keep_iterates=True, differentiable=True)
@@ -94,7 +98,7 @@ def test_a_solve_that_keeps_its_graph_computes_the_same_numbers(name, coupling):
         assert torch.equal(getattr(kept, field), getattr(plain, field)), field
     assert not kept.rel_trace.requires_grad
     if name == "broyden":
-        for a, b in zip(kept.broyden_factors, plain.broyden_factors):   # late rows divide by small secants
+        for a, b in zip(kept.broyden_factors, plain.broyden_factors):  # late rows divide by small secants
             torch.testing.assert_close(a, b, rtol=1e-8, atol=0)
 
 
@@ -114,18 +118,26 @@ def test_divergence_and_nan_are_reported_not_returned():
     res = solve({"name": "fixed_point", "budget": 6, "tol": 1e-6}, f, torch.zeros_like(c))
     assert res.diverged[1] and not res.converged[1]
     assert torch.isfinite(res.z).all()
-    assert not res.converged.any()               # 3z + 1 diverges: never meets the tolerance
+    assert not res.converged.any()  # 3z + 1 diverges: never meets the tolerance
     assert (res.rel_trace[[0, 2], -1] > 0.5).all()
 
 
 def test_final_rel_is_the_residual_of_the_returned_iterate():
     f, c, _ = affine_problem(batch=6)
     for coupling in ("sample", "batch"):
-        res = solve({"name": "anderson", "budget": 10, "tol": 0.0, "coupling": coupling}, f, torch.zeros_like(c),
-                    keep_iterates=True)
+        res = solve(
+            {"name": "anderson", "budget": 10, "tol": 0.0, "coupling": coupling},
+            f,
+            torch.zeros_like(c),
+            keep_iterates=True,
+        )
         z = res.iterates
-        own = torch.stack([(f(z[int(n) - 1])[b] - z[int(n) - 1][b]).norm() / f(z[int(n) - 1])[b].norm()
-                           for b, n in enumerate(res.best_step)])
+        own = torch.stack(
+            [
+                (f(z[int(n) - 1])[b] - z[int(n) - 1][b]).norm() / f(z[int(n) - 1])[b].norm()
+                for b, n in enumerate(res.best_step)
+            ]
+        )
         torch.testing.assert_close(res.final_rel, own)
 
 

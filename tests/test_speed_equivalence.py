@@ -8,12 +8,16 @@ gradients are compared in float64, where only the summation order may differ, fo
 estimator and state, in train mode with dropout and the Jacobian penalty, and for the
 solvers' own outputs with frozen and diverging samples.
 """
+
 import contextlib
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from reference_estimators import reference_estimator
+from reference_mdeq import ReferenceMDEQ
+from reference_solvers import reference_solve
 
 from deqrobust import deq_logits, scoring
 from deqrobust.deq_logits import DEQLogits
@@ -21,19 +25,23 @@ from deqrobust.estimators import build_estimator
 from deqrobust.models.mdeq import MDEQ, MDEQSize
 from deqrobust.scoring import all_state_logits
 from deqrobust.solvers import SOLVERS, solve
-from reference_estimators import reference_estimator
-from reference_mdeq import ReferenceMDEQ
-from reference_solvers import reference_solve
 
 # A small custom size with dropout, to check that masks are shared the same way.
 DROPPY = MDEQSize((8, 16), (4, 8), 32, 0.2, downsample=1)
 # Modules whose forward solves the original code runs with the reference solver.
 SOLVE_USERS = (deq_logits, scoring)
 
-CASES = [({"name": "exact"}, None), ({"name": "unroll", "lam": 0.5, "k": 2}, None),
-         ({"name": "neumann", "lam": 0.8, "k": 3}, None), ({"name": "intermediate", "lam": 0.5, "k": 2}, 2),
-         ({"name": "intermediate", "lam": 1.0, "k": 2}, 0), ({"name": "adjoint"}, 3), ({"name": "adjoint"}, None),
-         ({"name": "adjoint", "variant": "quasi_newton"}, 2), ({"name": "intermediate", "lam": 1.0, "k": 1}, "ensemble")]
+CASES = [
+    ({"name": "exact"}, None),
+    ({"name": "unroll", "lam": 0.5, "k": 2}, None),
+    ({"name": "neumann", "lam": 0.8, "k": 3}, None),
+    ({"name": "intermediate", "lam": 0.5, "k": 2}, 2),
+    ({"name": "intermediate", "lam": 1.0, "k": 2}, 0),
+    ({"name": "adjoint"}, 3),
+    ({"name": "adjoint"}, None),
+    ({"name": "adjoint", "variant": "quasi_newton"}, 2),
+    ({"name": "intermediate", "lam": 1.0, "k": 1}, "ensemble"),
+]
 SOLVER = {"name": "broyden", "budget": 4, "tol": 1e-3}
 BACKWARD = {"name": "broyden", "budget": 3, "tol": 1e-3}
 
@@ -52,10 +60,16 @@ def run(deq, spec, state, x, y, original=False, train=False, jac_probes=0):
     by the product code or (``original``) by the reference code on the same parameters."""
     deq.zero_grad(set_to_none=True)
     deq.train(train)
-    torch.manual_seed(7)                    # dropout masks and Hutchinson probes
+    torch.manual_seed(7)  # dropout masks and Hutchinson probes
     with original_solver() if original else contextlib.nullcontext():
-        model = DEQLogits(ReferenceMDEQ(deq) if original else deq, (reference_estimator if original else build_estimator)(spec),
-                          state, SOLVER, BACKWARD, jac_probes=jac_probes)
+        model = DEQLogits(
+            ReferenceMDEQ(deq) if original else deq,
+            (reference_estimator if original else build_estimator)(spec),
+            state,
+            SOLVER,
+            BACKWARD,
+            jac_probes=jac_probes,
+        )
         model.train(train)
         xx = x.clone().requires_grad_()
         logits = model(xx)
@@ -75,7 +89,6 @@ def assert_same(ref, out, rtol=1e-7, atol=1e-10):
         scale = ref[2][name].abs().max().item()
         torch.testing.assert_close(out[2][name], ref[2][name], rtol=rtol, atol=atol + 1e-9 * scale, msg=name)
     torch.testing.assert_close(out[3], ref[3], rtol=1e-6, atol=1e-12)
-
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +117,7 @@ def test_training_forward_with_dropout_and_jacobian_penalty_is_unchanged(jac_pro
     ref = run(deq, {"name": "exact"}, None, x, y, original=True, train=True, jac_probes=jac_probes)
     out = run(deq, {"name": "exact"}, None, x, y, train=True, jac_probes=jac_probes)
     assert_same(ref, out)
-    assert any(g.abs().sum() > 0 for n, g in out[2].items() if "original" in n)   # weight-norm g and v get gradients
+    assert any(g.abs().sum() > 0 for n, g in out[2].items() if "original" in n)  # weight-norm g and v get gradients
 
 
 def test_weights_cached_without_grad_never_reach_a_differentiated_f():
@@ -140,8 +153,8 @@ def test_channels_last_state_is_a_permutation_of_the_reference_state(tiny):
         inj = deq.prepare(x)
         z = deq.f(deq.f(deq.init_state(x), inj), inj)
         split = deq.split(z)
-        torch.testing.assert_close(deq.join(split), z, rtol=0, atol=0)      # split/join round trip
-        assert all(s.stride(1) == 1 and s.stride(3) == s.shape[1] for s in split)   # NHWC: channels innermost
+        torch.testing.assert_close(deq.join(split), z, rtol=0, atol=0)  # split/join round trip
+        assert all(s.stride(1) == 1 and s.stride(3) == s.shape[1] for s in split)  # NHWC: channels innermost
     for a, b in zip(split, branches):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-10)
 
@@ -166,7 +179,11 @@ def test_all_state_logits_are_unchanged(mini):
 def affine_problem(batch=6, dim=20, seed=0):
     gen = torch.Generator().manual_seed(seed)
     a = torch.randn(batch, dim, dim, generator=gen, dtype=torch.float64)
-    a = torch.linspace(0.2, 0.95, batch, dtype=torch.float64)[:, None, None] * a / torch.linalg.matrix_norm(a, ord=2)[:, None, None]
+    a = (
+        torch.linspace(0.2, 0.95, batch, dtype=torch.float64)[:, None, None]
+        * a
+        / torch.linalg.matrix_norm(a, ord=2)[:, None, None]
+    )
     c = torch.randn(batch, dim, generator=gen, dtype=torch.float64)
     return lambda z: torch.einsum("bij,bj->bi", a, z) + c, c
 
@@ -182,7 +199,7 @@ def test_solver_outputs_are_unchanged_with_frozen_and_diverging_samples(name, po
     spec = {"name": name, "budget": 25, "tol": 1e-6}
     ref = reference_solve(spec, f, torch.zeros_like(c), keep_iterates=True)
     new = solve(spec, f, torch.zeros_like(c), keep_iterates=True)
-    assert ref.steps.unique().numel() > 1                    # samples stop at different steps: frozen beside active
+    assert ref.steps.unique().numel() > 1  # samples stop at different steps: frozen beside active
     for field in ("z", "rel_trace", "abs_trace"):
         torch.testing.assert_close(getattr(new, field), getattr(ref, field), rtol=1e-9, atol=1e-12, equal_nan=True)
     for field in ("steps", "converged", "diverged", "best_step"):

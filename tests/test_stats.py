@@ -1,5 +1,6 @@
 """Verdict statistics against known answers: hand-computed binomial sums, Newcombe's published
 intervals, simulated coverage and power, and the verdict rule on constructed outcomes."""
+
 from __future__ import annotations
 
 from math import comb
@@ -22,13 +23,16 @@ def outcomes(both: int, a_only: int, b_only: int, neither: int) -> tuple[np.ndar
 
 
 # ---------------------------------------------------------------- McNemar
-@pytest.mark.parametrize("b, c, alternative, expected", [
-    (8, 2, "greater", (comb(10, 8) + comb(10, 9) + comb(10, 10)) / 2 ** 10),   # 56 / 1024
-    (8, 2, "less", 1 - (comb(10, 9) + comb(10, 10)) / 2 ** 10),              # P(X <= 8) = 1013 / 1024
-    (5, 0, "greater", 1 / 2 ** 5),
-    (1, 6, "less", (1 + 7) / 2 ** 7),
-    (0, 0, "greater", 1.0),
-])
+@pytest.mark.parametrize(
+    "b, c, alternative, expected",
+    [
+        (8, 2, "greater", (comb(10, 8) + comb(10, 9) + comb(10, 10)) / 2**10),  # 56 / 1024
+        (8, 2, "less", 1 - (comb(10, 9) + comb(10, 10)) / 2**10),  # P(X <= 8) = 1013 / 1024
+        (5, 0, "greater", 1 / 2**5),
+        (1, 6, "less", (1 + 7) / 2**7),
+        (0, 0, "greater", 1.0),
+    ],
+)
 def test_mcnemar_p_value_is_the_binomial_tail_of_the_discordant_pairs(b, c, alternative, expected):
     a_out, b_out = outcomes(40, b, c, 30)
     result = stats.mcnemar(a_out, b_out, alternative)
@@ -49,18 +53,21 @@ def test_paired_counts_and_errors():
 
 
 # Newcombe (1998), Stat. Med. 17:2635, Table II, method 10: (both, A only, B only, neither) -> 95 % limits.
-@pytest.mark.parametrize("cells, limits", [
-    ((36, 12, 2, 0), (0.0569, 0.3404)),
-    ((18, 12, 2, 18), (0.0562, 0.3290)),
-    ((53, 0, 0, 1), (-0.0729, 0.0729)),
-    ((0, 30, 0, 0), (0.8395, 1.0)),
-])
+@pytest.mark.parametrize(
+    "cells, limits",
+    [
+        ((36, 12, 2, 0), (0.0569, 0.3404)),
+        ((18, 12, 2, 18), (0.0562, 0.3290)),
+        ((53, 0, 0, 1), (-0.0729, 0.0729)),
+        ((0, 30, 0, 0), (0.8395, 1.0)),
+    ],
+)
 def test_paired_interval_matches_newcombes_worked_examples(cells, limits):
     assert stats.paired_difference_ci(*cells) == pytest.approx(limits, abs=5e-5)
 
 
 def test_paired_interval_covers_the_true_difference_95_percent_of_the_time():
-    probs = np.array([0.45, 0.15, 0.07, 0.33])        # true difference 0.08
+    probs = np.array([0.45, 0.15, 0.07, 0.33])  # true difference 0.08
     draws = np.random.default_rng(RNG_SEED).multinomial(100, probs, size=2000)
     lower, upper = stats.paired_difference_ci(*draws.T)
     coverage = np.mean((lower <= 0.08) & (0.08 <= upper))
@@ -71,14 +78,14 @@ def test_paired_interval_covers_the_true_difference_95_percent_of_the_time():
 def test_power_when_every_discordant_pair_favours_a_is_the_chance_of_five_or_more():
     # 0.5^4 > 0.05 >= 0.5^5: the exact test needs at least 5 discordant pairs, all for A.
     assert stats.mcnemar_power(200, 0.0, 0.03) == pytest.approx(sps.binom.sf(4, 200, 0.03), rel=1e-9)
-    assert stats.mcnemar_power(200, 0.2, 0.0) <= stats.ALPHA        # size under no effect
+    assert stats.mcnemar_power(200, 0.2, 0.0) <= stats.ALPHA  # size under no effect
 
 
 def test_power_matches_simulated_rejection_rate():
-    n, probs = 200, np.array([0.5, 0.12, 0.04, 0.34])        # discordance 0.16, difference 0.08
+    n, probs = 200, np.array([0.5, 0.12, 0.04, 0.34])  # discordance 0.16, difference 0.08
     draws = np.random.default_rng(RNG_SEED).multinomial(n, probs, size=4000)
     b, c = draws[:, 1], draws[:, 2]
-    p = sps.binom.sf(b - 1, b + c, 0.5)                        # exact one-sided McNemar, vectorised
+    p = sps.binom.sf(b - 1, b + c, 0.5)  # exact one-sided McNemar, vectorised
     assert np.mean(p <= stats.ALPHA) == pytest.approx(stats.mcnemar_power(n, 0.16, 0.08), abs=0.025)
 
 
@@ -86,8 +93,8 @@ def test_mde_is_where_power_reaches_the_target():
     mde = stats.paired_mde(300, 0.1)
     assert stats.mcnemar_power(300, 0.1, mde) == pytest.approx(stats.POWER, abs=1e-4)
     assert stats.mcnemar_power(300, 0.1, 0.95 * mde) < stats.POWER
-    assert stats.paired_mde(3000, 0.1) < mde                   # more examples, smaller MDE
-    assert stats.paired_mde(4, 1.0) == float("inf")            # 0.5^4 > 0.05: nothing is detectable
+    assert stats.paired_mde(3000, 0.1) < mde  # more examples, smaller MDE
+    assert stats.paired_mde(4, 1.0) == float("inf")  # 0.5^4 > 0.05: nothing is detectable
 
 
 # ---------------------------------------------------------------- Holm
@@ -100,7 +107,7 @@ def test_holm_on_a_known_set():
 
 
 def test_holm_can_turn_a_significant_comparison_into_a_non_significant_one():
-    clear = stats.mcnemar(*outcomes(100, 14, 4, 82))           # p about 0.015
+    clear = stats.mcnemar(*outcomes(100, 14, 4, 82))  # p about 0.015
     null = [stats.mcnemar(*outcomes(100, 5, 5, 90)) for _ in range(3)]
     assert stats.decide(clear, 0.02).kind == stats.HELD
     adjusted = stats.holm_adjust([clear, *null])
@@ -114,7 +121,7 @@ def test_mann_whitney_on_separated_samples():
     x, y = np.arange(11, 16.0), np.arange(1, 6.0)
     result = stats.mann_whitney(x, y)
     assert result.statistic == 25 and result.estimate == 1.0
-    assert result.p_value == pytest.approx(1 / comb(10, 5))    # exact: 1 of 252 rank arrangements
+    assert result.p_value == pytest.approx(1 / comb(10, 5))  # exact: 1 of 252 rank arrangements
     assert stats.mann_whitney(x, y, "less").p_value == pytest.approx(1.0)
     lo, hi = result.ci
     assert 0.5 < lo < 1.0 and hi == 1.0
@@ -129,7 +136,7 @@ def test_probability_of_superiority_counts_ties_as_half():
 def test_superiority_interval_covers_the_true_value():
     rng = np.random.default_rng(RNG_SEED)
     shift, n = 0.5, 30
-    truth = sps.norm.cdf(shift / np.sqrt(2))                   # P(X > Y) for unit normals
+    truth = sps.norm.cdf(shift / np.sqrt(2))  # P(X > Y) for unit normals
     x, y = rng.normal(shift, 1, (1000, n)), rng.normal(0, 1, (1000, n))
     ps = (x[:, :, None] > y[:, None, :]).mean(axis=(1, 2))
     covered = [lo <= truth <= hi for lo, hi in (stats.superiority_ci(p, n, n) for p in ps)]
@@ -139,7 +146,7 @@ def test_superiority_interval_covers_the_true_value():
 def test_superiority_mde_has_the_stated_power_in_simulation():
     n = 50
     mde = stats.superiority_mde(n, n)
-    shift = np.sqrt(2) * sps.norm.ppf(0.5 + mde)               # normal shift with P(X > Y) = 0.5 + mde
+    shift = np.sqrt(2) * sps.norm.ppf(0.5 + mde)  # normal shift with P(X > Y) = 0.5 + mde
     rng = np.random.default_rng(RNG_SEED)
     x, y = rng.normal(shift, 1, (1000, n)), rng.normal(0, 1, (1000, n))
     p = sps.mannwhitneyu(x, y, alternative="greater", axis=1).pvalue
@@ -200,13 +207,18 @@ def test_an_effect_measured_the_other_way_did_not_hold_even_at_low_power():
 
 def test_a_significant_effect_outranks_an_absent_precondition():
     """The precondition explains a null result; it never hides a significant one."""
-    aligned = stats.Precondition("final-state gradient misaligned with the true gradient",
-                                 "median cosine to the true gradient", 0.97, stats.ALIGNED_COSINE, present_below=True)
-    result = stats.mcnemar(*outcomes(50, 40, 5, 205))           # significant on its own
+    aligned = stats.Precondition(
+        "final-state gradient misaligned with the true gradient",
+        "median cosine to the true gradient",
+        0.97,
+        stats.ALIGNED_COSINE,
+        present_below=True,
+    )
+    result = stats.mcnemar(*outcomes(50, 40, 5, 205))  # significant on its own
     verdict = stats.decide(result, stats.SMALLEST_EFFECT[2], aligned)
     assert verdict.kind == stats.HELD and "precondition absent" in verdict.reason
     assert "median cosine to the true gradient 0.97" in verdict.reason
-    null = stats.mcnemar(*outcomes(50, 6, 5, 239))               # not significant
+    null = stats.mcnemar(*outcomes(50, 6, 5, 239))  # not significant
     assert stats.decide(null, stats.SMALLEST_EFFECT[2], aligned).kind == stats.PRECONDITION_ABSENT
     misaligned = stats.Precondition(aligned.name, aligned.statistic, 0.4, stats.ALIGNED_COSINE, present_below=True)
     assert stats.decide(result, stats.SMALLEST_EFFECT[2], misaligned).kind == stats.HELD
@@ -220,7 +232,7 @@ def test_missing_data_is_not_tested():
 def test_claim1_over_seeds_needs_every_seed():
     rng = np.random.default_rng(RNG_SEED)
     std = [rng.lognormal(-3, 0.5, 300) for _ in range(3)]
-    slow = [rng.lognormal(-2, 0.5, 300) for _ in range(3)]      # adversarially trained: higher residuals
+    slow = [rng.lognormal(-2, 0.5, 300) for _ in range(3)]  # adversarially trained: higher residuals
     verdicts = [stats.decide(stats.mann_whitney(a, s), stats.SMALLEST_EFFECT[1]) for a, s in zip(slow, std)]
     assert stats.combine(verdicts).kind == stats.HELD
     flipped = verdicts[:2] + [stats.decide(stats.mann_whitney(std[2], slow[2]), stats.SMALLEST_EFFECT[1])]

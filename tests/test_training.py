@@ -1,4 +1,5 @@
 """Training: steps learn, adversarial inputs stay in the ball, kill-and-resume is exact, checkpoints are safe."""
+
 from __future__ import annotations
 
 import csv
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import synthetic_batches, write_archive, write_config
 
 from deqrobust import config, data, seeds
 from deqrobust.checkpoint import load_checkpoint, save_checkpoint
@@ -20,18 +22,30 @@ from deqrobust.config import ConfigError
 from deqrobust.models import build_model
 from deqrobust.training import Trainer
 
-from conftest import synthetic_batches, write_archive, write_config
-
-TRAINING = {"batch_size": 8, "pretrain_iters": 0, "pretrain_unroll": 2, "eval_batch_size": 10,
-            "unroll": {"k": 2}, "adv": {"steps": 2}, "select": {"pgd_steps": 1}}
+TRAINING = {
+    "batch_size": 8,
+    "pretrain_iters": 0,
+    "pretrain_unroll": 2,
+    "eval_batch_size": 10,
+    "unroll": {"k": 2},
+    "adv": {"steps": 2},
+    "select": {"pgd_steps": 1},
+}
 
 
 def setup(root: Path, model: dict | None = None, **training) -> tuple[dict, Path]:
     """A prepared synthetic dataset (16 images per batch: 70 train, 10 dev, 16 test), its config and path."""
     archive = write_archive(root / "cifar.tar.gz", synthetic_batches(per_batch=16, n_test=16))
     spec = {"arch": "mdeq", "size": "tiny", "training": "standard", "grad": "exact", **(model or {})}
-    path = write_config(root / "config.yaml", root / "data", archive, solver={"budget": 3},
-                        backward_solver={"budget": 2}, models={"deq": spec}, training={**TRAINING, **training})
+    path = write_config(
+        root / "config.yaml",
+        root / "data",
+        archive,
+        solver={"budget": 3},
+        backward_solver={"budget": 2},
+        models={"deq": spec},
+        training={**TRAINING, **training},
+    )
     cfg = config.load(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", data.DataWarning)
@@ -39,13 +53,16 @@ def setup(root: Path, model: dict | None = None, **training) -> tuple[dict, Path
     return cfg, path
 
 
-@pytest.mark.parametrize("spec, training", [
-    ({"grad": "exact"}, {}),
-    ({"grad": "unroll"}, {}),
-    ({"grad": "exact"}, {"pretrain_iters": 100}),
-    ({"grad": "exact"}, {"jac_reg": {"freq": 1.0}}),
-    ({"arch": "preact_resnet18"}, {}),
-])
+@pytest.mark.parametrize(
+    "spec, training",
+    [
+        ({"grad": "exact"}, {}),
+        ({"grad": "unroll"}, {}),
+        ({"grad": "exact"}, {"pretrain_iters": 100}),
+        ({"grad": "exact"}, {"jac_reg": {"freq": 1.0}}),
+        ({"arch": "preact_resnet18"}, {}),
+    ],
+)
 def test_steps_lower_the_loss(tmp_path, spec, training):
     t = Trainer(setup(tmp_path, spec, lr=3e-3, **training)[0], "deq", tmp_path / "out")
     x, y = next(data.train_loader(t.cfg, 8, seed=0, epoch=0))
@@ -69,8 +86,11 @@ def test_adversarial_inputs_stay_in_the_ball(tmp_path, mode, step_255):
 def test_phase_option_decides_whether_pretraining_is_attacked(tmp_path, monkeypatch, during):
     """The authors pretrain on clean images and train adversarially after (the default);
     adv_during_pretraining=true attacks the pretraining network too."""
-    t = Trainer(setup(tmp_path, {"training": "pgd"}, pretrain_iters=2, adv_during_pretraining=during)[0], "deq",
-                tmp_path / "out")
+    t = Trainer(
+        setup(tmp_path, {"training": "pgd"}, pretrain_iters=2, adv_during_pretraining=during)[0],
+        "deq",
+        tmp_path / "out",
+    )
     x, y = next(data.train_loader(t.cfg, 8, seed=0, epoch=0))
     attacked, original = [], t.adversarial
     monkeypatch.setattr(t, "adversarial", lambda net, *a: attacked.append(net.state) or original(net, *a))
@@ -86,9 +106,12 @@ def test_phase_option_reruns_only_models_it_shapes(tmp_path):
     from deqrobust import plan
 
     cfg = setup(tmp_path, pretrain_iters=2)[0]
-    models = {"std": {"arch": "mdeq", "training": "standard"}, "adv": {"arch": "mdeq", "training": "pgd"},
-              "net": {"arch": "preact_resnet18", "training": "pgd"},
-              "adv0": {"arch": "mdeq", "training": "pgd", "training_overrides": {"pretrain_iters": 0}}}
+    models = {
+        "std": {"arch": "mdeq", "training": "standard"},
+        "adv": {"arch": "mdeq", "training": "pgd"},
+        "net": {"arch": "preact_resnet18", "training": "pgd"},
+        "adv0": {"arch": "mdeq", "training": "pgd", "training_overrides": {"pretrain_iters": 0}},
+    }
     cfg = config.validate({**cfg, "models": models})
     shaped = {m for m in models if "adv_during_pretraining" in plan.train_slice(cfg, m)["spec"]["training_config"]}
     assert shaped == {"adv"}
@@ -96,15 +119,27 @@ def test_phase_option_reruns_only_models_it_shapes(tmp_path):
 
 def train_command(cfg_path: Path, out: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.Popen([sys.executable, "-m", "deqrobust.cli", "train", "-c", str(cfg_path), "--model", "deq",
-                             "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "deqrobust.cli", "train", "-c", str(cfg_path), "--model", "deq", "--out", str(out)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_kill_and_resume_ends_exactly_like_an_uninterrupted_run(tmp_path):
     # FGSM-AT (seeded attack starts), Jacobian regularisation on half the iterations (global RNG
     # probes, budget jitter), pretraining then solver, evaluations every half epoch, resume every 2.
-    _, cfg_path = setup(tmp_path, {"training": "fgsm"}, epochs=1.5, pretrain_iters=1, jac_reg={"freq": 0.5},
-                        select={"every_epochs": 0.5, "pgd_steps": 1}, checkpoint_every_iters=2)
+    _, cfg_path = setup(
+        tmp_path,
+        {"training": "fgsm"},
+        epochs=1.5,
+        pretrain_iters=1,
+        jac_reg={"freq": 0.5},
+        select={"every_epochs": 0.5, "pgd_steps": 1},
+        checkpoint_every_iters=2,
+    )
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     reference = train_command(cfg_path, whole)
     victim = train_command(cfg_path, cut)
@@ -116,7 +151,7 @@ def test_kill_and_resume_ends_exactly_like_an_uninterrupted_run(tmp_path):
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert not (cut / "summary.json").exists()
-    for output in ("checkpoint.pt", "metrics.csv"):     # as Snakemake does before rerunning a job
+    for output in ("checkpoint.pt", "metrics.csv"):  # as Snakemake does before rerunning a job
         (cut / output).unlink(missing_ok=True)
     assert torch.load(cut / "resume.pt", weights_only=True)["state"]["iteration"] >= 2
     resumed = train_command(cfg_path, cut)
@@ -139,8 +174,10 @@ def test_kill_and_resume_ends_exactly_like_an_uninterrupted_run(tmp_path):
     sa, sb = (json.loads((d / "snapshots.json").read_text()) for d in (whole, cut))
     assert [s["iteration"] for s in sa["snapshots"]] == [4, 8, 12] and sa["pretrain_iters"] == 1
     for a_entry, b_entry in zip(sa["snapshots"], sb["snapshots"]):
-        wa, wb = (torch.load(d / "snapshots" / e["file"], weights_only=True)["state_dict"]
-                  for d, e in ((whole, a_entry), (cut, b_entry)))
+        wa, wb = (
+            torch.load(d / "snapshots" / e["file"], weights_only=True)["state_dict"]
+            for d, e in ((whole, a_entry), (cut, b_entry))
+        )
         assert all(torch.equal(wa[k], wb[k]) for k in wa)
     last = torch.load(whole / "snapshots" / sa["snapshots"][-1]["file"], weights_only=True)
     assert last["epoch"] == 1.5 and last["metrics"]["iteration"] == 12
@@ -151,14 +188,16 @@ def test_a_file_that_is_no_checkpoint_is_named_and_never_said_to_be_deleted(tmp_
 
     metrics = tmp_path / "metrics.csv"
     metrics.write_text("epoch,iteration\n0.5,4\n")
-    with pytest.raises(ConfigError, match="metrics.csv is not a checkpoint \\(not a torch file\\); valid: the "
-                                          "checkpoint.pt of a model folder") as err:
+    with pytest.raises(
+        ConfigError,
+        match="metrics.csv is not a checkpoint \\(not a torch file\\); valid: the checkpoint.pt of a model folder",
+    ) as err:
         load_checkpoint(metrics)
     assert "Delete" not in str(err.value)
     damaged = tmp_path / "checkpoint.pt"
     spec = {"arch": "mdeq", "size": "tiny", "training": "pgd", "grad": "exact", "name": "deq"}
     save_checkpoint(damaged, build_model(spec), spec, epoch=1.0, metrics={}, profile="test")
-    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])   # a torch file cut short
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])  # a torch file cut short
     with pytest.raises(ConfigError, match="cannot be read: .*Delete it and rerun"):
         load_checkpoint(damaged)
 
@@ -190,13 +229,15 @@ def test_train_never_replaces_a_finished_model_without_force(tmp_path, capsys):
     out = tmp_path / "model"
     argv = ["train", "-c", str(path), "--model", "deq", "--out", str(out)]
     assert cli.main(argv) == 0
-    machine = json.loads((out / "summary.json").read_text())["machine"]   # where it was trained
+    machine = json.loads((out / "summary.json").read_text())["machine"]  # where it was trained
     assert machine["processor"] and machine["threads"] == 1 and machine["torch"] == torch.__version__
     finished = {name: (out / name).read_bytes() for name in ("checkpoint.pt", "metrics.csv", "summary.json")}
     capsys.readouterr()
     assert cli.main(argv) == 2
-    assert f"{out / 'checkpoint.pt'} already holds a finished model; give another --out, or add --force" in \
-        capsys.readouterr().err
+    assert (
+        f"{out / 'checkpoint.pt'} already holds a finished model; give another --out, or add --force"
+        in capsys.readouterr().err
+    )
     assert {name: (out / name).read_bytes() for name in finished} == finished
     assert cli.main([*argv, "--force"]) == 0
 
@@ -216,18 +257,18 @@ def test_an_interrupted_rerun_after_a_config_change_never_costs_the_finished_mod
     finished = {name: (out / name).read_bytes() for name in outputs}
     changed = tmp_path / "changed.yaml"
     cfg = yaml.safe_load(path.read_text())
-    cfg["training"]["lr"] = 2e-3                        # a setting changed
+    cfg["training"]["lr"] = 2e-3  # a setting changed
     changed.write_text(yaml.safe_dump(cfg))
-    for name in outputs:                                   # as Snakemake does before it reruns the job
+    for name in outputs:  # as Snakemake does before it reruns the job
         (out / name).unlink()
     victim = train_command(changed, out)
     deadline = time.time() + 90
     while not (out / "resume.pt").is_file() and time.time() < deadline and victim.poll() is None:
         time.sleep(0.05)
-    victim.send_signal(signal.SIGINT)                      # Ctrl-C
+    victim.send_signal(signal.SIGINT)  # Ctrl-C
     victim.wait(timeout=60)
     assert not (out / "checkpoint.pt").exists() and (out / "resume.pt").is_file()
-    back = train_command(path, out)                        # the old config again
+    back = train_command(path, out)  # the old config again
     said, err = back.communicate(timeout=120)
     assert back.returncode == 0, err[-2000:]
     assert "restored the finished training" in said

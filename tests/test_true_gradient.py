@@ -8,11 +8,13 @@ perturbed solve is checked to make the same decisions (steps, best_step) as the 
 one, and the cases are chosen so that decisions do act (some samples frozen before the
 budget, some returning an iterate other than the last).
 """
+
 import itertools
 
 import pytest
 import torch
 import torch.nn.functional as F
+from toy_deq import ToyDEQ
 
 from deqrobust.config import ConfigError
 from deqrobust.deq_logits import DEQLogits
@@ -20,11 +22,9 @@ from deqrobust.estimators import Exact, build_estimator, true_gradient
 from deqrobust.gradients import cosine, deployed_model, input_gradient, true_gradient_model
 from deqrobust.models.mdeq import MDEQ
 from deqrobust.scoring import all_state_logits
-from toy_deq import ToyDEQ
 
 DEPLOYED = {"name": "solver_autograd"}
 BACKWARD = {"name": "broyden", "budget": 40, "tol": 1e-12}
-
 
 
 def decisions(model):
@@ -56,12 +56,16 @@ def toy():
     return deq, x, torch.randn(5, 4, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("solver", [
-    {"name": "broyden", "budget": 8, "tol": 1e-3},                       # per-sample stops at steps 3..5
-    {"name": "anderson", "budget": 7, "tol": 0.0},                       # lowest residual not always the last
-    {"name": "fixed_point", "budget": 6, "tol": 3e-3},
-    {"name": "broyden", "budget": 8, "tol": 1e-3, "coupling": "batch"},  # the authors' whole-batch rule
-], ids=lambda s: f"{s['name']}-{s.get('coupling', 'sample')}")
+@pytest.mark.parametrize(
+    "solver",
+    [
+        {"name": "broyden", "budget": 8, "tol": 1e-3},  # per-sample stops at steps 3..5
+        {"name": "anderson", "budget": 7, "tol": 0.0},  # lowest residual not always the last
+        {"name": "fixed_point", "budget": 6, "tol": 3e-3},
+        {"name": "broyden", "budget": 8, "tol": 1e-3, "coupling": "batch"},  # the authors' whole-batch rule
+    ],
+    ids=lambda s: f"{s['name']}-{s.get('coupling', 'sample')}",
+)
 @pytest.mark.parametrize("state", [None, 2, 5, "ensemble"], ids=str)
 def test_true_gradient_matches_central_differences_on_a_smooth_deq(toy, solver, state):
     """Every input coordinate, float64, a smooth f (tanh): the deployed map's derivative."""
@@ -96,7 +100,10 @@ def mini():
     rather than z_5 (asserted in the test, so a change of initialisation is caught)."""
     torch.manual_seed(0)
     deq = MDEQ("mini").double().eval()
-    x = torch.rand(4, 3, 32, 32, dtype=torch.float64) * torch.tensor([0.2, 0.6, 1, 1], dtype=torch.float64)[:, None, None, None]
+    x = (
+        torch.rand(4, 3, 32, 32, dtype=torch.float64)
+        * torch.tensor([0.2, 0.6, 1, 1], dtype=torch.float64)[:, None, None, None]
+    )
     return deq, x, torch.randn(4, 10, dtype=torch.float64)
 
 
@@ -149,10 +156,18 @@ def test_deployed_logits_equal_every_defense_score(size, coupling, own):
         torch.testing.assert_close(logits, expected, rtol=1e-12, atol=1e-14, msg=key)
 
 
-@pytest.mark.parametrize("spec,state", [
-    ({"name": "exact"}, None), ({"name": "unroll", "lam": 0.5, "k": 2}, None), ({"name": "neumann", "lam": 1.0, "k": 3}, None),
-    ({"name": "intermediate", "lam": 1.0, "k": 1}, 2), ({"name": "adjoint"}, 3), ({"name": "intermediate", "lam": 0.5, "k": 1}, "ensemble"),
-], ids=str)
+@pytest.mark.parametrize(
+    "spec,state",
+    [
+        ({"name": "exact"}, None),
+        ({"name": "unroll", "lam": 0.5, "k": 2}, None),
+        ({"name": "neumann", "lam": 1.0, "k": 3}, None),
+        ({"name": "intermediate", "lam": 1.0, "k": 1}, 2),
+        ({"name": "adjoint"}, 3),
+        ({"name": "intermediate", "lam": 0.5, "k": 1}, "ensemble"),
+    ],
+    ids=str,
+)
 def test_true_gradient_of_an_estimator_keeps_its_logits_and_differs_in_gradient(mini, spec, state):
     deq, x, weights = mini
     solver = {"name": "broyden", "budget": 4, "tol": 1e-3}
@@ -163,7 +178,7 @@ def test_true_gradient_of_an_estimator_keeps_its_logits_and_differs_in_gradient(
     torch.testing.assert_close(reference(xx), model(xx), rtol=1e-12, atol=1e-14)
     cos = cosine(input_gradient(model, x, weights.argmax(1)), input_gradient(reference, x, weights.argmax(1)))
     assert cos.shape == (4,) and torch.isfinite(cos).all() and (cos.abs() <= 1 + 1e-12).all()
-    if spec["name"] in ("exact", "neumann", "adjoint"):   # a gradient rewrite: the true gradient is another vector
+    if spec["name"] in ("exact", "neumann", "adjoint"):  # a gradient rewrite: the true gradient is another vector
         assert (cos < 0.999).any()
 
 
@@ -206,7 +221,7 @@ def test_parameter_gradients_flow_through_the_solve():
     through_solver = deq.W.grad.clone()
     deq.zero_grad()
     inj, z = deq.prepare(x), deq.init_state(x)
-    for _ in range(6):                     # the 5 solver steps and the own output's f
+    for _ in range(6):  # the 5 solver steps and the own output's f
         z = deq.f(z, inj)
     F.cross_entropy(deq.head(z), y).backward()
     torch.testing.assert_close(through_solver, deq.W.grad, rtol=1e-12, atol=1e-14)
@@ -239,8 +254,10 @@ def test_memory_grows_linearly_with_the_budget():
     torch.manual_seed(0)
     deq = MDEQ("mini").eval()
     x = torch.rand(2, 3, 32, 32)
-    used = {n: saved_bytes(DEQLogits(deq, build_estimator(DEPLOYED), None, {"budget": n, "tol": 0.0}, own=Exact()), x)
-            for n in (4, 8, 16)}
+    used = {
+        n: saved_bytes(DEQLogits(deq, build_estimator(DEPLOYED), None, {"budget": n, "tol": 0.0}, own=Exact()), x)
+        for n in (4, 8, 16)
+    }
     ratio = (used[16] - used[8]) / (used[8] - used[4])
     assert 1.9 < ratio < 2.1, used
 

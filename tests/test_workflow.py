@@ -4,6 +4,7 @@ Every test works on a copy of the workflow files in a temporary folder (no resul
 data), so it neither sees nor touches the results of a real run in the repository.
 The end-to-end test runs the smoke profile on a synthetic CIFAR-10 archive.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -12,7 +13,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -24,11 +24,24 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-PROFILES = {"paper": "config/config.yaml", "quick": "config/quick.yaml", "cpu": "config/cpu.yaml",
-            "smoke": "config/smoke.yaml"}
+PROFILES = {
+    "paper": "config/config.yaml",
+    "quick": "config/quick.yaml",
+    "cpu": "config/cpu.yaml",
+    "smoke": "config/smoke.yaml",
+}
 # What the workflow needs, relative to the repository root.
-WORKFLOW_FILES = ["Snakefile", "workflow", "config", "notebooks", "src/deqrobust/config.schema.yaml",
-                  "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore"]
+WORKFLOW_FILES = [
+    "Snakefile",
+    "workflow",
+    "config",
+    "notebooks",
+    "src/deqrobust/config.schema.yaml",
+    "dvc.yaml",
+    "params.yaml",
+    ".dvc/config",
+    ".dvcignore",
+]
 BIN = str(Path(sys.executable).parent)  # deqrobust, jupytext, dvc of this environment
 
 
@@ -71,7 +84,7 @@ def planned_outputs(text: str) -> set[str]:
     for line in text.splitlines():
         line = line.strip()
         if line.startswith("output:"):
-            files.update(p.strip() for p in line[len("output:"):].split(","))
+            files.update(p.strip() for p in line[len("output:") :].split(","))
     return files
 
 
@@ -83,7 +96,7 @@ def finished_outputs(log: str) -> set[str]:
         if re.match(r"(local)?rule \S+:$", line):
             jobid, current = None, []
         elif line.startswith("output:"):
-            current = [p.strip() for p in line[len("output:"):].split(",")]
+            current = [p.strip() for p in line[len("output:") :].split(",")]
         elif line.startswith("jobid:"):
             jobid = int(line.split()[1])
             outputs[jobid] = current
@@ -93,28 +106,46 @@ def finished_outputs(log: str) -> set[str]:
 
 def expected_jobs(cfg: dict, notebooks: int) -> Counter:
     """The jobs of a whole run, derived from the config alone (not from the workflow code)."""
-    instances = {f"{m}.s{seed}" if "seeds" in spec else m: m       # one per seed -> its model
-                 for m, spec in cfg["models"].items() for seed in spec.get("seeds", [None])}
+    instances = {
+        f"{m}.s{seed}" if "seeds" in spec else m: m  # one per seed -> its model
+        for m, spec in cfg["models"].items()
+        for seed in spec.get("seeds", [None])
+    }
     models = list(instances)
     deqs = [i for i, m in instances.items() if cfg["models"][m]["arch"] == "mdeq"]
     baselines = [i for i in models if i not in deqs]
     ev = cfg.get("evaluation", {})
     couplings = [cfg.get(key, {}).get("coupling", "sample") for key in ("solver", "backward_solver")]
 
-    def setting(group):   # a group's coupling (both solvers) and batch, None where they are the profile's
+    def setting(group):  # a group's coupling (both solvers) and batch, None where they are the profile's
         coupling = group.get("coupling", couplings[0])
         size = group.get("batch_size", ev["batch_size"])
         return None if [coupling, coupling, size] == [*couplings, ev["batch_size"]] else (coupling, size)
 
-    deq_cells = {(i, e, a, str(s), setting(g)) for i in deqs for g in ev.get("cells", [])
-                 if instances[i] in g.get("models", [instances[i]])     # a group with models: theirs only
-                 for e in g["estimators"] for a in g["attacks"] for s in g["states"]}
-    return Counter({
-        "data": 1, "train": len(models), "select_exit": len(deqs), "analyze": len(deqs),
-        "trajectory": len(deqs),      # every DEQ of a profile is trained (an import profile is tested apart)
-        "evaluate": len(deq_cells) + len(baselines) * len(ev.get("baseline_attacks", [])),
-        "merge": 1, "figures": 1, "report": 1, "notebook": notebooks, "all": 1,
-    })
+    deq_cells = {
+        (i, e, a, str(s), setting(g))
+        for i in deqs
+        for g in ev.get("cells", [])
+        if instances[i] in g.get("models", [instances[i]])  # a group with models: theirs only
+        for e in g["estimators"]
+        for a in g["attacks"]
+        for s in g["states"]
+    }
+    return Counter(
+        {
+            "data": 1,
+            "train": len(models),
+            "select_exit": len(deqs),
+            "analyze": len(deqs),
+            "trajectory": len(deqs),  # every DEQ of a profile is trained (an import profile is tested apart)
+            "evaluate": len(deq_cells) + len(baselines) * len(ev.get("baseline_attacks", [])),
+            "merge": 1,
+            "figures": 1,
+            "report": 1,
+            "notebook": notebooks,
+            "all": 1,
+        }
+    )
 
 
 def load(profile: str) -> dict:
@@ -141,6 +172,7 @@ def write_yaml(path: Path, obj: dict) -> Path:
 
 
 # ---- configuration ------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_config_rejects_wrong_key(profile, workdir):
@@ -189,6 +221,7 @@ def test_config_rejects_cell_naming_an_undefined_attack(workdir):
 
 # ---- the DAG --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("profile", PROFILES)
 def test_dry_run_lists_the_whole_matrix(profile, workdir):
     args = ["-n", "--configfile", PROFILES[profile]]
@@ -217,16 +250,22 @@ def test_cpu_matrix_gives_each_model_its_groups(workdir):
     assert job_stats(text)["evaluate"] == 3 * (3 + 2 + 8 + 2 + 2 + 3 + 8) + 3 * 3 + 2 == 95
     assert job_stats(text)["trajectory"] == 6
     cells = {o.removeprefix("results/cpu/eval/") for o in planned_outputs(text) if o.startswith("results/cpu/eval/")}
-    per_model = {m: {c.split("/", 1)[1] for c in cells if c.startswith(m + "/")}
-                 for m in ("deq-std.s0", "deq-std.s2", "deq-adv.s0", "deq-adv.s1", "deq-adv.s2", "resnet18-w8-adv")}
-    assert per_model["deq-std.s0"] == per_model["deq-std.s2"] == \
-        {f"{e}/pgd10/state-final.json" for e in ("exact", "unroll", "solver_autograd")}
+    per_model = {
+        m: {c.split("/", 1)[1] for c in cells if c.startswith(m + "/")}
+        for m in ("deq-std.s0", "deq-std.s2", "deq-adv.s0", "deq-adv.s1", "deq-adv.s2", "resnet18-w8-adv")
+    }
+    assert (
+        per_model["deq-std.s0"]
+        == per_model["deq-std.s2"]
+        == {f"{e}/pgd10/state-final.json" for e in ("exact", "unroll", "solver_autograd")}
+    )
     assert per_model["deq-adv.s0"] == per_model["deq-adv.s1"] == per_model["deq-adv.s2"] > per_model["deq-std.s0"]
     assert len(per_model["deq-adv.s0"]) == 28 and "intermediate/pgd10/state-8.json" in per_model["deq-adv.s0"]
     coupled = {c for c in per_model["deq-adv.s0"] if ".batch96." in c}
-    assert coupled == {f"{e}/pgd10/state-final.batch96.json" for e in ("exact", "unroll", "solver_autograd")} | \
-        {f"intermediate/pgd10/state-{n}.batch96.json" for n in range(1, 9)}
-    assert {c.replace(".batch96", "") for c in coupled} <= per_model["deq-adv.s0"]   # each beside its per-sample cell
+    assert coupled == {f"{e}/pgd10/state-final.batch96.json" for e in ("exact", "unroll", "solver_autograd")} | {
+        f"intermediate/pgd10/state-{n}.batch96.json" for n in range(1, 9)
+    }
+    assert {c.replace(".batch96", "") for c in coupled} <= per_model["deq-adv.s0"]  # each beside its per-sample cell
     assert per_model["resnet18-w8-adv"] == {"autograd/pgd10/state-final.json", "autograd/apgd-ce/state-final.json"}
 
 
@@ -243,12 +282,15 @@ def test_a_results_folder_belongs_to_one_profile(workdir):
     proc = snakemake(workdir, "-n", "--configfile", str(path))
     text = output_of(proc)
     assert proc.returncode != 0
-    assert ("results folder results/smoke belongs to profile 'smoke' (results/smoke/models/deq-std/summary.json); "
-            "this run is profile 'mine'") in text, text[-2000:]
+    assert (
+        "results folder results/smoke belongs to profile 'smoke' (results/smoke/models/deq-std/summary.json); "
+        "this run is profile 'mine'"
+    ) in text, text[-2000:]
     assert "--config results=results/mine" in text and "Traceback" not in text
     (folder / ".profile").write_text("smoke\n")
-    assert "belongs to profile 'smoke' (results/smoke/.profile)" in output_of(snakemake(workdir, "-n", "--configfile",
-                                                                                      str(path)))
+    assert "belongs to profile 'smoke' (results/smoke/.profile)" in output_of(
+        snakemake(workdir, "-n", "--configfile", str(path))
+    )
     assert snakemake(workdir, "-n", "--configfile", str(path), "--config", "results=results/mine").returncode == 0
 
 
@@ -268,12 +310,15 @@ def test_dry_run_with_seeds_plans_one_instance_per_seed(workdir):
     for model in ("deq-std", "deq-adv.s0", "deq-adv.s1", "resnet18-adv"):
         assert f"results/smoke/models/{model}/checkpoint.pt" in outputs
     assert not any("/deq-adv/" in o or o.endswith("/deq-adv.json") for o in outputs)
-    assert {"results/smoke/early_exit/deq-adv.s1.json", "results/smoke/analysis/deq-adv.s0.json",
-            "results/smoke/eval/deq-adv.s1/solver_autograd/pgd2/state-ensemble.json"} <= outputs
+    assert {
+        "results/smoke/early_exit/deq-adv.s1.json",
+        "results/smoke/analysis/deq-adv.s0.json",
+        "results/smoke/eval/deq-adv.s1/solver_autograd/pgd2/state-ensemble.json",
+    } <= outputs
     commands = [line for line in text.splitlines() if re.match(r"\s*(Shell command: )?deqrobust ", line)]
     for line in commands:
         model = re.search(r"(?:--model |models/)([^/ ]+)", line)
-        if model is None:     # merge, figures, report: no instance
+        if model is None:  # merge, figures, report: no instance
             assert "--set seed=" not in line, line
             continue
         expected = " --set seed=1 " if model.group(1) == "deq-adv.s1" else None
@@ -308,8 +353,9 @@ def test_slurm_profile_is_accepted(workdir):
 
 
 def test_default_profile_is_accepted(workdir):
-    proc = snakemake(workdir, "-n", "--workflow-profile", "workflow/profiles/default",
-                     "--configfile", PROFILES["smoke"])
+    proc = snakemake(
+        workdir, "-n", "--workflow-profile", "workflow/profiles/default", "--configfile", PROFILES["smoke"]
+    )
     assert proc.returncode == 0, output_of(proc)[-3000:]
 
 
@@ -326,13 +372,16 @@ def test_command_line_overrides_reach_the_cli(workdir):
     reads as Snakemake's config was built: same files, same overrides, same loader."""
     write_yaml(workdir / "config" / "extra.yaml", {"training": {"epochs": 2}})
     overrides = ["data={archive: /tmp/c.tar.gz, allow_md5_mismatch: true}", "training={lr: 1e-4}"]
-    proc = snakemake(workdir, "-n", "-p", "--configfile", PROFILES["smoke"], "config/extra.yaml",
-                     "--config", *overrides)
+    proc = snakemake(
+        workdir, "-n", "-p", "--configfile", PROFILES["smoke"], "config/extra.yaml", "--config", *overrides
+    )
     text = output_of(proc)
     assert proc.returncode == 0, text[-3000:]
     commands = [line for line in text.splitlines() if re.match(r"\s*(Shell command: )?deqrobust ", line)]
-    expected = ("-c config/smoke.yaml -c config/extra.yaml --set 'data={archive: /tmp/c.tar.gz, allow_md5_mismatch: "
-                "true}' --set 'training={lr: 1e-4}' --set threads=1")
+    expected = (
+        "-c config/smoke.yaml -c config/extra.yaml --set 'data={archive: /tmp/c.tar.gz, allow_md5_mismatch: "
+        "true}' --set 'training={lr: 1e-4}' --set threads=1"
+    )
     assert commands and all(expected in c for c in commands), commands[:2]
     from deqrobust import config
 
@@ -347,15 +396,21 @@ def test_snakefile_imports_the_clone_when_the_package_is_not_installed(workdir):
     Snakefile imports this clone's src/; the config core never imports torch."""
     import deqrobust
 
-    shutil.copytree(Path(deqrobust.__file__).parent, workdir / "src" / "deqrobust", dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        Path(deqrobust.__file__).parent,
+        workdir / "src" / "deqrobust",
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     installed = str(Path(deqrobust.__file__).parents[1])
-    code = (f"import sys; sys.path = [p for p in sys.path if p != {installed!r}]\n"
-            "import importlib.util; assert importlib.util.find_spec('deqrobust') is None\n"
-            "sys.argv = ['snakemake', '-n', '--configfile', 'config/smoke.yaml']\n"
-            "from snakemake.cli import main\n"
-            "try:\n    main()\nexcept SystemExit as end:\n"
-            "    import deqrobust; print('RESULT', end.code, deqrobust.__file__, 'torch' in sys.modules)")
+    code = (
+        f"import sys; sys.path = [p for p in sys.path if p != {installed!r}]\n"
+        "import importlib.util; assert importlib.util.find_spec('deqrobust') is None\n"
+        "sys.argv = ['snakemake', '-n', '--configfile', 'config/smoke.yaml']\n"
+        "from snakemake.cli import main\n"
+        "try:\n    main()\nexcept SystemExit as end:\n"
+        "    import deqrobust; print('RESULT', end.code, deqrobust.__file__, 'torch' in sys.modules)"
+    )
     proc = run([sys.executable, "-c", code], workdir)
     result = [line for line in output_of(proc).splitlines() if line.startswith("RESULT")]
     assert result == [f"RESULT 0 {workdir / 'src' / 'deqrobust' / '__init__.py'} False"], output_of(proc)[-3000:]
@@ -367,32 +422,48 @@ def deqrobust(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 def _edit_first(section: str, key: str, value, arch: str | None = None):
     """An edit of the smoke profile: ``key`` of the first entry of ``section`` (of that arch)."""
+
     def edit(cfg):
         entries = cfg[section] if section == "models" else cfg["evaluation"][section]
         name = next(n for n, e in entries.items() if arch is None or e.get("arch") == arch)
         entries[name][key] = value
+
     return edit
 
 
 # Each bad value, and what the message says about it (the key, the value, what is valid).
 BAD_VALUES = {
-    "negative num_examples": (lambda c: c["evaluation"].update(num_examples=-5),
-                              "evaluation.num_examples: -5 is less than the minimum of 1"),
-    "unknown model size": (_edit_first("models", "size", "huge", arch="mdeq"),
-                           "is not an MDEQ size; valid sizes: mini, tiny, small, large, xl"),
-    "attacked state outside the grammar": (lambda c: c["evaluation"]["cells"][0].update(states=["final", 99]),
-                                           "evaluation.cells[0].states: state 99 is not valid for a solver budget"),
+    "negative num_examples": (
+        lambda c: c["evaluation"].update(num_examples=-5),
+        "evaluation.num_examples: -5 is less than the minimum of 1",
+    ),
+    "unknown model size": (
+        _edit_first("models", "size", "huge", arch="mdeq"),
+        "is not an MDEQ size; valid sizes: mini, tiny, small, large, xl",
+    ),
+    "attacked state outside the grammar": (
+        lambda c: c["evaluation"]["cells"][0].update(states=["final", 99]),
+        "evaluation.cells[0].states: state 99 is not valid for a solver budget",
+    ),
     "eps above 255": (_edit_first("attacks", "eps_255", 1000), "eps_255 must be a number in (0, 255], got 1000"),
-    "learning rate not a number": (lambda c: c["training"].update(lr=float("nan")),
-                                   "training.lr: nan is not a finite number"),
+    "learning rate not a number": (
+        lambda c: c["training"].update(lr=float("nan")),
+        "training.lr: nan is not a finite number",
+    ),
     "unknown estimator parameter": (_edit_first("estimators", "lambda", 0.5), "unknown parameter 'lambda'"),
-    "bad training override": (_edit_first("models", "training_overrides", {"epochz": 1}),
-                              "training_overrides: Additional properties are not allowed ('epochz' was unexpected)"),
-    "cell group of an unknown model": (lambda c: c["evaluation"]["cells"][0].update(models=["deq-nope"]),
-                                       "evaluation.cells[0].models: unknown model 'deq-nope'; models of this config:"),
-    "cell group of a baseline": (lambda c: c["evaluation"]["cells"][0].update(models=["resnet18-adv"]),
-                                 "evaluation.cells[0].models: 'resnet18-adv' is not a DEQ; baselines are attacked "
-                                 "with evaluation.baseline_attacks"),
+    "bad training override": (
+        _edit_first("models", "training_overrides", {"epochz": 1}),
+        "training_overrides: Additional properties are not allowed ('epochz' was unexpected)",
+    ),
+    "cell group of an unknown model": (
+        lambda c: c["evaluation"]["cells"][0].update(models=["deq-nope"]),
+        "evaluation.cells[0].models: unknown model 'deq-nope'; models of this config:",
+    ),
+    "cell group of a baseline": (
+        lambda c: c["evaluation"]["cells"][0].update(models=["resnet18-adv"]),
+        "evaluation.cells[0].models: 'resnet18-adv' is not a DEQ; baselines are attacked "
+        "with evaluation.baseline_attacks",
+    ),
 }
 
 
@@ -433,13 +504,18 @@ def test_references_of_early_exit_are_checked_before_any_job(workdir):
     assert "Job stats" not in text
 
 
-@pytest.mark.skipif(bool(shutil.which("nvidia-smi")), reason="a GPU driver is present: the no-GPU path is not testable here")
+@pytest.mark.skipif(
+    bool(shutil.which("nvidia-smi")), reason="a GPU driver is present: the no-GPU path is not testable here"
+)
 def test_paper_without_gpu_fails_fast(workdir):
     pytest.importorskip("torch")
     import torch
 
     if torch.cuda.is_available():
-        pytest.skip("CUDA is available: this checks the no-GPU fail-fast; on a GPU machine run the paper dry run instead (snakemake -n)")
+        pytest.skip(
+            "CUDA is available: this checks the no-GPU fail-fast; on a GPU machine run the paper dry run instead "
+            "(snakemake -n)"
+        )
     start = time.monotonic()
     proc = snakemake(workdir, "--cores", "1", timeout=300)
     text = output_of(proc)
@@ -451,9 +527,13 @@ def test_paper_without_gpu_fails_fast(workdir):
 
 # ---- DVC ------------------------------------------------------------------------------------
 
+
 def _git_init(root: Path) -> None:
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
+    ):
         subprocess.run(cmd, cwd=root, check=True, capture_output=True)
 
 
@@ -486,8 +566,12 @@ SMOKE_ARCHIVE_SIZE = {"per_batch": 60, "n_test": 60}  # 300 training images, 60 
 def _mtimes(root: Path) -> dict[str, float]:
     """Finished outputs (checkpoints, cells, early exits, analyses) and their mtimes."""
     found = {}
-    for pattern in ("results/smoke/models/*/checkpoint.pt", "results/smoke/eval/**/state-*.json",
-                    "results/smoke/early_exit/*.json", "results/smoke/analysis/*.json"):
+    for pattern in (
+        "results/smoke/models/*/checkpoint.pt",
+        "results/smoke/eval/**/state-*.json",
+        "results/smoke/early_exit/*.json",
+        "results/smoke/analysis/*.json",
+    ):
         for path in root.glob(pattern):
             found[str(path.relative_to(root))] = path.stat().st_mtime
     return found
@@ -511,9 +595,16 @@ def _train_uninterrupted(workdir: Path, log: str, model: str) -> Path:
     command = next(c for c in lines if c.startswith("deqrobust train ") and f" --model {model} " in c)
     command = command.split(" > ", 1)[0]
     out = re.search(r"--out (\S+)", command).group(1)
-    reference = workdir.parent / "uninterrupted" / model     # outside the clone: not in git, not in results
-    proc = subprocess.run(command.replace(f"--out {out}", f"--out {reference}"), shell=True, cwd=workdir,
-                          env=_env(), capture_output=True, text=True, timeout=600)
+    reference = workdir.parent / "uninterrupted" / model  # outside the clone: not in git, not in results
+    proc = subprocess.run(
+        command.replace(f"--out {out}", f"--out {reference}"),
+        shell=True,
+        cwd=workdir,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return reference
 
@@ -531,16 +622,27 @@ def _same_training(a: Path, b: Path) -> None:
 
 
 def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.mark.slow
 def test_smoke_workflow_end_to_end(workdir, cifar_archive):
     archive, _ = cifar_archive(**SMOKE_ARCHIVE_SIZE)
     data = f"data={{archive: {archive}, allow_md5_mismatch: true}}"
-    args = ["--workflow-profile", "workflow/profiles/default", "--cores", "2",
-            "--configfile", PROFILES["smoke"], "--config", data]
+    args = [
+        "--workflow-profile",
+        "workflow/profiles/default",
+        "--cores",
+        "2",
+        "--configfile",
+        PROFILES["smoke"],
+        "--config",
+        data,
+    ]
     cfg = load("smoke")
     notebooks = len(list((workdir / "notebooks").glob("*.py")))
     expected = expected_jobs(cfg, notebooks)
@@ -552,13 +654,18 @@ def test_smoke_workflow_end_to_end(workdir, cifar_archive):
     models = workdir / cfg["results"] / "models"
     slowest = next(m for m, s in cfg["models"].items() if s["arch"] == "mdeq" and s["training"] != "standard")
     with first_log.open("w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "snakemake", *args], cwd=workdir, env=_env(),
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "snakemake", *args],
+            cwd=workdir,
+            env=_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 600
         while proc.poll() is None and time.monotonic() < deadline and not (models / slowest / "resume.pt").is_file():
             time.sleep(0.1)
-        assert proc.poll() is None, "the smoke run ended before it could be killed:\n" + \
-            first_log.read_text()[-3000:]
+        assert proc.poll() is None, "the smoke run ended before it could be killed:\n" + first_log.read_text()[-3000:]
         proc.kill()
         proc.wait(timeout=60)
     deadline = time.monotonic() + 60
@@ -570,7 +677,7 @@ def test_smoke_workflow_end_to_end(workdir, cifar_archive):
     for model in interrupted:
         job_log = (workdir / cfg["results"] / "logs" / "train" / f"{model}.log").read_text()
         assert "the snakemake process that started this job" in job_log, job_log[-2000:]
-        assert not (models / model / "checkpoint.pt").exists()      # no partial checkpoint
+        assert not (models / model / "checkpoint.pt").exists()  # no partial checkpoint
     done = finished_outputs(first_log.read_text())
     assert done, "no job finished before the interruption"
     finished = {p: (workdir / p).stat().st_mtime for p in done if (workdir / p).is_file()}
@@ -605,15 +712,16 @@ def test_smoke_workflow_end_to_end(workdir, cifar_archive):
     for model in deqs:
         assert (results / "early_exit" / f"{model}.json").is_file()
         assert (results / "analysis" / f"{model}.json").is_file()
-    for model in deqs:   # every selection point's weights, and their analysis along training
+    for model in deqs:  # every selection point's weights, and their analysis along training
         snapshots = json.loads((results / "models" / model / "snapshots.json").read_text())["snapshots"]
-        assert len(snapshots) == 2 and all((results / "models" / model / "snapshots" / s["file"]).is_file()
-                                           for s in snapshots)
+        assert len(snapshots) == 2 and all(
+            (results / "models" / model / "snapshots" / s["file"]).is_file() for s in snapshots
+        )
         assert len(json.loads((results / "trajectory" / f"{model}.json").read_text())["snapshots"]) == 2
-    assert (results / ".profile").read_text() == "smoke\n"      # the folder is the smoke profile's
+    assert (results / ".profile").read_text() == "smoke\n"  # the folder is the smoke profile's
     assert (reports / "table.csv").is_file() and (reports / "report.md").is_file()
     table = pd.read_csv(reports / "table.csv")
-    assert set(table["data_official"]) == {False} and table["data_md5"].nunique() == 1   # a synthetic archive
+    assert set(table["data_official"]) == {False} and table["data_md5"].nunique() == 1  # a synthetic archive
     text = (reports / "report.md").read_text()
     assert "**not the official CIFAR-10 archive**" in text and "## Along training" in text
     assert "- model `deq-std` trained on: " in text and "not recorded" not in text.split("## Verdicts")[0]
@@ -632,34 +740,66 @@ def test_smoke_workflow_end_to_end(workdir, cifar_archive):
 
     # 3b. The documented DVC profile switch on results made by plain snakemake: DVC adopts
     #     them (its record now holds them) and keeps every file bit-identical.
-    shutil.copytree(REPO / "src" / "deqrobust", workdir / "src" / "deqrobust", dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("__pycache__"))   # a dependency of the stage
-    shutil.copy2(REPO / ".gitignore", workdir / ".gitignore")      # results stay out of git
+    shutil.copytree(
+        REPO / "src" / "deqrobust",
+        workdir / "src" / "deqrobust",
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )  # a dependency of the stage
+    shutil.copy2(REPO / ".gitignore", workdir / ".gitignore")  # results stay out of git
     _git_init(workdir)
     kept = _digest(workdir / cfg["results"])
-    switch = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "profile=smoke",
-                  "-S", f"snakemake_args='--config \"{data}\"'"], workdir, timeout=600)
+    switch = run(
+        [
+            sys.executable,
+            "-m",
+            "dvc",
+            "exp",
+            "run",
+            "-S",
+            "profile=smoke",
+            "-S",
+            f"snakemake_args='--config \"{data}\"'",
+        ],
+        workdir,
+        timeout=600,
+    )
     assert switch.returncode == 0, output_of(switch)[-5000:]
     assert _digest(workdir / cfg["results"]) == kept, "dvc exp run changed finished results"
     lock = yaml.safe_load((workdir / "dvc.lock").read_text())
-    assert {"path": "results/smoke", "nfiles": len(kept)}.items() <= \
-        next(o for o in lock["stages"]["workflow"]["outs"] if o["path"] == "results/smoke").items()
+    assert {"path": "results/smoke", "nfiles": len(kept)}.items() <= next(
+        o for o in lock["stages"]["workflow"]["outs"] if o["path"] == "results/smoke"
+    ).items()
 
     # 4. One attack setting changes: `dvc repro` reruns only its cells and what depends on them.
     attack = "apgd-ce"
     edited = load("smoke")
     edited["evaluation"]["attacks"][attack]["n_iter"] += 1
     write_yaml(workdir / PROFILES["smoke"], edited)
-    affected_cells = len(deqs) * len({(e, str(s)) for g in cfg["evaluation"]["cells"] if attack in g["attacks"]
-                                      for e in g["estimators"] for s in g["states"]})
+    affected_cells = len(deqs) * len(
+        {
+            (e, str(s))
+            for g in cfg["evaluation"]["cells"]
+            if attack in g["attacks"]
+            for e in g["estimators"]
+            for s in g["states"]
+        }
+    )
     affected_cells += (len(cfg["models"]) - len(deqs)) * cfg["evaluation"]["baseline_attacks"].count(attack)
     rerun = snakemake(workdir, "-n", *args)
     assert rerun.returncode == 0, output_of(rerun)[-3000:]
-    assert job_stats(output_of(rerun)) == Counter({
-        "evaluate": affected_cells, "merge": 1, "figures": 1, "report": 1, "notebook": notebooks, "all": 1,
-    })
+    assert job_stats(output_of(rerun)) == Counter(
+        {
+            "evaluate": affected_cells,
+            "merge": 1,
+            "figures": 1,
+            "report": 1,
+            "notebook": notebooks,
+            "all": 1,
+        }
+    )
     before = _mtimes(workdir)
-    third = run([sys.executable, "-m", "dvc", "repro"], workdir, timeout=1200)   # DVC runs snakemake
+    third = run([sys.executable, "-m", "dvc", "repro"], workdir, timeout=1200)  # DVC runs snakemake
     assert third.returncode == 0, output_of(third)[-5000:]
     after = _mtimes(workdir)
     changed = {p for p in before if after[p] != before[p]}

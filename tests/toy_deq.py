@@ -3,6 +3,7 @@
 f(z; x) = tanh(W z + U x) with ||W||_2 = 0.5 is a contraction, so its fixed point and
 implicit gradient are well defined and every solver converges.
 """
+
 import torch
 from torch import nn
 

@@ -32,6 +32,7 @@ per sample, on clean and adversarial inputs:
   the batch, per estimator at its last diagnosed state and for the true gradient of the
   deployed model at the final state.
 """
+
 from __future__ import annotations
 
 import json
@@ -81,15 +82,21 @@ def summarise(rel: np.ndarray, correct: np.ndarray, correct_fixed: np.ndarray, t
     finite = np.where(np.isfinite(rel), rel, np.nan)
     with warnings.catch_warnings():  # a step where every sample diverged gives NaN, said by "nonfinite"
         warnings.simplefilter("ignore", RuntimeWarning)
-        stats = {"median": np.nanmedian(finite, axis=0), "q25": np.nanquantile(finite, 0.25, axis=0),
-                 "q75": np.nanquantile(finite, 0.75, axis=0), "mean": np.nanmean(finite, axis=0)}
+        stats = {
+            "median": np.nanmedian(finite, axis=0),
+            "q25": np.nanquantile(finite, 0.25, axis=0),
+            "q75": np.nanquantile(finite, 0.75, axis=0),
+            "mean": np.nanmean(finite, axis=0),
+        }
     steps = steps_to_tolerance(rel, tol)
     reached = [s for s in steps if s is not None]
     capped = [budget if s is None else s for s in steps]
     return {
         "n": n,
-        "residual": {**{k: _finite_or_none(v) for k, v in stats.items()},
-                     "nonfinite": (~np.isfinite(rel)).sum(axis=0).tolist()},
+        "residual": {
+            **{k: _finite_or_none(v) for k, v in stats.items()},
+            "nonfinite": (~np.isfinite(rel)).sum(axis=0).tolist(),
+        },
         "steps_to_tol": {
             "counts": [reached.count(s) for s in range(1, budget + 1)],
             "never": n - len(reached),
@@ -117,9 +124,17 @@ def deployed_residual(deq: torch.nn.Module, x: torch.Tensor, solver: dict) -> to
     return solve(solver, lambda z: deq.f(z, injection), deq.init_state(x)).final_rel
 
 
-def analyse(deq: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, solver: dict, tol: float,
-            batch_size: int, adversary: Adversary | None = None, progress: bool = True,
-            deployed: dict | None = None) -> tuple[dict, torch.Tensor | None]:
+def analyse(
+    deq: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    solver: dict,
+    tol: float,
+    batch_size: int,
+    adversary: Adversary | None = None,
+    progress: bool = True,
+    deployed: dict | None = None,
+) -> tuple[dict, torch.Tensor | None]:
     """Trace clean (and, given an adversary, adversarial) inputs batch by batch and summarise.
 
     ``solver`` is the forward solver spec to trace (its tol should be 0); ``tol`` is the
@@ -136,7 +151,7 @@ def analyse(deq: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, solver: dict
     adversarial: list[torch.Tensor] = []
     starts = range(0, len(y), batch_size)
     for index, start in enumerate(tqdm(starts, desc="analyse", unit="batch", disable=not progress)):
-        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
         inputs = {"clean": xb}
         if adversary is not None:
             inputs["adversarial"], batch_warnings = adversary(xb, yb, index)
@@ -155,11 +170,16 @@ def analyse(deq: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, solver: dict
 
 
 # ---------------------------------------------------------------- mechanism diagnostics
-def _batched(measure: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-             batch_size: int) -> np.ndarray:
+def _batched(
+    measure: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor, batch_size: int
+) -> np.ndarray:
     """``measure`` over batches of ``batch_size`` (the evaluation's: batch coupling depends on it)."""
-    return np.concatenate([measure(x[i:i + batch_size], y[i:i + batch_size]).detach().cpu().double().numpy()
-                           for i in range(0, len(y), batch_size)])
+    return np.concatenate(
+        [
+            measure(x[i : i + batch_size], y[i : i + batch_size]).detach().cpu().double().numpy()
+            for i in range(0, len(y), batch_size)
+        ]
+    )
 
 
 def _per_sample(values: np.ndarray) -> dict:
@@ -177,8 +197,16 @@ def backward_residual(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) 
     return model.stats["backward"].final_rel
 
 
-def diagnose(deq: torch.nn.Module, own, inputs: dict[str, tuple[torch.Tensor, torch.Tensor]], diagnosed: dict,
-             solver: dict, backward_solver: dict, batch_size: int, progress: bool = True) -> dict:
+def diagnose(
+    deq: torch.nn.Module,
+    own,
+    inputs: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    diagnosed: dict,
+    solver: dict,
+    backward_solver: dict,
+    batch_size: int,
+    progress: bool = True,
+) -> dict:
     """``alignment`` entries and ``backward_residual`` per input kind (see the module docstring).
 
     ``diagnosed`` is plan.diagnosed(cfg); ``own`` the model's own estimator; gradients are taken
@@ -196,8 +224,9 @@ def diagnose(deq: torch.nn.Module, own, inputs: dict[str, tuple[torch.Tensor, to
     def gradients(target, x, y) -> torch.Tensor:
         return batched_gradient(target, x, y, batch_size)
 
-    pairs = [(name, entry["spec"], state)
-             for name, entry in diagnosed["estimators"].items() for state in entry["states"]]
+    pairs = [
+        (name, entry["spec"], state) for name, entry in diagnosed["estimators"].items() for state in entry["states"]
+    ]
     entries, backward = [], {}
     for kind, (x, y) in tqdm(inputs.items(), desc="diagnose", unit="inputs", disable=not progress):
         deployed = gradients(deployed_model(model(own, None)), x, y)
@@ -205,16 +234,31 @@ def diagnose(deq: torch.nn.Module, own, inputs: dict[str, tuple[torch.Tensor, to
             target = model(build_estimator(spec), state)
             mine = gradients(target, x, y)
             own_truth = cosine(mine, gradients(true_gradient_model(target), x, y)).double().cpu().numpy()
-            entries.append({"inputs": kind, "estimator": name, "estimator_type": spec["name"], "state": state,
-                            **_per_sample(own_truth),
-                            "deployed": _per_sample(cosine(mine, deployed).double().cpu().numpy())})
+            entries.append(
+                {
+                    "inputs": kind,
+                    "estimator": name,
+                    "estimator_type": spec["name"],
+                    "state": state,
+                    **_per_sample(own_truth),
+                    "deployed": _per_sample(cosine(mine, deployed).double().cpu().numpy()),
+                }
+            )
         exact = model(Exact(), None)
         backward[kind] = _finite_or_none(_batched(lambda xb, yb: backward_residual(exact, xb, yb), x, y, batch_size))
     return {"alignment": entries, "backward_residual": backward}
 
 
-def batch_dependences(deq: torch.nn.Module, own, x: torch.Tensor, y: torch.Tensor, diagnosed: dict, solver: dict,
-                      backward_solver: dict, images: int | None = None) -> dict:
+def batch_dependences(
+    deq: torch.nn.Module,
+    own,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    diagnosed: dict,
+    solver: dict,
+    backward_solver: dict,
+    images: int | None = None,
+) -> dict:
     """Per solver coupling and estimator (at its last diagnosed state; the true gradient of the
     deployed model at the final state), gradients.batch_dependence of the first ``images``
     images of the batch ``x``."""
@@ -224,8 +268,11 @@ def batch_dependences(deq: torch.nn.Module, own, x: torch.Tensor, y: torch.Tenso
     from deqrobust.plan import FINAL
     from deqrobust.solvers import COUPLINGS
 
-    targets = {name: (build_estimator(entry["spec"]), entry["states"][-1])
-               for name, entry in diagnosed["estimators"].items() if entry["states"]}
+    targets = {
+        name: (build_estimator(entry["spec"]), entry["states"][-1])
+        for name, entry in diagnosed["estimators"].items()
+        if entry["states"]
+    }
     targets[diagnosed["true_gradient"]] = (SolverAutograd(), FINAL)
     out = {}
     for coupling in COUPLINGS:
@@ -247,10 +294,16 @@ def make_adversary(cfg: dict, deq: torch.nn.Module, own) -> tuple[Adversary, dic
     from deqrobust.estimators import build_estimator
     from deqrobust.plan import analysis_slice
 
-    settings, step = cfg["analysis"], analysis_slice(cfg)   # the slice checks the names analysis refers to
+    settings, step = cfg["analysis"], analysis_slice(cfg)  # the slice checks the names analysis refers to
     attack_spec, estimator_spec = step["attack_spec"], step["estimator_spec"]
-    model = DEQLogits(deq, build_estimator(estimator_spec), state=None,
-                      solver=cfg["solver"], backward_solver=cfg["backward_solver"], own=own).eval()
+    model = DEQLogits(
+        deq,
+        build_estimator(estimator_spec),
+        state=None,
+        solver=cfg["solver"],
+        backward_solver=cfg["backward_solver"],
+        own=own,
+    ).eval()
     attack = build_attack(settings["attack"], attack_spec)
 
     def adversary(x: torch.Tensor, y: torch.Tensor, index: int) -> tuple[torch.Tensor, list[str]]:
@@ -272,7 +325,7 @@ def run(cfg: dict, checkpoint: str, device: torch.device, progress: bool = True)
 
     deq, meta = load_checkpoint(checkpoint, device, expect_arch="mdeq")
     spec = meta["spec"]
-    cfg = instance_config(cfg, spec["name"])   # a seed instance's attacks use its seed
+    cfg = instance_config(cfg, spec["name"])  # a seed instance's attacks use its seed
     settings, batch_size = cfg["analysis"], cfg["evaluation"]["batch_size"]
     x, y = load_split(cfg, "test")
     count = len(y) if settings["num_examples"] is None else min(settings["num_examples"], len(y))
@@ -284,13 +337,15 @@ def run(cfg: dict, checkpoint: str, device: torch.device, progress: bool = True)
     traced = {**cfg["solver"], "budget": settings["budget"], "tol": 0.0}
     solvers = cfg["solver"], cfg["backward_solver"]
     began = time.time()
-    result, x_adv = analyse(deq, x, y, traced, cfg["solver"]["tol"], batch_size, adversary, progress,
-                            deployed=cfg["solver"])
+    result, x_adv = analyse(
+        deq, x, y, traced, cfg["solver"]["tol"], batch_size, adversary, progress, deployed=cfg["solver"]
+    )
     traced_at = time.time()
     plan, chosen = diagnosed(cfg), settings["diagnostics"]
     m = min(chosen["num_examples"], count)
-    diagnostics = diagnose(deq, own, {"clean": (x[:m], y[:m]), "adversarial": (x_adv[:m], y[:m])}, plan, *solvers,
-                           batch_size, progress)
+    diagnostics = diagnose(
+        deq, own, {"clean": (x[:m], y[:m]), "adversarial": (x_adv[:m], y[:m])}, plan, *solvers, batch_size, progress
+    )
     aligned_at = time.time()
     together = min(chosen["batch_size"] or batch_size, count)
     dependence = batch_dependences(deq, own, x[:together], y[:together], plan, *solvers, images=m)
@@ -300,7 +355,7 @@ def run(cfg: dict, checkpoint: str, device: torch.device, progress: bool = True)
         "model": {k: spec.get(k) for k in ("name", "arch", "size", "training", "grad")},
         "profile": cfg["profile"],
         "checkpoint": str(checkpoint),
-        "checkpoint_md5": md5_of(Path(checkpoint)),   # the run stamp the report checks
+        "checkpoint_md5": md5_of(Path(checkpoint)),  # the run stamp the report checks
         "epoch": meta.get("epoch"),
         "num_examples": count,
         "indices": list(range(count)),
@@ -310,24 +365,44 @@ def run(cfg: dict, checkpoint: str, device: torch.device, progress: bool = True)
         "attack": settings["attack"],
         "estimator": settings["estimator"],
         **specs,
-        **identity(cfg, spec["name"]),   # base_model, seed
+        **identity(cfg, spec["name"]),  # base_model, seed
         **result,
         **diagnostics,
         "batch_dependence": dependence,
-        "diagnostics": {"num_examples": m, "batch_size": together, "coupling": solver_coupling(cfg["solver"]),
-                        "backward_solver": cfg["backward_solver"], "true_gradient": plan["true_gradient"],
-                        "estimators": {name: entry["spec"] for name, entry in plan["estimators"].items()}},
-        "timing": {"seconds": round(done - began, 2), "traces": round(traced_at - began, 2),
-                   "alignment": round(aligned_at - traced_at, 2),
-                   "alignment_per_example": round((aligned_at - traced_at) / m, 3),
-                   "batch_dependence": round(done - aligned_at, 2)},
+        "diagnostics": {
+            "num_examples": m,
+            "batch_size": together,
+            "coupling": solver_coupling(cfg["solver"]),
+            "backward_solver": cfg["backward_solver"],
+            "true_gradient": plan["true_gradient"],
+            "estimators": {name: entry["spec"] for name, entry in plan["estimators"].items()},
+        },
+        "timing": {
+            "seconds": round(done - began, 2),
+            "traces": round(traced_at - began, 2),
+            "alignment": round(aligned_at - traced_at, 2),
+            "alignment_per_example": round((aligned_at - traced_at) / m, 3),
+            "batch_dependence": round(done - aligned_at, 2),
+        },
         "versions": {"torch": torch.__version__, "deqrobust": __version__},
     }
 
 
 # ---------------------------------------------------------------- queries for the figures
-ALIGNMENT_COLUMNS = ["model", "training", "grad", "inputs", "estimator", "estimator_type", "state", "step", "n",
-                     "median", "q25", "q75"]
+ALIGNMENT_COLUMNS = [
+    "model",
+    "training",
+    "grad",
+    "inputs",
+    "estimator",
+    "estimator_type",
+    "state",
+    "step",
+    "n",
+    "median",
+    "q25",
+    "q75",
+]
 RESIDUAL_COLUMNS = ["model", "training", "grad", "inputs", "solve", "residual"]
 
 
@@ -346,10 +421,20 @@ def alignment_frame(records: list[dict]) -> pd.DataFrame:
             values = np.array([np.nan if v is None else v for v in e["cosine"]], dtype=float)
             values = values[np.isfinite(values)]
             q25, median, q75 = np.quantile(values, [0.25, 0.5, 0.75]) if values.size else (np.nan,) * 3
-            rows.append({**who, "inputs": e["inputs"],
-                         "estimator": e["estimator"], "estimator_type": e["estimator_type"], "state": str(e["state"]),
-                         "step": float(e["state"]) if isinstance(e["state"], int) else np.nan, "n": int(values.size),
-                         "median": median, "q25": q25, "q75": q75})
+            rows.append(
+                {
+                    **who,
+                    "inputs": e["inputs"],
+                    "estimator": e["estimator"],
+                    "estimator_type": e["estimator_type"],
+                    "state": str(e["state"]),
+                    "step": float(e["state"]) if isinstance(e["state"], int) else np.nan,
+                    "n": int(values.size),
+                    "median": median,
+                    "q25": q25,
+                    "q75": q75,
+                }
+            )
     return pd.DataFrame(rows, columns=ALIGNMENT_COLUMNS)
 
 
@@ -361,8 +446,10 @@ def diagnostic_residual_frame(records: list[dict]) -> pd.DataFrame:
         who = _who(record)
         for solve, key in (("forward", "forward_residual"), ("backward", "backward_residual")):
             for kind, values in record.get(key, {}).items():
-                rows += [{**who, "inputs": kind, "solve": solve,
-                          "residual": np.nan if v is None else float(v)} for v in values]
+                rows += [
+                    {**who, "inputs": kind, "solve": solve, "residual": np.nan if v is None else float(v)}
+                    for v in values
+                ]
     return pd.DataFrame(rows, columns=RESIDUAL_COLUMNS).astype({"residual": float})
 
 
@@ -375,10 +462,20 @@ def batch_dependence_frame(records: list[dict]) -> pd.DataFrame:
         for coupling, entries in record.get("batch_dependence", {}).items():
             for name, e in entries.items():
                 values = [v for v in e["cosine"] if v is not None]
-                rows.append({**_who(record), "coupling": coupling, "estimator": name, "state": str(e["state"]),
-                             "batch_size": size, "median": e["median"], "min": min(values) if values else None})
-    return pd.DataFrame(rows, columns=["model", "training", "grad", "coupling", "estimator", "state", "batch_size",
-                                       "median", "min"])
+                rows.append(
+                    {
+                        **_who(record),
+                        "coupling": coupling,
+                        "estimator": name,
+                        "state": str(e["state"]),
+                        "batch_size": size,
+                        "median": e["median"],
+                        "min": min(values) if values else None,
+                    }
+                )
+    return pd.DataFrame(
+        rows, columns=["model", "training", "grad", "coupling", "estimator", "state", "batch_size", "median", "min"]
+    )
 
 
 def load(path) -> dict:

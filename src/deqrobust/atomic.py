@@ -6,6 +6,7 @@ power cut. A write the user's machine refuses (disk full, quota, read-only file 
 permission) stops with an ``OutputError`` naming the path and what to do, instead of a
 traceback; the previous version of the file, if any, is left as it was.
 """
+
 from __future__ import annotations
 
 import errno
@@ -21,12 +22,14 @@ import torch
 from deqrobust.config import ConfigError
 
 NEXT_STEP = {
-    errno.ENOSPC: "free space on that disk, or set `results` (and `data.root`) in the config to a folder on a larger one",
+    errno.ENOSPC: "free space on that disk, or set `results` (and `data.root`) in the config to a folder on a "
+    "larger one",
     errno.EDQUOT: "free space within your disk quota, or set `results` (and `data.root`) in the config to another disk",
     errno.EROFS: "remount it writable, or set `results` (and `data.root`) in the config to a writable folder",
     errno.EACCES: "make the folder writable for you (chmod u+w), or set `results` (and `data.root`) in the config "
-                  "to a folder you own",
-    errno.EPERM: "make the folder writable for you, or set `results` (and `data.root`) in the config to a folder you own",
+    "to a folder you own",
+    errno.EPERM: "make the folder writable for you, or set `results` (and `data.root`) in the config to a folder "
+    "you own",
 }
 
 
@@ -38,8 +41,10 @@ def refused(err: OSError, path: str | os.PathLike | None = None) -> OutputError 
     """The message for a write the machine refused (``err`` of writing ``path``), or None for other errors."""
     if err.errno not in NEXT_STEP:
         return None
-    return OutputError(f"cannot write {path or err.filename or 'an output'} ({err.strerror}): {NEXT_STEP[err.errno]}. "
-                       "Finished outputs are intact (every write is atomic); rerun the same command afterwards.")
+    return OutputError(
+        f"cannot write {path or err.filename or 'an output'} ({err.strerror}): {NEXT_STEP[err.errno]}. "
+        "Finished outputs are intact (every write is atomic); rerun the same command afterwards."
+    )
 
 
 def _ours(err: OSError, *paths: Path) -> bool:
@@ -63,11 +68,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     umask = os.umask(0)
     os.umask(umask)
     try:
-        tmp_path.chmod(0o666 & ~umask)   # mkstemp makes 0600 files; outputs are ordinary files
+        tmp_path.chmod(0o666 & ~umask)  # mkstemp makes 0600 files; outputs are ordinary files
         yield tmp_path
         fd = os.open(tmp_path, os.O_RDONLY)
         try:
-            os.fsync(fd)                 # the data is on disk before the name points at it
+            os.fsync(fd)  # the data is on disk before the name points at it
         finally:
             os.close(fd)
         os.replace(tmp_path, path)
@@ -116,7 +121,7 @@ class _WriteAll:
         view = memoryview(data).cast("B")
         try:
             while view:
-                view = view[self.raw.write(view):]   # a short write is retried; a full disk raises ENOSPC
+                view = view[self.raw.write(view) :]  # a short write is retried; a full disk raises ENOSPC
         except OSError as err:
             self.error = err
             raise

@@ -12,6 +12,7 @@ perf, optimizer, lr_scheduler, train_global_steps) and ``model_best.pth.tar`` /
 ``final_state.pth.tar`` (the bare state dict); a ``module.`` prefix (DataParallel) is
 accepted on every key.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,9 +29,9 @@ from deqrobust.plan import IMPORTED
 # gradient mode (their two training folders) decides the model's own output
 # (deqrobust.estimators.model_estimator), so it is never guessed.
 GRADS, TRAININGS = IMPORTED["grad"], IMPORTED["training"]
-SIZES = IMPORTED["size"]            # the authors' CIFAR-10 configs, told apart by the stem width
-STEM = "downsample.0.weight"        # their first stem conv: [C0, 3, 3, 3]
-PREFIX = "module."                  # added by torch.nn.DataParallel
+SIZES = IMPORTED["size"]  # the authors' CIFAR-10 configs, told apart by the stem width
+STEM = "downsample.0.weight"  # their first stem conv: [C0, 3, 3, 3]
+PREFIX = "module."  # added by torch.nn.DataParallel
 TRAINING_CHECKPOINT = ("epoch", "model", "state_dict", "perf", "optimizer", "lr_scheduler", "train_global_steps")
 LAYOUTS = {
     "checkpoint": "checkpoint_<epoch>.pth.tar: a dict with " + ", ".join(TRAINING_CHECKPOINT),
@@ -40,9 +41,12 @@ LAYOUTS = {
 # Module paths, theirs <-> ours; {a}, {b}, {c}, {m} stand for one path component each.
 # Both directions are unambiguous, so a missing tensor is named in their naming too.
 MODULES = (
-    ("downsample.0", "stem.0"), ("downsample.1", "stem.1"),
-    ("downsample.3", "stem.3"), ("downsample.4", "stem.4"),
-    ("stage0.0", "stem.6"), ("stage0.1", "stem.7"),
+    ("downsample.0", "stem.0"),
+    ("downsample.1", "stem.1"),
+    ("downsample.3", "stem.3"),
+    ("downsample.4", "stem.4"),
+    ("stage0.0", "stem.6"),
+    ("stage0.1", "stem.7"),
     ("fullstage.branches.{a}.blocks.0.{m}", "layer.blocks.{a}.{m}"),
     ("fullstage.fuse_layers.{a}.{b}.net.conv", "layer.fuse.{a}.{b}.0"),
     ("fullstage.fuse_layers.{a}.{b}.net.gnorm", "layer.fuse.{a}.{b}.1"),
@@ -115,7 +119,7 @@ def read_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
         raise ConfigError(f"{path} does not exist; valid: a file written by the authors' training ({_layouts()})")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:    # weights_only refused a global, or the file is no torch file at all
+    except Exception as err:  # weights_only refused a global, or the file is no torch file at all
         raise ConfigError(_unreadable(path, err)) from err
     if isinstance(obj, dict) and "state_dict" in obj:
         layout, state = "checkpoint", obj["state_dict"]
@@ -128,11 +132,13 @@ def read_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
             keys = ", ".join(map(str, list(state)[:8]))
-            raise ConfigError(f"{path}: entry {key!r} is not a tensor but {type(value).__name__} (keys: {keys}, ...); "
-                              f"valid: {_layouts()}")
+            raise ConfigError(
+                f"{path}: entry {key!r} is not a tensor but {type(value).__name__} (keys: {keys}, ...); "
+                f"valid: {_layouts()}"
+            )
     prefixed = all(str(key).startswith(PREFIX) for key in state)
     if prefixed:
-        state = {key[len(PREFIX):]: value for key, value in state.items()}
+        state = {key[len(PREFIX) :]: value for key, value in state.items()}
     return state, {"layout": layout, "prefix": PREFIX if prefixed else "", **info}
 
 
@@ -145,16 +151,18 @@ def _unreadable(path: Path, err: Exception) -> str:
     text = str(err)
     try:
         found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:   # a legacy (non-zip) torch file, or no torch file: read the loader's message
+    except Exception:  # a legacy (non-zip) torch file, or no torch file: read the loader's message
         found = re.findall(r"GLOBAL ([\w.]+)", text)
     if found:
         what = f"it asks for {', '.join(sorted(set(found)))}, which loading without running code from the file refuses"
     else:
         reason = text.split("WeightsUnpickler error:")[-1].strip().splitlines() or [type(err).__name__]
         what = f"torch cannot read it ({reason[0][:300]}); is it a file torch.save wrote?"
-    return (f"{path} cannot be imported: {what}. Valid: {_layouts()}, holding only tensors, numbers, strings, "
-            "lists and dicts. If you trust the file, re-save its state dict as plain tensors, e.g. "
-            "torch.save(torch.load(SRC, weights_only=False)['state_dict'], DST).")
+    return (
+        f"{path} cannot be imported: {what}. Valid: {_layouts()}, holding only tensors, numbers, strings, "
+        "lists and dicts. If you trust the file, re-save its state dict as plain tensors, e.g. "
+        "torch.save(torch.load(SRC, weights_only=False)['state_dict'], DST)."
+    )
 
 
 def detect_size(state: dict[str, torch.Tensor]) -> str:
@@ -163,13 +171,17 @@ def detect_size(state: dict[str, torch.Tensor]) -> str:
 
     widths = {OUR_SIZES[name].channels[0]: name for name in SIZES}
     if STEM not in state:
-        raise ConfigError(f"the state dict has no tensor {STEM!r} (the stem convolution), so it is no MDEQ of the "
-                          f"authors' code; its first keys: {', '.join(list(state)[:5])}")
+        raise ConfigError(
+            f"the state dict has no tensor {STEM!r} (the stem convolution), so it is no MDEQ of the "
+            f"authors' code; its first keys: {', '.join(list(state)[:5])}"
+        )
     shape = tuple(state[STEM].shape)
     if len(shape) != 4 or shape[0] not in widths:
         valid = ", ".join(f"{w} ({name})" for w, name in widths.items())
-        raise ConfigError(f"tensor {STEM!r} has shape {list(shape)}: its {shape[0] if shape else '?'} output channels "
-                          f"are no MDEQ size of the authors; valid widths: {valid}")
+        raise ConfigError(
+            f"tensor {STEM!r} has shape {list(shape)}: its {shape[0] if shape else '?'} output channels "
+            f"are no MDEQ size of the authors; valid widths: {valid}"
+        )
     return widths[shape[0]]
 
 
@@ -190,13 +202,16 @@ def to_ours(state: dict[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor
     for key, value in state.items():
         ours = ours_from_theirs(key)
         if ours is None or ours not in expected:
-            raise ConfigError(f"extra tensor {key!r} (shape {list(value.shape)}): no tensor of our MDEQ-{size} "
-                              "corresponds to it; is it a model of another config of the authors' code?")
+            raise ConfigError(
+                f"extra tensor {key!r} (shape {list(value.shape)}): no tensor of our MDEQ-{size} "
+                "corresponds to it; is it a model of another config of the authors' code?"
+            )
         if ours in origin:
             raise ConfigError(f"tensors {origin[ours]!r} and {key!r} both map to {ours!r}")
         if value.shape != expected[ours].shape:
-            raise ConfigError(f"tensor {key!r} has shape {list(value.shape)}; MDEQ-{size} needs "
-                              f"{list(expected[ours].shape)} ({ours})")
+            raise ConfigError(
+                f"tensor {key!r} has shape {list(value.shape)}; MDEQ-{size} needs {list(expected[ours].shape)} ({ours})"
+            )
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise ConfigError(f"tensor {key!r} holds non-finite values")
         mapped[ours], origin[ours] = value, key
@@ -206,12 +221,13 @@ def to_ours(state: dict[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise ConfigError(f"missing tensor{'s' if len(missing) > 1 else ''} {names}{more}: MDEQ-{size} needs them")
     weights = {key: mapped[key] for key in expected}
-    model.load_state_dict(weights)      # strict: the load evaluation will make
+    model.load_state_dict(weights)  # strict: the load evaluation will make
     return size, weights
 
 
-def import_checkpoint(source: str | os.PathLike, out: str | os.PathLike, grad: str, training: str,
-                      name: str = "imported") -> dict:
+def import_checkpoint(
+    source: str | os.PathLike, out: str | os.PathLike, grad: str, training: str, name: str = "imported"
+) -> dict:
     """Write ``out`` (our checkpoint format) from one of their files; return its spec."""
     from deqrobust.checkpoint import save_checkpoint
     from deqrobust.data import md5_of
@@ -222,9 +238,16 @@ def import_checkpoint(source: str | os.PathLike, out: str | os.PathLike, grad: s
     state, info = read_file(source)
     size, weights = to_ours(state)
     source = Path(source)
-    spec = {"arch": "mdeq", "size": size, "training": training, "grad": grad, "name": name,
-            "source": {"file": str(source), "md5": md5_of(source), **info}}
+    spec = {
+        "arch": "mdeq",
+        "size": size,
+        "training": training,
+        "grad": grad,
+        "name": name,
+        "source": {"file": str(source), "md5": md5_of(source), **info},
+    }
     epoch = info.get("epoch")
-    save_checkpoint(out, weights, spec, float(epoch) if isinstance(epoch, (int, float)) else math.nan,
-                    {}, profile="imported")
+    save_checkpoint(
+        out, weights, spec, float(epoch) if isinstance(epoch, (int, float)) else math.nan, {}, profile="imported"
+    )
     return spec

@@ -4,6 +4,7 @@ Each subcommand lives in ``deqrobust.commands.<name>`` with ``add_arguments(pars
 ``run(args)``; command modules keep their heavy imports inside ``run`` so that building
 the parser (and ``deqrobust --help``) stays fast.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args) or 0
     except (ConfigError, OSError) as err:
-        if isinstance(err, OSError) and (err := refused(err)) is None:   # only refused writes are the user's to fix
+        if isinstance(err, OSError) and (err := refused(err)) is None:  # only refused writes are the user's to fix
             raise
         print(f"deqrobust {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ fingerprint of every step that runs it, and a change of a comment, a docstring o
 does not. Data files (the config schema) are not code: what they decide reaches a step through
 its config slice.
 """
+
 from __future__ import annotations
 
 import ast
@@ -46,9 +47,13 @@ def _imports(tree: ast.AST, root: Path) -> set[str]:
 def _without_docstrings(tree: ast.AST) -> ast.AST:
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
-        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
-                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
-                and isinstance(body[0].value.value, str)):
+        if (
+            isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
             node.body = body[1:] or [ast.Pass()]
     return tree
 

@@ -8,6 +8,7 @@ description, range and default of every key; ``deqrobust.plan`` checks what a sc
 cannot (names used across sections, states within the solver budget, estimator and
 attack specs).
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,7 +23,7 @@ from typing import Any, Iterable
 import jsonschema
 import yaml
 
-MAX_LINES = 5   # problems listed per error; the rest are counted
+MAX_LINES = 5  # problems listed per error; the rest are counted
 
 
 class ConfigError(ValueError):
@@ -39,16 +40,20 @@ class _Loader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=True)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    f"in the mapping that starts at line {node.start_mark.line + 1}", node.start_mark,
-                    f"key {key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); "
-                    "keep one", key_node.start_mark)
+                    f"in the mapping that starts at line {node.start_mark.line + 1}",
+                    node.start_mark,
+                    f"key {key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); keep one",
+                    key_node.start_mark,
+                )
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."))
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
 def read_yaml(text: str) -> Any:
@@ -150,9 +155,9 @@ def _override_problems(cfg: dict) -> list[str]:
 
 def problems(cfg: dict) -> list[str]:
     """Fill defaults, then every problem of the config as ``key: what is wrong`` lines."""
-    from deqrobust import plan   # plan imports this module
+    from deqrobust import plan  # plan imports this module
 
-    unwritten = plan.unwritten_import_keys(cfg)   # keys no default may fill: read before _complete
+    unwritten = plan.unwritten_import_keys(cfg)  # keys no default may fill: read before _complete
     _complete(cfg, schema())
     found = _not_finite(cfg) + _schema_problems(cfg) + unwritten
     return found or _override_problems(cfg) or plan.problems(cfg)
@@ -177,7 +182,9 @@ def read_file(path: str | os.PathLike) -> dict:
     try:
         cfg = read_yaml(path.read_text())
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {str(path)!r}{_yaml_where(err)} is not valid YAML: {_yaml_problem(err)}") from None
+        raise ConfigError(
+            f"config file {str(path)!r}{_yaml_where(err)} is not valid YAML: {_yaml_problem(err)}"
+        ) from None
     if not isinstance(cfg, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys (profile, models, ...)")
     return cfg
@@ -245,7 +252,7 @@ def model_spec(cfg: dict, name: str) -> dict:
     """The spec of one model of the config, with its ``training_overrides`` deep-merged into
     the training section as ``training_config``: the one place that merge is made. ``name`` may
     be a seed instance (``<model>.s<seed>``, deqrobust.plan.instances): its model's spec under its name."""
-    from deqrobust.plan import instance   # plan imports this module
+    from deqrobust.plan import instance  # plan imports this module
 
     models = cfg.get("models", {})
     spec = copy.deepcopy(models[name] if name in models else models[instance(cfg, name).model])

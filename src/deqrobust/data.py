@@ -7,6 +7,7 @@ unpickler restricted to numpy arrays and checks every batch, so a broken archive
 message that says what is wrong. Inputs stay raw pixels in [0, 1] (the authors removed the
 normalisation).
 """
+
 from __future__ import annotations
 
 import functools
@@ -141,8 +142,10 @@ def download(url: str, dest: Path, allow_md5_mismatch: bool) -> None:
     md5 = md5_of(dest)
     if md5 != OFFICIAL_MD5 and not allow_md5_mismatch:
         dest.unlink()
-        raise DataError(f"the download from {url} has MD5 {md5}, not the official {OFFICIAL_MD5}; "
-                        "it was deleted: retry, or set data.archive to a verified local copy")
+        raise DataError(
+            f"the download from {url} has MD5 {md5}, not the official {OFFICIAL_MD5}; "
+            "it was deleted: retry, or set data.archive to a verified local copy"
+        )
 
 
 def _accept_md5(path: Path, md5: str, allow: bool) -> bool:
@@ -153,12 +156,14 @@ def _accept_md5(path: Path, md5: str, allow: bool) -> bool:
         raise DataError(
             f"archive {path} has MD5 {md5}, the official cifar-10-python.tar.gz has {OFFICIAL_MD5}; "
             "use the official archive, or accept this one with data.allow_md5_mismatch: true (snakemake: "
-            f"--config 'data={{archive: {path}, allow_md5_mismatch: true}}'; deqrobust: --set data.allow_md5_mismatch=true)"
+            f"--config 'data={{archive: {path}, allow_md5_mismatch: true}}'; "
+            "deqrobust: --set data.allow_md5_mismatch=true)"
         )
     warnings.warn(
         f"archive {path} has MD5 {md5}, not the official {OFFICIAL_MD5}; accepted because "
         "data.allow_md5_mismatch is true (results are not comparable with the paper's)",
-        DataWarning, stacklevel=3,
+        DataWarning,
+        stacklevel=3,
     )
     return False
 
@@ -192,11 +197,15 @@ def _existing(archive: str | Path) -> Path:
     if path.is_dir():
         inside = sorted(path.glob("*.tar.gz"))
         hint = f" (it holds {', '.join(p.name for p in inside[:3])})" if inside else ""
-        raise DataError(f"archive {path} (data.archive / --archive) is a directory{hint}; valid: the path of the "
-                        f"archive file itself, e.g. {path / DOWNLOAD_NAME}, or data.archive: null to download it")
+        raise DataError(
+            f"archive {path} (data.archive / --archive) is a directory{hint}; valid: the path of the "
+            f"archive file itself, e.g. {path / DOWNLOAD_NAME}, or data.archive: null to download it"
+        )
     if not path.is_file():
-        raise DataError(f"archive {path} (data.archive / --archive) does not exist; valid: the path of an existing "
-                        f"{DOWNLOAD_NAME}, or data.archive: null to download it")
+        raise DataError(
+            f"archive {path} (data.archive / --archive) does not exist; valid: the path of an existing "
+            f"{DOWNLOAD_NAME}, or data.archive: null to download it"
+        )
     return path
 
 
@@ -232,12 +241,18 @@ def _write_split(cfg: dict, done: dict) -> dict:
     data = cfg["data"]
     train_size = sum(len(_batch(str(Path(data["root"]) / FOLDER), name)[1]) for name in TRAIN_BATCHES)
     if data["dev_size"] >= train_size:
-        raise DataError(f"data.dev_size={data['dev_size']} leaves no training images (the training set has {train_size})")
+        raise DataError(
+            f"data.dev_size={data['dev_size']} leaves no training images (the training set has {train_size})"
+        )
     rng = np.random.default_rng(data["split_seed"])
     dev = np.sort(rng.permutation(train_size)[: data["dev_size"]])
     record = {
-        "dev_indices": dev.tolist(), "train_size": train_size - len(dev), "dev_size": len(dev),
-        "split_seed": data["split_seed"], "archive_md5": done["md5"], "official": done["official"],
+        "dev_indices": dev.tolist(),
+        "train_size": train_size - len(dev),
+        "dev_size": len(dev),
+        "split_seed": data["split_seed"],
+        "archive_md5": done["md5"],
+        "official": done["official"],
     }
     path = Path(data["root"]) / SPLIT_FILE
     if not path.is_file() or json.loads(path.read_text()) != record:
@@ -320,8 +335,9 @@ def num_batches(n: int, batch_size: int) -> int:
     return n // batch_size
 
 
-def train_loader(cfg: dict, batch_size: int, seed: int, epoch: int, start_batch: int = 0,
-                 rank: int = 0, world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def train_loader(
+    cfg: dict, batch_size: int, seed: int, epoch: int, start_batch: int = 0, rank: int = 0, world_size: int = 1
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Shuffled, augmented training batches of one epoch.
 
     Order, crops and flips of the whole epoch are drawn up front from a generator seeded by
@@ -332,8 +348,10 @@ def train_loader(cfg: dict, batch_size: int, seed: int, epoch: int, start_batch:
     flips the single-process batch would have had.
     """
     if batch_size % world_size:
-        raise ConfigError(f"training.batch_size={batch_size} is the global batch and must divide by the "
-                          f"{world_size} data-parallel processes")
+        raise ConfigError(
+            f"training.batch_size={batch_size} is the global batch and must divide by the "
+            f"{world_size} data-parallel processes"
+        )
     local = batch_size // world_size
     x, y = split_uint8(cfg, "train")
     n = len(y)
@@ -342,11 +360,11 @@ def train_loader(cfg: dict, batch_size: int, seed: int, epoch: int, start_batch:
     shifts = torch.randint(0, 2 * PAD + 1, (n, 2), generator=gen)
     flips = torch.rand(n, generator=gen) < 0.5
     for b in range(start_batch, num_batches(n, batch_size)):
-        sel = order[b * batch_size + rank * local:b * batch_size + (rank + 1) * local]
+        sel = order[b * batch_size + rank * local : b * batch_size + (rank + 1) * local]
         yield augment(x[sel].float().div_(255), shifts[sel], flips[sel]), y[sel]
 
 
 def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Consecutive evaluation batches, in order, the last one possibly smaller."""
     for start in range(0, len(y), batch_size):
-        yield x[start:start + batch_size], y[start:start + batch_size]
+        yield x[start : start + batch_size], y[start : start + batch_size]

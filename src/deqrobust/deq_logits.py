@@ -9,6 +9,7 @@ the Jacobian regulariser. The estimators themselves are in deqrobust.estimators.
 One forward of DEQLogits (and each lockstep backward) runs inside the model's
 ``cached_weights()`` scope if it has one.
 """
+
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -42,8 +43,16 @@ class DEQLogits(nn.Module):
     pass of ``exact`` its adjoint solve (``"backward"``).
     """
 
-    def __init__(self, deq: nn.Module, estimator: Estimator, state: State = None, solver: dict | None = None,
-                 backward_solver: dict | None = None, jac_probes: int = 0, own: Estimator | None = None):
+    def __init__(
+        self,
+        deq: nn.Module,
+        estimator: Estimator,
+        state: State = None,
+        solver: dict | None = None,
+        backward_solver: dict | None = None,
+        jac_probes: int = 0,
+        own: Estimator | None = None,
+    ):
         super().__init__()
         self.deq = deq
         self.estimator = estimator
@@ -69,13 +78,26 @@ class DEQLogits(nn.Module):
         # The true gradient's solve keeps its graph (unless nothing is differentiated).
         graph = self.estimator.differentiable_solve and torch.is_grad_enabled()
         if steps > 0:
-            result = solve({**self.solver, "budget": steps}, lambda z: deq.f(z, injection if graph else detached), z0,
-                           keep_iterates=keep, differentiable=graph)
+            result = solve(
+                {**self.solver, "budget": steps},
+                lambda z: deq.f(z, injection if graph else detached),
+                z0,
+                keep_iterates=keep,
+                differentiable=graph,
+            )
         else:
             result = _empty_result(z0)
         self.stats = {"result": result, "jac_loss": None}
-        ctx = Context(lambda z: deq.f(z, injection), lambda z: deq.f(z, detached), result, z0, self.backward_solver,
-                      lambda: weight_scope(deq), self.own, self.stats)
+        ctx = Context(
+            lambda z: deq.f(z, injection),
+            lambda z: deq.f(z, detached),
+            result,
+            z0,
+            self.backward_solver,
+            lambda: weight_scope(deq),
+            self.own,
+            self.stats,
+        )
         if self.state is None:
             z = self.estimator.attach(result.z, None, ctx)
         elif self.state == ENSEMBLE:

@@ -1,4 +1,5 @@
 """The torch device a config asks for (kept out of ``deqrobust.config``, which is torch-free)."""
+
 from __future__ import annotations
 
 import torch

@@ -38,6 +38,7 @@ and runs one replica per process. Design:
 
 A single process (no WORLD_SIZE, or WORLD_SIZE=1) takes none of these paths.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -100,8 +101,10 @@ def setup(backend: str, device: torch.device) -> tuple[Context, torch.device]:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise ConfigError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA device(s) are visible; "
-                              "launch at most that many processes per node (torchrun --nproc_per_node)")
+            raise ConfigError(
+                f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA device(s) are visible; "
+                "launch at most that many processes per node (torchrun --nproc_per_node)"
+            )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if backend == "auto":
@@ -122,7 +125,7 @@ def shutdown() -> None:
 def _broadcast_(tensor: torch.Tensor) -> None:
     if tensor.is_contiguous():
         dist.broadcast(tensor, 0)
-    else:   # e.g. a channels-last weight: send a contiguous copy, write it back in place
+    else:  # e.g. a channels-last weight: send a contiguous copy, write it back in place
         tmp = tensor.contiguous()
         dist.broadcast(tmp, 0)
         tensor.copy_(tmp)
@@ -154,7 +157,7 @@ def average_gradients(model: nn.Module, world_size: int, *scalars: torch.Tensor)
         flat.div_(world_size)
         offset = 0
         for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
     if not scalars:
         return []

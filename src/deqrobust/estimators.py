@@ -31,6 +31,7 @@ is that map with the estimator's gradient.
 Which state an estimator is attached to, and how far the solver runs, is the job of
 deqrobust.deq_logits; scoring every state at once is deqrobust.scoring.
 """
+
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -43,7 +44,6 @@ from deqrobust.config import ConfigError
 from deqrobust.solvers import SolverResult, solve
 from deqrobust.specs import ESTIMATORS as ESTIMATOR_PARAMS
 from deqrobust.specs import estimator_params
-
 
 # The adjoint iterations start at u = 0, where J^T u = 0, so they skip that product: the
 # backward solve of ``exact`` is given f(0) = a and the lockstep adjoint starts at u_1 = a
@@ -78,21 +78,21 @@ def _vjp_at(f: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor) -> Calla
 class Context:
     """What an estimator may use: the DEQ maps at this input and the forward solve."""
 
-    f: Callable[[torch.Tensor], torch.Tensor]           # f(., x) with graph to x and parameters
+    f: Callable[[torch.Tensor], torch.Tensor]  # f(., x) with graph to x and parameters
     f_detached: Callable[[torch.Tensor], torch.Tensor]  # f(., x) without graph to x (for Jacobian products)
     result: SolverResult
     z0: torch.Tensor
     backward_solver: dict
-    scope: Callable[[], ContextManager] = nullcontext   # the model's weight scope, for backward passes
-    own: "Estimator | None" = None                      # the model's training estimator (its own output)
-    stats: dict = field(default_factory=dict)           # the model's stats; exact's backward adds "backward"
+    scope: Callable[[], ContextManager] = nullcontext  # the model's weight scope, for backward passes
+    own: "Estimator | None" = None  # the model's training estimator (its own output)
+    stats: dict = field(default_factory=dict)  # the model's stats; exact's backward adds "backward"
 
 
 @dataclass(frozen=True)
 class Estimator:
     name: ClassVar[str]
     needs_iterates: ClassVar[bool] = False
-    differentiable_solve: ClassVar[bool] = False    # the forward solve keeps its graph for this estimator
+    differentiable_solve: ClassVar[bool] = False  # the forward solve keeps its graph for this estimator
 
     def forward_map(self, z: torch.Tensor, ctx: Context) -> torch.Tensor:
         """The estimator's output state from ``z``, as plain autograd (its forward value)."""
@@ -113,8 +113,8 @@ class Exact(Estimator):
     def attach(self, z, n, ctx):
         def adjoint(a: torch.Tensor) -> torch.Tensor:
             vjp = _vjp_at(ctx.f_detached, z)
-            result = solve(ctx.backward_solver, lambda u: vjp(u) + a, torch.zeros_like(a), f_z0=a)   # f(0) = a
-            ctx.stats["backward"] = result   # the adjoint solve's residuals (mechanism diagnostics)
+            result = solve(ctx.backward_solver, lambda u: vjp(u) + a, torch.zeros_like(a), f_z0=a)  # f(0) = a
+            ctx.stats["backward"] = result  # the adjoint solve's residuals (mechanism diagnostics)
             return result.z
 
         return _RewriteGrad.apply(self.forward_map(z, ctx), adjoint)
@@ -176,9 +176,9 @@ class Adjoint(Estimator):
             states = [ctx.z0] + ctx.result.iterates[: max(steps - 1, 0)]
 
             def lockstep(a: torch.Tensor) -> torch.Tensor:
-                u = a                       # u_1 = J^T 0 + a
+                u = a  # u_1 = J^T 0 + a
                 with ctx.scope():
-                    for z_j in states[1:]:    # one Jacobian product per forward step, one graph alive at a time
+                    for z_j in states[1:]:  # one Jacobian product per forward step, one graph alive at a time
                         u = _vjp_at(ctx.f_detached, z_j)(u) + a
                 return u
 
@@ -188,8 +188,8 @@ class Adjoint(Estimator):
         U, VT = ctx.result.broyden_factors
         U, VT = U[..., :steps], VT[:, :steps]
 
-        def quasi_newton(a: torch.Tensor) -> torch.Tensor:   # -B^T a with B = -I + U V^T
-            coef = torch.bmm(a.unsqueeze(1), U)                # [B, 1, m]
+        def quasi_newton(a: torch.Tensor) -> torch.Tensor:  # -B^T a with B = -I + U V^T
+            coef = torch.bmm(a.unsqueeze(1), U)  # [B, 1, m]
             return torch.baddbmm(a.unsqueeze(1), coef, VT, alpha=-1).squeeze(1)
 
         return _RewriteGrad.apply(self.forward_map(z, ctx), quasi_newton)
@@ -213,10 +213,12 @@ class SolverAutograd(Estimator):
         if self.of is not None:
             return self.of.forward_map(z, ctx)
         if n is not None:
-            return z                                 # early exit and ensemble: h(z_n)
+            return z  # early exit and ensemble: h(z_n)
         if ctx.own is None:
-            raise ConfigError("estimator 'solver_autograd' at the final state needs the model's own estimator "
-                              "(DEQLogits(..., own=model_estimator(spec, training)))")
+            raise ConfigError(
+                "estimator 'solver_autograd' at the final state needs the model's own estimator "
+                "(DEQLogits(..., own=model_estimator(spec, training)))"
+            )
         return ctx.own.forward_map(z, ctx)
 
     def spec(self) -> dict:
@@ -230,8 +232,9 @@ def true_gradient(of: Estimator) -> SolverAutograd:
     return SolverAutograd(of=inner)
 
 
-ESTIMATORS: dict[str, type[Estimator]] = {e.name: e for e in (Exact, Unroll, Intermediate, Neumann, Adjoint,
-                                                               SolverAutograd)}
+ESTIMATORS: dict[str, type[Estimator]] = {
+    e.name: e for e in (Exact, Unroll, Intermediate, Neumann, Adjoint, SolverAutograd)
+}
 
 
 def build_estimator(spec: dict) -> Estimator:

@@ -6,6 +6,7 @@ so one attack run fills a whole row of the table. Batches are saved as they fini
 (``<out>.partial/``), so an interrupted cell resumes where it stopped; the cell file is
 written atomically at the end. ``deqrobust.results.merge`` turns the cells into the table.
 """
+
 from __future__ import annotations
 
 import platform
@@ -24,12 +25,24 @@ from deqrobust.attacks import build_attack
 from deqrobust.checkpoint import load_checkpoint
 from deqrobust.config import ConfigError, model_spec
 from deqrobust.data import batches, load_split, md5_of
-from deqrobust.device import resolve_device
 from deqrobust.deq_logits import DEQLogits
+from deqrobust.device import resolve_device
 from deqrobust.estimators import build_estimator, model_estimator
 from deqrobust.models import is_deq
-from deqrobust.plan import (BASELINE_ESTIMATOR, cell_config, cell_slice, coupling_of, identity, instance_config,
-                            instance_names, parse_state, select_slice, settings, spec_of, state_name)
+from deqrobust.plan import (
+    BASELINE_ESTIMATOR,
+    cell_config,
+    cell_slice,
+    coupling_of,
+    identity,
+    instance_config,
+    instance_names,
+    parse_state,
+    select_slice,
+    settings,
+    spec_of,
+    state_name,
+)
 from deqrobust.scoring import all_state_logits
 
 
@@ -38,11 +51,19 @@ def attacked_model(cfg: dict, model: nn.Module, estimator: str, state, own=None)
     model's own estimator, which ``solver_autograd`` differentiates at the final state), or a baseline."""
     if not is_deq(model):
         if estimator != BASELINE_ESTIMATOR or state not in (None, "final"):
-            raise ConfigError(f"baselines are attacked with estimator {BASELINE_ESTIMATOR!r} at state 'final', "
-                              f"not {estimator!r} at {state!r}")
+            raise ConfigError(
+                f"baselines are attacked with estimator {BASELINE_ESTIMATOR!r} at state 'final', "
+                f"not {estimator!r} at {state!r}"
+            )
         return model
-    return DEQLogits(model, build_estimator(spec_of(cfg, "estimator", estimator)), state, cfg["solver"],
-                     cfg["backward_solver"], own=own)
+    return DEQLogits(
+        model,
+        build_estimator(spec_of(cfg, "estimator", estimator)),
+        state,
+        cfg["solver"],
+        cfg["backward_solver"],
+        own=own,
+    )
 
 
 def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, solver: dict, own) -> dict[str, torch.Tensor]:
@@ -52,19 +73,26 @@ def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, solver: dict, own)
     return {key: (out.argmax(1) == y).cpu() for key, out in logits.items()}
 
 
-def attack_batch(model: nn.Module, target: nn.Module, runner, x: torch.Tensor, y: torch.Tensor, solver: dict, own,
-                 seed: int) -> dict:
+def attack_batch(
+    model: nn.Module, target: nn.Module, runner, x: torch.Tensor, y: torch.Tensor, solver: dict, own, seed: int
+) -> dict:
     """One batch of a cell: correctness before and after ``runner`` attacks ``target`` (the
     model under the cell's estimator and state), under every defense and state, and the
     attack's warnings."""
     clean = score(model, x, y, solver, own)
     result = runner.run(target, x, y, seed=seed)
-    return {"clean": clean, "adversarial": score(model, result.x_adv, y, solver, own), "warnings": list(result.warnings)}
+    return {
+        "clean": clean,
+        "adversarial": score(model, result.x_adv, y, solver, own),
+        "warnings": list(result.warnings),
+    }
 
 
 def own_estimator(cfg: dict, spec: dict):
     """The estimator that defines a DEQ's own output, with its model's training overrides."""
-    training = model_spec(cfg, spec["name"])["training_config"] if spec["name"] in instance_names(cfg) else cfg["training"]
+    training = (
+        model_spec(cfg, spec["name"])["training_config"] if spec["name"] in instance_names(cfg) else cfg["training"]
+    )
     return model_estimator(spec, training)
 
 
@@ -94,8 +122,10 @@ def load_for_config(cfg: dict, checkpoint: str, device: torch.device) -> tuple[n
     name = meta["spec"]["name"]
     expected = cfg["models"].get(identity(cfg, name)["base_model"])
     if expected is not None and _arch(expected) != _arch(meta["spec"]):
-        raise ConfigError(f"checkpoint {checkpoint} holds a {_arch(meta['spec'])} model, but this config's "
-                          f"model {name!r} is a {_arch(expected)}; valid: a checkpoint trained from this config")
+        raise ConfigError(
+            f"checkpoint {checkpoint} holds a {_arch(meta['spec'])} model, but this config's "
+            f"model {name!r} is a {_arch(expected)}; valid: a checkpoint trained from this config"
+        )
     return model, meta
 
 
@@ -112,8 +142,16 @@ def _partial_dir(out: Path, stamp_of: dict) -> Path:
     return partial
 
 
-def run_cell(cfg: dict, checkpoint: str, estimator: str, attack: str, state, out: str | Path,
-             coupling: str | None = None, batch_size: int | None = None) -> dict:
+def run_cell(
+    cfg: dict,
+    checkpoint: str,
+    estimator: str,
+    attack: str,
+    state,
+    out: str | Path,
+    coupling: str | None = None,
+    batch_size: int | None = None,
+) -> dict:
     """Attack the test examples and write the cell file (format in docs/architecture.md).
 
     ``coupling`` (both solvers, the attack's and the scoring's) and ``batch_size`` (the
@@ -134,29 +172,52 @@ def run_cell(cfg: dict, checkpoint: str, estimator: str, attack: str, state, out
     out = Path(out)
     size = cfg["evaluation"]["batch_size"]
     # finished batches count only for this checkpoint, state and test set, and the evaluate rule's slice
-    stamp = md5_of(Path(checkpoint))   # the run stamp: which model made this cell
-    partial = _partial_dir(out, {"checkpoint": stamp, "state": state_name(state),
-                                 "examples": len(y), **cell_slice(cfg, estimator, attack)})
+    stamp = md5_of(Path(checkpoint))  # the run stamp: which model made this cell
+    partial = _partial_dir(
+        out, {"checkpoint": stamp, "state": state_name(state), "examples": len(y), **cell_slice(cfg, estimator, attack)}
+    )
     chunks = list(batches(x, y, size))
-    for i, (xb, yb) in enumerate(tqdm(chunks, desc=f"{spec['name']} {estimator}@{state or 'final'} {attack}", unit="batch")):
+    for i, (xb, yb) in enumerate(
+        tqdm(chunks, desc=f"{spec['name']} {estimator}@{state or 'final'} {attack}", unit="batch")
+    ):
         done = partial / f"batch-{i:05d}.pt"
         if done.exists():
             continue
         start = time.perf_counter()
-        part = attack_batch(model, target, runner, xb.to(device), yb.to(device), cfg["solver"], own,
-                            seed=seeds.derive(cfg["seed"], seeds.TEST_ATTACK, i))
+        part = attack_batch(
+            model,
+            target,
+            runner,
+            xb.to(device),
+            yb.to(device),
+            cfg["solver"],
+            own,
+            seed=seeds.derive(cfg["seed"], seeds.TEST_ATTACK, i),
+        )
         torch_save({**part, "seconds": time.perf_counter() - start}, done)
     parts = [torch_load(partial / f"batch-{i:05d}.pt") for i in range(len(chunks))]
     cell = {
-        "model": spec["name"], **identity(cfg, spec["name"]), "checkpoint_md5": stamp,
-        "arch": spec["arch"], "training": spec["training"], "grad": spec.get("grad"), "estimator": estimator, "estimator_spec": cfg["evaluation"]["estimators"].get(estimator, {}),
-        "attack": attack, "attack_spec": attack_spec,
+        "model": spec["name"],
+        **identity(cfg, spec["name"]),
+        "checkpoint_md5": stamp,
+        "arch": spec["arch"],
+        "training": spec["training"],
+        "grad": spec.get("grad"),
+        "estimator": estimator,
+        "estimator_spec": cfg["evaluation"]["estimators"].get(estimator, {}),
+        "attack": attack,
+        "attack_spec": attack_spec,
         "attacked_state": "final" if state is None else state,
-        "coupling": coupling_of(cfg), "batch_size": size,
-        "profile": cfg["profile"], "num_examples": len(y),
-        "indices": list(range(len(y))), "labels": y.tolist(),
+        "coupling": coupling_of(cfg),
+        "batch_size": size,
+        "profile": cfg["profile"],
+        "num_examples": len(y),
+        "indices": list(range(len(y))),
+        "labels": y.tolist(),
         "clean": {k: torch.cat([p["clean"][k] for p in parts]).int().tolist() for k in parts[0]["clean"]},
-        "adversarial": {k: torch.cat([p["adversarial"][k] for p in parts]).int().tolist() for k in parts[0]["adversarial"]},
+        "adversarial": {
+            k: torch.cat([p["adversarial"][k] for p in parts]).int().tolist() for k in parts[0]["adversarial"]
+        },
         "warnings": sorted({w for p in parts for w in p["warnings"]}),
         "timing": {"seconds": sum(p["seconds"] for p in parts), "batches": len(parts), "device": str(device)},
         "versions": _versions(),
@@ -195,17 +256,42 @@ def select_exit(cfg: dict, checkpoint: str, out: str | Path) -> dict:
     dev = {}
     for n in tqdm(range(1, budget + 1), desc=f"{name} early exit", unit="state"):
         target = attacked_model(cfg, model, choice["estimator"], n, own)
-        adversarial = _accuracy([score(model, runner.run(target, xb, yb, seed=seeds.derive(cfg["seed"], seeds.DEV_SELECT, i)).x_adv, yb,
-                                       cfg["solver"], own) for i, (xb, yb) in enumerate(chunks)], len(y))
-        dev[str(n)] = {"clean_acc": clean[f"state_{n}"], "robust_acc": adversarial[f"state_{n}"],
-                       "final_robust_acc": adversarial["final"]}
+        adversarial = _accuracy(
+            [
+                score(
+                    model,
+                    runner.run(target, xb, yb, seed=seeds.derive(cfg["seed"], seeds.DEV_SELECT, i)).x_adv,
+                    yb,
+                    cfg["solver"],
+                    own,
+                )
+                for i, (xb, yb) in enumerate(chunks)
+            ],
+            len(y),
+        )
+        dev[str(n)] = {
+            "clean_acc": clean[f"state_{n}"],
+            "robust_acc": adversarial[f"state_{n}"],
+            "final_robust_acc": adversarial["final"],
+        }
     state, eligible = choose_exit(dev, clean["final"], choice["rule"], choice["clean_margin"])
-    record = {"model": name, **identity(cfg, name), "profile": cfg["profile"], "checkpoint_md5": md5_of(Path(checkpoint)),
-              "state": state, "rule": choice["rule"], "clean_margin": choice["clean_margin"], "eligible": eligible,
-              "strongest_attack_state": strongest_attack_state(dev),
-              "estimator": choice["estimator"], "attack": choice["attack"], "num_examples": len(y),
-              "dev": dev, "final_clean_acc": clean["final"],
-              "dev_robust_accuracy": {n: d["robust_acc"] for n, d in dev.items()}}
+    record = {
+        "model": name,
+        **identity(cfg, name),
+        "profile": cfg["profile"],
+        "checkpoint_md5": md5_of(Path(checkpoint)),
+        "state": state,
+        "rule": choice["rule"],
+        "clean_margin": choice["clean_margin"],
+        "eligible": eligible,
+        "strongest_attack_state": strongest_attack_state(dev),
+        "estimator": choice["estimator"],
+        "attack": choice["attack"],
+        "num_examples": len(y),
+        "dev": dev,
+        "final_clean_acc": clean["final"],
+        "dev_robust_accuracy": {n: d["robust_acc"] for n, d in dev.items()},
+    }
     write_json(out, record)
     return record
 

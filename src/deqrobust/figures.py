@@ -7,6 +7,7 @@ that a profile did not run (no analysis of a model, no per-state rows) show as a
 panel with a note, never as an error. Every figure is grown until its text fits inside
 its canvas (``fit``), so nothing is clipped, whatever the lengths of the names.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,7 +28,7 @@ from deqrobust import results
 from deqrobust.atomic import atomic_path, write_text
 
 DPI = 150
-MARGIN = 0.05   # inches added beyond the text when a figure grows
+MARGIN = 0.05  # inches added beyond the text when a figure grows
 MIN_AXES = 0.5  # inches: the smallest plot (width and height) a figure may leave
 
 
@@ -66,10 +67,20 @@ def residual_frame(analyses: list[dict]) -> pd.DataFrame:
         for kind, summary in a["inputs"].items():
             res = summary["residual"]
             for step, (med, q25, q75) in enumerate(zip(res["median"], res["q25"], res["q75"]), start=1):
-                rows.append({"model": _label(a), "training": a["model"]["training"], "inputs": kind,
-                             "step": step, "median": med, "q25": q25, "q75": q75})
+                rows.append(
+                    {
+                        "model": _label(a),
+                        "training": a["model"]["training"],
+                        "inputs": kind,
+                        "step": step,
+                        "median": med,
+                        "q25": q25,
+                        "q75": q75,
+                    }
+                )
     return pd.DataFrame(rows, columns=["model", "training", "inputs", "step", "median", "q25", "q75"]).astype(
-        {"median": float, "q25": float, "q75": float})
+        {"median": float, "q25": float, "q75": float}
+    )
 
 
 def _steps_axis(ax, label: str = "solver step n") -> None:
@@ -97,11 +108,18 @@ def residual_figure(analyses: list[dict]) -> Figure:
             if part.empty:
                 _empty(ax, "no analysis")
                 continue
-            sns.lineplot(part, x="step", y="median", hue="training", style="model", palette=palette, ax=ax,
-                         estimator=None)
+            sns.lineplot(
+                part, x="step", y="median", hue="training", style="model", palette=palette, ax=ax, estimator=None
+            )
             for _, line in part.groupby("model"):
-                ax.fill_between(line["step"], line["q25"], line["q75"], alpha=0.2,
-                                color=palette[line["training"].iloc[0]], linewidth=0)
+                ax.fill_between(
+                    line["step"],
+                    line["q25"],
+                    line["q75"],
+                    alpha=0.2,
+                    color=palette[line["training"].iloc[0]],
+                    linewidth=0,
+                )
             for tol in tols:
                 ax.axhline(tol, color="grey", linestyle=":", linewidth=1)
             for budget in budgets:
@@ -119,8 +137,10 @@ def convergence_figure(analyses: list[dict]) -> Figure:
     for a in analyses:
         for kind, summary in a["inputs"].items():
             counts = np.cumsum(summary["steps_to_tol"]["counts"]) / summary["n"]
-            rows += [{"model": _label(a), "inputs": kind, "step": s, "share converged": c}
-                     for s, c in enumerate(counts, start=1)]
+            rows += [
+                {"model": _label(a), "inputs": kind, "step": s, "share converged": c}
+                for s, c in enumerate(counts, start=1)
+            ]
     frame = pd.DataFrame(rows, columns=["model", "inputs", "step", "share converged"])
     with _style():
         fig = Figure(figsize=(6, 4), layout="constrained")
@@ -167,19 +187,23 @@ def state_accuracy_figure(analyses: list[dict], table: pd.DataFrame | None) -> F
     nrows, ncols = (1 if table is None else 2), max(len(deqs), 1)
     with _style():
         fig = Figure(figsize=(4 * ncols, 3.5 * nrows), layout="constrained")
-        axes = fig.subplots(nrows, ncols, squeeze=False)   # not shared: an empty panel would hide tick labels
+        axes = fig.subplots(nrows, ncols, squeeze=False)  # not shared: an empty panel would hide tick labels
         if not deqs:
             _empty(axes[0, 0], "no DEQ analysis or per-state rows")
         for col, model in enumerate(deqs):
             if model in by_name:
                 a = by_name[model]
-                frame = pd.DataFrame([{"step": s, "accuracy": acc, "inputs": kind}
-                                      for kind, summary in a["inputs"].items()
-                                      for s, acc in enumerate(summary["accuracy"], start=1)])
-                sns.lineplot(frame, x="step", y="accuracy", style="inputs", ax=axes[0, col], color="k",
-                             estimator=None)
-                axes[0, col].set(title=f"{_label(a)}\nh(z_n); adversarial: {a['attack']} via {a['estimator']}",
-                                 ylim=(-0.02, 1.02))
+                frame = pd.DataFrame(
+                    [
+                        {"step": s, "accuracy": acc, "inputs": kind}
+                        for kind, summary in a["inputs"].items()
+                        for s, acc in enumerate(summary["accuracy"], start=1)
+                    ]
+                )
+                sns.lineplot(frame, x="step", y="accuracy", style="inputs", ax=axes[0, col], color="k", estimator=None)
+                axes[0, col].set(
+                    title=f"{_label(a)}\nh(z_n); adversarial: {a['attack']} via {a['estimator']}", ylim=(-0.02, 1.02)
+                )
                 _steps_axis(axes[0, col], "solver state n")
             else:
                 _empty(axes[0, col], f"{model}: no analysis")
@@ -224,24 +248,44 @@ def alignment_figure(analyses: list[dict]) -> Figure:
                 finals = part[part["step"].isna()].sort_values("estimator")
                 for estimator, line in part[part["step"].notna()].groupby("estimator"):
                     line = line.sort_values("step")
-                    ax.plot(line["step"], line["median"], marker="o", markersize=3, color=palette[estimator],
-                            label=estimator)
-                    ax.fill_between(line["step"], line["q25"], line["q75"], color=palette[estimator], alpha=0.2,
-                                    linewidth=0)
+                    ax.plot(
+                        line["step"],
+                        line["median"],
+                        marker="o",
+                        markersize=3,
+                        color=palette[estimator],
+                        label=estimator,
+                    )
+                    ax.fill_between(
+                        line["step"], line["q25"], line["q75"], color=palette[estimator], alpha=0.2, linewidth=0
+                    )
                 offsets = np.linspace(-0.25, 0.25, len(finals)) if len(finals) > 1 else [0.0]
                 for offset, (_, point) in zip(offsets, finals.iterrows()):
-                    ax.errorbar(final_x + offset, point["median"], color=palette[point["estimator"]], marker="D",
-                                yerr=[[point["median"] - point["q25"]], [point["q75"] - point["median"]]],
-                                capsize=3, linestyle="none", label=f"{point['estimator']} (final)")
+                    ax.errorbar(
+                        final_x + offset,
+                        point["median"],
+                        color=palette[point["estimator"]],
+                        marker="D",
+                        yerr=[[point["median"] - point["q25"]], [point["q75"] - point["median"]]],
+                        capsize=3,
+                        linestyle="none",
+                        label=f"{point['estimator']} (final)",
+                    )
                 ax.axhline(ALIGNED_COSINE, color="grey", linestyle=":", linewidth=1)
                 ticks = [*steps, final_x]
                 ax.set_xticks(ticks, [*(str(int(t)) for t in steps), "final"])
-                ax.set(xlabel="state n", ylabel="cosine to the true gradient", ylim=(-1.05, 1.05),
-                       title=f"{_model_label(model, first['training'], first['grad'])}\n{kind} inputs "
-                             f"(n={int(part['n'].max())})")
+                ax.set(
+                    xlabel="state n",
+                    ylabel="cosine to the true gradient",
+                    ylim=(-1.05, 1.05),
+                    title=f"{_model_label(model, first['training'], first['grad'])}\n{kind} inputs "
+                    f"(n={int(part['n'].max())})",
+                )
                 ax.legend(loc="best", fontsize="small")
-        fig.suptitle(f"Gradient alignment with the true gradient of the same output (median, quartiles); "
-                     f"dotted: {ALIGNED_COSINE:g}")
+        fig.suptitle(
+            f"Gradient alignment with the true gradient of the same output (median, quartiles); "
+            f"dotted: {ALIGNED_COSINE:g}"
+        )
     return fit(fig)
 
 
@@ -252,9 +296,13 @@ def residual_distribution_figure(analyses: list[dict]) -> Figure:
 
     frame = diagnostic_residual_frame(analyses)
     frame["model"] = [_model_label(*key) for key in zip(frame["model"], frame["training"], frame["grad"])]
-    solves = {"forward": ("forward solve at the deployed budget", {a["tol"] for a in analyses}),
-              "backward": ("backward solve of exact after its budget",
-                           {a["diagnostics"]["backward_solver"].get("tol") for a in analyses if "diagnostics" in a})}
+    solves = {
+        "forward": ("forward solve at the deployed budget", {a["tol"] for a in analyses}),
+        "backward": (
+            "backward solve of exact after its budget",
+            {a["diagnostics"]["backward_solver"].get("tol") for a in analyses if "diagnostics" in a},
+        ),
+    }
     palette = dict(zip(("clean", "adversarial"), sns.color_palette("colorblind")))
     with _style():
         fig = Figure(figsize=(10, 4), layout="constrained")
@@ -265,16 +313,30 @@ def residual_distribution_figure(analyses: list[dict]) -> Figure:
             if finite.empty:
                 _empty(ax, f"no {solve} residuals in the analyses")
                 continue
-            sns.boxplot(finite, x="model", y="residual", hue="inputs", palette=palette, log_scale=True, ax=ax,
-                        fliersize=0)
+            sns.boxplot(
+                finite, x="model", y="residual", hue="inputs", palette=palette, log_scale=True, ax=ax, fliersize=0
+            )
             with _seeded_jitter():
-                sns.stripplot(finite, x="model", y="residual", hue="inputs", palette=palette, dodge=True, size=2,
-                              alpha=0.5, ax=ax, legend=False)
+                sns.stripplot(
+                    finite,
+                    x="model",
+                    y="residual",
+                    hue="inputs",
+                    palette=palette,
+                    dodge=True,
+                    size=2,
+                    alpha=0.5,
+                    ax=ax,
+                    legend=False,
+                )
             for tol in tols - {None, 0}:
                 ax.axhline(tol, color="grey", linestyle=":", linewidth=1)
             dropped = len(part) - len(finite)
-            ax.set(title=title + (f"\n({dropped} non-finite or zero left out)" if dropped else ""), xlabel="",
-                   ylabel="relative residual")
+            ax.set(
+                title=title + (f"\n({dropped} non-finite or zero left out)" if dropped else ""),
+                xlabel="",
+                ylabel="relative residual",
+            )
             ax.set_xticks(ax.get_xticks(), [_wrap(t.get_text(), 24) for t in ax.get_xticklabels()])
         fig.suptitle("Per-sample residuals, clean and adversarial inputs; dotted: tolerance")
     return fit(fig)
@@ -294,8 +356,11 @@ def training_dynamics_figure(trajectories: list[dict]) -> Figure:
     colours = dict(zip(trainings, sns.color_palette("colorblind", max(len(trainings), 1))))
     seeds = sorted(frame["seed"].unique()) if len(frame) else []
     styles = dict(zip(seeds, ["-", "--", ":", "-."] * (len(seeds) // 4 + 1)))
-    panels = [("forward_residual", "deployed forward residual"), *((e, f"cosine of {e}@final") for e in estimators),
-              ("clean_accuracy", "clean accuracy")]
+    panels = [
+        ("forward_residual", "deployed forward residual"),
+        *((e, f"cosine of {e}@final") for e in estimators),
+        ("clean_accuracy", "clean accuracy"),
+    ]
     with _style():
         fig = Figure(figsize=(4.2 * len(panels), 3.6), layout="constrained")
         axes = fig.subplots(1, len(panels), squeeze=False)[0]
@@ -312,9 +377,13 @@ def training_dynamics_figure(trajectories: list[dict]) -> Figure:
                     part = part[part["estimator"] == key].sort_values("epoch")
                 if part.empty:
                     continue
-                low, mid, high = ((part[f"{key}_{q}"] for q in ("q25", "median", "q75")) if key == "forward_residual"
-                                  else (part[f"cosine_{q}"] for q in ("q25", "median", "q75"))
-                                  if key in estimators else (None, part[key], None))
+                low, mid, high = (
+                    (part[f"{key}_{q}"] for q in ("q25", "median", "q75"))
+                    if key == "forward_residual"
+                    else (part[f"cosine_{q}"] for q in ("q25", "median", "q75"))
+                    if key in estimators
+                    else (None, part[key], None)
+                )
                 ax.plot(part["epoch"], mid, label=label, **style)
                 pre = part["pretraining"].to_numpy(dtype=bool)
                 ax.scatter(part["epoch"][pre], mid[pre], facecolors="none", edgecolors=style["color"], s=14)
@@ -343,20 +412,30 @@ def heatmap_figure(table: pd.DataFrame, model: str) -> Figure:
     values = np.concatenate([g.to_numpy(dtype=float).ravel() for g in grids.values()]) if grids else np.array([])
     values = values[np.isfinite(values)]
     low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 100.0)
-    if high - low < 1:   # one value (or nearly): a 1-point band around it
+    if high - low < 1:  # one value (or nearly): a 1-point band around it
         low, high = low - 0.5, high + 0.5
     rows = max((len(g) for g in grids.values()), default=1)
     attacks = max((len(g.columns) for g in grids.values()), default=1)
     with _style():
-        fig = Figure(figsize=(1.5 + (1.8 + 1.2 * attacks) * max(len(defenses), 1), 2.4 + 0.45 * rows),
-                     layout="constrained")
+        fig = Figure(
+            figsize=(1.5 + (1.8 + 1.2 * attacks) * max(len(defenses), 1), 2.4 + 0.45 * rows), layout="constrained"
+        )
         axes = fig.subplots(1, max(len(defenses), 1), squeeze=False)[0]
         if not defenses:
             _empty(axes[0], f"{model}: no attacked cells")
         for ax, defense in zip(axes, defenses):
             grid = grids[defense]
-            sns.heatmap(grid, annot=grid.map(lambda v: f"{v:.1f}%"), fmt="", vmin=low, vmax=high, cmap="viridis",
-                        ax=ax, cbar=ax is axes[len(defenses) - 1], cbar_kws={"label": "robust accuracy (%)"})
+            sns.heatmap(
+                grid,
+                annot=grid.map(lambda v: f"{v:.1f}%"),
+                fmt="",
+                vmin=low,
+                vmax=high,
+                cmap="viridis",
+                ax=ax,
+                cbar=ax is axes[len(defenses) - 1],
+                cbar_kws={"label": "robust accuracy (%)"},
+            )
             worst = results.worst_case_accuracy(table, model, defense)
             note = f"; worst case {100 * worst:.1f}%" if worst is not None else ""
             ax.set(title=f"defense: {defense}{note}", xlabel="attack", ylabel="estimator\n@ attacked state")
@@ -376,10 +455,10 @@ def fit(fig: Figure) -> Figure:
     """Grow the figure until all its text (titles, tick and axis labels, legends) lies inside the
     canvas and no plot is squeezed below MIN_AXES by its labels (constrained layout shrinks
     the axes before it lets text out)."""
-    FigureCanvasAgg(fig)   # a renderer to measure text with
+    FigureCanvasAgg(fig)  # a renderer to measure text with
     for _ in range(10):
         fig.draw_without_rendering()
-        box = fig.get_tightbbox()   # inches, from the figure's lower left corner
+        box = fig.get_tightbbox()  # inches, from the figure's lower left corner
         width, height = fig.get_size_inches()
         grow_w = max(0.0, -box.x0) + max(0.0, box.x1 - width)
         grow_h = max(0.0, -box.y0) + max(0.0, box.y1 - height)
@@ -405,24 +484,32 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
 
 
-def write_all(table: pd.DataFrame, analyses: list[dict], out_dir: str | os.PathLike, profile: str = "",
-              trajectories: list[dict] | None = None) -> list[Path]:
+def write_all(
+    table: pd.DataFrame,
+    analyses: list[dict],
+    out_dir: str | os.PathLike,
+    profile: str = "",
+    trajectories: list[dict] | None = None,
+) -> list[Path]:
     """Every figure as PNG and the main table as main.md and main.tex in ``out_dir``; with
     ``trajectories``, the training dynamics too."""
     out = Path(out_dir)
-    written = [save_figure(residual_figure(analyses), out / "residual.png"),
-               save_figure(convergence_figure(analyses), out / "convergence.png"),
-               save_figure(sample_traces_figure(analyses), out / "residual_samples.png"),
-               save_figure(state_accuracy_figure(analyses, table), out / "state_accuracy.png"),
-               save_figure(alignment_figure(analyses), out / "alignment.png"),
-               save_figure(residual_distribution_figure(analyses), out / "residual_distribution.png")]
+    written = [
+        save_figure(residual_figure(analyses), out / "residual.png"),
+        save_figure(convergence_figure(analyses), out / "convergence.png"),
+        save_figure(sample_traces_figure(analyses), out / "residual_samples.png"),
+        save_figure(state_accuracy_figure(analyses, table), out / "state_accuracy.png"),
+        save_figure(alignment_figure(analyses), out / "alignment.png"),
+        save_figure(residual_distribution_figure(analyses), out / "residual_distribution.png"),
+    ]
     if trajectories:
         written.append(save_figure(training_dynamics_figure(trajectories), out / "training_dynamics.png"))
     for model in table["model"].unique():
         written.append(save_figure(heatmap_figure(table, model), out / f"heatmap_{_slug(model)}.png"))
     header, rows = results.main_table_rows(table, profile)
     caption = results.CAPTION
-    write_text(out / "main.md", f"# Main robustness table ({profile})\n\n{caption}\n\n"
-               + results.markdown_table(header, rows))
+    write_text(
+        out / "main.md", f"# Main robustness table ({profile})\n\n{caption}\n\n" + results.markdown_table(header, rows)
+    )
     write_text(out / "main.tex", results.latex_table(header, rows, f"{caption} Profile: {profile}."))
     return written + [out / "main.md", out / "main.tex"]

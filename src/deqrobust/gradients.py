@@ -19,6 +19,7 @@ mechanism diagnostics.
 Gradients are of the summed cross-entropy, so each image's gradient is that of its own loss
 (images interact only through the solver's batch decisions, which carry no gradient).
 """
+
 from __future__ import annotations
 
 import torch
@@ -43,20 +44,23 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def true_gradient_model(model: DEQLogits) -> DEQLogits:
     """``model`` (a DEQ under estimator E at a state) with the true gradient of E's output."""
-    return DEQLogits(model.deq, true_gradient(model.estimator), model.state, model.solver, model.backward_solver,
-                     own=model.own).train(model.training)
+    return DEQLogits(
+        model.deq, true_gradient(model.estimator), model.state, model.solver, model.backward_solver, own=model.own
+    ).train(model.training)
 
 
 def deployed_model(model: DEQLogits) -> DEQLogits:
     """The deployed DEQ of ``model`` (same weights, solvers and own estimator) under the true gradient."""
-    return DEQLogits(model.deq, SolverAutograd(), None, model.solver, model.backward_solver,
-                     own=model.own).train(model.training)
+    return DEQLogits(model.deq, SolverAutograd(), None, model.solver, model.backward_solver, own=model.own).train(
+        model.training
+    )
 
 
 def batched_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
     """``input_gradient`` over batches of ``batch_size``."""
-    return torch.cat([input_gradient(model, x[i:i + batch_size], y[i:i + batch_size])
-                      for i in range(0, len(y), batch_size)])
+    return torch.cat(
+        [input_gradient(model, x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(y), batch_size)]
+    )
 
 
 def batch_dependence(model: nn.Module, x: torch.Tensor, y: torch.Tensor, images: int | None = None) -> torch.Tensor:
@@ -64,5 +68,5 @@ def batch_dependence(model: nn.Module, x: torch.Tensor, y: torch.Tensor, images:
     for the first ``images`` images of the batch (default: all; each alone costs a solve)."""
     count = len(x) if images is None else min(images, len(x))
     together = input_gradient(model, x, y)[:count]
-    alone = torch.cat([input_gradient(model, x[i:i + 1], y[i:i + 1]) for i in range(count)])
+    alone = torch.cat([input_gradient(model, x[i : i + 1], y[i : i + 1]) for i in range(count)])
     return cosine(together, alone)

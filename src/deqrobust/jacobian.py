@@ -4,6 +4,7 @@ Training adds ``training.jac_reg.weight`` times this estimate to the loss on a s
 the iterations (``DEQLogits(jac_probes=...)`` computes it); it keeps f contractive near
 its fixed point, so the solver keeps converging as the weights change.
 """
+
 from __future__ import annotations
 
 from typing import Callable

@@ -15,6 +15,7 @@ two processes writing one checkpoint. ``claim(output)`` guards a long job agains
 The lock works wherever ``flock`` does (Linux and macOS; on network file systems as far as
 they support it); the watchdog needs Linux's ``/proc`` and is off elsewhere.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -32,8 +33,8 @@ from typing import Iterator
 from deqrobust.atomic import refused
 from deqrobust.config import ConfigError
 
-POLL_SECONDS = 1.0      # how often the watchdog looks for the Snakemake process
-GRACE_SECONDS = 60.0    # after the interrupt, a job stuck in native code is ended hard
+POLL_SECONDS = 1.0  # how often the watchdog looks for the Snakemake process
+GRACE_SECONDS = 60.0  # after the interrupt, a job stuck in native code is ended hard
 
 
 class BusyError(ConfigError):
@@ -50,7 +51,7 @@ def claim(output: str | os.PathLike) -> Iterator[None]:
     """Hold ``output`` for this process (see the module docstring); under torchrun only rank 0 locks."""
     stop_watch = _watch_snakemake()
     try:
-        if os.environ.get("RANK", "0") != "0":   # the other ranks of a data-parallel job write nothing
+        if os.environ.get("RANK", "0") != "0":  # the other ranks of a data-parallel job write nothing
             yield
             return
         with _locked(Path(output)):
@@ -66,7 +67,7 @@ def _locked(output: Path) -> Iterator[None]:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as err:    # read-only or not ours: say so for the output, not for its lock file
+        except OSError as err:  # read-only or not ours: say so for the output, not for its lock file
             if refused(err) is None:
                 raise
             raise refused(err, output) from err
@@ -80,17 +81,21 @@ def _locked(output: Path) -> Iterator[None]:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError:
             same = False
-        if same:    # not a file the previous holder unlinked while we waited for it
+        if same:  # not a file the previous holder unlinked while we waited for it
             break
         os.close(fd)
     try:
         os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
-                                 "command": " ".join(sys.argv)}).encode())
+        os.write(
+            fd,
+            json.dumps(
+                {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), "command": " ".join(sys.argv)}
+            ).encode(),
+        )
         yield
     finally:
         with suppress(OSError):
-            path.unlink()       # before the unlock, so that a waiter sees a new file
+            path.unlink()  # before the unlock, so that a waiter sees a new file
         os.close(fd)
 
 
@@ -105,12 +110,15 @@ def _busy_message(output: Path, holder: dict) -> str:
     pid, host = holder.get("pid", "?"), holder.get("host", "?")
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder["since"])) if "since" in holder else "?"
     command = holder.get("command", "?")
-    return (f"{output} is being written by another process (pid {pid} on {host}, since {since}: {command}). "
-            "A snakemake stopped with kill -9 can leave its jobs running: wait for that process to end, "
-            f"or stop it (kill {pid}), then rerun; the job resumes from its last saved state.")
+    return (
+        f"{output} is being written by another process (pid {pid} on {host}, since {since}: {command}). "
+        "A snakemake stopped with kill -9 can leave its jobs running: wait for that process to end, "
+        f"or stop it (kill {pid}), then rerun; the job resumes from its last saved state."
+    )
 
 
 # ---- the watchdog --------------------------------------------------------------------------
+
 
 def _proc_stat(pid: int) -> tuple[int, int] | None:
     """(parent pid, start time) of ``pid`` from /proc, or None when it is gone (or there is no /proc)."""
@@ -157,13 +165,17 @@ def _watch(pid: int, start: int, stop: threading.Event) -> None:
     while not stop.wait(POLL_SECONDS):
         stat = _proc_stat(pid)
         if stat is not None and stat[1] == start:
-            continue        # still the same Snakemake process (a reused pid has another start time)
-        print(f"deqrobust: the snakemake process that started this job (pid {pid}) is gone; stopping, "
-              "so that a rerun resumes this job from its last saved state", file=sys.stderr, flush=True)
+            continue  # still the same Snakemake process (a reused pid has another start time)
+        print(
+            f"deqrobust: the snakemake process that started this job (pid {pid}) is gone; stopping, "
+            "so that a rerun resumes this job from its last saved state",
+            file=sys.stderr,
+            flush=True,
+        )
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            os.kill(os.getpid(), signal.SIGINT)   # as Ctrl-C: wakes a blocking call, cleanup runs, the lock is released
-        else:                                     # SIGINT ignored (inherited): end without cleanup
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C: wakes a blocking call, cleanup runs, the lock is released
+        else:  # SIGINT ignored (inherited): end without cleanup
             os.kill(os.getpid(), signal.SIGTERM)
-        if not stop.wait(GRACE_SECONDS):          # stuck in native code that never returns to Python
+        if not stop.wait(GRACE_SECONDS):  # stuck in native code that never returns to Python
             os._exit(130)
         return

@@ -4,6 +4,7 @@ replace the first profile's checkpoints, so it is refused before any job, naming
 The owner is written to ``<results>/.profile`` when a run starts (``claim``); a folder made
 before the marker existed is owned by the profile its trained models' ``summary.json`` name.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,9 +35,11 @@ def check(results: str | Path, profile: str) -> None:
     """ConfigError when ``results`` belongs to another profile."""
     found = owner(results)
     if found is not None and found[0] != profile:
-        raise ConfigError(f"results folder {results} belongs to profile {found[0]!r} ({found[1]}); this run is profile "
-                          f"{profile!r}: give it its own folder (results: results/{profile} in its config, or "
-                          f"--config results=results/{profile}); nothing was changed")
+        raise ConfigError(
+            f"results folder {results} belongs to profile {found[0]!r} ({found[1]}); this run is profile "
+            f"{profile!r}: give it its own folder (results: results/{profile} in its config, or "
+            f"--config results=results/{profile}); nothing was changed"
+        )
 
 
 def claim(results: str | Path, profile: str) -> None:

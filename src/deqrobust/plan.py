@@ -5,6 +5,7 @@ Torch-free on purpose: the Snakefile imports this module (and ``deqrobust.config
 directly, so every rule, check and rerun trigger here is the one the library uses.
 Each fact below is defined once; docs/architecture.md says who imports it.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,15 +20,15 @@ from deqrobust.sizes import SIZES
 NAME_RE = r"[A-Za-z0-9][A-Za-z0-9._+-]*"
 
 # Attacked and scored states besides the solver steps 0..N.
-FINAL = "final"          # the DEQ's output z* (the final state)
-ENSEMBLE = "ensemble"    # the head of the mean of z_1..z_N
+FINAL = "final"  # the DEQ's output z* (the final state)
+ENSEMBLE = "ensemble"  # the head of the mean of z_1..z_N
 NAMED_STATES = (FINAL, ENSEMBLE)
-STATE_RE = "|".join((*NAMED_STATES, "[0-9]+"))   # a state in a path; parse_state checks the budget
+STATE_RE = "|".join((*NAMED_STATES, "[0-9]+"))  # a state in a path; parse_state checks the budget
 
 # Plain backprop: the only estimator of the deep-network baselines (attacked at FINAL).
 BASELINE_ESTIMATOR = "autograd"
 
-State = int | str | None   # n in 0..budget, ENSEMBLE, or None for FINAL
+State = int | str | None  # n in 0..budget, ENSEMBLE, or None for FINAL
 
 
 def parse_state(state: State, budget: int) -> State:
@@ -43,8 +44,10 @@ def parse_state(state: State, budget: int) -> State:
     if isinstance(state, str) and state.isdigit():
         state = int(state)
     if isinstance(state, bool) or not isinstance(state, int) or not 0 <= state <= budget:
-        raise ConfigError(f"state {state!r} is not valid for a solver budget of {budget} (solver.budget); "
-                          f"valid states: {FINAL!r}, {ENSEMBLE!r}, 0..{budget}")
+        raise ConfigError(
+            f"state {state!r} is not valid for a solver budget of {budget} (solver.budget); "
+            f"valid states: {FINAL!r}, {ENSEMBLE!r}, 0..{budget}"
+        )
     return state
 
 
@@ -60,14 +63,22 @@ def problems(cfg: dict) -> list[str]:
     budget, MDEQ sizes, estimator and attack specs."""
     ev = cfg["evaluation"]
     estimators, attacks = ev["estimators"], ev["attacks"]
-    found = [f"{section}.{name}: the name must match {NAME_RE} (it becomes a path component)"
-             for section, names in (("models", cfg["models"]), ("evaluation.estimators", estimators),
-                                    ("evaluation.attacks", attacks))
-             for name in names if not re.fullmatch(NAME_RE, name)]
+    found = [
+        f"{section}.{name}: the name must match {NAME_RE} (it becomes a path component)"
+        for section, names in (
+            ("models", cfg["models"]),
+            ("evaluation.estimators", estimators),
+            ("evaluation.attacks", attacks),
+        )
+        for name in names
+        if not re.fullmatch(NAME_RE, name)
+    ]
     found += _instance_problems(cfg)
     found += _import_problems(cfg)
     if BASELINE_ESTIMATOR in estimators:
-        found.append(f"evaluation.estimators.{BASELINE_ESTIMATOR}: the name is reserved for the baselines' plain backprop")
+        found.append(
+            f"evaluation.estimators.{BASELINE_ESTIMATOR}: the name is reserved for the baselines' plain backprop"
+        )
     for name, spec in cfg["models"].items():
         if spec["arch"] == "mdeq" and spec["size"] not in SIZES:
             found.append(f"models.{name}.size: {spec['size']!r} is not an MDEQ size; valid sizes: {', '.join(SIZES)}")
@@ -81,9 +92,11 @@ def problems(cfg: dict) -> list[str]:
             except ConfigError as err:
                 found.append(f"evaluation.cells[{i}].states: {err}")
     found += _undefined("evaluation.baseline_attacks", ev["baseline_attacks"], "attack", attacks)
-    found += [] if found else _size_problems(cfg)   # sizes need valid models and instances
-    for kind, table, check in (("estimators", estimators, specs.estimator_params),
-                               ("attacks", attacks, specs.attack_params)):
+    found += [] if found else _size_problems(cfg)  # sizes need valid models and instances
+    for kind, table, check in (
+        ("estimators", estimators, specs.estimator_params),
+        ("attacks", attacks, specs.attack_params),
+    ):
         for name, spec in table.items():
             try:
                 check(spec, f"evaluation.{kind}.{name}")
@@ -92,7 +105,7 @@ def problems(cfg: dict) -> list[str]:
     return found
 
 
-CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000   # images of the official archive's training and test batches
+CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000  # images of the official archive's training and test batches
 
 
 def _size_problems(cfg: dict) -> list[str]:
@@ -102,15 +115,22 @@ def _size_problems(cfg: dict) -> list[str]:
     data, found = cfg["data"], []
     train = min(data["train_subset"] or CIFAR_TRAIN, CIFAR_TRAIN - data["dev_size"])
     test = min(data["test_subset"] or CIFAR_TEST, CIFAR_TEST)
-    too_big = [(name, size) for name in trained(cfg)
-               if (size := model_spec(cfg, name)["training_config"]["batch_size"]) > train]
-    found += [f"training.batch_size: batch {size} of model {name!r} is larger than the training split ({train} "
-              f"images: data.train_subset, or {CIFAR_TRAIN:,} minus data.dev_size); valid: at most {train}"
-              for name, size in too_big[:1]]
+    too_big = [
+        (name, size)
+        for name in trained(cfg)
+        if (size := model_spec(cfg, name)["training_config"]["batch_size"]) > train
+    ]
+    found += [
+        f"training.batch_size: batch {size} of model {name!r} is larger than the training split ({train} "
+        f"images: data.train_subset, or {CIFAR_TRAIN:,} minus data.dev_size); valid: at most {train}"
+        for name, size in too_big[:1]
+    ]
     wanted = cfg["evaluation"]["num_examples"]
     if wanted is not None and wanted > test:
-        found.append(f"evaluation.num_examples: {wanted} test images asked, the test split has {test} "
-                     f"(data.test_subset, or {CIFAR_TEST:,}); valid: at most {test}, or null for all")
+        found.append(
+            f"evaluation.num_examples: {wanted} test images asked, the test split has {test} "
+            f"(data.test_subset, or {CIFAR_TEST:,}); valid: at most {test}, or null for all"
+        )
     return found
 
 
@@ -127,8 +147,11 @@ def _group_model_problems(cfg: dict, i: int, group: dict) -> list[str]:
 
 def _undefined(key: str | None, names: list[str], kind: str, defined: dict) -> list[str]:
     where = f"{key}: " if key else ""
-    return [f"{where}unknown {kind} {name!r}; defined in evaluation.{kind}s: {', '.join(defined) or 'none'}"
-            for name in names if name not in defined]
+    return [
+        f"{where}unknown {kind} {name!r}; defined in evaluation.{kind}s: {', '.join(defined) or 'none'}"
+        for name in names
+        if name not in defined
+    ]
 
 
 def spec_of(cfg: dict, kind: str, name: str, key: str | None = None) -> dict:
@@ -150,9 +173,11 @@ def check_steps(cfg: dict) -> None:
 
 def require_gpu_message(cfg: dict) -> str:
     """Why a GPU-scale profile (``require_gpu: true``) stops without CUDA, and what to run instead."""
-    return (f"profile {cfg['profile']!r} is GPU-scale (require_gpu: true) and no CUDA device is visible. "
-            "Run the CPU profile instead (config/quick.yaml), or force this one onto the CPU with the "
-            "override require_gpu=false (expect weeks of compute).")
+    return (
+        f"profile {cfg['profile']!r} is GPU-scale (require_gpu: true) and no CUDA device is visible. "
+        "Run the CPU profile instead (config/quick.yaml), or force this one onto the CPU with the "
+        "override require_gpu=false (expect weeks of compute)."
+    )
 
 
 # ----------------------------------------------------------------------------- models, seeds and cells
@@ -164,12 +189,12 @@ class Instance(NamedTuple):
     ``<model>.s1``. The name is what every job, path and record calls the instance.
     """
 
-    name: str     # path component and the "model" of every record
-    model: str    # the model's name in the config ("base_model" in records)
-    seed: int     # the job's `seed`: training draws, attack starts
+    name: str  # path component and the "model" of every record
+    model: str  # the model's name in the config ("base_model" in records)
+    seed: int  # the job's `seed`: training draws, attack starts
 
 
-SEED_MARK = ".s"   # <model>.s<seed>
+SEED_MARK = ".s"  # <model>.s<seed>
 
 
 def instances(cfg: dict) -> list[Instance]:
@@ -177,8 +202,11 @@ def instances(cfg: dict) -> list[Instance]:
     found = []
     for name, spec in cfg["models"].items():
         seeds = spec.get("seeds")
-        found += ([Instance(name, name, cfg["seed"])] if seeds is None else
-                  [Instance(f"{name}{SEED_MARK}{seed}", name, seed) for seed in seeds])
+        found += (
+            [Instance(name, name, cfg["seed"])]
+            if seeds is None
+            else [Instance(f"{name}{SEED_MARK}{seed}", name, seed) for seed in seeds]
+        )
     return found
 
 
@@ -218,8 +246,11 @@ def seed_override(cfg: dict, name: str) -> str:
 def _instance_problems(cfg: dict) -> list[str]:
     """An instance ``<model>.s<seed>`` may not take the name of a model without seeds."""
     plain = {name for name, spec in cfg["models"].items() if spec.get("seeds") is None}
-    return [f"models.{i.model}.seeds: instance {i.name!r} has the name of another model; rename one of them"
-            for i in instances(cfg) if i.name != i.model and i.name in plain]
+    return [
+        f"models.{i.model}.seeds: instance {i.name!r} has the name of another model; rename one of them"
+        for i in instances(cfg)
+        if i.name != i.model and i.name in plain
+    ]
 
 
 class Cell(NamedTuple):
@@ -254,8 +285,10 @@ def cell_config(cfg: dict, coupling: str | None = None, batch_size: int | None =
     and ``batch_size`` for the evaluation batch; None keeps the config's."""
     if coupling is None and batch_size is None:
         return cfg
-    solvers = {key: {**cfg[key], "coupling": coupling} if coupling is not None else cfg[key]
-               for key in ("solver", "backward_solver")}
+    solvers = {
+        key: {**cfg[key], "coupling": coupling} if coupling is not None else cfg[key]
+        for key in ("solver", "backward_solver")
+    }
     evaluation = {**cfg["evaluation"], "batch_size": batch_size or cfg["evaluation"]["batch_size"]}
     return {**cfg, **solvers, "evaluation": evaluation}
 
@@ -268,8 +301,11 @@ def _solve(cfg: dict, group: dict) -> tuple[str | None, int | None]:
     coupling = group.get("coupling", cfg["solver"].get("coupling", DEFAULT_COUPLING))
     size = group.get("batch_size", cfg["evaluation"]["batch_size"])
     own = cell_config(cfg, coupling, size)
-    return (None, None) if (coupling_of(own), size) == (coupling_of(cfg), cfg["evaluation"]["batch_size"]) \
+    return (
+        (None, None)
+        if (coupling_of(own), size) == (coupling_of(cfg), cfg["evaluation"]["batch_size"])
         else (coupling, size)
+    )
 
 
 def solve_suffix(cell: Cell) -> str:
@@ -282,9 +318,11 @@ def parse_solve(suffix: str) -> tuple[str | None, int | None]:
     """(coupling, batch size) of a path suffix made by ``solve_suffix`` ('' gives (None, None))."""
     match = re.fullmatch(SOLVE_RE, suffix)
     if match is None:
-        raise ConfigError(f"cell path suffix {suffix!r} is not valid; valid: '' or '.<coupling><batch size>' "
-                          f"with coupling one of {', '.join(COUPLINGS)}, e.g. '.batch96'")
-    return (None, None) if not suffix else (match.group(2), int(suffix[len(match.group(2)) + 1:]))
+        raise ConfigError(
+            f"cell path suffix {suffix!r} is not valid; valid: '' or '.<coupling><batch size>' "
+            f"with coupling one of {', '.join(COUPLINGS)}, e.g. '.batch96'"
+        )
+    return (None, None) if not suffix else (match.group(2), int(suffix[len(match.group(2)) + 1 :]))
 
 
 def instance_names(cfg: dict) -> list[str]:
@@ -319,12 +357,19 @@ def cells(cfg: dict) -> list[Cell]:
     (a cell of the profile's setting whatever group lists it is one job); each baseline instance
     under ``baseline_attacks`` through plain backprop at the final state."""
     ev, budget = cfg["evaluation"], cfg["solver"]["budget"]
-    found = [Cell(inst.name, estimator, attack, state_name(parse_state(state, budget)), *_solve(cfg, group))
-             for inst in instances(cfg) if cfg["models"][inst.model]["arch"] == "mdeq"
-             for group in ev["cells"] if inst.model in group.get("models", [inst.model])
-             for estimator in group["estimators"] for attack in group["attacks"] for state in group["states"]]
-    found += [Cell(model, BASELINE_ESTIMATOR, attack, FINAL) for model in baselines(cfg)
-              for attack in ev["baseline_attacks"]]
+    found = [
+        Cell(inst.name, estimator, attack, state_name(parse_state(state, budget)), *_solve(cfg, group))
+        for inst in instances(cfg)
+        if cfg["models"][inst.model]["arch"] == "mdeq"
+        for group in ev["cells"]
+        if inst.model in group.get("models", [inst.model])
+        for estimator in group["estimators"]
+        for attack in group["attacks"]
+        for state in group["states"]
+    ]
+    found += [
+        Cell(model, BASELINE_ESTIMATOR, attack, FINAL) for model in baselines(cfg) for attack in ev["baseline_attacks"]
+    ]
     return list(dict.fromkeys(found))
 
 
@@ -360,11 +405,18 @@ def train_slice(cfg: dict, model: str) -> dict:
     """One instance's spec with its merged training section, the solvers, its seed and the split."""
     cfg = instance_config(cfg, model)
     spec = model_spec(cfg, model)
-    training = {key: value for key, value in spec["training_config"].items()
-                if key not in NOT_RESULT_KEYS and not (key in NEUTRAL_VALUES and value == NEUTRAL_VALUES[key])
-                and not (key in PHASE_KEYS and not _has_phases(spec))}
-    return {"spec": {**spec, "training_config": training},
-            "data": {key: cfg["data"][key] for key in ("dev_size", "split_seed", "train_subset")}, **_solvers(cfg)}
+    training = {
+        key: value
+        for key, value in spec["training_config"].items()
+        if key not in NOT_RESULT_KEYS
+        and not (key in NEUTRAL_VALUES and value == NEUTRAL_VALUES[key])
+        and not (key in PHASE_KEYS and not _has_phases(spec))
+    }
+    return {
+        "spec": {**spec, "training_config": training},
+        "data": {key: cfg["data"][key] for key in ("dev_size", "split_seed", "train_subset")},
+        **_solvers(cfg),
+    }
 
 
 def _has_phases(spec: dict) -> bool:
@@ -375,32 +427,55 @@ def _has_phases(spec: dict) -> bool:
 def select_slice(cfg: dict) -> dict:
     """The early-exit choice: ``evaluation.early_exit`` with the specs it names."""
     choice = cfg["evaluation"]["early_exit"]
-    return {**choice, **_referenced(cfg, "evaluation.early_exit", choice), **_solvers(cfg),
-            "batch_size": cfg["evaluation"]["batch_size"]}
+    return {
+        **choice,
+        **_referenced(cfg, "evaluation.early_exit", choice),
+        **_solvers(cfg),
+        "batch_size": cfg["evaluation"]["batch_size"],
+    }
 
 
 def cell_slice(cfg: dict, estimator: str, attack: str) -> dict:
     """One cell: the estimator's spec (None for the baselines' plain backprop), the attack's,
     the test images and their batches, the solvers and the seed."""
     ev = cfg["evaluation"]
-    return {"estimator": None if estimator == BASELINE_ESTIMATOR else spec_of(cfg, "estimator", estimator),
-            "attack": spec_of(cfg, "attack", attack), "num_examples": ev["num_examples"],
-            "batch_size": ev["batch_size"], "test_subset": cfg["data"]["test_subset"], **_solvers(cfg)}
+    return {
+        "estimator": None if estimator == BASELINE_ESTIMATOR else spec_of(cfg, "estimator", estimator),
+        "attack": spec_of(cfg, "attack", attack),
+        "num_examples": ev["num_examples"],
+        "batch_size": ev["batch_size"],
+        "test_subset": cfg["data"]["test_subset"],
+        **_solvers(cfg),
+    }
 
 
 def analysis_slice(cfg: dict) -> dict:
     """The fixed-point analysis: the ``analysis`` section with the specs it names."""
     an = cfg["analysis"]
-    return {**an, **_referenced(cfg, "analysis", an), "diagnosed": diagnosed(cfg),
-            "test_subset": cfg["data"]["test_subset"], "batch_size": cfg["evaluation"]["batch_size"], **_solvers(cfg)}
+    return {
+        **an,
+        **_referenced(cfg, "analysis", an),
+        "diagnosed": diagnosed(cfg),
+        "test_subset": cfg["data"]["test_subset"],
+        "batch_size": cfg["evaluation"]["batch_size"],
+        **_solvers(cfg),
+    }
 
 
 def trajectory_slice(cfg: dict) -> dict:
     """The training-dynamics analysis: its section, the traced budget, the final-state estimators
     it compares (the diagnostics') and what the solve of each snapshot depends on."""
-    estimators = {name: entry["spec"] for name, entry in diagnosed(cfg)["estimators"].items() if entry["states"] == [FINAL]}
-    return {**cfg["analysis"]["trajectory"], "budget": cfg["analysis"]["budget"], "estimators": estimators,
-            "test_subset": cfg["data"]["test_subset"], "batch_size": cfg["evaluation"]["batch_size"], **_solvers(cfg)}
+    estimators = {
+        name: entry["spec"] for name, entry in diagnosed(cfg)["estimators"].items() if entry["states"] == [FINAL]
+    }
+    return {
+        **cfg["analysis"]["trajectory"],
+        "budget": cfg["analysis"]["budget"],
+        "estimators": estimators,
+        "test_subset": cfg["data"]["test_subset"],
+        "batch_size": cfg["evaluation"]["batch_size"],
+        **_solvers(cfg),
+    }
 
 
 # The mechanism diagnostics of the analysis compare these estimator types with the true gradient
@@ -423,8 +498,11 @@ def diagnosed(cfg: dict) -> dict:
     if names is None:
         names = [name for name, spec in defined.items() if spec["name"] in types]
     found = _undefined(f"{key}.estimators", names, "estimator", defined)
-    found += [f"{key}.estimators: {name!r} is a {defined[name]['name']!r} estimator; diagnosed types: "
-              f"{', '.join(types)}" for name in names if name in defined and defined[name]["name"] not in types]
+    found += [
+        f"{key}.estimators: {name!r} is a {defined[name]['name']!r} estimator; diagnosed types: {', '.join(types)}"
+        for name in names
+        if name in defined and defined[name]["name"] not in types
+    ]
     states = section["states"] if section["states"] is not None else list(range(1, budget + 1))
     for state in states:
         try:
@@ -433,10 +511,16 @@ def diagnosed(cfg: dict) -> dict:
             found.append(f"{key}.states: {err}")
     if found:
         raise ConfigError(found[0])
-    return {"estimators": {name: {"spec": defined[name],
-                                  "states": [FINAL] if defined[name]["name"] in DIAGNOSED_AT_FINAL else list(states)}
-                           for name in names},
-            "true_gradient": next((n for n, s in defined.items() if s["name"] == TRUE_GRADIENT), TRUE_GRADIENT)}
+    return {
+        "estimators": {
+            name: {
+                "spec": defined[name],
+                "states": [FINAL] if defined[name]["name"] in DIAGNOSED_AT_FINAL else list(states),
+            }
+            for name in names
+        },
+        "true_gradient": next((n for n, s in defined.items() if s["name"] == TRUE_GRADIENT), TRUE_GRADIENT),
+    }
 
 
 def _referenced(cfg: dict, key: str, section: dict) -> dict:
@@ -449,8 +533,7 @@ def _referenced(cfg: dict, key: str, section: dict) -> dict:
 # Their code trains these sizes, trainings and gradient modes. The file does not say how it
 # was trained, and the size decides the jobs' resources before the file is read, so each
 # key is written on the model: no default fills it, nothing is guessed.
-IMPORTED = {"arch": ("mdeq",), "size": ("large", "xl"), "training": ("standard", "pgd"),
-            "grad": ("exact", "unroll")}
+IMPORTED = {"arch": ("mdeq",), "size": ("large", "xl"), "training": ("standard", "pgd"), "grad": ("exact", "unroll")}
 
 
 def imported(cfg: dict) -> list[str]:
@@ -462,16 +545,21 @@ def unwritten_import_keys(raw: dict) -> list[str]:
     """The keys of IMPORTED a model with ``checkpoint`` leaves out, read from the config as
     written (``config.problems`` calls it before the schema's defaults are filled)."""
     models = raw.get("models") if isinstance(raw, dict) else None
-    required = schema()["properties"]["models"]["additionalProperties"]["required"]   # the schema names those
+    required = schema()["properties"]["models"]["additionalProperties"]["required"]  # the schema names those
     found = []
     for name, spec in models.items() if isinstance(models, dict) else ():
-        missing = [key for key in IMPORTED if isinstance(spec, dict) and "checkpoint" in spec
-                   and key not in spec and key not in required]
+        missing = [
+            key
+            for key in IMPORTED
+            if isinstance(spec, dict) and "checkpoint" in spec and key not in spec and key not in required
+        ]
         if missing:
             valid = "; ".join(f"{key}: {' or '.join(IMPORTED[key])}" for key in missing)
-            found.append(f"models.{name}: a model with a checkpoint must write {', '.join(missing)} itself (no "
-                         "default applies: the file does not say how the model was trained, and the size sets the "
-                         f"jobs' resources before the file is read); valid: {valid}")
+            found.append(
+                f"models.{name}: a model with a checkpoint must write {', '.join(missing)} itself (no "
+                "default applies: the file does not say how the model was trained, and the size sets the "
+                f"jobs' resources before the file is read); valid: {valid}"
+            )
     return found
 
 
@@ -480,11 +568,17 @@ def _import_problems(cfg: dict) -> list[str]:
     for name, spec in cfg["models"].items():
         if "checkpoint" not in spec:
             continue
-        found += [f"models.{name}.{key}: the authors' code trains no {key} {spec[key]!r}; valid with a "
-                  f"checkpoint: {', '.join(valid)}" for key, valid in IMPORTED.items() if spec[key] not in valid]
+        found += [
+            f"models.{name}.{key}: the authors' code trains no {key} {spec[key]!r}; valid with a "
+            f"checkpoint: {', '.join(valid)}"
+            for key, valid in IMPORTED.items()
+            if spec[key] not in valid
+        ]
         if spec.get("seeds") is not None:
-            found.append(f"models.{name}.seeds: a model with a checkpoint is one trained instance (its file); "
-                         "remove seeds, or give each seed its own model and checkpoint")
+            found.append(
+                f"models.{name}.seeds: a model with a checkpoint is one trained instance (its file); "
+                "remove seeds, or give each seed its own model and checkpoint"
+            )
     return found
 
 
@@ -500,8 +594,8 @@ def import_slice(cfg: dict, model: str) -> dict:
 
 # ----------------------------------------------------------------------------- what each job needs
 class Resources(NamedTuple):
-    train_minutes: int   # runtime of a train job
-    eval_minutes: int    # runtime of an evaluate, select_exit or analyze job
+    train_minutes: int  # runtime of a train job
+    eval_minutes: int  # runtime of an evaluate, select_exit or analyze job
     mem_mb: int
 
 

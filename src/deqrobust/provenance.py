@@ -5,6 +5,7 @@ EPYC changed a verdict), so every product says which archive it read and on whic
 models were trained (docs/results.md): training summaries carry ``machine()``, the table and the
 metrics carry ``data_source()``, and the report shows both.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,10 +33,16 @@ def machine() -> dict:
     build = torch.__config__.show()
     blas = re.search(r"BLAS_INFO=([^,\s]+)", build)
     lapack = re.search(r"LAPACK_INFO=([^,\s]+)", build)
-    return {"processor": processor(), "architecture": platform.machine(), "threads": torch.get_num_threads(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
-            "blas": blas.group(1) if blas else None, "lapack": lapack.group(1) if lapack else None,
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    return {
+        "processor": processor(),
+        "architecture": platform.machine(),
+        "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+        "blas": blas.group(1) if blas else None,
+        "lapack": lapack.group(1) if lapack else None,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
 
 
 def describe(found: dict | None) -> str:
@@ -44,8 +51,10 @@ def describe(found: dict | None) -> str:
         return "not recorded (trained before the machine was recorded)"
     threads = found.get("threads")
     gpu = f", GPU {found['gpu']}" if found.get("gpu") else ""
-    return (f"{found.get('processor')} ({found.get('architecture')}, {found.get('cpu_capability')}), "
-            f"{threads} thread{'s' if threads != 1 else ''}, torch {found.get('torch')}, BLAS {found.get('blas')}{gpu}")
+    return (
+        f"{found.get('processor')} ({found.get('architecture')}, {found.get('cpu_capability')}), "
+        f"{threads} thread{'s' if threads != 1 else ''}, torch {found.get('torch')}, BLAS {found.get('blas')}{gpu}"
+    )
 
 
 def data_source(cfg: dict) -> dict:

@@ -21,6 +21,7 @@ compared with the same cells per sample in the section "Batch coupling" (``coupl
 ``coupling_gaps``): paired tests as evidence of how much of an over-estimate the coupling makes,
 no verdict.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,80 +34,106 @@ import pandas as pd
 from deqrobust import stats
 from deqrobust.config import model_spec
 from deqrobust.plan import TRUE_GRADIENT
-from deqrobust.results import (CLEAN, EARLY_EXIT, ENSEMBLE, FINAL, PSEUDO_ATTACKS, STATE_PREFIX,
-                               WORST_CASE, expand_ranges, headline_metrics, main_columns, main_rows, outcome_array,
-                               profile_rows, profile_solve, state_order)
-from deqrobust.stats import (ALIGNED_COSINE, ALPHA, NOT_TESTED, PRECONDITION_ABSENT, SMALLEST_EFFECT, UNDERPOWERED,
-                             VERDICTS, Comparison, Precondition, Verdict)
+from deqrobust.results import (
+    CLEAN,
+    EARLY_EXIT,
+    ENSEMBLE,
+    FINAL,
+    PSEUDO_ATTACKS,
+    STATE_PREFIX,
+    WORST_CASE,
+    expand_ranges,
+    headline_metrics,
+    main_columns,
+    main_rows,
+    outcome_array,
+    profile_rows,
+    profile_solve,
+    state_order,
+)
+from deqrobust.stats import (
+    ALIGNED_COSINE,
+    ALPHA,
+    NOT_TESTED,
+    PRECONDITION_ABSENT,
+    SMALLEST_EFFECT,
+    UNDERPOWERED,
+    VERDICTS,
+    Comparison,
+    Precondition,
+    Verdict,
+)
 
-ADVERSARIAL = ("pgd", "fgsm")        # adversarial trainings; claims 1-4 are about DEQs trained so
-PGD_AT = "pgd"                       # claim 5 speaks of PGD-AT only
-FINAL_STATE_TYPES = ("exact", "unroll")   # the ready-made final-state gradients of claims 2 and 3
-SIZE_RATIO = 2.0                     # claim 5: "similar size" = parameter counts within a factor of 2 (ours)
-DIVERGED = float(np.finfo(float).max)   # rank of a non-finite residual: above every finite one
-MIN_RUNS = 2                         # claim 1 is decided across training runs when each side has this many (ours)
+ADVERSARIAL = ("pgd", "fgsm")  # adversarial trainings; claims 1-4 are about DEQs trained so
+PGD_AT = "pgd"  # claim 5 speaks of PGD-AT only
+FINAL_STATE_TYPES = ("exact", "unroll")  # the ready-made final-state gradients of claims 2 and 3
+SIZE_RATIO = 2.0  # claim 5: "similar size" = parameter counts within a factor of 2 (ours)
+DIVERGED = float(np.finfo(float).max)  # rank of a non-finite residual: above every finite one
+MIN_RUNS = 2  # claim 1 is decided across training runs when each side has this many (ours)
 
 CLAIMS = {
     1: "An adversarially trained DEQ needs more solver steps to reach its fixed point, or never reaches it.",
     2: "Attacks that use the final-state gradient (exact implicit or unrolled) suffer gradient obfuscation: "
-       "they over-estimate robustness.",
+    "they over-estimate robustness.",
     3: "Gradients estimated at intermediate solver states give stronger white-box attacks.",
     4: "Defenses that use intermediate states (early exit, ensemble of states) improve robustness under those attacks.",
     5: "PGD-AT DEQs reach robustness competitive with deep networks of similar size.",
 }
-COMMON = (f"One-sided tests at alpha {ALPHA:g}, MDE at power {stats.POWER:g}; per unit the verdict is, in this "
-          "order: not tested (data missing), held (significant, Holm-adjusted p where a family competes; a measured "
-          "precondition is stated beside it), precondition absent, did not hold (not significant and the 95 % interval excludes every effect that "
-          "matters), underpowered (not significant and the MDE exceeds the smallest effect that matters), "
-          "did not hold. Units (models x seeds) combine by intersection-union: every tested unit must hold.")
+COMMON = (
+    f"One-sided tests at alpha {ALPHA:g}, MDE at power {stats.POWER:g}; per unit the verdict is, in this "
+    "order: not tested (data missing), held (significant, Holm-adjusted p where a family competes; a measured "
+    "precondition is stated beside it), precondition absent, did not hold (not significant and the 95 % interval "
+    "excludes every effect that matters), underpowered (not significant and the MDE exceeds the smallest effect "
+    "that matters), did not hold. Units (models x seeds) combine by intersection-union: every tested unit must hold."
+)
 RULES = {
     1: "Per pair of training runs, an adversarially trained DEQ against the standard DEQ of the same size and seed "
-       "(else of the same size and any seed; same gradient mode when there is one): one-sided Mann-Whitney U on the "
-       "per-sample forward relative residuals of clean test images at the deployed budget (the residual of the "
-       "iterate the deployed solver returns; a diverging sample ranks above every finite one); claimed: the "
-       "adversarially trained DEQ's are larger. Effect: probability of superiority with Newcombe's 95 % interval; "
-       f"smallest effect that matters {0.5 + SMALLEST_EFFECT[1]:.2f}. Across runs (amended after the cpu run, "
-       f"docs/results.md), when each side has at least {MIN_RUNS} training runs: the unit is the run; one-sided "
-       "exact Mann-Whitney U on the runs' median residuals, which decides (with 3 runs a side its smallest p is "
-       "0.05: it holds only if every adversarially trained run lies above every standard one). With fewer runs, "
-       "every pair must hold.",
+    "(else of the same size and any seed; same gradient mode when there is one): one-sided Mann-Whitney U on the "
+    "per-sample forward relative residuals of clean test images at the deployed budget (the residual of the "
+    "iterate the deployed solver returns; a diverging sample ranks above every finite one); claimed: the "
+    "adversarially trained DEQ's are larger. Effect: probability of superiority with Newcombe's 95 % interval; "
+    f"smallest effect that matters {0.5 + SMALLEST_EFFECT[1]:.2f}. Across runs (amended after the cpu run, "
+    f"docs/results.md), when each side has at least {MIN_RUNS} training runs: the unit is the run; one-sided "
+    "exact Mann-Whitney U on the runs' median residuals, which decides (with 3 runs a side its smallest p is "
+    "0.05: it holds only if every adversarially trained run lies above every standard one). With fewer runs, "
+    "every pair must hold.",
     2: "Per adversarially trained DEQ and seed, defense final: for each final-state estimator E (types "
-       f"{', '.join(FINAL_STATE_TYPES)}) at the final state and each attack A also run with the true gradient "
-       f"({TRUE_GRADIENT} at the final state), one-sided exact McNemar on per-example outcomes; claimed: accuracy under "
-       "E with A is higher than under the true gradient with A (E over-estimates robustness). The (E, A) comparisons "
-       "are Holm-adjusted and the unit holds if any holds: one ready-made attack that over-estimates robustness shows "
-       "the obfuscation (each is listed). A significant comparison holds whatever the precondition; the precondition "
-       "explains a null result. Precondition for E (amended after the cpu run, docs/results.md): its final-state input "
-       "gradient is misaligned with the deployed model's true gradient (the output every attack is scored on) on a "
-       f"tail of the images: 10th percentile of the cosines below {ALIGNED_COSINE:g} (analysis 'alignment', "
-       "'deployed'; the lower of the clean and the adversarial values), else precondition absent. Smallest effect "
-       f"{100 * SMALLEST_EFFECT[2]:g} points.",
+    f"{', '.join(FINAL_STATE_TYPES)}) at the final state and each attack A also run with the true gradient "
+    f"({TRUE_GRADIENT} at the final state), one-sided exact McNemar on per-example outcomes; claimed: accuracy under "
+    "E with A is higher than under the true gradient with A (E over-estimates robustness). The (E, A) comparisons "
+    "are Holm-adjusted and the unit holds if any holds: one ready-made attack that over-estimates robustness shows "
+    "the obfuscation (each is listed). A significant comparison holds whatever the precondition; the precondition "
+    "explains a null result. Precondition for E (amended after the cpu run, docs/results.md): its final-state input "
+    "gradient is misaligned with the deployed model's true gradient (the output every attack is scored on) on a "
+    f"tail of the images: 10th percentile of the cosines below {ALIGNED_COSINE:g} (analysis 'alignment', "
+    "'deployed'; the lower of the clean and the adversarial values), else precondition absent. Smallest effect "
+    f"{100 * SMALLEST_EFFECT[2]:g} points.",
     3: "Per adversarially trained DEQ and seed, defense final: the intermediate-state attack is the development "
-       "record's estimator at its strongest_attack_state n* (the state whose attack gave the final defense its lowest "
-       "development accuracy, chosen on the development split: no minimum over test cells). For each attack A run "
-       "both at n* and at the final state, one-sided exact McNemar: accuracy under the estimator at n* with A is lower "
-       f"than under each final-state estimator E (types {', '.join(FINAL_STATE_TYPES)}) with the same A. Per attack "
-       "the intermediate attack must beat every E (intersection-union: the largest p); the attacks are Holm-adjusted "
-       f"and the unit holds if any attack holds. Smallest effect {100 * SMALLEST_EFFECT[3]:g} points.",
+    "record's estimator at its strongest_attack_state n* (the state whose attack gave the final defense its lowest "
+    "development accuracy, chosen on the development split: no minimum over test cells). For each attack A run "
+    "both at n* and at the final state, one-sided exact McNemar: accuracy under the estimator at n* with A is lower "
+    f"than under each final-state estimator E (types {', '.join(FINAL_STATE_TYPES)}) with the same A. Per attack "
+    "the intermediate attack must beat every E (intersection-union: the largest p); the attacks are Holm-adjusted "
+    f"and the unit holds if any attack holds. Smallest effect {100 * SMALLEST_EFFECT[3]:g} points.",
     4: "Per adversarially trained DEQ and seed: a defense's robust outcome per example is its worst case over clean "
-       "inputs and every attacked cell (correct clean and under every attack). One-sided exact McNemar of early exit "
-       "vs final and of ensemble vs final; claimed: higher. Holm over the two defenses; the unit holds if either "
-       f"holds. Smallest effect {100 * SMALLEST_EFFECT[4]:g} points.",
+    "inputs and every attacked cell (correct clean and under every attack). One-sided exact McNemar of early exit "
+    "vs final and of ensemble vs final; claimed: higher. Holm over the two defenses; the unit holds if either "
+    f"holds. Smallest effect {100 * SMALLEST_EFFECT[4]:g} points.",
     5: "Only DEQs trained with PGD-AT (training 'pgd'). Per such DEQ and seed, against the deep baseline trained with "
-       "PGD-AT whose parameter count is closest (same seed when there is one; counted only within a factor "
-       f"{SIZE_RATIO:g}): non-inferiority of the DEQ's per-example worst case (defense final) to the baseline's on "
-       f"the same test images, margin {100 * SMALLEST_EFFECT[5]:g} points (Newcombe's paired interval, one-sided "
-       f"{100 * (1 - ALPHA):g} % lower limit above -margin).",
+    "PGD-AT whose parameter count is closest (same seed when there is one; counted only within a factor "
+    f"{SIZE_RATIO:g}): non-inferiority of the DEQ's per-example worst case (defense final) to the baseline's on "
+    f"the same test images, margin {100 * SMALLEST_EFFECT[5]:g} points (Newcombe's paired interval, one-sided "
+    f"{100 * (1 - ALPHA):g} % lower limit above -margin).",
 }
 
 
 @dataclass
 class Finding:
     claim: int
-    verdict: str                        # one of stats.VERDICTS
+    verdict: str  # one of stats.VERDICTS
     reason: str = ""
-    result: Comparison | None = None    # the comparison that decided (verdict table row)
-    evidence: list[str] = field(default_factory=list)   # Markdown lines
+    result: Comparison | None = None  # the comparison that decided (verdict table row)
+    evidence: list[str] = field(default_factory=list)  # Markdown lines
 
 
 def not_tested(reason: str) -> Verdict:
@@ -153,8 +180,18 @@ def load_machines(paths) -> dict[str, dict | None]:
     return {s["model"]: s.get("machine") for s in summaries}
 
 
-TABLE_KEY = ["model", "estimator", "attacked_state", "attack", "defense", "scored_state", "coupling", "batch_size",
-             "correct", "n"]
+TABLE_KEY = [
+    "model",
+    "estimator",
+    "attacked_state",
+    "attack",
+    "defense",
+    "scored_state",
+    "coupling",
+    "batch_size",
+    "correct",
+    "n",
+]
 
 
 def check_runs(table: pd.DataFrame, outcomes: pd.DataFrame | None, records: dict[str, dict]) -> None:
@@ -166,6 +203,7 @@ def check_runs(table: pd.DataFrame, outcomes: pd.DataFrame | None, records: dict
 
     if outcomes is None:
         return
+
     def keyed(frame: pd.DataFrame) -> set[tuple]:
         part = frame[TABLE_KEY].astype(object)
         return set(map(tuple, part.where(part.notna(), "").astype(str).to_numpy()))
@@ -173,17 +211,23 @@ def check_runs(table: pd.DataFrame, outcomes: pd.DataFrame | None, records: dict
     ours, theirs = keyed(table), keyed(tabulate(outcomes))
     if ours != theirs:
         odd = sorted(ours ^ theirs)[0]
-        raise ConfigError(f"the table and the per-example outcomes come from different runs ({len(ours ^ theirs)} "
-                          f"rows differ, e.g. model {odd[0]}, {odd[1]}@{odd[2]} {odd[3]}, defense {odd[4]}): rebuild "
-                          "the table from the outcomes (snakemake -R merge, or deqrobust merge)")
+        raise ConfigError(
+            f"the table and the per-example outcomes come from different runs ({len(ours ^ theirs)} "
+            f"rows differ, e.g. model {odd[0]}, {odd[1]}@{odd[2]} {odd[3]}, defense {odd[4]}): rebuild "
+            "the table from the outcomes (snakemake -R merge, or deqrobust merge)"
+        )
     stamps = outcomes.dropna(subset=["checkpoint_md5"]).groupby("model")["checkpoint_md5"].first().to_dict()
     for path, record in records.items():
-        model, stamp = record["model"]["name"] if isinstance(record["model"], dict) else record["model"], \
-            record.get("checkpoint_md5")
+        model, stamp = (
+            record["model"]["name"] if isinstance(record["model"], dict) else record["model"],
+            record.get("checkpoint_md5"),
+        )
         if stamp is not None and model in stamps and stamp != stamps[model]:
-            raise ConfigError(f"{path} was made from another checkpoint of {model!r} (MD5 {stamp}) than its "
-                              f"evaluation cells ({stamps[model]}): inputs of different runs; rerun the workflow "
-                              "(snakemake) to remake the stale one")
+            raise ConfigError(
+                f"{path} was made from another checkpoint of {model!r} (MD5 {stamp}) than its "
+                f"evaluation cells ({stamps[model]}): inputs of different runs; rerun the workflow "
+                "(snakemake) to remake the stale one"
+            )
 
 
 def seed_of(record: dict):
@@ -256,7 +300,9 @@ def claim1(analyses: list[dict]) -> Finding:
     for adv in adversarial:
         name = adv["model"]["name"]
         same_size = [s for s in std if s["model"].get("size") == adv["model"].get("size")]
-        same = [s for s in same_size if seed_of(s) == seed_of(adv)] or same_size   # a standard DEQ of one seed serves every seed
+        same = [
+            s for s in same_size if seed_of(s) == seed_of(adv)
+        ] or same_size  # a standard DEQ of one seed serves every seed
         same_grad = [s for s in same if s["model"].get("grad") == adv["model"].get("grad")]
         if not same:
             pairs.append((name, not_tested(f"no standard DEQ of size {adv['model'].get('size')} was analysed")))
@@ -266,8 +312,12 @@ def claim1(analyses: list[dict]) -> Finding:
         evidence += [f"- {line}" for a in (adv, partner) for line in convergence_lines(a)]
         x, y = deployed_residuals(adv), deployed_residuals(partner)
         if x is None or y is None:
-            pairs.append((label, not_tested("the analyses keep no per-sample residuals on clean inputs "
-                                            "(rerun `deqrobust analyze`)")))
+            pairs.append(
+                (
+                    label,
+                    not_tested("the analyses keep no per-sample residuals on clean inputs (rerun `deqrobust analyze`)"),
+                )
+            )
             continue
         pairs.append((label, stats.decide(stats.mann_whitney(x, y, "greater"), SMALLEST_EFFECT[1])))
     empty = "no adversarially trained DEQ was analysed" if analyses else "no fixed-point analysis was given"
@@ -277,8 +327,13 @@ def claim1(analyses: list[dict]) -> Finding:
     result, lines = runs
     verdict = stats.decide(result, SMALLEST_EFFECT[1])
     evidence += lines + [f"- per pair of runs, {label}: **{v.kind}**: {v.reason}" for label, v in pairs]
-    return Finding(1, verdict.kind, f"across training runs: {verdict.reason}", result,
-                   [*evidence, f"- across training runs: **{verdict.kind}**: {verdict.reason}"])
+    return Finding(
+        1,
+        verdict.kind,
+        f"across training runs: {verdict.reason}",
+        result,
+        [*evidence, f"- across training runs: **{verdict.kind}**: {verdict.reason}"],
+    )
 
 
 def seed_level(adversarial: list[dict], standard: list[dict]) -> tuple[Comparison, list[str]] | None:
@@ -293,10 +348,12 @@ def seed_level(adversarial: list[dict], standard: list[dict]) -> tuple[Compariso
         medians[side] = {name: float(np.median(values)) for name, values in found if values is not None}
     if min(len(m) for m in medians.values()) < MIN_RUNS:
         return None
-    lines = [f"- median deployed residual per training run, {side}: " + ", ".join(
-                 f"{name} {_num(value)}" for name, value in runs.items())
-             + f" (spread {_num(min(runs.values()))} to {_num(max(runs.values()))})"
-             for side, runs in medians.items()]
+    lines = [
+        f"- median deployed residual per training run, {side}: "
+        + ", ".join(f"{name} {_num(value)}" for name, value in runs.items())
+        + f" (spread {_num(min(runs.values()))} to {_num(max(runs.values()))})"
+        for side, runs in medians.items()
+    ]
     result = stats.mann_whitney(list(medians["adversarial"].values()), list(medians["standard"].values()), "greater")
     return result, lines
 
@@ -305,12 +362,14 @@ def convergence_lines(a: dict) -> list[str]:
     """One line per input kind of an analysis: residual, steps, non-convergence, accuracy."""
     name = f"{a['model']['name']} ({a['model']['training']})"
     deployed = min(a["deployed_budget"], len(next(iter(a["inputs"].values()))["residual"]["median"]))
-    return [f"{name}, {kind} inputs, n={s['n']}: median relative residual "
-            f"{_num(s['residual']['median'][deployed - 1])} at the deployed budget (step {deployed}), "
-            f"{_num(s['residual']['median'][-1])} at step {len(s['residual']['median'])}; mean steps to tol "
-            f"{a['tol']:g} {_num(s['steps_to_tol']['mean_capped'])} (capped at the budget); never converged "
-            f"{100 * s['share_never_converged']:.1f} %; accuracy of h(z*) {100 * s['accuracy_fixed_point']:.1f} %"
-            for kind, s in a["inputs"].items()]
+    return [
+        f"{name}, {kind} inputs, n={s['n']}: median relative residual "
+        f"{_num(s['residual']['median'][deployed - 1])} at the deployed budget (step {deployed}), "
+        f"{_num(s['residual']['median'][-1])} at step {len(s['residual']['median'])}; mean steps to tol "
+        f"{a['tol']:g} {_num(s['steps_to_tol']['mean_capped'])} (capped at the budget); never converged "
+        f"{100 * s['share_never_converged']:.1f} %; accuracy of h(z*) {100 * s['accuracy_fixed_point']:.1f} %"
+        for kind, s in a["inputs"].items()
+    ]
 
 
 def _num(value: float | None) -> str:
@@ -318,7 +377,7 @@ def _num(value: float | None) -> str:
 
 
 # ---------------------------------------------------------------- claim 2
-TAIL = 0.1   # claim 2's precondition reads the 10th percentile of the cosines: the misaligned tail
+TAIL = 0.1  # claim 2's precondition reads the 10th percentile of the cosines: the misaligned tail
 
 
 def alignment_precondition(record: dict | None, estimator: str, estimator_type: str) -> Precondition | None:
@@ -327,15 +386,20 @@ def alignment_precondition(record: dict | None, estimator: str, estimator_type: 
     deployed model's true gradient, on the input kind where it is lower. None when not measured
     (an analysis made before the deployed reference was recorded: rerun `deqrobust analyze`)."""
     entries = [e for e in (record or {}).get("alignment", []) if str(e["state"]) == FINAL and "deployed" in e]
-    mine = [e for e in entries if e["estimator"] == estimator] or \
-        [e for e in entries if e.get("estimator_type") == estimator_type]
+    mine = [e for e in entries if e["estimator"] == estimator] or [
+        e for e in entries if e.get("estimator_type") == estimator_type
+    ]
     if not mine:
         return None
     tails = {e["inputs"]: tail(e["deployed"]["cosine"]) for e in mine}
     kind = min(tails, key=tails.get)
-    return Precondition("final-state gradient misaligned with the deployed model's true gradient",
-                        f"10th percentile of the cosines of {estimator}@final to it ({kind} inputs)",
-                        tails[kind], ALIGNED_COSINE, present_below=True)
+    return Precondition(
+        "final-state gradient misaligned with the deployed model's true gradient",
+        f"10th percentile of the cosines of {estimator}@final to it ({kind} inputs)",
+        tails[kind],
+        ALIGNED_COSINE,
+        present_below=True,
+    )
 
 
 def tail(cosines: list) -> float:
@@ -351,14 +415,18 @@ def alignment_lines(record: dict | None, model: str, estimator: str) -> list[str
     for e in (record or {}).get("alignment", []):
         if str(e["state"]) != FINAL or e["estimator"] != estimator:
             continue
-        for reference, values in (("the deployed model's", e.get("deployed", {}).get("cosine")),
-                                  ("its own output's", e["cosine"])):
+        for reference, values in (
+            ("the deployed model's", e.get("deployed", {}).get("cosine")),
+            ("its own output's", e["cosine"]),
+        ):
             if values is None:
                 continue
             finite = np.array([v for v in values if v is not None], dtype=float)
-            lines.append(f"- {model}: {estimator}@final against {reference} true gradient, {e['inputs']} inputs, "
-                         f"n={finite.size}: median cosine {_num(float(np.median(finite)))}, 10th percentile "
-                         f"{_num(tail(values))}, below {ALIGNED_COSINE:g}: {100 * float((finite < ALIGNED_COSINE).mean()):.0f} %")
+            lines.append(
+                f"- {model}: {estimator}@final against {reference} true gradient, {e['inputs']} inputs, "
+                f"n={finite.size}: median cosine {_num(float(np.median(finite)))}, 10th percentile "
+                f"{_num(tail(values))}, below {ALIGNED_COSINE:g}: {100 * float((finite < ALIGNED_COSINE).mean()):.0f} %"
+            )
     return lines
 
 
@@ -371,26 +439,44 @@ def claim2(outcomes: pd.DataFrame, analyses: list[dict]) -> Finding:
         truth = at_final[at_final["estimator_type"] == TRUE_GRADIENT].drop_duplicates("attack")
         ready = at_final[at_final["estimator_type"].isin(FINAL_STATE_TYPES) & at_final["attack"].isin(truth["attack"])]
         if ready.empty:
-            units.append((model, not_tested(
-                f"no attack was run both with the true gradient ({TRUE_GRADIENT}@final) and with a final-state "
-                f"estimator ({', '.join(FINAL_STATE_TYPES)}) on this model")))
+            units.append(
+                (
+                    model,
+                    not_tested(
+                        f"no attack was run both with the true gradient ({TRUE_GRADIENT}@final) and with a final-state "
+                        f"estimator ({', '.join(FINAL_STATE_TYPES)}) on this model"
+                    ),
+                )
+            )
             continue
         reference = truth.set_index("attack")
         pairs = list(ready.iterrows())
-        family = holm_family([stats.mcnemar(vector(r), vector(reference.loc[r["attack"]]), "greater",
-                                            alpha=ALPHA / len(pairs)) for _, r in pairs])
+        family = holm_family(
+            [
+                stats.mcnemar(vector(r), vector(reference.loc[r["attack"]]), "greater", alpha=ALPHA / len(pairs))
+                for _, r in pairs
+            ]
+        )
         verdicts, preconditions = [], {}
         for (_, r), result in zip(pairs, family):
-            pre = preconditions.setdefault(r["estimator"], alignment_precondition(records.get(model), r["estimator"],
-                                                                                   r["estimator_type"]))
+            pre = preconditions.setdefault(
+                r["estimator"], alignment_precondition(records.get(model), r["estimator"], r["estimator_type"])
+            )
             verdict = stats.decide(result, SMALLEST_EFFECT[2], pre)
             verdicts.append(verdict)
-            evidence.append(f"- {model}: {cell_name(r)} vs {reference.loc[r['attack'], 'estimator']}@final "
-                            f"{r['attack']}: {verdict.kind}: {result.summary()}")
+            evidence.append(
+                f"- {model}: {cell_name(r)} vs {reference.loc[r['attack'], 'estimator']}@final "
+                f"{r['attack']}: {verdict.kind}: {result.summary()}"
+            )
         for estimator, pre in preconditions.items():
-            evidence.append(f"- {model}: precondition for {estimator}@final " + (
-                "not measured (no alignment with the deployed model's true gradient in the analysis)" if pre is None
-                else f"{'present' if pre.present else 'absent'}: {pre.describe()}"))
+            evidence.append(
+                f"- {model}: precondition for {estimator}@final "
+                + (
+                    "not measured (no alignment with the deployed model's true gradient in the analysis)"
+                    if pre is None
+                    else f"{'present' if pre.present else 'absent'}: {pre.describe()}"
+                )
+            )
             evidence += alignment_lines(records.get(model), model, estimator)
         units.append((model, combine(verdicts, "any")))
     return finish(2, units, evidence, "no adversarially trained DEQ was evaluated")
@@ -406,9 +492,15 @@ def claim3(outcomes: pd.DataFrame, exits: dict[str, dict]) -> Finding:
             continue
         n_star, estimator = record.get("strongest_attack_state"), record.get("estimator")
         if n_star is None or estimator is None:
-            units.append((model, not_tested(
-                "its development-selection record has no strongest_attack_state (made before the intermediate "
-                "state was chosen on the development split); rerun `deqrobust select-exit`")))
+            units.append(
+                (
+                    model,
+                    not_tested(
+                        "its development-selection record has no strongest_attack_state (made before the intermediate "
+                        "state was chosen on the development split); rerun `deqrobust select-exit`"
+                    ),
+                )
+            )
             continue
         cells = final_defense(outcomes, model)
         inter = cells[(cells["attacked_state"] == str(n_star)) & (cells["estimator"] == estimator)]
@@ -416,8 +508,15 @@ def claim3(outcomes: pd.DataFrame, exits: dict[str, dict]) -> Finding:
         attacks = sorted(set(inter["attack"]) & set(finals["attack"]))
         label = f"{model} ({estimator}@{n_star}, n* chosen on {record.get('num_examples', '?')} development images)"
         if not attacks:
-            units.append((label, not_tested(f"no attack was run both with {estimator} at state {n_star} and with a "
-                                            f"final-state estimator ({', '.join(FINAL_STATE_TYPES)})")))
+            units.append(
+                (
+                    label,
+                    not_tested(
+                        f"no attack was run both with {estimator} at state {n_star} and with a "
+                        f"final-state estimator ({', '.join(FINAL_STATE_TYPES)})"
+                    ),
+                )
+            )
             continue
         binding = []
         for attack in attacks:
@@ -427,11 +526,13 @@ def claim3(outcomes: pd.DataFrame, exits: dict[str, dict]) -> Finding:
                 result = stats.mcnemar(vector(a), vector(e), "less", alpha=ALPHA / len(attacks))
                 tests.append(result)
                 evidence.append(f"- {model}: {cell_name(a)} vs {cell_name(e)}: {result.summary()}")
-            binding.append(max(tests, key=lambda r: (r.p_value, r.mde)))   # intersection-union: the weakest
+            binding.append(max(tests, key=lambda r: (r.p_value, r.mde)))  # intersection-union: the weakest
         family = holm_family(binding)
         verdicts = [stats.decide(r, SMALLEST_EFFECT[3]) for r in family]
-        evidence += [f"- {model}, {attack} (against every final-state estimator): {v.kind}"
-                     for attack, v in zip(attacks, verdicts)]
+        evidence += [
+            f"- {model}, {attack} (against every final-state estimator): {v.kind}"
+            for attack, v in zip(attacks, verdicts)
+        ]
         units.append((label, combine(verdicts, "any")))
     return finish(3, units, evidence, "no adversarially trained DEQ was evaluated")
 
@@ -443,11 +544,16 @@ def claim4(outcomes: pd.DataFrame) -> Finding:
         worst = rows_of(outcomes, model, attack=WORST_CASE).set_index("defense")
         others = [d for d in (EARLY_EXIT, ENSEMBLE) if d in worst.index]
         if FINAL not in worst.index or not others:
-            units.append((model, not_tested("no worst-case outcomes of the final defense and of early exit or "
-                                            "the ensemble")))
+            units.append(
+                (model, not_tested("no worst-case outcomes of the final defense and of early exit or the ensemble"))
+            )
             continue
-        family = holm_family([stats.mcnemar(vector(worst.loc[d]), vector(worst.loc[FINAL]), "greater",
-                                            alpha=ALPHA / len(others)) for d in others])
+        family = holm_family(
+            [
+                stats.mcnemar(vector(worst.loc[d]), vector(worst.loc[FINAL]), "greater", alpha=ALPHA / len(others))
+                for d in others
+            ]
+        )
         verdicts = [stats.decide(r, SMALLEST_EFFECT[4]) for r in family]
         attacked = set(rows_of(outcomes, model)["attacked_state"])
         for defense, result, verdict in zip(others, family, verdicts):
@@ -455,8 +561,10 @@ def claim4(outcomes: pd.DataFrame) -> Finding:
             adaptive = state.removeprefix(STATE_PREFIX) if defense == EARLY_EXIT else ENSEMBLE
             target = f"state {adaptive}" if defense == EARLY_EXIT else "the ensemble"
             note = "" if adaptive in attacked else f"; no attack aimed at {target} was run (not adaptive)"
-            evidence.append(f"- {model}: {defense} ({state}) vs final, worst case incl. clean{note}: {verdict.kind}: "
-                            f"{result.summary()}")
+            evidence.append(
+                f"- {model}: {defense} ({state}) vs final, worst case incl. clean{note}: {verdict.kind}: "
+                f"{result.summary()}"
+            )
         units.append((model, combine(verdicts, "any")))
     return finish(4, units, evidence, "no adversarially trained DEQ was evaluated")
 
@@ -475,16 +583,18 @@ def claim5(outcomes: pd.DataFrame, cfg: dict) -> Finding:
     pgd = [m for m in deqs if models.loc[m, "training"] == PGD_AT]
     if deqs and not pgd:
         trainings = sorted({models.loc[m, "training"].upper() for m in deqs})
-        reason = (f"the adversarially trained DEQs were trained with {'/'.join(trainings)}-AT, the claim is about "
-                  "PGD-AT")
+        reason = f"the adversarially trained DEQs were trained with {'/'.join(trainings)}-AT, the claim is about PGD-AT"
         return Finding(5, NOT_TESTED, reason, None, [f"- {reason}"])
     specs = cfg.get("models", {})
 
     def spec_of(model):
         return specs.get(model) or specs.get(models.loc[model, "base_model"])
 
-    rivals = [m for m in models.index if models.loc[m, "arch"] != "mdeq" and models.loc[m, "training"] == PGD_AT
-              and spec_of(m)]
+    rivals = [
+        m
+        for m in models.index
+        if models.loc[m, "arch"] != "mdeq" and models.loc[m, "training"] == PGD_AT and spec_of(m)
+    ]
     for deq in pgd:
         same_seed = [m for m in rivals if str(models.loc[m, "seed"]) == str(models.loc[deq, "seed"])]
         if spec_of(deq) is None or not rivals:
@@ -502,32 +612,47 @@ def claim5(outcomes: pd.DataFrame, cfg: dict) -> Finding:
         if d.empty or b.empty or expand_ranges(d.iloc[0]["indices"]) != expand_ranges(b.iloc[0]["indices"]):
             units.append((label, not_tested("worst-case outcomes missing or not on the same test images")))
             continue
-        units.append((label, stats.decide(stats.noninferiority(vector(d.iloc[0]), vector(b.iloc[0]),
-                                                               SMALLEST_EFFECT[5]), SMALLEST_EFFECT[5])))
+        units.append(
+            (
+                label,
+                stats.decide(
+                    stats.noninferiority(vector(d.iloc[0]), vector(b.iloc[0]), SMALLEST_EFFECT[5]), SMALLEST_EFFECT[5]
+                ),
+            )
+        )
     return finish(5, units, evidence, "no adversarially trained DEQ was evaluated")
 
 
-def findings(analyses: list[dict], cfg: dict, outcomes: pd.DataFrame | None = None,
-             exits: dict[str, dict] | None = None) -> list[Finding]:
+def findings(
+    analyses: list[dict], cfg: dict, outcomes: pd.DataFrame | None = None, exits: dict[str, dict] | None = None
+) -> list[Finding]:
     """Every claim's finding. Without per-example outcomes claims 2-5 are not tested; with them,
     claims 2-5 read the cells of the profile's solver setting only."""
     if outcomes is None:
-        missing = ("no per-example outcomes were given (results/<profile>/outcomes.csv.gz, from "
-                   "`deqrobust merge --outcomes`)")
+        missing = (
+            "no per-example outcomes were given (results/<profile>/outcomes.csv.gz, from `deqrobust merge --outcomes`)"
+        )
         return [claim1(analyses), *(Finding(c, NOT_TESTED, missing, None, [f"- {missing}"]) for c in (2, 3, 4, 5))]
     outcomes = profile_rows(outcomes, cfg)
-    return [claim1(analyses), claim2(outcomes, analyses), claim3(outcomes, exits or {}), claim4(outcomes),
-            claim5(outcomes, cfg)]
+    return [
+        claim1(analyses),
+        claim2(outcomes, analyses),
+        claim3(outcomes, exits or {}),
+        claim4(outcomes),
+        claim5(outcomes, cfg),
+    ]
 
 
 # ---------------------------------------------------------------- training dynamics (no verdict)
-TREND_RULE = ("Per training run, on the same test images: the change from the first snapshot after unrolled "
-              "pretraining to the last of log10 of the deployed forward residual, and of each final-state "
-              "estimator's cosine to the deployed model's true gradient (median of the per-image differences, its "
-              "distribution-free 95 % interval, two-sided exact sign test). Across runs, PGD-AT against standard, "
-              "the run as the unit: one-sided exact Mann-Whitney U on the runs' median changes; claimed: the "
-              "adversarially trained runs' residuals grow more (greater) and their cosines fall more (less). Fixed "
-              "before the run (docs/results.md, \"Along training\"); evidence, no verdict.")
+TREND_RULE = (
+    "Per training run, on the same test images: the change from the first snapshot after unrolled "
+    "pretraining to the last of log10 of the deployed forward residual, and of each final-state "
+    "estimator's cosine to the deployed model's true gradient (median of the per-image differences, its "
+    "distribution-free 95 % interval, two-sided exact sign test). Across runs, PGD-AT against standard, "
+    "the run as the unit: one-sided exact Mann-Whitney U on the runs' median changes; claimed: the "
+    "adversarially trained runs' residuals grow more (greater) and their cosines fall more (less). Fixed "
+    'before the run (docs/results.md, "Along training"); evidence, no verdict.'
+)
 
 
 def trend_comparison(trends: list[tuple[dict, dict]], key: str, alternative: str) -> Comparison | None:
@@ -557,24 +682,57 @@ def trend_lines(trajectories: list[dict]) -> list[str]:
     for r in trajectories:
         for snap in r["snapshots"]:
             residual = 10 ** np.median(log_residual(snap["forward_residual"]))
-            cosines = [_num(float(np.nanmedian([np.nan if v is None else v for v in snap["alignment"][n]["cosine"]])))
-                       if n in snap["alignment"] else "n/a" for n in names]
-            rows.append([r["model"]["name"], r["model"]["training"], f"{snap['epoch']:.2f}"
-                         + (" (pretraining)" if snap["pretraining"] else ""), f"{100 * snap['clean_accuracy']:.1f} %",
-                         _num(residual), f"{100 * snap['never_converged']:.1f} %", *cosines])
-    out = ["## Along training", "", TREND_RULE, "",
-           f"Per snapshot (test images: {trajectories[0]['num_examples']} for accuracy and residuals, "
-           f"{trajectories[0]['alignment_examples']} for the cosines to the deployed model's true gradient; never "
-           f"converged: within {trajectories[0]['traced_budget']} steps):", "",
-           markdown_table(["model", "training", "epoch", "clean", "median residual", "never converged",
-                           *(f"median cosine, {n}" for n in names)], rows).rstrip(), "", "Change per run:", ""]
+            cosines = [
+                _num(float(np.nanmedian([np.nan if v is None else v for v in snap["alignment"][n]["cosine"]])))
+                if n in snap["alignment"]
+                else "n/a"
+                for n in names
+            ]
+            rows.append(
+                [
+                    r["model"]["name"],
+                    r["model"]["training"],
+                    f"{snap['epoch']:.2f}" + (" (pretraining)" if snap["pretraining"] else ""),
+                    f"{100 * snap['clean_accuracy']:.1f} %",
+                    _num(residual),
+                    f"{100 * snap['never_converged']:.1f} %",
+                    *cosines,
+                ]
+            )
+    out = [
+        "## Along training",
+        "",
+        TREND_RULE,
+        "",
+        f"Per snapshot (test images: {trajectories[0]['num_examples']} for accuracy and residuals, "
+        f"{trajectories[0]['alignment_examples']} for the cosines to the deployed model's true gradient; never "
+        f"converged: within {trajectories[0]['traced_budget']} steps):",
+        "",
+        markdown_table(
+            [
+                "model",
+                "training",
+                "epoch",
+                "clean",
+                "median residual",
+                "never converged",
+                *(f"median cosine, {n}" for n in names),
+            ],
+            rows,
+        ).rstrip(),
+        "",
+        "Change per run:",
+        "",
+    ]
     for r, t in trends:
         name = r["model"]["name"]
         if t["residual"] is None:
             out.append(f"- {name}: fewer than two snapshots after pretraining")
             continue
-        out.append(f"- {name} ({r['model']['training']}), epoch {t['first']:.2f} to {t['last']:.2f}: log10 residual "
-                   f"{t['residual'].summary()}")
+        out.append(
+            f"- {name} ({r['model']['training']}), epoch {t['first']:.2f} to {t['last']:.2f}: log10 residual "
+            f"{t['residual'].summary()}"
+        )
         out += [f"  - cosine of {n}@final: {c.summary()}" for n, c in t["cosine"].items()]
     comparisons = [("residual", "log10 residual", "greater"), *((n, f"cosine of {n}@final", "less") for n in names)]
     for key, label, alternative in comparisons:
@@ -585,15 +743,17 @@ def trend_lines(trajectories: list[dict]) -> list[str]:
 
 
 # ---------------------------------------------------------------- batch coupling (no verdict)
-BATCH, SAMPLE = "batch", "sample"   # the solver couplings compared (deqrobust.plan.COUPLINGS)
-COUPLING_TEST = ("Per key cell (model, estimator, attacked state, attack; defense final), the cell under the authors' "
-                 "batch-coupled solver (whole-batch residual, stopping and lowest-residual iterate, forward and "
-                 "backward, in the attack and in the scoring) against the same cell per sample, on the same test "
-                 "images: one-sided exact McNemar, claimed: accuracy under batch coupling is higher (the coupling "
-                 "over-estimates robustness), Holm-adjusted over a model's cells. One-sided because that direction is "
-                 "the question fixed before any result (issue 9: part of the obfuscation the paper reports may come "
-                 "from the coupling); the difference's two-sided 95 % interval shows an effect either way. Evidence, "
-                 "no verdict.")
+BATCH, SAMPLE = "batch", "sample"  # the solver couplings compared (deqrobust.plan.COUPLINGS)
+COUPLING_TEST = (
+    "Per key cell (model, estimator, attacked state, attack; defense final), the cell under the authors' "
+    "batch-coupled solver (whole-batch residual, stopping and lowest-residual iterate, forward and "
+    "backward, in the attack and in the scoring) against the same cell per sample, on the same test "
+    "images: one-sided exact McNemar, claimed: accuracy under batch coupling is higher (the coupling "
+    "over-estimates robustness), Holm-adjusted over a model's cells. One-sided because that direction is "
+    "the question fixed before any result (issue 9: part of the obfuscation the paper reports may come "
+    "from the coupling); the difference's two-sided 95 % interval shows an effect either way. Evidence, "
+    "no verdict."
+)
 
 
 def _with_setting(outcomes: pd.DataFrame, cfg: dict) -> pd.DataFrame:
@@ -622,8 +782,9 @@ def coupling_pairs(outcomes: pd.DataFrame, cfg: dict) -> list[dict]:
                 if sample is None or expand_ranges(sample["indices"]) != expand_ranges(batch["indices"]):
                     continue
                 found.append({"model": model, "cell": cell_name(batch), BATCH: batch, SAMPLE: sample})
-        tests = holm_family([stats.mcnemar(vector(f["batch"]), vector(f["sample"]), "greater",
-                                           alpha=ALPHA / len(found)) for f in found])
+        tests = holm_family(
+            [stats.mcnemar(vector(f["batch"]), vector(f["sample"]), "greater", alpha=ALPHA / len(found)) for f in found]
+        )
         pairs += [{**f, "result": r} for f, r in zip(found, tests)]
     return pairs
 
@@ -661,12 +822,22 @@ def coupling_gaps(outcomes: pd.DataFrame, cfg: dict) -> list[dict]:
             t_sample = None if sample is None else truth.get((SAMPLE, sample["batch_size"]))
             if t_batch is None or t_sample is None:
                 continue
-            under = {BATCH: stats.mcnemar(vector(batch), vector(t_batch), "greater"),
-                     SAMPLE: stats.mcnemar(vector(sample), vector(t_sample), "greater")}
+            under = {
+                BATCH: stats.mcnemar(vector(batch), vector(t_batch), "greater"),
+                SAMPLE: stats.mcnemar(vector(sample), vector(t_sample), "greater"),
+            }
             gap = under[BATCH].estimate
             share = (gap - under[SAMPLE].estimate) / gap if gap > 0 else None
-            gaps.append({"model": model, "attack": attack, "estimator": batch["estimator"],
-                         "batch_size": int(batch["batch_size"]), "under": under, "share": share})
+            gaps.append(
+                {
+                    "model": model,
+                    "attack": attack,
+                    "estimator": batch["estimator"],
+                    "batch_size": int(batch["batch_size"]),
+                    "under": under,
+                    "share": share,
+                }
+            )
     return gaps
 
 
@@ -684,32 +855,72 @@ def coupling_lines(outcomes: pd.DataFrame | None, analyses: list[dict], cfg: dic
         return []
     out = ["## Batch coupling", "", COUPLING_TEST, ""]
     header = ["model", "cell", "per sample", "batch-coupled", "batch - sample, points [95 % CI]", "p (Holm)", "MDE"]
-    out += [markdown_table(header, [[p["model"], p["cell"], f"{100 * vector(p['sample']).mean():.1f} % "
-                                     f"({setting_name(p['sample'])})", f"{100 * vector(p['batch']).mean():.1f} % "
-                                     f"({setting_name(p['batch'])})", _diff(p["result"]), f"{p['result'].p:.3g}",
-                                     p["result"].distance(p["result"].mde)] for p in pairs]).rstrip(), ""]
+    out += [
+        markdown_table(
+            header,
+            [
+                [
+                    p["model"],
+                    p["cell"],
+                    f"{100 * vector(p['sample']).mean():.1f} % ({setting_name(p['sample'])})",
+                    f"{100 * vector(p['batch']).mean():.1f} % ({setting_name(p['batch'])})",
+                    _diff(p["result"]),
+                    f"{p['result'].p:.3g}",
+                    p["result"].distance(p["result"].mde),
+                ]
+                for p in pairs
+            ],
+        ).rstrip(),
+        "",
+    ]
     clean = coupling_clean(outcomes, cfg)
     clean = clean[clean["model"].isin({p["model"] for p in pairs})]
-    out += [f"- {model}, clean accuracy of the final defense: " + "; ".join(
-        f"{100 * r['accuracy']:.1f} % under {setting_name(r)}" for _, r in rows.iterrows())
-        for model, rows in clean.groupby("model", sort=False)]
+    out += [
+        f"- {model}, clean accuracy of the final defense: "
+        + "; ".join(f"{100 * r['accuracy']:.1f} % under {setting_name(r)}" for _, r in rows.iterrows())
+        for model, rows in clean.groupby("model", sort=False)
+    ]
     out += [f"- {p['model']}: {p['cell']}, batch-coupled vs per sample: {p['result'].summary()}" for p in pairs]
     gaps = coupling_gaps(outcomes, cfg)
     if gaps:
-        out += ["", f"Final-state over-estimate: accuracy under E at the final state minus accuracy under the true "
-                f"gradient ({TRUE_GRADIENT}@final) with the same attack, paired, under each coupling; the coupling's "
-                "share is the part of the batch-coupled over-estimate that per-sample decisions remove "
-                "((batch - sample) / batch, when the batch-coupled one is positive).", "",
-                markdown_table(["model", "attack", "E", "over-estimate per sample, points [95 % CI]",
-                                "over-estimate batch-coupled, points [95 % CI]", "coupling's share"],
-                               [[g["model"], g["attack"], g["estimator"], _diff(g["under"][SAMPLE]),
-                                 f"{_diff(g['under'][BATCH])} (batch {g['batch_size']})",
-                                 "-" if g["share"] is None else f"{100 * g['share']:.0f} %"] for g in gaps]).rstrip()]
+        out += [
+            "",
+            f"Final-state over-estimate: accuracy under E at the final state minus accuracy under the true "
+            f"gradient ({TRUE_GRADIENT}@final) with the same attack, paired, under each coupling; the coupling's "
+            "share is the part of the batch-coupled over-estimate that per-sample decisions remove "
+            "((batch - sample) / batch, when the batch-coupled one is positive).",
+            "",
+            markdown_table(
+                [
+                    "model",
+                    "attack",
+                    "E",
+                    "over-estimate per sample, points [95 % CI]",
+                    "over-estimate batch-coupled, points [95 % CI]",
+                    "coupling's share",
+                ],
+                [
+                    [
+                        g["model"],
+                        g["attack"],
+                        g["estimator"],
+                        _diff(g["under"][SAMPLE]),
+                        f"{_diff(g['under'][BATCH])} (batch {g['batch_size']})",
+                        "-" if g["share"] is None else f"{100 * g['share']:.0f} %",
+                    ]
+                    for g in gaps
+                ],
+            ).rstrip(),
+        ]
     dependence = batch_dependence_rows(analyses)
     if dependence[1]:
-        out += ["", "Batch dependence (fixed-point analysis): median cosine between an image's input gradient solved "
-                "in a batch of clean images and solved alone, per coupling (1: the batch does not matter).", "",
-                markdown_table(*dependence).rstrip()]
+        out += [
+            "",
+            "Batch dependence (fixed-point analysis): median cosine between an image's input gradient solved "
+            "in a batch of clean images and solved alone, per coupling (1: the batch does not matter).",
+            "",
+            markdown_table(*dependence).rstrip(),
+        ]
     return [*out, ""]
 
 
@@ -721,8 +932,9 @@ def batch_dependence_rows(analyses: list[dict]) -> tuple[list[str], list[list[st
     couplings = list(dict.fromkeys(frame["coupling"]))
     header = ["model", "estimator", "state", "batch", *(f"median, {c}" for c in couplings)]
     rows = []
-    for (model, estimator, state, size), part in frame.groupby(["model", "estimator", "state", "batch_size"],
-                                                               sort=False, dropna=False):
+    for (model, estimator, state, size), part in frame.groupby(
+        ["model", "estimator", "state", "batch_size"], sort=False, dropna=False
+    ):
         medians = dict(zip(part["coupling"], part["median"]))
         rows.append([model, estimator, state, str(size), *(_num(medians.get(c)) for c in couplings)])
     return header, rows
@@ -738,26 +950,37 @@ def verdict_row(f: Finding) -> list[str]:
     est, lo, hi = (format(scale * v, fmt) for v in (r.estimate, *r.ci))
     unit = " points" if r.effect == stats.DIFFERENCE else ""
     p = f"{r.p:.3g}" + (f" (Holm, {r.family})" if r.p_adjusted is not None else "")
-    return [str(f.claim), f"**{f.verdict}**", f"{r.method}: {r.counts}", p,
-            f"{r.effect} {est}{unit} [{lo}, {hi}]", str(r.n), r.distance(r.mde)]
+    return [
+        str(f.claim),
+        f"**{f.verdict}**",
+        f"{r.method}: {r.counts}",
+        p,
+        f"{r.effect} {est}{unit} [{lo}, {hi}]",
+        str(r.n),
+        r.distance(r.mde),
+    ]
 
 
 def alignment_rows(analyses: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Per estimator and state (rows) and model and inputs (columns): the median cosine to the true
     gradient of the estimator's own output, then the median and 10th percentile to the deployed model's."""
     with_alignment = [a for a in analyses if a.get("alignment")]
-    columns = [(a["model"]["name"], a["model"]["training"], kind) for a in with_alignment for kind in ("clean",
-                                                                                                      "adversarial")]
+    columns = [
+        (a["model"]["name"], a["model"]["training"], kind) for a in with_alignment for kind in ("clean", "adversarial")
+    ]
     values: dict[tuple[str, str], dict] = {}
     for a in with_alignment:
         for e in a["alignment"]:
             deployed = e.get("deployed")
-            text = _num(e["median"]) + ("" if deployed is None else
-                                        f" / {_num(deployed['median'])} ({_num(tail(deployed['cosine']))})")
+            text = _num(e["median"]) + (
+                "" if deployed is None else f" / {_num(deployed['median'])} ({_num(tail(deployed['cosine']))})"
+            )
             values.setdefault((e["estimator"], str(e["state"])), {})[(a["model"]["name"], e["inputs"])] = text
     header = ["estimator", "state", *(f"{m} ({t}), {k}" for m, t, k in columns)]
-    rows = [[est, state, *(values[(est, state)].get((m, k), "n/a") for m, _, k in columns)]
-            for est, state in sorted(values, key=lambda key: (key[0], state_order(key[1])))]
+    rows = [
+        [est, state, *(values[(est, state)].get((m, k), "n/a") for m, _, k in columns)]
+        for est, state in sorted(values, key=lambda key: (key[0], state_order(key[1])))
+    ]
     return header, rows
 
 
@@ -767,9 +990,12 @@ def data_line(table: pd.DataFrame) -> str:
     if not md5s:
         return "- data: not recorded (the table was merged before its data source was)"
     official = set(table["data_official"].dropna())
-    kind = ("the official CIFAR-10 archive" if official == {True} else
-            "**not the official CIFAR-10 archive** (accepted with data.allow_md5_mismatch): accuracies are not "
-            "comparable with the paper's")
+    kind = (
+        "the official CIFAR-10 archive"
+        if official == {True}
+        else "**not the official CIFAR-10 archive** (accepted with data.allow_md5_mismatch): accuracies are not "
+        "comparable with the paper's"
+    )
     return f"- data: archive MD5 {', '.join(sorted(md5s))}, {kind}"
 
 
@@ -779,30 +1005,41 @@ def machine_lines(machines: dict[str, dict | None]) -> list[str]:
 
     lines = [f"- model `{name}` trained on: {describe(found)}" for name, found in machines.items()]
     if len({describe(found) for found in machines.values() if found}) > 1:
-        lines.append("- the models were trained on different machines: float training differs between processors, "
-                     "so a model retrained elsewhere gives other numbers")
+        lines.append(
+            "- the models were trained on different machines: float training differs between processors, "
+            "so a model retrained elsewhere gives other numbers"
+        )
     return lines
 
 
-def scale_lines(table: pd.DataFrame, analyses: list[dict], cfg: dict,
-                machines: dict[str, dict | None] | None = None) -> list[str]:
+def scale_lines(
+    table: pd.DataFrame, analyses: list[dict], cfg: dict, machines: dict[str, dict | None] | None = None
+) -> list[str]:
     """Profile, data, sizes, budgets and machines: what "at this scale" means for this report."""
     solver = cfg.get("solver", {})
     attacked_n = table.loc[table["attack"] != CLEAN, "n"]
-    lines = [f"- profile: `{cfg.get('profile', '?')}`; device setting `{cfg.get('device', 'auto')}`",
-             data_line(table),
-             f"- test images per evaluation cell: {attacked_n.min() if len(attacked_n) else 'none'}"
-             f"{'' if attacked_n.nunique() <= 1 else f' to {attacked_n.max()}'}",
-             f"- forward solver: {solver.get('name')}, {solver.get('budget')} steps, tolerance {solver.get('tol')}"]
+    lines = [
+        f"- profile: `{cfg.get('profile', '?')}`; device setting `{cfg.get('device', 'auto')}`",
+        data_line(table),
+        f"- test images per evaluation cell: {attacked_n.min() if len(attacked_n) else 'none'}"
+        f"{'' if attacked_n.nunique() <= 1 else f' to {attacked_n.max()}'}",
+        f"- forward solver: {solver.get('name')}, {solver.get('budget')} steps, tolerance {solver.get('tol')}",
+    ]
     for name, spec in cfg.get("models", {}).items():
-        made = (f"imported from `{spec['checkpoint']}`" if "checkpoint" in spec   # trained by the authors' code
-                else f"epochs {model_spec(cfg, name)['training_config']['epochs']}")
+        made = (
+            f"imported from `{spec['checkpoint']}`"
+            if "checkpoint" in spec  # trained by the authors' code
+            else f"epochs {model_spec(cfg, name)['training_config']['epochs']}"
+        )
         arch = f"{spec.get('arch')}-{spec.get('size', 'tiny')}" if spec.get("arch") == "mdeq" else spec.get("arch")
-        lines.append(f"- model `{name}`: {arch}, training {spec.get('training')}, "
-                     f"gradient {spec.get('grad', 'exact')}, {made}")
+        lines.append(
+            f"- model `{name}`: {arch}, training {spec.get('training')}, gradient {spec.get('grad', 'exact')}, {made}"
+        )
     for a in analyses:
-        lines.append(f"- analysis of `{a['model']['name']}`: {a['num_examples']} test images, {a['solver']['budget']} "
-                     f"solver steps traced, adversarial inputs by {a['attack']} via {a['estimator']}")
+        lines.append(
+            f"- analysis of `{a['model']['name']}`: {a['num_examples']} test images, {a['solver']['budget']} "
+            f"solver steps traced, adversarial inputs by {a['attack']} via {a['estimator']}"
+        )
     return lines + machine_lines(machines or {})
 
 
@@ -810,39 +1047,82 @@ def fmt(cell: dict | None) -> str:
     """'44.0 % [40.9, 47.1] (n=500; pgd10 via exact@final)'."""
     if cell is None:
         return "not run"
-    how = "" if cell["attack"] in PSEUDO_ATTACKS else f"; {cell['attack']} via {cell['estimator']}@{cell['attacked_state']}"
-    return (f"{100 * cell['accuracy']:.1f} % [{100 * cell['ci_low']:.1f}, {100 * cell['ci_high']:.1f}]"
-            f" (n={cell['n']}{how})")
+    how = (
+        ""
+        if cell["attack"] in PSEUDO_ATTACKS
+        else f"; {cell['attack']} via {cell['estimator']}@{cell['attacked_state']}"
+    )
+    return (
+        f"{100 * cell['accuracy']:.1f} % [{100 * cell['ci_low']:.1f}, {100 * cell['ci_high']:.1f}] (n={cell['n']}{how})"
+    )
 
 
-def render(table: pd.DataFrame, analyses: list[dict], cfg: dict, results: list[Finding],
-           outcomes: pd.DataFrame | None = None, trajectories: list[dict] | None = None,
-           machines: dict[str, dict | None] | None = None) -> str:
+def render(
+    table: pd.DataFrame,
+    analyses: list[dict],
+    cfg: dict,
+    results: list[Finding],
+    outcomes: pd.DataFrame | None = None,
+    trajectories: list[dict] | None = None,
+    machines: dict[str, dict | None] | None = None,
+) -> str:
     """The report in Markdown: verdict table, per claim its rule and evidence, alignment, batch
     coupling (with ``outcomes``, when cells ran under it), main table (the profile's setting)."""
     from deqrobust.results import markdown_table
 
     table = profile_rows(table, cfg)
-    out = [f"# Reproduction report: profile `{cfg.get('profile', '?')}`", "",
-           "Yang, Pang, Liu. *A Closer Look at the Adversarial Robustness of Deep Equilibrium Models*, NeurIPS 2022. "
-           "Each claim below is decided by a paired test whose rule was fixed in `deqrobust/report.py` before results "
-           "were seen (docs/results.md, \"How a verdict is decided\"); nothing was tuned. Verdicts speak for this "
-           "profile's scale only.", "", "## Scale", "", *scale_lines(table, analyses, cfg, machines), "", "## Verdicts", "",
-           COMMON, "",
-           markdown_table(["claim", "verdict", "statistic", "p", "effect [95 % CI]", "n", "MDE"],
-                          [verdict_row(r) for r in results]).rstrip(), "",
-           "Kinds: " + ", ".join(f"*{k}*" for k in VERDICTS) + ". p is one-sided (Holm-adjusted where a family "
-           "competes); the MDE is the smallest effect the test detects with power 0.8 at this n.", ""]
+    out = [
+        f"# Reproduction report: profile `{cfg.get('profile', '?')}`",
+        "",
+        "Yang, Pang, Liu. *A Closer Look at the Adversarial Robustness of Deep Equilibrium Models*, NeurIPS 2022. "
+        "Each claim below is decided by a paired test whose rule was fixed in `deqrobust/report.py` before results "
+        'were seen (docs/results.md, "How a verdict is decided"); nothing was tuned. Verdicts speak for this '
+        "profile's scale only.",
+        "",
+        "## Scale",
+        "",
+        *scale_lines(table, analyses, cfg, machines),
+        "",
+        "## Verdicts",
+        "",
+        COMMON,
+        "",
+        markdown_table(
+            ["claim", "verdict", "statistic", "p", "effect [95 % CI]", "n", "MDE"], [verdict_row(r) for r in results]
+        ).rstrip(),
+        "",
+        "Kinds: " + ", ".join(f"*{k}*" for k in VERDICTS) + ". p is one-sided (Holm-adjusted where a family "
+        "competes); the MDE is the smallest effect the test detects with power 0.8 at this n.",
+        "",
+    ]
     for r in results:
-        out += [f"## Claim {r.claim}", "", f"> {CLAIMS[r.claim]}", "", f"Rule: {RULES[r.claim]}", "",
-                "Measured:", "", *r.evidence, "", f"Verdict: **{r.verdict}** ({r.reason})", ""]
+        out += [
+            f"## Claim {r.claim}",
+            "",
+            f"> {CLAIMS[r.claim]}",
+            "",
+            f"Rule: {RULES[r.claim]}",
+            "",
+            "Measured:",
+            "",
+            *r.evidence,
+            "",
+            f"Verdict: **{r.verdict}** ({r.reason})",
+            "",
+        ]
     header, rows = alignment_rows(analyses)
     if rows:
-        out += ["## Gradient alignment", "", "Per state, the median cosine between each estimator's input gradient "
-                f"and the true gradient ({TRUE_GRADIENT}) of the same output; then, after the slash, the median and "
-                "(in brackets) the 10th percentile of its cosine to the deployed model's true gradient. Below "
-                f"{ALIGNED_COSINE:g} counts as misaligned; claim 2's precondition reads the deployed 10th percentile.",
-                "", markdown_table(header, rows).rstrip(), ""]
+        out += [
+            "## Gradient alignment",
+            "",
+            "Per state, the median cosine between each estimator's input gradient "
+            f"and the true gradient ({TRUE_GRADIENT}) of the same output; then, after the slash, the median and "
+            "(in brackets) the 10th percentile of its cosine to the deployed model's true gradient. Below "
+            f"{ALIGNED_COSINE:g} counts as misaligned; claim 2's precondition reads the deployed 10th percentile.",
+            "",
+            markdown_table(header, rows).rstrip(),
+            "",
+        ]
     out += coupling_lines(outcomes, analyses, cfg)
     out += trend_lines(trajectories or [])
     warnings = sorted({w for a in analyses for w in a.get("warnings", [])})
@@ -850,36 +1130,78 @@ def render(table: pd.DataFrame, analyses: list[dict], cfg: dict, results: list[F
         out += ["## Attack warnings during the analyses", "", *(f"- {w}" for w in warnings), ""]
     out += ["## Main table", "", "Per model and defense, the strongest cell per attack family (as in `main.md`):", ""]
     columns = main_columns(table)
-    out += [f"- {row['model']} / {row['defense']}: " + "; ".join(f"{label} {fmt(row[key])}" for key, label in columns)
-            for row in main_rows(table)]
+    out += [
+        f"- {row['model']} / {row['defense']}: " + "; ".join(f"{label} {fmt(row[key])}" for key, label in columns)
+        for row in main_rows(table)
+    ]
     return "\n".join(out) + "\n"
 
 
-def metrics(table: pd.DataFrame, cfg: dict, results: list[Finding], outcomes: pd.DataFrame | None = None,
-            machines: dict[str, dict | None] | None = None) -> dict:
+def metrics(
+    table: pd.DataFrame,
+    cfg: dict,
+    results: list[Finding],
+    outcomes: pd.DataFrame | None = None,
+    machines: dict[str, dict | None] | None = None,
+) -> dict:
     """Headline accuracies (the profile's setting), the heading of each accuracy key (what ran under it:
     the key names stay fixed for the metrics history), verdict kinds and p-values, and with ``outcomes``
     the batch-coupling comparisons, for a metrics JSON."""
+
     def detail(r: Comparison | None) -> dict | None:
-        return None if r is None else {"method": r.method, "p": r.p, "p_unadjusted": r.p_value, "effect": r.effect,
-                                       "estimate": r.estimate, "ci": list(r.ci), "n": r.n,
-                                       "mde": r.mde if np.isfinite(r.mde) else None}
+        return (
+            None
+            if r is None
+            else {
+                "method": r.method,
+                "p": r.p,
+                "p_unadjusted": r.p_value,
+                "effect": r.effect,
+                "estimate": r.estimate,
+                "ci": list(r.ci),
+                "n": r.n,
+                "mde": r.mde if np.isfinite(r.mde) else None,
+            }
+        )
+
     coupling = [] if outcomes is None else coupling_pairs(outcomes, cfg)
     rows = profile_rows(table, cfg)
-    provenance = {c: (None if table.empty or c not in table.columns or pd.isna(table[c].iloc[0]) else table[c].iloc[0])
-                  for c in ("data_md5", "data_official")}
-    return {"profile": cfg.get("profile"),
-            "data": {"md5": provenance["data_md5"],
-                     "official": None if provenance["data_official"] is None else bool(provenance["data_official"])},
-            "trained_on": machines or {},
-            "accuracy": headline_metrics(rows),
-            "columns": dict(main_columns(rows)),
-            "verdicts": {str(r.claim): r.verdict for r in results},
-            "p_values": {str(r.claim): (r.result.p if r.result else None) for r in results},
-            "claims": {str(r.claim): {"verdict": r.verdict, "reason": r.reason, "test": detail(r.result)}
-                       for r in results},
-            **({"batch_coupling": [{"model": p["model"], "cell": p["cell"], "test": detail(p["result"]),
-                                    **{side: {"accuracy": float(vector(p[side]).mean()),
-                                              "coupling": p[side]["coupling"], "batch_size": int(p[side]["batch_size"])}
-                                       for side in (SAMPLE, BATCH)}}
-                                   for p in coupling]} if coupling else {})}
+    provenance = {
+        c: (None if table.empty or c not in table.columns or pd.isna(table[c].iloc[0]) else table[c].iloc[0])
+        for c in ("data_md5", "data_official")
+    }
+    return {
+        "profile": cfg.get("profile"),
+        "data": {
+            "md5": provenance["data_md5"],
+            "official": None if provenance["data_official"] is None else bool(provenance["data_official"]),
+        },
+        "trained_on": machines or {},
+        "accuracy": headline_metrics(rows),
+        "columns": dict(main_columns(rows)),
+        "verdicts": {str(r.claim): r.verdict for r in results},
+        "p_values": {str(r.claim): (r.result.p if r.result else None) for r in results},
+        "claims": {str(r.claim): {"verdict": r.verdict, "reason": r.reason, "test": detail(r.result)} for r in results},
+        **(
+            {
+                "batch_coupling": [
+                    {
+                        "model": p["model"],
+                        "cell": p["cell"],
+                        "test": detail(p["result"]),
+                        **{
+                            side: {
+                                "accuracy": float(vector(p[side]).mean()),
+                                "coupling": p[side]["coupling"],
+                                "batch_size": int(p[side]["batch_size"]),
+                            }
+                            for side in (SAMPLE, BATCH)
+                        },
+                    }
+                    for p in coupling
+                ]
+            }
+            if coupling
+            else {}
+        ),
+    }

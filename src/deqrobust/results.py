@@ -23,6 +23,7 @@ rows before counting, each with its 0/1 outcomes over the cell's example indices
 string, so paired tests (``deqrobust.stats``) compare two rows example by example; the
 table is computed from them (``tabulate``).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -43,19 +44,19 @@ from deqrobust.specs import COMPONENTS, attack_params, estimator_params
 
 # ---------------------------------------------------------------- constants
 # Defenses (the `defense` column): how the DEQ predicts.
-EARLY_EXIT = "early_exit"      # the head of the state n chosen on the dev split (select-exit)
+EARLY_EXIT = "early_exit"  # the head of the state n chosen on the dev split (select-exit)
 DEFENSES = (FINAL, EARLY_EXIT, ENSEMBLE)
-PER_STATE = "state"            # the head of every state n (scored_state "state_n")
-STATE_PREFIX = "state_"        # scored_state of solver state n: "state_n"
+PER_STATE = "state"  # the head of every state n (scored_state "state_n")
+STATE_PREFIX = "state_"  # scored_state of solver state n: "state_n"
 
 # Pseudo-attacks (the `attack` column) and their estimator/attacked_state entries.
-CLEAN = "clean"                # no attack: clean accuracy (estimator and state NONE)
-WORST_CASE = "worst-case"      # per example, the worst over every attacked cell (estimator and state ANY)
+CLEAN = "clean"  # no attack: clean accuracy (estimator and state NONE)
+WORST_CASE = "worst-case"  # per example, the worst over every attacked cell (estimator and state ANY)
 PSEUDO_ATTACKS = (CLEAN, WORST_CASE)
 NONE, ANY = "none", "any"
 
-PAPER_EPS_255 = 8              # the paper's L-inf radius: the main table compares at it
-PAPER_PGD_STEPS = 10           # the paper's PGD (PGD-10)
+PAPER_EPS_255 = 8  # the paper's L-inf radius: the main table compares at it
+PAPER_PGD_STEPS = 10  # the paper's PGD (PGD-10)
 AUTOATTACK_TYPES = ("autoattack", *COMPONENTS)
 DISPLAY = {c: "Square" if c == "square" else c.upper() for c in COMPONENTS}  # 'apgd-ce' -> 'APGD-CE'
 
@@ -63,10 +64,31 @@ IDENTITY = ("model", "arch", "training", "grad")
 # The solver setting a cell ran under: its solvers' coupling (plan.coupling_of) and evaluation batch;
 # the profile's unless its cell group sets another (the authors' batch coupling, docs/workflow.md).
 SOLVE_COLUMNS = ("coupling", "batch_size")
-SPEC_COLUMNS = ("attack_type", "attack_version", "eps_255", "attack_steps", "restarts", "attack_params",
-                "estimator_type", "estimator_params")
-COLUMNS = (*IDENTITY, "estimator", "attacked_state", "attack", "defense", "scored_state", "correct", "n",
-           "accuracy", "ci_low", "ci_high", *SOLVE_COLUMNS, *SPEC_COLUMNS)
+SPEC_COLUMNS = (
+    "attack_type",
+    "attack_version",
+    "eps_255",
+    "attack_steps",
+    "restarts",
+    "attack_params",
+    "estimator_type",
+    "estimator_params",
+)
+COLUMNS = (
+    *IDENTITY,
+    "estimator",
+    "attacked_state",
+    "attack",
+    "defense",
+    "scored_state",
+    "correct",
+    "n",
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    *SOLVE_COLUMNS,
+    *SPEC_COLUMNS,
+)
 # Where the table's data came from (provenance.data_source), the same in every row; written by
 # `deqrobust merge` after the COLUMNS, blank in a table merged before they existed.
 PROVENANCE_COLUMNS = ("data_md5", "data_official")
@@ -74,20 +96,36 @@ SORT = ["model", "attack", "estimator", "attacked_state", "defense", "scored_sta
 # Per-example outcomes: the table's rows before counting. ``base_model`` is the model's name
 # without its seed suffix (the model itself when the profile has one seed); ``indices`` the
 # test examples as ranges ("0-299"); ``outcomes`` one character 0/1 per example, in that order.
-OUTCOME_COLUMNS = (*IDENTITY, "base_model", "seed", "estimator", "attacked_state", "attack", "defense",
-                   "scored_state", "n", "indices", "outcomes", *SOLVE_COLUMNS, *SPEC_COLUMNS, "checkpoint_md5")
+OUTCOME_COLUMNS = (
+    *IDENTITY,
+    "base_model",
+    "seed",
+    "estimator",
+    "attacked_state",
+    "attack",
+    "defense",
+    "scored_state",
+    "n",
+    "indices",
+    "outcomes",
+    *SOLVE_COLUMNS,
+    *SPEC_COLUMNS,
+    "checkpoint_md5",
+)
 
-MAIN_KEYS = ("clean", "pgd10", "autoattack", "worst_case")   # keys of main rows and headline metrics
+MAIN_KEYS = ("clean", "pgd10", "autoattack", "worst_case")  # keys of main rows and headline metrics
 NOT_RUN = "not run"
 REFERENCES = (  # RobustBench, CIFAR-10, L-inf 8/255: (model, clean %, AutoAttack %)
     ("Madry et al. PGD-AT, WideResNet-34-10", 87.14, 44.04),
     ("Rice et al. early-stopped PGD-AT, WideResNet-34-20", 85.34, 53.42),
     ("Wong et al. fast AT, PreAct ResNet-18", 83.34, 43.21),
 )
-CAPTION = ("Accuracy (%, Wilson 95% CI) on CIFAR-10 under L-inf 8/255; the attack columns hold the strongest "
-           "cell over estimators and attacked states (over every attack the heading names); worst case is per "
-           "example over every attack; 'not run' means this profile has no such attack. Reference rows are "
-           "public RobustBench AutoAttack figures for context, not results of this run.")
+CAPTION = (
+    "Accuracy (%, Wilson 95% CI) on CIFAR-10 under L-inf 8/255; the attack columns hold the strongest "
+    "cell over estimators and attacked states (over every attack the heading names); worst case is per "
+    "example over every attack; 'not run' means this profile has no such attack. Reference rows are "
+    "public RobustBench AutoAttack figures for context, not results of this run."
+)
 
 
 # ---------------------------------------------------------------- statistics
@@ -158,9 +196,14 @@ def attack_columns(spec: dict) -> dict:
     """
     kind, params = attack_params(spec, f"recorded attack spec {spec!r}")
     params = {k: v for k, v in params.items() if v is not None}
-    return {"attack_type": kind, "attack_version": params.get("version"), "eps_255": params["eps_255"],
-            "attack_steps": params.get("steps", params.get("n_iter", params.get("n_queries"))),
-            "restarts": params.get("restarts"), "attack_params": canonical(params)}
+    return {
+        "attack_type": kind,
+        "attack_version": params.get("version"),
+        "eps_255": params["eps_255"],
+        "attack_steps": params.get("steps", params.get("n_iter", params.get("n_queries"))),
+        "restarts": params.get("restarts"),
+        "attack_params": canonical(params),
+    }
 
 
 def estimator_columns(estimator: str, spec: dict) -> dict:
@@ -182,8 +225,11 @@ def attack_label(attack_type: str, params: dict) -> str:
         settings = sorted((k, v) for k, v in params.items() if k not in ("eps_255", "version", "attacks"))
         if params["version"] == "standard" and not settings and not radius:
             return "AutoAttack"
-        name = (f"AutoAttack custom: {'+'.join(DISPLAY[a] for a in params['attacks'])}"
-                if params["version"] == "custom" else f"AutoAttack {params['version']}")
+        name = (
+            f"AutoAttack custom: {'+'.join(DISPLAY[a] for a in params['attacks'])}"
+            if params["version"] == "custom"
+            else f"AutoAttack {params['version']}"
+        )
         extra = [f"{k}={v}" for k, v in settings]
     else:
         units = [("n_iter", "it."), ("n_queries", "queries"), ("n_target_classes", "target classes")]
@@ -199,12 +245,25 @@ def _rows_of(scores: dict, exit_state: int | None) -> list[dict]:
     if exit_state is not None:
         picks.append((EARLY_EXIT, f"{STATE_PREFIX}{exit_state}"))
     picks += [(PER_STATE, key) for key in scores if key.startswith(STATE_PREFIX)]
-    return [{"defense": defense, "scored_state": key, "n": len(scores[key]), "outcomes": outcome_text(scores[key])}
-            for defense, key in picks if key in scores]
+    return [
+        {"defense": defense, "scored_state": key, "n": len(scores[key]), "outcomes": outcome_text(scores[key])}
+        for defense, key in picks
+        if key in scores
+    ]
 
 
-CELL_KEYS = ("model", "estimator", "estimator_spec", "attack", "attack_spec", "attacked_state", "indices", "labels",
-             "clean", "adversarial")
+CELL_KEYS = (
+    "model",
+    "estimator",
+    "estimator_spec",
+    "attack",
+    "attack_spec",
+    "attacked_state",
+    "indices",
+    "labels",
+    "clean",
+    "adversarial",
+)
 
 
 def read_cell(path: str | os.PathLike, cfg: dict | None = None) -> dict:
@@ -217,7 +276,9 @@ def read_cell(path: str | os.PathLike, cfg: dict | None = None) -> dict:
     except FileNotFoundError:
         raise ConfigError(f"cell {path} does not exist; run it first (`deqrobust evaluate`, or the workflow)") from None
     except (ValueError, UnicodeDecodeError):
-        raise ConfigError(f"{path} is not an evaluation cell (not JSON); valid: a file `deqrobust evaluate` wrote") from None
+        raise ConfigError(
+            f"{path} is not an evaluation cell (not JSON); valid: a file `deqrobust evaluate` wrote"
+        ) from None
     missing = [k for k in CELL_KEYS if not isinstance(cell, dict) or k not in cell]
     if missing:
         raise ConfigError(f"{path} is not an evaluation cell: it has no {', '.join(missing)}")
@@ -225,14 +286,17 @@ def read_cell(path: str | os.PathLike, cfg: dict | None = None) -> dict:
         for kind, defined in (("attack", cfg["evaluation"]["attacks"]), ("estimator", cfg["evaluation"]["estimators"])):
             name, spec = cell[kind], cell[f"{kind}_spec"]
             if name in defined and spec != defined[name]:
-                raise ConfigError(f"{path} ran {kind} {name!r} as {spec}, but this profile defines {name!r} as "
-                                  f"{defined[name]}: rerun the cell with this profile, or give those settings "
-                                  f"another {kind} name")
+                raise ConfigError(
+                    f"{path} ran {kind} {name!r} as {spec}, but this profile defines {name!r} as "
+                    f"{defined[name]}: rerun the cell with this profile, or give those settings "
+                    f"another {kind} name"
+                )
     return cell
 
 
-def merge_outcomes(cell_paths: Iterable[str | os.PathLike], exit_paths: Iterable[str | os.PathLike],
-                   cfg: dict | None = None) -> pd.DataFrame:
+def merge_outcomes(
+    cell_paths: Iterable[str | os.PathLike], exit_paths: Iterable[str | os.PathLike], cfg: dict | None = None
+) -> pd.DataFrame:
     """Per-example outcomes (OUTCOME_COLUMNS) from evaluation cells and early-exit choices: attacked
     rows, and per model and solver setting (coupling, batch size) its clean rows and the per-example
     worst case over clean and every cell of that setting (never across settings: under batch
@@ -249,26 +313,42 @@ def merge_outcomes(cell_paths: Iterable[str | os.PathLike], exit_paths: Iterable
     legacy = profile_solve(cfg) if cfg is not None else dict.fromkeys(SOLVE_COLUMNS)
     rows, by_model = [], {}
     for cell in cells:
-        ident = {**{k: cell[k] for k in IDENTITY}, "base_model": cell.get("base_model") or cell["model"],
-                 "seed": cell.get("seed"), "indices": index_ranges(cell["indices"]),
-                 "checkpoint_md5": cell.get("checkpoint_md5"),   # the run stamp (blank: a cell made before it)
-                 **{k: cell.get(k, legacy[k]) for k in SOLVE_COLUMNS}}
+        ident = {
+            **{k: cell[k] for k in IDENTITY},
+            "base_model": cell.get("base_model") or cell["model"],
+            "seed": cell.get("seed"),
+            "indices": index_ranges(cell["indices"]),
+            "checkpoint_md5": cell.get("checkpoint_md5"),  # the run stamp (blank: a cell made before it)
+            **{k: cell.get(k, legacy[k]) for k in SOLVE_COLUMNS},
+        }
         by_model.setdefault((cell["model"], *(ident[k] for k in SOLVE_COLUMNS)), (ident, []))[1].append(cell)
         specs = {**attack_columns(cell["attack_spec"]), **estimator_columns(cell["estimator"], cell["estimator_spec"])}
         for row in _rows_of(cell["adversarial"], exits.get(cell["model"])):
-            rows.append({**ident, "estimator": cell["estimator"], "attacked_state": str(cell["attacked_state"]),
-                         "attack": cell["attack"], **row, **specs})
+            rows.append(
+                {
+                    **ident,
+                    "estimator": cell["estimator"],
+                    "attacked_state": str(cell["attacked_state"]),
+                    "attack": cell["attack"],
+                    **row,
+                    **specs,
+                }
+            )
     for (model, *_), (ident, group) in by_model.items():
         reference = group[0]
         stamps = {c.get("checkpoint_md5") for c in group} - {None}
         if len(stamps) > 1:
-            raise ConfigError(f"cells of model {model!r} were made from different checkpoints (MD5 "
-                              f"{', '.join(sorted(stamps))}): some are stale; rerun the workflow to remake them")
+            raise ConfigError(
+                f"cells of model {model!r} were made from different checkpoints (MD5 "
+                f"{', '.join(sorted(stamps))}): some are stale; rerun the workflow to remake them"
+            )
         for other in group[1:]:
             if any(other[k] != reference[k] for k in ("indices", "labels", "clean")):
                 setting = ", ".join(f"{k} {ident[k]}" for k in SOLVE_COLUMNS)
-                raise ConfigError(f"cells of model {model!r} ({setting}) disagree on the clean examples; "
-                                  "were they run with different configs?")
+                raise ConfigError(
+                    f"cells of model {model!r} ({setting}) disagree on the clean examples; "
+                    "were they run with different configs?"
+                )
         for row in _rows_of(reference["clean"], exits.get(model)):
             rows.append({**ident, "estimator": NONE, "attacked_state": NONE, "attack": CLEAN, **row, **blank})
         for row in _rows_of(worst_case(group), exits.get(model)):
@@ -304,8 +384,9 @@ def tabulate(outcomes: pd.DataFrame) -> pd.DataFrame:
     return table[list(COLUMNS)].reset_index(drop=True)
 
 
-def merge(cell_paths: Iterable[str | os.PathLike], exit_paths: Iterable[str | os.PathLike],
-          cfg: dict | None = None) -> pd.DataFrame:
+def merge(
+    cell_paths: Iterable[str | os.PathLike], exit_paths: Iterable[str | os.PathLike], cfg: dict | None = None
+) -> pd.DataFrame:
     """The tidy table from evaluation cells and early-exit choices (``tabulate`` of ``merge_outcomes``)."""
     return tabulate(merge_outcomes(cell_paths, exit_paths, cfg))
 
@@ -320,8 +401,11 @@ def write_table(table: pd.DataFrame, path: str | os.PathLike) -> None:
 def write_outcomes(outcomes: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write per-example outcomes as gzipped CSV atomically; the gzip header carries no time stamp
     or file name, so equal outcomes give equal bytes (DVC and the rerun checks see no change)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as raw, \
-            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as packed:
+    with (
+        atomic_path(path) as tmp,
+        open(tmp, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as packed,
+    ):
         packed.write(outcomes.to_csv(index=False).encode())
 
 
@@ -329,12 +413,26 @@ def load_outcomes(path: str | os.PathLike) -> pd.DataFrame:
     """Per-example outcomes as ``merge_outcomes`` made them (outcomes and indices kept as text); a
     file merged before the SOLVE_COLUMNS or the run stamp existed gets them blank (the profile's; unchecked)."""
     if not Path(path).is_file():
-        raise ConfigError(f"per-example outcomes {path} do not exist; make them with `deqrobust merge --outcomes` "
-                          "(the workflow's merge rule)")
-    text = {c: str for c in ("model", "base_model", "attacked_state", "scored_state", "indices", "outcomes",
-                             "attack_params", "estimator_params", "checkpoint_md5")}
+        raise ConfigError(
+            f"per-example outcomes {path} do not exist; make them with `deqrobust merge --outcomes` "
+            "(the workflow's merge rule)"
+        )
+    text = {
+        c: str
+        for c in (
+            "model",
+            "base_model",
+            "attacked_state",
+            "scored_state",
+            "indices",
+            "outcomes",
+            "attack_params",
+            "estimator_params",
+            "checkpoint_md5",
+        )
+    }
     frame = _with_solve(pd.read_csv(path, dtype=text, compression="gzip"))
-    if "checkpoint_md5" not in frame.columns:   # merged before cells carried their run stamp
+    if "checkpoint_md5" not in frame.columns:  # merged before cells carried their run stamp
         frame["checkpoint_md5"] = None
     missing = [c for c in OUTCOME_COLUMNS if c not in frame.columns]
     if missing:
@@ -352,13 +450,25 @@ def load_table(path: str | os.PathLike, cfg: dict | None = None) -> pd.DataFrame
     """
     if not Path(path).is_file():
         raise ConfigError(f"table {path} does not exist; make it with `deqrobust merge` (the workflow's merge rule)")
-    table = _with_solve(pd.read_csv(path, dtype={"attacked_state": str, "scored_state": str, "model": str,
-                                                 "attack_params": str, "estimator_params": str}))
+    table = _with_solve(
+        pd.read_csv(
+            path,
+            dtype={
+                "attacked_state": str,
+                "scored_state": str,
+                "model": str,
+                "attack_params": str,
+                "estimator_params": str,
+            },
+        )
+    )
     missing = [c for c in SPEC_COLUMNS if c not in table.columns]
     if missing:
         if cfg is None:
-            raise ConfigError(f"table {path} has no columns {', '.join(missing)}: it was merged before they existed; "
-                              "rerun `deqrobust merge` on its cells, or give the profile's config")
+            raise ConfigError(
+                f"table {path} has no columns {', '.join(missing)}: it was merged before they existed; "
+                "rerun `deqrobust merge` on its cells, or give the profile's config"
+            )
         table = _with_specs(table.drop(columns=[c for c in SPEC_COLUMNS if c in table.columns]), cfg)
     for column in PROVENANCE_COLUMNS:
         if column not in table.columns:
@@ -386,8 +496,10 @@ def _with_specs(table: pd.DataFrame, cfg: dict) -> pd.DataFrame:
             specs.append(dict.fromkeys(SPEC_COLUMNS))
             continue
         if attack not in attacks or (estimator not in estimators and estimator != BASELINE_ESTIMATOR):
-            raise ConfigError(f"table row of attack {attack!r}, estimator {estimator!r}: not in the config; "
-                              f"its attacks: {', '.join(attacks)}; estimators: {', '.join(estimators)}")
+            raise ConfigError(
+                f"table row of attack {attack!r}, estimator {estimator!r}: not in the config; "
+                f"its attacks: {', '.join(attacks)}; estimators: {', '.join(estimators)}"
+            )
         specs.append({**attack_columns(attacks[attack]), **estimator_columns(estimator, estimators.get(estimator, {}))})
     table = pd.concat([table, pd.DataFrame(specs, index=table.index, columns=list(SPEC_COLUMNS))], axis=1)
     _integers(table)
@@ -410,9 +522,11 @@ def project_root(start: str | os.PathLike | None = None) -> Path:
     for folder in (here, *here.parents, *Path(__file__).resolve().parents):
         if (folder / "Snakefile").is_file():
             return folder
-    raise ConfigError(f"no Snakefile in {here} or any folder above it (nor above the installed package): run "
-                      "from inside the deqrobust checkout, "
-                      "or set DEQROBUST_CONFIG, DEQROBUST_TABLE and DEQROBUST_ANALYSIS")
+    raise ConfigError(
+        f"no Snakefile in {here} or any folder above it (nor above the installed package): run "
+        "from inside the deqrobust checkout, "
+        "or set DEQROBUST_CONFIG, DEQROBUST_TABLE and DEQROBUST_ANALYSIS"
+    )
 
 
 def default_profile(root: Path) -> str:
@@ -424,13 +538,15 @@ def default_profile(root: Path) -> str:
     params = root / "params.yaml"
     profile = (yaml.safe_load(params.read_text()) or {}).get("profile") if params.is_file() else None
     if not profile:
-        raise ConfigError("no profile chosen: set DEQROBUST_PROFILE (paper, quick, cpu, smoke or import) "
-                          f"or 'profile' in {params}")
+        raise ConfigError(
+            f"no profile chosen: set DEQROBUST_PROFILE (paper, quick, cpu, smoke or import) or 'profile' in {params}"
+        )
     return profile
 
 
-def notebook_inputs(profile: str | None = None, start: str | os.PathLike | None = None,
-                    require: tuple[str, ...] = ()) -> dict:
+def notebook_inputs(
+    profile: str | None = None, start: str | os.PathLike | None = None, require: tuple[str, ...] = ()
+) -> dict:
     """Config, reports folder, table, per-example outcomes, analyses and development records a notebook reads.
 
     Environment variables win (the workflow sets them; relative paths are read from the
@@ -450,17 +566,19 @@ def notebook_inputs(profile: str | None = None, start: str | os.PathLike | None 
         config_path = Path(env("DEQROBUST_CONFIG"))
         try:
             root = project_root(start)
-        except ConfigError:   # a config given outside a checkout: its paths are read from here
+        except ConfigError:  # a config given outside a checkout: its paths are read from here
             root = None
     else:
         root = project_root(start)
         config_path = root / "config" / f"{profile or default_profile(root)}.yaml"
     if not config_path.is_file():
-        raise ConfigError(f"config {config_path} does not exist; valid: a profile under config/ "
-                          "(set DEQROBUST_PROFILE or DEQROBUST_CONFIG)")
+        raise ConfigError(
+            f"config {config_path} does not exist; valid: a profile under config/ "
+            "(set DEQROBUST_PROFILE or DEQROBUST_CONFIG)"
+        )
     cfg = load(config_path, json.loads(env("DEQROBUST_OVERRIDES") or "[]"))
 
-    def in_checkout(path: str) -> Path:   # the config's paths are relative to the checkout (the workflow's workdir)
+    def in_checkout(path: str) -> Path:  # the config's paths are relative to the checkout (the workflow's workdir)
         return Path(path) if root is None else root / path
 
     reports = Path(env("DEQROBUST_REPORTS") or in_checkout(cfg["reports"]))
@@ -485,9 +603,11 @@ def notebook_inputs(profile: str | None = None, start: str | os.PathLike | None 
         files = paths[key] if isinstance(paths[key], list) else [paths[key]]
         missing = [str(f) for f in files if not Path(f).is_file()]
         if not files or missing:
-            raise ConfigError(f"notebook input {key!r} of profile {cfg['profile']!r}: "
-                              f"{', '.join(missing) or 'no file found'}; run the workflow for this profile first "
-                              "(or point DEQROBUST_CONFIG / DEQROBUST_" + key.upper() + " at its files)")
+            raise ConfigError(
+                f"notebook input {key!r} of profile {cfg['profile']!r}: "
+                f"{', '.join(missing) or 'no file found'}; run the workflow for this profile first "
+                "(or point DEQROBUST_CONFIG / DEQROBUST_" + key.upper() + " at its files)"
+            )
     return paths
 
 
@@ -521,9 +641,15 @@ def strongest(rows: pd.DataFrame) -> dict | None:
     if rows.empty:
         return None
     row = rows.sort_values(["accuracy", "n"], ascending=[True, False]).iloc[0]
-    return {"accuracy": float(row["accuracy"]), "ci_low": float(row["ci_low"]), "ci_high": float(row["ci_high"]),
-            "n": int(row["n"]), "estimator": row["estimator"], "attacked_state": row["attacked_state"],
-            "attack": row["attack"]}
+    return {
+        "accuracy": float(row["accuracy"]),
+        "ci_low": float(row["ci_low"]),
+        "ci_high": float(row["ci_high"]),
+        "n": int(row["n"]),
+        "estimator": row["estimator"],
+        "attacked_state": row["attacked_state"],
+        "attack": row["attack"],
+    }
 
 
 def main_column(table: pd.DataFrame) -> pd.Series:
@@ -545,8 +671,9 @@ def main_columns(table: pd.DataFrame) -> list[tuple[str, str]]:
     headings = {"clean": "clean", "worst_case": "worst case"}
     for key, unrun in (("pgd10", f"PGD-{PAPER_PGD_STEPS}"), ("autoattack", "AutoAttack")):
         rows = table[columns == key].drop_duplicates(["attack_type", "attack_params"])
-        labels = list(dict.fromkeys(attack_label(t, json.loads(p)) for t, p in zip(rows["attack_type"],
-                                                                                     rows["attack_params"])))
+        labels = list(
+            dict.fromkeys(attack_label(t, json.loads(p)) for t, p in zip(rows["attack_type"], rows["attack_params"]))
+        )
         headings[key] = unrun if not labels else labels[0] if len(labels) == 1 else "strongest of " + ", ".join(labels)
     return [(key, headings[key]) for key in MAIN_KEYS]
 
@@ -573,7 +700,8 @@ def headline_metrics(table: pd.DataFrame) -> dict:
         ns = [row[key]["n"] for key in MAIN_KEYS if row[key]]
         out.setdefault(row["model"], {})[row["defense"]] = {
             **{key: (row[key]["accuracy"] if row[key] else None) for key in MAIN_KEYS},
-            "n": max(ns) if ns else None}
+            "n": max(ns) if ns else None,
+        }
     return out
 
 
@@ -591,12 +719,31 @@ def main_table_rows(table: pd.DataFrame, profile: str) -> tuple[list[str], list[
     rows = []
     for row in main_rows(table):
         ns = [row[key]["n"] for key, _ in columns if row[key]]
-        rows.append([row["model"], row["training"], row["defense"], str(max(ns)) if ns else "-",
-                     *(_pct(row[key]) for key, _ in columns), f"measured ({profile})"])
+        rows.append(
+            [
+                row["model"],
+                row["training"],
+                row["defense"],
+                str(max(ns)) if ns else "-",
+                *(_pct(row[key]) for key, _ in columns),
+                f"measured ({profile})",
+            ]
+        )
     tag = "" if dict(columns)["autoattack"] == "AutoAttack" else " (AutoAttack)"
     for name, clean, aa in REFERENCES:
-        rows.append([name, "adversarial", "-", "10000", f"{clean:.2f}", "-", f"{aa:.2f}{tag}", "-",
-                     "RobustBench (reference only, not measured here)"])
+        rows.append(
+            [
+                name,
+                "adversarial",
+                "-",
+                "10000",
+                f"{clean:.2f}",
+                "-",
+                f"{aa:.2f}{tag}",
+                "-",
+                "RobustBench (reference only, not measured here)",
+            ]
+        )
     return header, rows
 
 
@@ -611,9 +758,15 @@ def _latex_escape(text: str) -> str:
 
 
 def latex_table(header: list[str], rows: Iterable[list[str]], caption: str) -> str:
-    lines = [r"\begin{table}[t]", r"\centering", f"\\caption{{{_latex_escape(caption)}}}",
-             r"\begin{tabular}{" + "l" * len(header) + "}", r"\toprule",
-             " & ".join(_latex_escape(h) for h in header) + r" \\", r"\midrule"]
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        f"\\caption{{{_latex_escape(caption)}}}",
+        r"\begin{tabular}{" + "l" * len(header) + "}",
+        r"\toprule",
+        " & ".join(_latex_escape(h) for h in header) + r" \\",
+        r"\midrule",
+    ]
     lines += [" & ".join(_latex_escape(c) for c in cells) + r" \\" for cells in rows]
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines) + "\n"
@@ -623,8 +776,12 @@ def heatmap_grid(table: pd.DataFrame, model: str, defense: str) -> pd.DataFrame:
     """Robust accuracy (%) of one model and defense: rows 'estimator@attacked state' (final first,
     then by step), columns attacks."""
     part = attacked(table, model, defense)
-    grid = (part.assign(cell=part["estimator"] + "@" + part["attacked_state"].astype(str))
-            .pivot(index="cell", columns="attack", values="accuracy") * 100)
+    grid = (
+        part.assign(cell=part["estimator"] + "@" + part["attacked_state"].astype(str)).pivot(
+            index="cell", columns="attack", values="accuracy"
+        )
+        * 100
+    )
     return grid.loc[sorted(grid.index, key=lambda c: (state_order(c.rsplit("@", 1)[1]), c))]
 
 
@@ -651,6 +808,10 @@ def state_table_frame(table: pd.DataFrame, model: str) -> pd.DataFrame:
     rows = table[(table["model"] == model) & (table["defense"] == PER_STATE)]
     frame = rows.assign(step=rows["scored_state"].str.removeprefix(STATE_PREFIX).astype(int))
     series = frame[frame["attack"].isin(PSEUDO_ATTACKS)][["step", "attack", "accuracy"]]
-    per_attack = (frame[~frame["attack"].isin(PSEUDO_ATTACKS)].groupby(["attack", "step"], as_index=False)
-                  ["accuracy"].min().assign(attack=lambda d: d["attack"] + " (strongest cell)"))
+    per_attack = (
+        frame[~frame["attack"].isin(PSEUDO_ATTACKS)]
+        .groupby(["attack", "step"], as_index=False)["accuracy"]
+        .min()
+        .assign(attack=lambda d: d["attack"] + " (strongest cell)")
+    )
     return pd.concat([series, per_attack], ignore_index=True).rename(columns={"attack": "series"})

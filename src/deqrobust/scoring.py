@@ -6,6 +6,7 @@ once: ``final`` (the model's own output, under the estimator it was trained with
 early-exit candidates). These are the deployed maps whose true gradient the estimator
 ``solver_autograd`` computes (deqrobust.estimators.SolverAutograd).
 """
+
 from __future__ import annotations
 
 import torch

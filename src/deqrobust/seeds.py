@@ -5,15 +5,16 @@ an epoch, the attack of a training iteration, the attack of an evaluation batch.
 tuple maps to its own seed through NumPy's SeedSequence, so streams never overlap, no
 global RNG is involved, and a resumed job draws exactly what the uninterrupted one would.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
 # Stream keys (the second integer of a tuple; the training order uses (seed, epoch)).
-TRAIN_ATTACK = 1     # adversarial examples of a training iteration
-DEV_EVAL = 2         # the dev-split attack of the training's model selection
-TEST_ATTACK = 3      # the attack of an evaluation cell's batch
-DEV_SELECT = 4       # the attack of select-exit's dev batch
+TRAIN_ATTACK = 1  # adversarial examples of a training iteration
+DEV_EVAL = 2  # the dev-split attack of the training's model selection
+TEST_ATTACK = 3  # the attack of an evaluation cell's batch
+DEV_SELECT = 4  # the attack of select-exit's dev batch
 ANALYSIS_ATTACK = 5  # the adversarial inputs of the fixed-point analysis
 
 

@@ -4,6 +4,7 @@ Torch-free on purpose: the config checks (``deqrobust.plan``, imported by the Sn
 refuse an unknown size and give each size its cluster resources from this table, and
 ``deqrobust.models.mdeq`` builds the networks from it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ class MDEQSize:
     head_channels: tuple[int, ...]
     final_width: int
     dropout: float
-    downsample: int = 0   # stride-2 stem convolutions before the equilibrium layer
+    downsample: int = 0  # stride-2 stem convolutions before the equilibrium layer
 
 
 SIZES: dict[str, MDEQSize] = {

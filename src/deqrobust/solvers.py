@@ -14,6 +14,7 @@ and divergence handling are shared. Two settings change what the loop computes:
   rule, the freezing and the lowest-residual selection), so backpropagating through the
   returned state gives the gradient of what the solver actually computed.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,13 +43,13 @@ def _select(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor, all_true: bool
 
 @dataclass
 class SolverResult:
-    z: torch.Tensor                      # per-sample lowest-residual iterate (z*)
-    rel_trace: torch.Tensor              # [B, N] ||f(z_n) - z_n|| / ||f(z_n)||
-    abs_trace: torch.Tensor              # [B, N] ||f(z_n) - z_n||
-    steps: torch.Tensor                  # [B] first step meeting the tolerance (N if never)
-    converged: torch.Tensor              # [B] bool
-    diverged: torch.Tensor               # [B] bool, a non-finite residual was met
-    iterates: list[torch.Tensor] | None = None   # z_1..z_N when asked
+    z: torch.Tensor  # per-sample lowest-residual iterate (z*)
+    rel_trace: torch.Tensor  # [B, N] ||f(z_n) - z_n|| / ||f(z_n)||
+    abs_trace: torch.Tensor  # [B, N] ||f(z_n) - z_n||
+    steps: torch.Tensor  # [B] first step meeting the tolerance (N if never)
+    converged: torch.Tensor  # [B] bool
+    diverged: torch.Tensor  # [B] bool, a non-finite residual was met
+    iterates: list[torch.Tensor] | None = None  # z_1..z_N when asked
     broyden_factors: tuple[torch.Tensor, torch.Tensor] | None = None  # (U [B,D,m], VT [B,m,D])
     best_step: torch.Tensor | None = None  # [B] step n (1..N) of the returned iterate z = z_n
 
@@ -104,11 +105,11 @@ class Broyden:
         """-x + sum over blocks of (x A^T) C, for blocks (A, C) of shape [B, m, D]."""
         out = -x
         for a, c in blocks:
-            coef = torch.bmm(x.unsqueeze(1), a.transpose(1, 2))       # [B, 1, m]: row times matrix, not bmm(A, x)
+            coef = torch.bmm(x.unsqueeze(1), a.transpose(1, 2))  # [B, 1, m]: row times matrix, not bmm(A, x)
             out = torch.baddbmm(out.unsqueeze(1), coef, c).squeeze(1)
         return out
 
-    def _matvec(self, x: torch.Tensor) -> torch.Tensor:   # B x
+    def _matvec(self, x: torch.Tensor) -> torch.Tensor:  # B x
         return self._minus_plus_low_rank(x, [(VT, UT) for UT, VT in self._blocks()])
 
     def _rmatvec(self, x: torch.Tensor) -> torch.Tensor:  # x^T B
@@ -126,7 +127,7 @@ class Broyden:
         ok = active[:, None] & (denom.abs() > TINY) & torch.isfinite(denom)
         u = torch.where(ok, (dz - self._matvec(dg)) / torch.where(ok, denom, torch.ones_like(denom)), 0.0)
         vT = torch.where(ok, vT, 0.0)
-        if self.keep_graph:     # an in-place write would change rows that autograd saved
+        if self.keep_graph:  # an in-place write would change rows that autograd saved
             self.updates.append((u.unsqueeze(1), vT.unsqueeze(1)))
         else:
             self.U[:, self.rank], self.VT[:, self.rank] = u, vT
@@ -151,17 +152,17 @@ class Anderson:
         self.F: list[torch.Tensor] = []
 
     def propose(self, z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        self.X = (self.X + [z])[-self.memory:]
-        self.F = (self.F + [z + g])[-self.memory:]
+        self.X = (self.X + [z])[-self.memory :]
+        self.F = (self.F + [z + g])[-self.memory :]
         if len(self.X) == 1:
             return z + g
-        X, F = torch.stack(self.X, 1), torch.stack(self.F, 1)      # [B, m, D]
+        X, F = torch.stack(self.X, 1), torch.stack(self.F, 1)  # [B, m, D]
         G = F - X
         m = G.shape[1]
         gram = torch.bmm(G, G.transpose(1, 2))
         gram = gram + self.reg * torch.eye(m, dtype=z.dtype, device=z.device)
         ones = torch.ones(z.shape[0], m, 1, dtype=z.dtype, device=z.device)
-        w = torch.linalg.solve(gram, ones)                          # minimise ||sum a G|| s.t. sum a = 1
+        w = torch.linalg.solve(gram, ones)  # minimise ||sum a G|| s.t. sum a = 1
         alpha = (w / w.sum(dim=1, keepdim=True)).squeeze(-1)
         mixed_f = torch.einsum("bm,bmd->bd", alpha, F)
         mixed_x = torch.einsum("bm,bmd->bd", alpha, X)
@@ -194,8 +195,14 @@ def solver_coupling(spec: dict) -> str:
     return coupling
 
 
-def solve(spec: dict, f: Map, z0: torch.Tensor, keep_iterates: bool = False,
-          f_z0: torch.Tensor | None = None, differentiable: bool = False) -> SolverResult:
+def solve(
+    spec: dict,
+    f: Map,
+    z0: torch.Tensor,
+    keep_iterates: bool = False,
+    f_z0: torch.Tensor | None = None,
+    differentiable: bool = False,
+) -> SolverResult:
     """Run the solver named in ``spec`` (name, budget, tol, coupling) from ``z0`` on ``f``.
 
     When every sample has stopped early the loop ends; traces and iterates are padded
@@ -216,7 +223,7 @@ def _solve(spec: dict, f: Map, z0: torch.Tensor, keep_iterates: bool, f_z0: torc
     z = z0
     g = (f(z0) if f_z0 is None else f_z0) - z0
     best_z = z0.clone()
-    best_rel = torch.full((batch,), float("inf"), device=z0.device, dtype=z0.dtype)   # of the stop rule's residual
+    best_rel = torch.full((batch,), float("inf"), device=z0.device, dtype=z0.dtype)  # of the stop rule's residual
     best_step = torch.zeros(batch, dtype=torch.long, device=z0.device)
     active = torch.ones(batch, dtype=torch.bool, device=z0.device)
     converged = torch.zeros_like(active)
@@ -231,7 +238,7 @@ def _solve(spec: dict, f: Map, z0: torch.Tensor, keep_iterates: bool, f_z0: torc
         g_next = _select(active, f(z_next) - z_next, g, all_active)
         abs_res = g_next.detach().norm(dim=1)
         rel_res = abs_res / ((g_next + z_next).detach().norm(dim=1) + TINY)
-        bad = active & ~torch.isfinite(rel_res)   # a non-finite entry of z_next always makes rel_res non-finite
+        bad = active & ~torch.isfinite(rel_res)  # a non-finite entry of z_next always makes rel_res non-finite
         diverged |= bad
         # A diverging sample stops at its last finite state; its residual this step is inf.
         if bool(bad.any()):
@@ -251,7 +258,7 @@ def _solve(spec: dict, f: Map, z0: torch.Tensor, keep_iterates: bool, f_z0: torc
         met = active & ~bad & (score <= tol)
         converged |= met
         steps = torch.where(met, n + 1, steps)
-        active = active & ~(met | bad)     # not in place: torch.where saved the old mask for backward
+        active = active & ~(met | bad)  # not in place: torch.where saved the old mask for backward
         z, g = z_next, g_next
         iterates.append(z)
         if not active.any():
@@ -262,8 +269,17 @@ def _solve(spec: dict, f: Map, z0: torch.Tensor, keep_iterates: bool, f_z0: torc
         abs_trace[:, done:] = abs_trace[:, done - 1 : done]
         iterates += [z] * (budget - done)
     factors = rule.factors() if isinstance(rule, Broyden) else None
-    return SolverResult(best_z, rel_trace, abs_trace, steps, converged, diverged,
-                        iterates if keep_iterates else None, factors, best_step)
+    return SolverResult(
+        best_z,
+        rel_trace,
+        abs_trace,
+        steps,
+        converged,
+        diverged,
+        iterates if keep_iterates else None,
+        factors,
+        best_step,
+    )
 
 
 def _batch_residual(g: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ read it, so a spec is refused with the same message wherever it is used. A spec 
 ``{name: <type>, <parameter>: <value>, ...}``; eps and step sizes are in units of 1/255.
 What each estimator computes: ``deqrobust.estimators`` and docs/estimators.md.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,12 +21,12 @@ class Param:
     """One parameter: its default and what is valid (``default=None``: optional, left unset)."""
 
     default: Any = None
-    kind: str = "number"            # number, integer, boolean, choice, components
+    kind: str = "number"  # number, integer, boolean, choice, components
     low: float | None = None
-    low_open: bool = False          # low itself is not valid
+    low_open: bool = False  # low itself is not valid
     high: float | None = None
     choices: tuple[str, ...] = ()
-    setting: str | None = None      # the AutoAttack setting it sets (single components)
+    setting: str | None = None  # the AutoAttack setting it sets (single components)
 
     def describe(self) -> str:
         if self.kind == "integer":
@@ -52,7 +53,9 @@ class Param:
                 raise ConfigError(f"{owner}: {key} must be a list of components from {', '.join(self.choices)}")
             for item in value:
                 if item not in self.choices:
-                    raise ConfigError(f"{owner}: component {item!r} is not valid; choose one of {', '.join(self.choices)}")
+                    raise ConfigError(
+                        f"{owner}: component {item!r} is not valid; choose one of {', '.join(self.choices)}"
+                    )
             return value
         if self.kind == "integer" and isinstance(value, float) and value.is_integer():
             value = int(value)
@@ -87,7 +90,7 @@ ESTIMATORS: dict[str, dict[str, Param]] = {
     "intermediate": _UNROLL,
     "neumann": {"lam": replace(_LAM, default=1.0), "k": _positive(8)},
     "adjoint": {"variant": Param("lockstep", "choice", choices=("lockstep", "quasi_newton"))},
-    "solver_autograd": {},   # autograd through the solver: the deployed model's true gradient
+    "solver_autograd": {},  # autograd through the solver: the deployed model's true gradient
 }
 
 # AutoAttack (the reference code through pyautoattack): its components, versions, and the
@@ -113,11 +116,20 @@ def _component(**settings: str) -> dict[str, Param]:
 
 
 ATTACKS: dict[str, dict[str, Param]] = {
-    "pgd": {"eps_255": EPS_255, "step_255": _step(2), "steps": _positive(10), "restarts": _positive(1),
-            "random_start": Param(True, "boolean"), "loss": Param("ce", "choice", choices=PGD_LOSSES)},
-    "autoattack": {"eps_255": EPS_255, "version": Param("standard", "choice", choices=VERSIONS),
-                   "attacks": Param(None, "components", choices=COMPONENTS),
-                   **{name: _positive(setting=name) for name in AUTOATTACK_SETTINGS}},
+    "pgd": {
+        "eps_255": EPS_255,
+        "step_255": _step(2),
+        "steps": _positive(10),
+        "restarts": _positive(1),
+        "random_start": Param(True, "boolean"),
+        "loss": Param("ce", "choice", choices=PGD_LOSSES),
+    },
+    "autoattack": {
+        "eps_255": EPS_255,
+        "version": Param("standard", "choice", choices=VERSIONS),
+        "attacks": Param(None, "components", choices=COMPONENTS),
+        **{name: _positive(setting=name) for name in AUTOATTACK_SETTINGS},
+    },
     "apgd-ce": _component(restarts="apgd_restarts", n_iter="n_iter"),
     "apgd-dlr": _component(restarts="apgd_restarts", n_iter="n_iter"),
     "apgd-t": _component(restarts="apgd_t_restarts", n_iter="n_iter", n_target_classes="n_target_classes"),
@@ -130,7 +142,9 @@ ATTACKS: dict[str, dict[str, Param]] = {
 def _params(owner: str, label: str, spec: dict, table: dict[str, Param]) -> dict:
     unknown = [key for key in spec if key != "name" and key not in table]
     if unknown:
-        raise ConfigError(f"{label}: unknown parameter {unknown[0]!r}; valid parameters: {', '.join(table) or '(none)'}")
+        raise ConfigError(
+            f"{label}: unknown parameter {unknown[0]!r}; valid parameters: {', '.join(table) or '(none)'}"
+        )
     return {key: param.check(owner, key, spec.get(key, param.default)) for key, param in table.items()}
 
 
@@ -162,8 +176,9 @@ def _check_autoattack(owner: str, version: str, attacks: list[str] | None) -> No
             raise ConfigError(f"{owner}: 'attacks' is only for version custom (version is {version!r})")
         return
     if not attacks or len(set(attacks)) != len(attacks):
-        raise ConfigError(f"{owner}: version custom needs 'attacks', a list of distinct components "
-                          f"from {', '.join(COMPONENTS)}")
+        raise ConfigError(
+            f"{owner}: version custom needs 'attacks', a list of distinct components from {', '.join(COMPONENTS)}"
+        )
     if "fab" in attacks and "fab-t" in attacks and attacks.index("fab") > attacks.index("fab-t"):
         raise ConfigError(f"{owner}: put 'fab' before 'fab-t' (AutoAttack sets FAB to one restart when it runs FAB-T)")
 
@@ -171,5 +186,8 @@ def _check_autoattack(owner: str, version: str, attacks: list[str] | None) -> No
 def autoattack_settings(kind: str, params: dict) -> dict[str, int]:
     """The AutoAttack settings a checked attack spec gives (those left unset keep the version's)."""
     table = ATTACKS[kind]
-    return {table[key].setting: value for key, value in params.items()
-            if table[key].setting is not None and value is not None}
+    return {
+        table[key].setting: value
+        for key, value in params.items()
+        if table[key].setting is not None and value is not None
+    }

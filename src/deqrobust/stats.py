@@ -24,6 +24,7 @@ significant one.
 `combine` merges verdicts of several units (seeds, models, competing comparisons).
 docs/results.md ("How a verdict is decided") states the rules and their power.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -32,9 +33,9 @@ from typing import Sequence
 import numpy as np
 from scipy import optimize, stats
 
-ALPHA = 0.05        # one-sided level of every test
-POWER = 0.8         # power at which the minimum detectable effect is stated
-CONFIDENCE = 0.95   # two-sided confidence of the reported intervals
+ALPHA = 0.05  # one-sided level of every test
+POWER = 0.8  # power at which the minimum detectable effect is stated
+CONFIDENCE = 0.95  # two-sided confidence of the reported intervals
 
 HELD, DID_NOT_HOLD = "held", "did not hold"
 PRECONDITION_ABSENT, UNDERPOWERED, NOT_TESTED = "precondition absent", "underpowered", "not tested"
@@ -58,22 +59,23 @@ DIFFERENCE, SUPERIORITY = "accuracy difference", "probability of superiority"
 class Comparison:
     """One test's outcome. `mde` and the smallest effect are distances from `null` in the claimed
     direction, on the scale of `estimate`; `p_adjusted` is set by `holm_adjust`."""
+
     method: str
     alternative: str
     statistic: float
     p_value: float
-    effect: str            # DIFFERENCE or SUPERIORITY
+    effect: str  # DIFFERENCE or SUPERIORITY
     estimate: float
     ci: tuple[float, float]
     confidence: float
-    null: float            # the estimate's value at the boundary of the null hypothesis
-    mde: float             # smallest detectable effect at `alpha` and `power` (inf: none)
+    null: float  # the estimate's value at the boundary of the null hypothesis
+    mde: float  # smallest detectable effect at `alpha` and `power` (inf: none)
     alpha: float
     power: float
-    n: int                 # examples (paired) or n1 + n2
-    counts: str            # e.g. "b=12, c=3, n=300"
+    n: int  # examples (paired) or n1 + n2
+    counts: str  # e.g. "b=12, c=3, n=300"
     p_adjusted: float | None = None
-    family: int = 1        # comparisons in the Holm family
+    family: int = 1  # comparisons in the Holm family
 
     @property
     def p(self) -> float:
@@ -101,19 +103,22 @@ class Comparison:
         scale, fmt = (100, "+.1f") if self.effect == DIFFERENCE else (1, ".3f")
         est, lo, hi = (format(scale * v, fmt) for v in (self.estimate, *self.ci))
         unit = " points" if self.effect == DIFFERENCE else ""
-        return (f"{self.method} ({self.alternative}): {self.counts}; p = {self.p_value:.3g}{holm}; "
-                f"{self.effect} {est} [{lo}, {hi}]{unit} ({100 * self.confidence:g} % interval); "
-                f"MDE {self.distance(self.mde)} at alpha {self.alpha:g}, power {self.power:g}")
+        return (
+            f"{self.method} ({self.alternative}): {self.counts}; p = {self.p_value:.3g}{holm}; "
+            f"{self.effect} {est} [{lo}, {hi}]{unit} ({100 * self.confidence:g} % interval); "
+            f"MDE {self.distance(self.mde)} at alpha {self.alpha:g}, power {self.power:g}"
+        )
 
 
 @dataclass(frozen=True)
 class Precondition:
     """A measured condition without which the claimed effect cannot occur."""
-    name: str          # what must hold, e.g. "final-state gradient misaligned with the true gradient"
-    statistic: str     # what was measured, e.g. "median cosine to the true gradient"
+
+    name: str  # what must hold, e.g. "final-state gradient misaligned with the true gradient"
+    statistic: str  # what was measured, e.g. "median cosine to the true gradient"
     value: float
     threshold: float
-    present_below: bool   # present when value < threshold (else when value > threshold)
+    present_below: bool  # present when value < threshold (else when value > threshold)
 
     @property
     def present(self) -> bool:
@@ -126,7 +131,7 @@ class Precondition:
 
 @dataclass(frozen=True)
 class Verdict:
-    kind: str          # one of VERDICTS
+    kind: str  # one of VERDICTS
     reason: str
     result: Comparison | None = None
 
@@ -194,7 +199,7 @@ def _critical(m, alpha: float):
     """Smallest k with P(Bin(m, 1/2) >= k) <= alpha: the exact one-sided McNemar rejects at b >= k."""
     m = np.asarray(m)
     k = stats.binom.isf(alpha, m, 0.5) + 1
-    k = np.where(stats.binom.sf(k - 2, m, 0.5) <= alpha, k - 1, k)   # guard isf's rounding both ways
+    k = np.where(stats.binom.sf(k - 2, m, 0.5) <= alpha, k - 1, k)  # guard isf's rounding both ways
     return np.where(stats.binom.sf(k - 1, m, 0.5) > alpha, k + 1, k)
 
 
@@ -219,14 +224,15 @@ def paired_mde(n: int, discordance: float, alpha: float = ALPHA, power: float = 
     """Minimum detectable accuracy difference: the smallest d with `mcnemar_power` >= power, given the
     observed share of discordant examples (inf when even d = 1 is not detectable, n too small).
     Power rises with d, so the root is found by bisection (`scipy.optimize.brentq`)."""
-    gap = lambda d: mcnemar_power(n, discordance, d, alpha) - power   # noqa: E731
+    gap = lambda d: mcnemar_power(n, discordance, d, alpha) - power  # noqa: E731
     if gap(1.0) < 0:
         return float("inf")
     return float(optimize.brentq(gap, 0.0, 1.0, xtol=1e-6))
 
 
-def mcnemar(a, b, alternative: str = "greater", *, alpha: float = ALPHA, power: float = POWER,
-            confidence: float = CONFIDENCE) -> Comparison:
+def mcnemar(
+    a, b, alternative: str = "greater", *, alpha: float = ALPHA, power: float = POWER, confidence: float = CONFIDENCE
+) -> Comparison:
     """Paired comparison of A and B on the same examples; "greater" claims acc(A) > acc(B).
 
     b = examples only A gets right, c = only B; the exact McNemar test is the binomial test of b
@@ -237,11 +243,22 @@ def mcnemar(a, b, alternative: str = "greater", *, alpha: float = ALPHA, power: 
     both, a_only, b_only, neither = paired_counts(a, b)
     n, m = both + a_only + b_only + neither, a_only + b_only
     p = stats.binomtest(a_only, m, 0.5, alternative=alternative).pvalue if m else 1.0
-    return Comparison(method="exact McNemar", alternative=alternative, statistic=float(a_only), p_value=float(p),
-                      effect=DIFFERENCE, estimate=(a_only - b_only) / n,
-                      ci=paired_difference_ci(both, a_only, b_only, neither, confidence), confidence=confidence,
-                      null=0.0, mde=paired_mde(n, m / n, alpha, power), alpha=alpha, power=power, n=n,
-                      counts=f"b={a_only}, c={b_only}, n={n} (A {both + a_only}/{n}, B {both + b_only}/{n})")
+    return Comparison(
+        method="exact McNemar",
+        alternative=alternative,
+        statistic=float(a_only),
+        p_value=float(p),
+        effect=DIFFERENCE,
+        estimate=(a_only - b_only) / n,
+        ci=paired_difference_ci(both, a_only, b_only, neither, confidence),
+        confidence=confidence,
+        null=0.0,
+        mde=paired_mde(n, m / n, alpha, power),
+        alpha=alpha,
+        power=power,
+        n=n,
+        counts=f"b={a_only}, c={b_only}, n={n} (A {both + a_only}/{n}, B {both + b_only}/{n})",
+    )
 
 
 def noninferiority(a, b, margin: float, *, alpha: float = ALPHA, power: float = POWER) -> Comparison:
@@ -260,18 +277,32 @@ def noninferiority(a, b, margin: float, *, alpha: float = ALPHA, power: float = 
     lower, upper = _newcombe(*cells, stats.norm.isf(alpha))
     if d == -margin:
         p = 0.5
-    else:   # the limit on the margin's side moves towards -margin as z grows
-        limit = (lambda z: float(_newcombe(*cells, z)[0]) + margin) if d > -margin else \
-            (lambda z: float(_newcombe(*cells, z)[1]) + margin)
+    else:  # the limit on the margin's side moves towards -margin as z grows
+        limit = (
+            (lambda z: float(_newcombe(*cells, z)[0]) + margin)
+            if d > -margin
+            else (lambda z: float(_newcombe(*cells, z)[1]) + margin)
+        )
         z = optimize.brentq(limit, 0.0, 40.0) if limit(40.0) * limit(0.0) < 0 else 40.0
         p = float(stats.norm.sf(z)) if d > -margin else float(stats.norm.cdf(z))
     half = d - float(lower)
     mde = half * (1 + stats.norm.isf(1 - power) / stats.norm.isf(alpha))
-    return Comparison(method=f"non-inferiority, margin {100 * margin:g} points", alternative="greater",
-                      statistic=d, p_value=p, effect=DIFFERENCE, estimate=d, ci=(float(lower), float(upper)),
-                      confidence=1 - 2 * alpha, null=-margin, mde=float(mde), alpha=alpha, power=power, n=n,
-                      counts=f"b={cells[1]}, c={cells[2]}, n={n} (A {cells[0] + cells[1]}/{n}, "
-                             f"B {cells[0] + cells[2]}/{n})")
+    return Comparison(
+        method=f"non-inferiority, margin {100 * margin:g} points",
+        alternative="greater",
+        statistic=d,
+        p_value=p,
+        effect=DIFFERENCE,
+        estimate=d,
+        ci=(float(lower), float(upper)),
+        confidence=1 - 2 * alpha,
+        null=-margin,
+        mde=float(mde),
+        alpha=alpha,
+        power=power,
+        n=n,
+        counts=f"b={cells[1]}, c={cells[2]}, n={n} (A {cells[0] + cells[1]}/{n}, B {cells[0] + cells[2]}/{n})",
+    )
 
 
 # ---------------------------------------------------------------- several comparisons
@@ -311,7 +342,7 @@ def superiority_ci(ps: float, n1: int, n2: int, confidence: float = CONFIDENCE) 
     (ps - A)^2 = z^2 Var(A), roots by `scipy.optimize.brentq`. Stays in [0, 1], also at complete
     separation (ps = 0 or 1), where Wald-type and DeLong intervals collapse."""
     z2 = stats.norm.isf((1 - confidence) / 2) ** 2
-    gap = lambda a: (ps - a) ** 2 - z2 * _superiority_variance(a, n1, n2)   # noqa: E731
+    gap = lambda a: (ps - a) ** 2 - z2 * _superiority_variance(a, n1, n2)  # noqa: E731
     lower = 0.0 if ps <= 0 else optimize.brentq(gap, 0.0, min(ps, 1 - 1e-12))
     upper = 1.0 if ps >= 1 else optimize.brentq(gap, max(ps, 1e-12), 1.0)
     return float(lower), float(upper)
@@ -328,8 +359,9 @@ def superiority_mde(n1: int, n2: int, alpha: float = ALPHA, power: float = POWER
     return float(optimize.brentq(gap, 0.5, 1.0, xtol=1e-6) - 0.5)
 
 
-def mann_whitney(x, y, alternative: str = "greater", *, alpha: float = ALPHA, power: float = POWER,
-                 confidence: float = CONFIDENCE) -> Comparison:
+def mann_whitney(
+    x, y, alternative: str = "greater", *, alpha: float = ALPHA, power: float = POWER, confidence: float = CONFIDENCE
+) -> Comparison:
     """Independent samples (claim 1: per-sample residuals of an adversarially trained DEQ, x, and of
     the standard DEQ, y); "greater" claims x tends to exceed y. One-sided Mann-Whitney U
     (`scipy.stats.mannwhitneyu`, exact for small samples without ties). Effect: the probability
@@ -343,16 +375,28 @@ def mann_whitney(x, y, alternative: str = "greater", *, alpha: float = ALPHA, po
     res = stats.mannwhitneyu(x, y, alternative=alternative)
     n1, n2 = x.size, y.size
     ps = float(res.statistic) / (n1 * n2)
-    return Comparison(method="Mann-Whitney U", alternative=alternative, statistic=float(res.statistic),
-                      p_value=float(res.pvalue), effect=SUPERIORITY, estimate=ps,
-                      ci=superiority_ci(ps, n1, n2, confidence), confidence=confidence, null=0.5,
-                      mde=superiority_mde(n1, n2, alpha, power), alpha=alpha, power=power, n=n1 + n2,
-                      counts=f"n1={n1}, n2={n2}")
+    return Comparison(
+        method="Mann-Whitney U",
+        alternative=alternative,
+        statistic=float(res.statistic),
+        p_value=float(res.pvalue),
+        effect=SUPERIORITY,
+        estimate=ps,
+        ci=superiority_ci(ps, n1, n2, confidence),
+        confidence=confidence,
+        null=0.5,
+        mde=superiority_mde(n1, n2, alpha, power),
+        alpha=alpha,
+        power=power,
+        n=n1 + n2,
+        counts=f"n1={n1}, n2={n2}",
+    )
 
 
 # ---------------------------------------------------------------- verdicts
-def decide(result: Comparison | None, smallest_effect: float, precondition: Precondition | None = None,
-           alpha: float = ALPHA) -> Verdict:
+def decide(
+    result: Comparison | None, smallest_effect: float, precondition: Precondition | None = None, alpha: float = ALPHA
+) -> Verdict:
     """The verdict on one claim-unit, by the fixed order in the module docstring.
 
     `smallest_effect`: the effect that matters, as a distance from the null in the claimed
@@ -363,21 +407,35 @@ def decide(result: Comparison | None, smallest_effect: float, precondition: Prec
     if result is None:
         return Verdict(NOT_TESTED, "data missing: no comparison could be made")
     if result.p <= alpha:
-        mechanism = "" if precondition is None else (
-            f"; precondition {'present' if precondition.present else 'absent'}, {precondition.describe()}")
+        mechanism = (
+            ""
+            if precondition is None
+            else (f"; precondition {'present' if precondition.present else 'absent'}, {precondition.describe()}")
+        )
         return Verdict(HELD, f"significant at {alpha:g}: {result.summary()}{mechanism}", result)
     if precondition is not None and not precondition.present:
         return Verdict(PRECONDITION_ABSENT, f"precondition absent, {precondition.describe()}", result)
     if result.rules_out(smallest_effect):
-        return Verdict(DID_NOT_HOLD, f"not significant, and the {100 * result.confidence:g} % interval excludes "
-                                     f"every effect of the size that matters ({result.distance(smallest_effect)} "
-                                     f"or more in the claimed direction): {result.summary()}", result)
+        return Verdict(
+            DID_NOT_HOLD,
+            f"not significant, and the {100 * result.confidence:g} % interval excludes "
+            f"every effect of the size that matters ({result.distance(smallest_effect)} "
+            f"or more in the claimed direction): {result.summary()}",
+            result,
+        )
     if result.mde > smallest_effect:
-        return Verdict(UNDERPOWERED, f"not significant, and at this n the smallest detectable effect is "
-                                     f"{result.distance(result.mde)}, beyond the {result.distance(smallest_effect)} "
-                                     f"that matters: {result.summary()}", result)
-    return Verdict(DID_NOT_HOLD, f"not significant although an effect of the size that matters was detectable: "
-                                 f"{result.summary()}", result)
+        return Verdict(
+            UNDERPOWERED,
+            f"not significant, and at this n the smallest detectable effect is "
+            f"{result.distance(result.mde)}, beyond the {result.distance(smallest_effect)} "
+            f"that matters: {result.summary()}",
+            result,
+        )
+    return Verdict(
+        DID_NOT_HOLD,
+        f"not significant although an effect of the size that matters was detectable: {result.summary()}",
+        result,
+    )
 
 
 def combine(verdicts: Sequence[Verdict], require: str = "all") -> Verdict:
@@ -392,8 +450,10 @@ def combine(verdicts: Sequence[Verdict], require: str = "all") -> Verdict:
     if require not in ("all", "any"):
         raise ValueError(f"require {require!r} is not one of ('all', 'any')")
     kinds = [v.kind for v in verdicts]
-    order = ((DID_NOT_HOLD, UNDERPOWERED, HELD) if require == "all" else (HELD, UNDERPOWERED, DID_NOT_HOLD)) + \
-        (PRECONDITION_ABSENT, NOT_TESTED)
+    order = ((DID_NOT_HOLD, UNDERPOWERED, HELD) if require == "all" else (HELD, UNDERPOWERED, DID_NOT_HOLD)) + (
+        PRECONDITION_ABSENT,
+        NOT_TESTED,
+    )
     kind = next((k for k in order if k in kinds), NOT_TESTED)
     tally = ", ".join(f"{kinds.count(k)} {k}" for k in VERDICTS if k in kinds) or "no units"
     return Verdict(kind, f"{require} of {len(kinds)} units must hold: {tally}")
@@ -405,18 +465,21 @@ class Change:
     """The change of a per-example measure between two times, on the same examples: the median of
     the paired differences (after - before), its distribution-free interval and the two-sided
     exact sign test."""
+
     estimate: float
     ci: tuple[float, float]
     confidence: float
     p_value: float
     increased: int
     decreased: int
-    n: int              # pairs with a defined difference (ties included)
+    n: int  # pairs with a defined difference (ties included)
 
     def summary(self, digits: int = 3) -> str:
         lo, hi = (format(v, f"+.{digits}g") for v in self.ci)
-        return (f"median change {self.estimate:+.{digits}g} [{lo}, {hi}] ({100 * self.confidence:g} % interval); "
-                f"sign test: {self.increased} up, {self.decreased} down of {self.n}, p = {self.p_value:.3g}")
+        return (
+            f"median change {self.estimate:+.{digits}g} [{lo}, {hi}] ({100 * self.confidence:g} % interval); "
+            f"sign test: {self.increased} up, {self.decreased} down of {self.n}, p = {self.p_value:.3g}"
+        )
 
 
 def median_change(before, after, confidence: float = CONFIDENCE) -> Change:
@@ -437,7 +500,7 @@ def median_change(before, after, confidence: float = CONFIDENCE) -> Change:
         raise ValueError("no pair has a defined difference")
     up, down = int((diff > 0).sum()), int((diff < 0).sum())
     p = float(stats.binomtest(up, up + down, 0.5).pvalue) if up + down else 1.0
-    k = int(stats.binom.ppf((1 - confidence) / 2, n, 0.5))   # P(Bin <= k - 1) <= (1 - c) / 2 < P(Bin <= k)
+    k = int(stats.binom.ppf((1 - confidence) / 2, n, 0.5))  # P(Bin <= k - 1) <= (1 - c) / 2 < P(Bin <= k)
     k = k if stats.binom.cdf(k - 1, n, 0.5) <= (1 - confidence) / 2 else k - 1
     ci = (float(diff[k - 1]), float(diff[n - k])) if k >= 1 else (float("-inf"), float("inf"))
     return Change(float(np.median(diff)), ci, confidence, p, up, down, n)

@@ -21,6 +21,7 @@ An adversarially trained DEQ pretrains on clean images and is attacked from the 
 iteration after pretraining, as the authors' code (``training.adv_during_pretraining: true``
 attacks the pretraining network too).
 """
+
 from __future__ import annotations
 
 import csv
@@ -46,8 +47,8 @@ from deqrobust.attacks.pgd import pgd
 from deqrobust.checkpoint import RESUME, load_checkpoint, save_checkpoint
 from deqrobust.config import ConfigError, model_spec
 from deqrobust.data import md5_of
-from deqrobust.device import resolve_device
 from deqrobust.deq_logits import DEQLogits
+from deqrobust.device import resolve_device
 from deqrobust.estimators import build_estimator, model_estimator
 from deqrobust.models import build_model, is_deq
 from deqrobust.plan import identity, instance_config, settings, train_slice
@@ -61,31 +62,44 @@ SNAPSHOT_DIR, SNAPSHOT_MANIFEST = "snapshots", "snapshots.json"
 # the finished model; with the old config back, the rerun restores it instead of training.
 FINISHED = "finished"
 FINISHED_FILES = ("checkpoint.pt", "metrics.csv", "summary.json", SNAPSHOT_MANIFEST)
-OTHER_RESUME = "resume-other-config.pt"   # resume.pt of an interrupted run of another config, set aside
-COLUMNS = ("epoch", "iteration", "lr", "train_loss", "dev_loss", "dev_clean_acc", "dev_robust_acc",
-           "dev_solver_steps", "dev_rel_residual")
+OTHER_RESUME = "resume-other-config.pt"  # resume.pt of an interrupted run of another config, set aside
+COLUMNS = (
+    "epoch",
+    "iteration",
+    "lr",
+    "train_loss",
+    "dev_loss",
+    "dev_clean_acc",
+    "dev_robust_acc",
+    "dev_solver_steps",
+    "dev_rel_residual",
+)
 
 
 class Trainer:
     """One model of a config, trained into ``out``; ``run()`` resumes from ``out/resume.pt`` if present."""
 
     def __init__(self, cfg: dict, name: str, out: str | Path):
-        cfg = instance_config(cfg, name)     # a seed instance trains with its own seed
+        cfg = instance_config(cfg, name)  # a seed instance trains with its own seed
         self.cfg, self.out = cfg, Path(out)
         self.spec = model_spec(cfg, name)
         self.tc = self.spec["training_config"]
         self.dist, self.device = distributed.setup(self.tc["distributed_backend"], resolve_device(cfg))
         self.amp = self.tc["amp"]
         if self.amp and self.device.type != "cuda":
-            raise ConfigError(f"training.amp=true needs CUDA (this run is on {self.device}); "
-                              "mixed precision is not supported on the CPU, set training.amp=false")
+            raise ConfigError(
+                f"training.amp=true needs CUDA (this run is on {self.device}); "
+                "mixed precision is not supported on the CPU, set training.amp=false"
+            )
         torch.set_num_threads(cfg["threads"])
         torch.manual_seed(cfg["seed"])
         self.model = build_model(self.spec).to(self.device)
         if self.dist.active:
             distributed.broadcast_state(self.model)
         self.deq = is_deq(self.model)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.tc["lr"], weight_decay=self.tc["weight_decay"])
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=self.tc["lr"], weight_decay=self.tc["weight_decay"]
+        )
         self.x_dev, self.y_dev = data.load_split(cfg, "dev")
         n_dev = self.tc["select"]["dev_examples"]
         if n_dev is not None:
@@ -94,9 +108,17 @@ class Trainer:
         self.per_epoch = data.num_batches(self.n_train, self.tc["batch_size"])
         self.total = math.ceil(round(self.tc["epochs"] * self.per_epoch, 6))
         self.eval_every = max(1, round(self.tc["select"]["every_epochs"] * self.per_epoch))
-        self.fingerprint = settings(train_slice(cfg, name))   # what resume.pt must match: the train rule's slice
-        self.state = {"iteration": 0, "metrics": [], "best": None, "loss_sum": 0.0, "loss_count": 0,
-                      "wall_seconds": 0.0, "train_seconds": 0.0, "snapshots": []}
+        self.fingerprint = settings(train_slice(cfg, name))  # what resume.pt must match: the train rule's slice
+        self.state = {
+            "iteration": 0,
+            "metrics": [],
+            "best": None,
+            "loss_sum": 0.0,
+            "loss_count": 0,
+            "wall_seconds": 0.0,
+            "train_seconds": 0.0,
+            "snapshots": [],
+        }
         self.best_weights: dict | None = None
 
     # ---- the model under the estimators of training -------------------------------------
@@ -111,8 +133,13 @@ class Trainer:
         if pretraining:
             est = build_estimator({"name": "intermediate", "lam": 1.0, "k": self.tc["pretrain_unroll"] - 1})
             return DEQLogits(self.model, est, state=0, solver=solver)
-        return DEQLogits(self.model, model_estimator(self.spec, self.tc), solver=solver,
-                         backward_solver=self.cfg["backward_solver"], jac_probes=jac_probes)
+        return DEQLogits(
+            self.model,
+            model_estimator(self.spec, self.tc),
+            solver=solver,
+            backward_solver=self.cfg["backward_solver"],
+            jac_probes=jac_probes,
+        )
 
     def lr(self, iteration: int) -> float:
         """Cosine decay per iteration from lr to lr_min over the whole run."""
@@ -133,8 +160,13 @@ class Trainer:
         gen = seeds.generator(self.cfg["seed"], seeds.TRAIN_ATTACK, iteration, device=self.device)
         pretraining = self.deq and iteration < self.tc["pretrain_iters"]
         jac = self.tc["jac_reg"]
-        regularise = (self.deq and not pretraining and iteration / self.per_epoch < jac["stop_epoch"]
-                      and jac["weight"] > 0 and torch.rand((), generator=gen, device=self.device).item() < jac["freq"])
+        regularise = (
+            self.deq
+            and not pretraining
+            and iteration / self.per_epoch < jac["stop_epoch"]
+            and jac["weight"] > 0
+            and torch.rand((), generator=gen, device=self.device).item() < jac["freq"]
+        )
         budget = None
         if regularise:
             low, high = jac["budget_jitter"]
@@ -179,15 +211,25 @@ class Trainer:
                 sums["steps"] += result.steps.float().sum().item()
                 sums["residual"] += result.final_rel.sum().item()
             if attack:
-                x_adv = pgd(net, xb, yb, adv["eps_255"] / 255, adv["step_255"] / 255, self.tc["select"]["pgd_steps"],
-                            generator=gen)
+                x_adv = pgd(
+                    net,
+                    xb,
+                    yb,
+                    adv["eps_255"] / 255,
+                    adv["step_255"] / 255,
+                    self.tc["select"]["pgd_steps"],
+                    generator=gen,
+                )
                 with torch.no_grad():
                     sums["robust"] += (net(x_adv).argmax(1) == yb).sum().item()
         n = len(y)
-        return {"loss": sums["loss"] / n, "clean_acc": sums["clean"] / n,
-                "robust_acc": sums["robust"] / n if attack else None,
-                "solver_steps": sums["steps"] / n if self.deq else None,
-                "rel_residual": sums["residual"] / n if self.deq else None}
+        return {
+            "loss": sums["loss"] / n,
+            "clean_acc": sums["clean"] / n,
+            "robust_acc": sums["robust"] / n if attack else None,
+            "solver_steps": sums["steps"] / n if self.deq else None,
+            "rel_residual": sums["residual"] / n if self.deq else None,
+        }
 
     # ---- outputs and resume ----------------------------------------------------------------
     def write_metrics(self) -> None:
@@ -207,9 +249,13 @@ class Trainer:
             st["loss_sum"], st["loss_count"] = 0.0, 0
             self.dist.barrier()
             return
-        row = {"epoch": iteration / self.per_epoch, "iteration": iteration, "lr": self.lr(iteration),
-               "train_loss": st["loss_sum"] / max(st["loss_count"], 1),
-               **{f"dev_{k}": v for k, v in self.evaluate(self.x_dev, self.y_dev, iteration).items()}}
+        row = {
+            "epoch": iteration / self.per_epoch,
+            "iteration": iteration,
+            "lr": self.lr(iteration),
+            "train_loss": st["loss_sum"] / max(st["loss_count"], 1),
+            **{f"dev_{k}": v for k, v in self.evaluate(self.x_dev, self.y_dev, iteration).items()},
+        }
         st["metrics"].append(row)
         st["loss_sum"], st["loss_count"] = 0.0, 0
         self.write_metrics()
@@ -218,44 +264,66 @@ class Trainer:
             st["best"] = {"score": score, "row": row}
             self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.snapshot(iteration, row)
-        tqdm.write(f"epoch {row['epoch']:.2f}: train loss {row['train_loss']:.4f}, dev clean {row['dev_clean_acc']:.3f}, "
-                   f"dev PGD-{self.tc['select']['pgd_steps']} {row['dev_robust_acc']:.3f}")
+        tqdm.write(
+            f"epoch {row['epoch']:.2f}: train loss {row['train_loss']:.4f}, dev clean {row['dev_clean_acc']:.3f}, "
+            f"dev PGD-{self.tc['select']['pgd_steps']} {row['dev_robust_acc']:.3f}"
+        )
         self.dist.barrier()
 
     def snapshot(self, iteration: int, row: dict) -> None:
         """Keep the current weights of this selection point (rank 0)."""
         name = f"iter-{iteration:07d}.pt"
         save_checkpoint(self.out / SNAPSHOT_DIR / name, self.model, self.spec, row["epoch"], row, self.cfg["profile"])
-        kept = [s for s in self.state["snapshots"] if s["iteration"] != iteration]   # a resume may redo one
+        kept = [s for s in self.state["snapshots"] if s["iteration"] != iteration]  # a resume may redo one
         self.state["snapshots"] = [*kept, {"iteration": iteration, "epoch": row["epoch"], "file": name}]
 
     def write_snapshots(self) -> None:
         """``snapshots.json``: every selection point's weights, in order, with their MD5 (a file
         left by an earlier run is overwritten or not listed). ``pretrain_iters``: the
         iterations of unrolled pretraining (DEQs), so readers can skip snapshots made during it."""
-        entries = [{**s, "md5": md5_of(self.out / SNAPSHOT_DIR / s["file"])}
-                   for s in sorted(self.state["snapshots"], key=lambda s: s["iteration"])]
-        write_json(self.out / SNAPSHOT_MANIFEST, {
-            "format": SNAPSHOTS_FORMAT, "model": self.spec["name"], "profile": self.cfg["profile"],
-            "folder": SNAPSHOT_DIR, "iterations_per_epoch": self.per_epoch,
-            "pretrain_iters": self.tc["pretrain_iters"] if self.deq else 0, "snapshots": entries})
+        entries = [
+            {**s, "md5": md5_of(self.out / SNAPSHOT_DIR / s["file"])}
+            for s in sorted(self.state["snapshots"], key=lambda s: s["iteration"])
+        ]
+        write_json(
+            self.out / SNAPSHOT_MANIFEST,
+            {
+                "format": SNAPSHOTS_FORMAT,
+                "model": self.spec["name"],
+                "profile": self.cfg["profile"],
+                "folder": SNAPSHOT_DIR,
+                "iterations_per_epoch": self.per_epoch,
+                "pretrain_iters": self.tc["pretrain_iters"] if self.deq else 0,
+                "snapshots": entries,
+            },
+        )
 
     def write_checkpoint(self) -> None:
         row = self.state["best"]["row"]
-        save_checkpoint(self.out / "checkpoint.pt", self.best_weights, self.spec, row["epoch"], row, self.cfg["profile"])
+        save_checkpoint(
+            self.out / "checkpoint.pt", self.best_weights, self.spec, row["epoch"], row, self.cfg["profile"]
+        )
 
     def save_resume(self) -> None:
         """Rank 0 writes ``resume.pt`` (with every rank's RNG states in a data-parallel run)."""
         np_state = np.random.get_state()
-        rng = {"torch": torch.get_rng_state(),
-               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-               "python": random.getstate(),
-               "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
+        rng = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python": random.getstate(),
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        }
         ranks = self.dist.gather_objects(rng) if self.dist.active else None
         if self.dist.is_main:
-            saved = {"format": RESUME_FORMAT, "fingerprint": self.fingerprint, "state": self.state,
-                     "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                     "best_weights": self.best_weights, "rng": rng}
+            saved = {
+                "format": RESUME_FORMAT,
+                "fingerprint": self.fingerprint,
+                "state": self.state,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "best_weights": self.best_weights,
+                "rng": rng,
+            }
             if ranks is not None:
                 saved["rng_ranks"] = ranks
             torch_save(saved, self.out / RESUME)
@@ -268,13 +336,21 @@ class Trainer:
         try:
             saved = torch_load(path)
         except Exception as err:  # damaged by a full disk, a failed copy, ...: the run cannot continue from it
-            raise ConfigError(f"{path} cannot be read: {unreadable(path, err)}. It holds the unfinished training "
-                              f"of {self.spec['name']!r} and nothing else: delete it to restart this training from "
-                              "scratch (finished models and cells are other files and stay intact)") from err
-        if not isinstance(saved, dict) or saved.get("format") != RESUME_FORMAT or saved.get("fingerprint") != self.fingerprint:
-            raise ConfigError(f"{path} was written by a run with another config or model; "
-                              "delete it (or the whole folder) to start over")
-        self.state = {"snapshots": [], **saved["state"]}   # resume state written before snapshots existed
+            raise ConfigError(
+                f"{path} cannot be read: {unreadable(path, err)}. It holds the unfinished training "
+                f"of {self.spec['name']!r} and nothing else: delete it to restart this training from "
+                "scratch (finished models and cells are other files and stay intact)"
+            ) from err
+        if (
+            not isinstance(saved, dict)
+            or saved.get("format") != RESUME_FORMAT
+            or saved.get("fingerprint") != self.fingerprint
+        ):
+            raise ConfigError(
+                f"{path} was written by a run with another config or model; "
+                "delete it (or the whole folder) to start over"
+            )
+        self.state = {"snapshots": [], **saved["state"]}  # resume state written before snapshots existed
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.best_weights = saved["best_weights"]
@@ -282,7 +358,7 @@ class Trainer:
             self.write_metrics()
         rng = saved["rng"]
         if len(saved.get("rng_ranks") or ()) == self.dist.world_size:
-            rng = saved["rng_ranks"][self.dist.rank]   # same world size: each rank continues its own streams
+            rng = saved["rng_ranks"][self.dist.rank]  # same world size: each rank continues its own streams
         torch.set_rng_state(rng["torch"])
         if rng["cuda"]:
             torch.cuda.set_rng_state_all(rng["cuda"])
@@ -293,20 +369,28 @@ class Trainer:
 
     def summarise(self) -> dict:
         """Test clean accuracy of the selected checkpoint (read back from disk) and run statistics."""
-        self.model, meta = load_checkpoint(self.out / "checkpoint.pt", self.device, expect_arch=self.spec,
-                                           partial_ok=True)   # resume.pt goes once the summary is written
+        self.model, meta = load_checkpoint(
+            self.out / "checkpoint.pt", self.device, expect_arch=self.spec, partial_ok=True
+        )  # resume.pt goes once the summary is written
         x_test, y_test = data.load_split(self.cfg, "test")
         test = self.evaluate(x_test, y_test, self.total, attack=False)
         st = self.state
         images = self.total * self.tc["batch_size"]
         summary = {
-            "model": self.spec["name"], **identity(self.cfg, self.spec["name"]), "profile": self.cfg["profile"],
-            "spec": meta["spec"], "best_epoch": meta["epoch"], "dev": st["best"]["row"],
+            "model": self.spec["name"],
+            **identity(self.cfg, self.spec["name"]),
+            "profile": self.cfg["profile"],
+            "spec": meta["spec"],
+            "best_epoch": meta["epoch"],
+            "dev": st["best"]["row"],
             "selected_by": "dev_clean_acc" if self.spec["training"] == "standard" else "dev_robust_acc",
-            "test_clean_acc": test["clean_acc"], "test_examples": len(y_test),
-            "iterations": self.total, "epochs": self.total / self.per_epoch,
-            "wall_seconds": st["wall_seconds"], "train_images_per_second": images / max(st["train_seconds"], 1e-9),
-            "machine": provenance.machine(),   # the last stretch's, after a resume on another machine
+            "test_clean_acc": test["clean_acc"],
+            "test_examples": len(y_test),
+            "iterations": self.total,
+            "epochs": self.total / self.per_epoch,
+            "wall_seconds": st["wall_seconds"],
+            "train_images_per_second": images / max(st["train_seconds"], 1e-9),
+            "machine": provenance.machine(),  # the last stretch's, after a resume on another machine
         }
         write_json(self.out / "summary.json", summary)
         return summary
@@ -351,7 +435,7 @@ class Trainer:
         (self.out / SNAPSHOT_DIR).mkdir(exist_ok=True)
         for entry in manifest["snapshots"]:
             _link(store / SNAPSHOT_DIR / entry["file"], self.out / SNAPSHOT_DIR / entry["file"])
-        for name in FINISHED_FILES:   # checkpoint.pt, the completion mark of the folder, last but one
+        for name in FINISHED_FILES:  # checkpoint.pt, the completion mark of the folder, last but one
             _link(store / name, self.out / name)
         return json.loads((self.out / "summary.json").read_text())
 
@@ -362,21 +446,27 @@ class Trainer:
         if self.dist.is_main and not self.dist.active and not self.resume_is_mine():
             restored = self.restore_finished()
             if restored is not None:
-                if (self.out / RESUME).is_file():   # an interrupted training of another config: kept aside
+                if (self.out / RESUME).is_file():  # an interrupted training of another config: kept aside
                     os.replace(self.out / RESUME, self.out / OTHER_RESUME)
                 tqdm.write(f"{self.spec['name']}: restored the finished training from {self.finished_store()}")
                 return restored
         if (self.out / RESUME).is_file():
             self.load_resume()
-        self.dist.barrier()    # every rank has read resume.pt before rank 0 may rewrite it
+        self.dist.barrier()  # every rank has read resume.pt before rank 0 may rewrite it
         st = self.state
         started = time.perf_counter()
-        bar = tqdm(total=self.total, initial=st["iteration"], desc=f"train {self.spec['name']}", unit="it",
-                   disable=not self.dist.is_main)
+        bar = tqdm(
+            total=self.total,
+            initial=st["iteration"],
+            desc=f"train {self.spec['name']}",
+            unit="it",
+            disable=not self.dist.is_main,
+        )
         while st["iteration"] < self.total:
             epoch, start = divmod(st["iteration"], self.per_epoch)
-            for x, y in data.train_loader(self.cfg, self.tc["batch_size"], self.cfg["seed"], epoch, start,
-                                          self.dist.rank, self.dist.world_size):
+            for x, y in data.train_loader(
+                self.cfg, self.tc["batch_size"], self.cfg["seed"], epoch, start, self.dist.rank, self.dist.world_size
+            ):
                 tick = time.perf_counter()
                 st["loss_sum"] += self.step(st["iteration"], x.to(self.device), y.to(self.device))
                 st["loss_count"] += 1
@@ -398,7 +488,7 @@ class Trainer:
         st["wall_seconds"] += time.perf_counter() - started
         summary = None
         if self.dist.is_main:
-            self.write_checkpoint()     # the selected model, now that the training has finished
+            self.write_checkpoint()  # the selected model, now that the training has finished
             self.write_snapshots()
             summary = self.summarise()
             self.keep_finished()

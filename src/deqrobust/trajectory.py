@@ -17,6 +17,7 @@ test images, so two snapshots compare image by image:
 ``trend`` compares the first snapshot after unrolled pretraining with the last one, image by
 image (stats.median_change): the change of log10 of the deployed residual and of each cosine.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,7 @@ from tqdm import tqdm
 
 FORMAT = "deqrobust-trajectory/1"
 MANIFEST_FORMAT = "deqrobust-snapshots/1"
-DIGITS = 4   # significant digits kept per image
+DIGITS = 4  # significant digits kept per image
 
 
 def read_manifest(path: str | Path) -> tuple[dict, list[Path]]:
@@ -41,16 +42,19 @@ def read_manifest(path: str | Path) -> tuple[dict, list[Path]]:
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise ConfigError(f"snapshot list {path} cannot be read ({err}); it is written by `deqrobust train` "
-                          "when a training finishes") from err
+        raise ConfigError(
+            f"snapshot list {path} cannot be read ({err}); it is written by `deqrobust train` when a training finishes"
+        ) from err
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise ConfigError(f"{path} is not a snapshot list ({MANIFEST_FORMAT})")
     files = []
     for entry in manifest["snapshots"]:
         file = path.parent / manifest["folder"] / entry["file"]
         if not file.is_file() or md5_of(file) != entry["md5"]:
-            raise ConfigError(f"snapshot {file} is missing or not the one {path} lists (MD5 {entry['md5']}); "
-                              f"retrain the model (delete {path} and rerun the workflow)")
+            raise ConfigError(
+                f"snapshot {file} is missing or not the one {path} lists (MD5 {entry['md5']}); "
+                f"retrain the model (delete {path} and rerun the workflow)"
+            )
         files.append(file)
     return manifest, files
 
@@ -60,8 +64,9 @@ def _rounded(values: np.ndarray) -> list[float | None]:
 
 
 @torch.no_grad()
-def forward_measures(deq: torch.nn.Module, own, x: torch.Tensor, y: torch.Tensor, solver: dict, budget: int,
-                     batch_size: int) -> dict[str, np.ndarray]:
+def forward_measures(
+    deq: torch.nn.Module, own, x: torch.Tensor, y: torch.Tensor, solver: dict, budget: int, batch_size: int
+) -> dict[str, np.ndarray]:
     """Per image: the deployed residual, the residual at step ``budget`` (tolerance 0), the first
     step meeting the deployed tolerance (0: never), and the deployed model's correctness."""
     from deqrobust.deq_logits import DEQLogits
@@ -71,7 +76,7 @@ def forward_measures(deq: torch.nn.Module, own, x: torch.Tensor, y: torch.Tensor
     traced = {**solver, "budget": budget, "tol": 0.0}
     parts: dict[str, list[np.ndarray]] = {"forward": [], "traced": [], "steps": [], "correct": []}
     for start in range(0, len(y), batch_size):
-        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
         logits = deployed(xb)
         parts["forward"].append(deployed.stats["result"].final_rel.double().cpu().numpy())
         parts["correct"].append((logits.argmax(1) == yb).cpu().numpy())
@@ -83,8 +88,16 @@ def forward_measures(deq: torch.nn.Module, own, x: torch.Tensor, y: torch.Tensor
     return {key: np.concatenate(value) for key, value in parts.items()}
 
 
-def deployed_alignment(deq: torch.nn.Module, own, x: torch.Tensor, y: torch.Tensor, estimators: dict[str, dict],
-                       solver: dict, backward_solver: dict, batch_size: int) -> dict[str, np.ndarray]:
+def deployed_alignment(
+    deq: torch.nn.Module,
+    own,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    estimators: dict[str, dict],
+    solver: dict,
+    backward_solver: dict,
+    batch_size: int,
+) -> dict[str, np.ndarray]:
     """Per estimator (config name -> spec, attacked at the final state), per image: the cosine of its
     input gradient to the deployed model's true gradient."""
     from deqrobust.deq_logits import DEQLogits
@@ -123,31 +136,42 @@ def run(cfg: dict, manifest_path: str | Path, device: torch.device, progress: bo
     batch_size, budget = cfg["evaluation"]["batch_size"], cfg["analysis"]["budget"]
     estimators = trajectory_slice(cfg)["estimators"]
     began, snapshots, spec = time.time(), [], None
-    for entry, file in zip(tqdm(manifest["snapshots"], desc=f"trajectory {manifest['model']}", unit="snapshot",
-                                disable=not progress), files):
+    for entry, file in zip(
+        tqdm(manifest["snapshots"], desc=f"trajectory {manifest['model']}", unit="snapshot", disable=not progress),
+        files,
+    ):
         deq, meta = load_checkpoint(file, device, expect_arch="mdeq")
         spec = meta["spec"]
         own = own_estimator(cfg, spec)
         measured = forward_measures(deq, own, x, y, solvers[0], budget, batch_size)
         cosines = deployed_alignment(deq, own, x[:aligned], y[:aligned], estimators, *solvers, batch_size)
-        snapshots.append({
-            **entry, "pretraining": entry["iteration"] <= manifest["pretrain_iters"],
-            "clean_accuracy": float(measured["correct"].mean()),
-            "correct": "".join(str(int(c)) for c in measured["correct"]),
-            "forward_residual": _rounded(measured["forward"]),
-            "traced_residual": _rounded(measured["traced"]),
-            "never_converged": float((measured["steps"] == 0).mean()),
-            "alignment": {name: {"estimator_type": estimators[name]["name"], "cosine": _rounded(values)}
-                          for name, values in cosines.items()},
-        })
+        snapshots.append(
+            {
+                **entry,
+                "pretraining": entry["iteration"] <= manifest["pretrain_iters"],
+                "clean_accuracy": float(measured["correct"].mean()),
+                "correct": "".join(str(int(c)) for c in measured["correct"]),
+                "forward_residual": _rounded(measured["forward"]),
+                "traced_residual": _rounded(measured["traced"]),
+                "never_converged": float((measured["steps"] == 0).mean()),
+                "alignment": {
+                    name: {"estimator_type": estimators[name]["name"], "cosine": _rounded(values)}
+                    for name, values in cosines.items()
+                },
+            }
+        )
     return {
         "format": FORMAT,
         "model": {k: spec.get(k) for k in ("name", "arch", "size", "training", "grad")},
         **identity(cfg, spec["name"]),
         "profile": cfg["profile"],
-        "num_examples": count, "alignment_examples": aligned,
-        "solver": cfg["solver"], "backward_solver": cfg["backward_solver"], "traced_budget": budget,
-        "iterations_per_epoch": manifest["iterations_per_epoch"], "pretrain_iters": manifest["pretrain_iters"],
+        "num_examples": count,
+        "alignment_examples": aligned,
+        "solver": cfg["solver"],
+        "backward_solver": cfg["backward_solver"],
+        "traced_budget": budget,
+        "iterations_per_epoch": manifest["iterations_per_epoch"],
+        "pretrain_iters": manifest["pretrain_iters"],
         "snapshots": snapshots,
         "timing": {"seconds": round(time.time() - began, 2)},
         "versions": {"torch": torch.__version__, "deqrobust": __version__},
@@ -181,18 +205,36 @@ def frame(records: list[dict]):
 
     rows = []
     for record in records:
-        who = {"model": record["model"]["name"], "base_model": record["base_model"], "seed": record["seed"],
-               "training": record["model"]["training"]}
+        who = {
+            "model": record["model"]["name"],
+            "base_model": record["base_model"],
+            "seed": record["seed"],
+            "training": record["model"]["training"],
+        }
         for snap in record["snapshots"]:
-            row = {**who, "epoch": snap["epoch"], "iteration": snap["iteration"], "pretraining": snap["pretraining"],
-                   "clean_accuracy": snap["clean_accuracy"], "never_converged": snap["never_converged"]}
+            row = {
+                **who,
+                "epoch": snap["epoch"],
+                "iteration": snap["iteration"],
+                "pretraining": snap["pretraining"],
+                "clean_accuracy": snap["clean_accuracy"],
+                "never_converged": snap["never_converged"],
+            }
             for key in ("forward_residual", "traced_residual"):
                 q25, q50, q75 = np.nanquantile(_values(snap[key]), [0.25, 0.5, 0.75])
                 row.update({f"{key}_q25": q25, f"{key}_median": q50, f"{key}_q75": q75})
             for name, entry in snap["alignment"].items():
                 q10, q25, q50, q75 = np.nanquantile(_values(entry["cosine"]), [0.1, 0.25, 0.5, 0.75])
-                rows.append({**row, "estimator": name, "cosine_q10": q10, "cosine_q25": q25, "cosine_median": q50,
-                             "cosine_q75": q75})
+                rows.append(
+                    {
+                        **row,
+                        "estimator": name,
+                        "cosine_q10": q10,
+                        "cosine_q25": q25,
+                        "cosine_median": q50,
+                        "cosine_q75": q75,
+                    }
+                )
             if not snap["alignment"]:
                 rows.append({**row, "estimator": None})
     return pd.DataFrame(rows)
@@ -209,7 +251,11 @@ def trend(record: dict) -> dict:
         return {"first": None, "last": None, "residual": None, "cosine": {}}
     first, last = after[0], after[-1]
     residual = stats.median_change(log_residual(first["forward_residual"]), log_residual(last["forward_residual"]))
-    cosine = {name: stats.median_change(_values(first["alignment"][name]["cosine"]),
-                                        _values(last["alignment"][name]["cosine"]))
-              for name in first["alignment"] if name in last["alignment"]}
+    cosine = {
+        name: stats.median_change(
+            _values(first["alignment"][name]["cosine"]), _values(last["alignment"][name]["cosine"])
+        )
+        for name in first["alignment"]
+        if name in last["alignment"]
+    }
     return {"first": first["epoch"], "last": last["epoch"], "residual": residual, "cosine": cosine}

@@ -6,6 +6,7 @@ A spec names its attack type with the key ``name``; eps and step are in units of
 Omitted AutoAttack settings are the reference ones of the version ("standard", or
 "plus" for the single components, as pyautoattack's ``custom`` version uses them).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from torch import nn
 from deqrobust.attacks.autoattack import autoattack
 from deqrobust.attacks.pgd import pgd
 from deqrobust.specs import attack_params, autoattack_settings
+
 
 @dataclass
 class AttackOutput:
@@ -44,8 +46,9 @@ class PGDAttack:
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> AttackOutput:
         generator = torch.Generator(device=x.device).manual_seed(seed)
-        x_adv = pgd(model, x, y, self.eps, self.step, self.steps, self.restarts, self.random_start,
-                    generator, self.loss)
+        x_adv = pgd(
+            model, x, y, self.eps, self.step, self.steps, self.restarts, self.random_start, generator, self.loss
+        )
         return AttackOutput(x_adv)
 
 

@@ -13,6 +13,7 @@ component that broke it. The Square check, which needs the whole cascade, is the
 called on the accumulated accuracies exactly as AutoAttack does. (The accuracies in
 the returned log are therefore relative to each component's still-robust examples.)
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -92,11 +93,16 @@ def configure(aa: AutoAttack, settings: dict[str, int]) -> None:
     """Apply explicit settings over the version's. APGD derives its step-size schedule
     from n_iter in its constructor, so a new n_iter means new APGD objects."""
     if "n_iter" in settings:
-        common = dict(n_iter=settings["n_iter"], norm=aa.norm, eps=aa.epsilon, seed=aa.seed,
-                      device=aa.device, logger=aa.logger)
+        common = dict(
+            n_iter=settings["n_iter"], norm=aa.norm, eps=aa.epsilon, seed=aa.seed, device=aa.device, logger=aa.logger
+        )
         aa.apgd = APGDAttack(aa.model, n_restarts=aa.apgd.n_restarts, **common)
-        aa.apgd_targeted = APGDAttack_targeted(aa.model, n_restarts=aa.apgd_targeted.n_restarts,
-                                               n_target_classes=aa.apgd_targeted.n_target_classes, **common)
+        aa.apgd_targeted = APGDAttack_targeted(
+            aa.model,
+            n_restarts=aa.apgd_targeted.n_restarts,
+            n_target_classes=aa.apgd_targeted.n_target_classes,
+            **common,
+        )
     for key, value in settings.items():
         for component, attribute in SETTINGS[key]:
             setattr(getattr(aa, component), attribute, value)
@@ -128,9 +134,16 @@ def cascade(aa: AutoAttack, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Ten
     return x_adv, broken_by
 
 
-def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int,
-               version: str = "standard", attacks: list[str] | None = None,
-               settings: dict[str, int] | None = None) -> AutoAttackResult:
+def autoattack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    seed: int,
+    version: str = "standard",
+    attacks: list[str] | None = None,
+    settings: dict[str, int] | None = None,
+) -> AutoAttackResult:
     """Run AutoAttack (L-inf) on one batch and return x_adv, warnings, log and attribution.
 
     The global RNG is restored afterwards (the components reseed it), and so are the
@@ -141,8 +154,15 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, s
     logger = logging.getLogger("auto-attack")
     cuda = [x.device] if x.device.type == "cuda" else []
     with capture(logger) as (found, lines), torch.random.fork_rng(devices=cuda):
-        aa = AutoAttack(model, attacks=attacks if version == "custom" else None, version=version,
-                        eps=eps, norm="Linf", seed=seed, device=x.device)
+        aa = AutoAttack(
+            model,
+            attacks=attacks if version == "custom" else None,
+            version=version,
+            eps=eps,
+            norm="Linf",
+            seed=seed,
+            device=x.device,
+        )
         configure(aa, settings or {})
         x_adv, broken_by = cascade(aa, x, y)
     for p, g in grads:

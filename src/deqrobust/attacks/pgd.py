@@ -5,6 +5,7 @@ The model is only called as ``model(x)`` and the input gradient comes from
 puts in its backward pass (the DEQ estimators are custom autograd functions) is what
 the attack follows. The model's train/eval mode is the caller's business.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -33,8 +34,17 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
 
 
-def pgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step: float, steps: int,
-            random_start: bool, generator: torch.Generator | None, loss: str) -> torch.Tensor:
+def pgd_run(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    step: float,
+    steps: int,
+    random_start: bool,
+    generator: torch.Generator | None,
+    loss: str,
+) -> torch.Tensor:
     """One PGD run: optional uniform start in the ball, then ``steps`` sign-gradient ascent steps."""
     loss_fn = LOSSES[loss]
     x_adv = x
@@ -50,9 +60,18 @@ def pgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step
     return x_adv.detach()
 
 
-def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step: float, steps: int,
-        restarts: int = 1, random_start: bool = True, generator: torch.Generator | None = None,
-        loss: str = "ce") -> torch.Tensor:
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    step: float,
+    steps: int,
+    restarts: int = 1,
+    random_start: bool = True,
+    generator: torch.Generator | None = None,
+    loss: str = "ce",
+) -> torch.Tensor:
     """PGD with restarts; per example keep the first misclassified result, else the last run's.
 
     Later restarts attack only the examples not yet misclassified. ``generator`` (on

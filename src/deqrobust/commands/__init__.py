@@ -3,6 +3,7 @@
 The argument helpers the subcommands share live here, not in ``deqrobust.cli``, so that
 the CLI imports its commands and never the other way round.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -10,19 +11,32 @@ import argparse
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """``-c FILE [-c FILE ...] [--set KEY=VALUE ...]``, read by ``deqrobust.config.load``."""
-    parser.add_argument("--config", "-c", action="append", required=True, metavar="FILE",
-                        help="profile config file (config/*.yaml); repeat to merge several, later ones win")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set training.epochs=2 (repeatable; the value is "
-                             "YAML, and a mapping is merged into the section it names)")
+    parser.add_argument(
+        "--config",
+        "-c",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="profile config file (config/*.yaml); repeat to merge several, later ones win",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set training.epochs=2 (repeatable; the value is "
+        "YAML, and a mapping is merged into the section it names)",
+    )
 
 
 def add_results_arguments(parser: argparse.ArgumentParser) -> None:
     """Inputs shared by the commands that read the merged results (figures, report)."""
     add_config_arguments(parser)
     parser.add_argument("--table", required=True, help="tidy table CSV (deqrobust merge)")
-    parser.add_argument("--analysis", nargs="*", default=[], metavar="JSON",
-                        help="fixed-point analyses (deqrobust analyze)")
+    parser.add_argument(
+        "--analysis", nargs="*", default=[], metavar="JSON", help="fixed-point analyses (deqrobust analyze)"
+    )
 
 
 def add_force_argument(parser: argparse.ArgumentParser, what: str) -> None:
@@ -56,7 +70,7 @@ def analysis_record(args: argparse.Namespace, analyse) -> dict:
     cfg = load(args.config, args.overrides)
     torch.set_num_threads(cfg["threads"])
     torch.manual_seed(cfg["seed"])
-    with claim(args.out):   # one writer; stops if its snakemake dies
+    with claim(args.out):  # one writer; stops if its snakemake dies
         record = analyse(cfg, resolve_device(cfg), not args.no_progress)
         write_json(args.out, record)
     return record

@@ -1,5 +1,6 @@
 """``deqrobust analyze``: fixed-point analysis and mechanism diagnostics of one DEQ checkpoint
 (see deqrobust.analysis)."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,9 +20,11 @@ def run(args: argparse.Namespace) -> int:
 
     record = analysis_record(args, lambda cfg, device, progress: analysis.run(cfg, args.checkpoint, device, progress))
     clean, timing = record["inputs"]["clean"], record["timing"]
-    print(f"analysis of {record['model']['name']}: {record['num_examples']} images, "
-          f"clean never converged {clean['share_never_converged']:.1%}; gradients compared on "
-          f"{record['diagnostics']['num_examples']} images ({timing['alignment_per_example']:.2f} s each), "
-          f"batch dependence on a batch of {record['diagnostics']['batch_size']} ({timing['batch_dependence']:.0f} s); "
-          f"wrote {args.out}")
+    print(
+        f"analysis of {record['model']['name']}: {record['num_examples']} images, "
+        f"clean never converged {clean['share_never_converged']:.1%}; gradients compared on "
+        f"{record['diagnostics']['num_examples']} images ({timing['alignment_per_example']:.2f} s each), "
+        f"batch dependence on a batch of {record['diagnostics']['batch_size']} ({timing['batch_dependence']:.0f} s); "
+        f"wrote {args.out}"
+    )
     return 0

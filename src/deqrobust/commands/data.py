@@ -1,4 +1,5 @@
 """``deqrobust data``: import or download CIFAR-10, verify it, carve the development split."""
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,9 @@ def run(args: argparse.Namespace) -> int:
     record = data.prepare(cfg, archive=args.archive)
     root = Path(cfg["data"]["root"])
     kind = "official" if record["official"] else "NOT the official archive"
-    print(f"CIFAR-10 ready in {root / data.FOLDER} (MD5 {record['archive_md5']}, {kind}); "
-          f"{record['train_size']} training and {record['dev_size']} development images "
-          f"({root / data.SPLIT_FILE})")
+    print(
+        f"CIFAR-10 ready in {root / data.FOLDER} (MD5 {record['archive_md5']}, {kind}); "
+        f"{record['train_size']} training and {record['dev_size']} development images "
+        f"({root / data.SPLIT_FILE})"
+    )
     return 0

@@ -1,4 +1,5 @@
 """``deqrobust evaluate``: one cell of the estimator x attack x state matrix."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,11 +12,16 @@ from deqrobust.plan import COUPLINGS
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     parser.add_argument("--checkpoint", required=True, help="checkpoint.pt of the model to attack")
-    parser.add_argument("--estimator", required=True, help="estimator name from evaluation.estimators, or 'autograd' for baselines")
+    parser.add_argument(
+        "--estimator", required=True, help="estimator name from evaluation.estimators, or 'autograd' for baselines"
+    )
     parser.add_argument("--attack", required=True, help="attack name from evaluation.attacks")
     parser.add_argument("--state", default="final", help="attacked state: 'final', 'ensemble' or a solver step n")
-    parser.add_argument("--coupling", choices=COUPLINGS, help="both solvers' coupling for this cell, the attack "
-                        "and the scoring (default: the config's solver settings)")
+    parser.add_argument(
+        "--coupling",
+        choices=COUPLINGS,
+        help="both solvers' coupling for this cell, the attack and the scoring (default: the config's solver settings)",
+    )
     parser.add_argument("--batch-size", type=int, help="evaluation batch of this cell (default: evaluation.batch_size)")
     parser.add_argument("--out", required=True, help="cell file (JSON) to write")
 
@@ -25,14 +31,24 @@ def run(args: argparse.Namespace) -> int:
     from deqrobust.joblock import claim
 
     cfg = config.load(args.config, args.overrides)
-    with claim(args.out):   # one writer per cell; stops if its snakemake dies
-        cell = run_cell(cfg, args.checkpoint, args.estimator, args.attack, args.state, args.out,
-                        coupling=args.coupling, batch_size=args.batch_size)
+    with claim(args.out):  # one writer per cell; stops if its snakemake dies
+        cell = run_cell(
+            cfg,
+            args.checkpoint,
+            args.estimator,
+            args.attack,
+            args.state,
+            args.out,
+            coupling=args.coupling,
+            batch_size=args.batch_size,
+        )
     adv = cell["adversarial"]["final"]
     clean = cell["clean"]["final"]
-    print(f"{cell['model']} {args.estimator}@{args.state} {args.attack} ({cell['coupling']} coupling, batch "
-          f"{cell['batch_size']}): clean {sum(clean) / len(clean):.3f}, "
-          f"robust (final state) {sum(adv) / len(adv):.3f} on {len(adv)} images")
+    print(
+        f"{cell['model']} {args.estimator}@{args.state} {args.attack} ({cell['coupling']} coupling, batch "
+        f"{cell['batch_size']}): clean {sum(clean) / len(clean):.3f}, "
+        f"robust (final state) {sum(adv) / len(adv):.3f} on {len(adv)} images"
+    )
     for warning in cell["warnings"]:
         print(f"AutoAttack warning: {warning}")
     return 0

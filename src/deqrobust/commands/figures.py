@@ -1,4 +1,5 @@
 """``deqrobust figures``: PNG figures and the main table (main.md, main.tex) from the merged results."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,8 +10,13 @@ from deqrobust.config import load
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_results_arguments(parser)
-    parser.add_argument("--trajectory", nargs="*", default=[], metavar="JSON",
-                        help="training trajectories (deqrobust trajectory): the training-dynamics figure")
+    parser.add_argument(
+        "--trajectory",
+        nargs="*",
+        default=[],
+        metavar="JSON",
+        help="training trajectories (deqrobust trajectory): the training-dynamics figure",
+    )
     parser.add_argument("--out-dir", required=True, help="folder for the PNGs, main.md and main.tex")
 
 
@@ -21,8 +27,13 @@ def run(args: argparse.Namespace) -> int:
     from deqrobust import analysis, figures, results, trajectory
 
     cfg = load(args.config, args.overrides)
-    table = results.profile_rows(results.load_table(args.table, cfg), cfg)   # the profile's solver setting
-    written = figures.write_all(table, [analysis.load(p) for p in args.analysis], args.out_dir, cfg["profile"],
-                                [trajectory.load(p) for p in args.trajectory])
+    table = results.profile_rows(results.load_table(args.table, cfg), cfg)  # the profile's solver setting
+    written = figures.write_all(
+        table,
+        [analysis.load(p) for p in args.analysis],
+        args.out_dir,
+        cfg["profile"],
+        [trajectory.load(p) for p in args.trajectory],
+    )
     print(f"wrote {len(written)} files to {args.out_dir}")
     return 0

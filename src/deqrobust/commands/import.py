@@ -2,6 +2,7 @@
 
 The module is named after its command (cli.py imports ``deqrobust.commands.<command>``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,10 +46,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="SOURCE", help="the authors' checkpoint file (.pth.tar)")
     parser.add_argument("--grad", required=True, choices=GRADS, help="gradient mode the model was trained with")
     parser.add_argument("--training", required=True, choices=TRAININGS, help="standard training or PGD-AT")
-    parser.add_argument("--out", required=True, metavar="OUT", help="deqrobust checkpoint to write (e.g. checkpoint.pt)")
-    parser.add_argument("--name", default="imported",
-                        help="model name in the spec and in every result (default: imported); a model name of the "
-                             "config makes evaluation use that model's training section")
+    parser.add_argument(
+        "--out", required=True, metavar="OUT", help="deqrobust checkpoint to write (e.g. checkpoint.pt)"
+    )
+    parser.add_argument(
+        "--name",
+        default="imported",
+        help="model name in the spec and in every result (default: imported); a model name of the "
+        "config makes evaluation use that model's training section",
+    )
     add_force_argument(parser, "checkpoint at OUT")
 
 
@@ -59,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
     spec = import_checkpoint(args.source, args.out, args.grad, args.training, args.name)
     source = spec["source"]
     extra = "".join(f", {key} {source[key]}" for key in ("epoch", "perf") if key in source)
-    print(f"{args.out}: MDEQ-{spec['size'].upper()} ({spec['training']}, grad {spec['grad']}, name {spec['name']}) "
-          f"from {source['file']} (md5 {source['md5']}, {source['layout']}{extra})")
+    print(
+        f"{args.out}: MDEQ-{spec['size'].upper()} ({spec['training']}, grad {spec['grad']}, name {spec['name']}) "
+        f"from {source['file']} (md5 {source['md5']}, {source['layout']}{extra})"
+    )
     return 0

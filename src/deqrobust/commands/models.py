@@ -1,4 +1,5 @@
 """``deqrobust models``: every architecture and size with its parameter count."""
+
 from __future__ import annotations
 
 import argparse

@@ -3,6 +3,7 @@
 Launched by ``torchrun --nproc_per_node N -m deqrobust.cli train ...`` it trains data-parallel
 over N processes (deqrobust.distributed); rank 0 writes the outputs and prints the summary.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,13 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from deqrobust import config, training
-    from deqrobust.joblock import claim
-
     import os
     from pathlib import Path
 
+    from deqrobust import config, training
     from deqrobust.checkpoint import RESUME
+    from deqrobust.joblock import claim
 
     cfg = config.load(args.config, args.overrides)
     out = Path(args.out)
@@ -32,12 +32,14 @@ def run(args: argparse.Namespace) -> int:
     # other ranks may start after it has already finished a nearly done training.
     if os.environ.get("RANK", "0") == "0" and not (out / RESUME).is_file():
         refuse_overwrite(out / "checkpoint.pt", args.force, "a finished model")
-    with claim(args.out):   # one writer per model folder; stops if its snakemake dies
+    with claim(args.out):  # one writer per model folder; stops if its snakemake dies
         summary = training.train(cfg, args.model, args.out)
-    if summary is None:     # a rank > 0 of a data-parallel run (torchrun): rank 0 reports
+    if summary is None:  # a rank > 0 of a data-parallel run (torchrun): rank 0 reports
         return 0
     key = summary["selected_by"]
-    print(f"{args.model}: selected epoch {summary['best_epoch']:.2f} ({key} {summary['dev'][key]:.4f}), "
-          f"test clean accuracy {summary['test_clean_acc']:.4f}; "
-          f"{summary['iterations']} iterations in {summary['wall_seconds']:.0f} s")
+    print(
+        f"{args.model}: selected epoch {summary['best_epoch']:.2f} ({key} {summary['dev'][key]:.4f}), "
+        f"test clean accuracy {summary['test_clean_acc']:.4f}; "
+        f"{summary['iterations']} iterations in {summary['wall_seconds']:.0f} s"
+    )
     return 0

@@ -1,5 +1,6 @@
 """``deqrobust trajectory``: the training dynamics of one trained DEQ, from the snapshots its
 training kept (see deqrobust.trajectory)."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,13 @@ def run(args: argparse.Namespace) -> int:
 
     record = analysis_record(args, lambda cfg, device, progress: trajectory.run(cfg, args.snapshots, device, progress))
     trend = trajectory.trend(record)
-    change = "fewer than two snapshots after pretraining" if trend["residual"] is None else (
-        f"log10 deployed residual, epoch {trend['first']:g} to {trend['last']:g}: {trend['residual'].summary()}")
-    print(f"trajectory of {record['model']['name']}: {len(record['snapshots'])} snapshots on {record['num_examples']} "
-          f"images ({record['timing']['seconds']:.0f} s); {change}; wrote {args.out}")
+    change = (
+        "fewer than two snapshots after pretraining"
+        if trend["residual"] is None
+        else (f"log10 deployed residual, epoch {trend['first']:g} to {trend['last']:g}: {trend['residual'].summary()}")
+    )
+    print(
+        f"trajectory of {record['model']['name']}: {len(record['snapshots'])} snapshots on {record['num_examples']} "
+        f"images ({record['timing']['seconds']:.0f} s); {change}; wrote {args.out}"
+    )
     return 0

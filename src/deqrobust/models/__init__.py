@@ -1,4 +1,5 @@
 """Model construction from a config spec: the MDEQ and the same-size deep baselines."""
+
 from __future__ import annotations
 
 from torch import nn
@@ -34,6 +35,9 @@ def describe_architectures() -> list[tuple[str, dict]]:
     from deqrobust.models.mdeq import SIZES
 
     rows = [(f"mdeq-{size}", {"arch": "mdeq", "size": size}) for size in SIZES]
-    rows += [("preact_resnet18-w8", {"arch": "preact_resnet18", "width": 8}),
-             ("preact_resnet18", {"arch": "preact_resnet18"}), ("wrn34_10", {"arch": "wrn34_10"})]
+    rows += [
+        ("preact_resnet18-w8", {"arch": "preact_resnet18", "width": 8}),
+        ("preact_resnet18", {"arch": "preact_resnet18"}),
+        ("wrn34_10", {"arch": "wrn34_10"}),
+    ]
     return rows

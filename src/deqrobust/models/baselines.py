@@ -6,6 +6,7 @@ return logits. Both are pre-activation networks (He et al. 2016; Zagoruyko & Kom
 al., Rice et al.): BN-ReLU before each conv, a 1x1-conv shortcut that reads the
 pre-activated input where the shape changes, and a final BN-ReLU before pooling.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,8 +23,7 @@ class PreActBlock(nn.Module):
         self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, stride=1, padding=1, bias=False)
-        self.shortcut = (nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
-                         if stride != 1 or cin != cout else None)
+        self.shortcut = nn.Conv2d(cin, cout, 1, stride=stride, bias=False) if stride != 1 or cin != cout else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(x))
@@ -42,8 +42,11 @@ class PreActNet(nn.Module):
         stages, cin = [], stem
         for i, (width, n) in enumerate(zip(widths, counts)):
             stride = 1 if i == 0 else 2
-            stages.append(nn.Sequential(*[PreActBlock(cin if j == 0 else width, width, stride if j == 0 else 1)
-                                          for j in range(n)]))
+            stages.append(
+                nn.Sequential(
+                    *[PreActBlock(cin if j == 0 else width, width, stride if j == 0 else 1) for j in range(n)]
+                )
+            )
             cin = width
         self.stages = nn.Sequential(*stages)
         self.bn = nn.BatchNorm2d(cin)

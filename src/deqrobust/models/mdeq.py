@@ -5,6 +5,7 @@ parity is measured by parameter count (LARGE 11,097,438 and XL 48,792,098 with w
 norm's g and v both counted). The equilibrium state of all branches is one flat tensor
 of shape (batch, state_size) so that solvers and gradient estimators are model-agnostic.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -98,7 +99,7 @@ class ResidualBlock(nn.Module):
         out = torch.relu_(self.gn1(_conv(self.conv1, z)))
         out = self.drop(_conv(self.conv2, out))
         if injection is not None:
-            out = out.add_(injection)          # in place: fresh intermediates nobody else holds
+            out = out.add_(injection)  # in place: fresh intermediates nobody else holds
         out = self.gn2(out).add_(z)
         return self.gn3(torch.relu_(out))
 
@@ -139,7 +140,9 @@ class MultiscaleLayer(nn.Module):
             for i in range(n)
         )
         self.post = nn.ModuleList(
-            nn.Sequential(nn.ReLU(), weight_norm(nn.Conv2d(c, c, 1, bias=False)), nn.GroupNorm(GROUPS // 2, c, affine=False))
+            nn.Sequential(
+                nn.ReLU(), weight_norm(nn.Conv2d(c, c, 1, bias=False)), nn.GroupNorm(GROUPS // 2, c, affine=False)
+            )
             for c in channels
         )
 
@@ -148,7 +151,7 @@ class MultiscaleLayer(nn.Module):
         fused = []
         for i, row in enumerate(self.fuse):
             parts = [layer(blocks[j]) for j, layer in enumerate(row)]
-            total = parts[0] + parts[1] if len(parts) > 1 else parts[0]   # a fresh tensor (never blocks[i] itself)
+            total = parts[0] + parts[1] if len(parts) > 1 else parts[0]  # a fresh tensor (never blocks[i] itself)
             for part in parts[2:]:
                 total = total.add_(part)
             relu, conv, norm = self.post[i]
@@ -165,11 +168,18 @@ class Bottleneck(nn.Module):
         cout = width * self.expansion
         # The authors' head bottleneck uses non-affine batch norms (only its shortcut's is affine).
         self.body = nn.Sequential(
-            nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width, affine=False), nn.ReLU(),
-            conv3x3(width, width), nn.BatchNorm2d(width, affine=False), nn.ReLU(),
-            nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout, affine=False),
+            nn.Conv2d(cin, width, 1, bias=False),
+            nn.BatchNorm2d(width, affine=False),
+            nn.ReLU(),
+            conv3x3(width, width),
+            nn.BatchNorm2d(width, affine=False),
+            nn.ReLU(),
+            nn.Conv2d(width, cout, 1, bias=False),
+            nn.BatchNorm2d(cout, affine=False),
         )
-        self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout)) if cin != cout else nn.Identity()
+        self.shortcut = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout)) if cin != cout else nn.Identity()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.body(x) + self.shortcut(x))
@@ -186,7 +196,9 @@ class ClassificationHead(nn.Module):
             nn.Sequential(conv3x3(wide[i], wide[i + 1], stride=2, bias=True), nn.BatchNorm2d(wide[i + 1]), nn.ReLU())
             for i in range(len(wide) - 1)
         )
-        self.final = nn.Sequential(nn.Conv2d(wide[-1], size.final_width, 1), nn.BatchNorm2d(size.final_width), nn.ReLU())
+        self.final = nn.Sequential(
+            nn.Conv2d(wide[-1], size.final_width, 1), nn.BatchNorm2d(size.final_width), nn.ReLU()
+        )
         self.classifier = nn.Linear(size.final_width, num_classes)
 
     def forward(self, zs: list[torch.Tensor]) -> torch.Tensor:
@@ -213,9 +225,15 @@ class MDEQ(nn.Module):
         channels = self.size.channels
         c0, down = channels[0], self.size.downsample
         self.stem = nn.Sequential(
-            conv3x3(3, c0, stride=2 if down >= 1 else 1), nn.BatchNorm2d(c0), nn.ReLU(),
-            conv3x3(c0, c0, stride=2 if down >= 2 else 1), nn.BatchNorm2d(c0), nn.ReLU(),
-            nn.Conv2d(c0, c0, 1, bias=False), nn.BatchNorm2d(c0), nn.ReLU(),
+            conv3x3(3, c0, stride=2 if down >= 1 else 1),
+            nn.BatchNorm2d(c0),
+            nn.ReLU(),
+            conv3x3(c0, c0, stride=2 if down >= 2 else 1),
+            nn.BatchNorm2d(c0),
+            nn.ReLU(),
+            nn.Conv2d(c0, c0, 1, bias=False),
+            nn.BatchNorm2d(c0),
+            nn.ReLU(),
         )
         self.layer = MultiscaleLayer(channels, self.size.dropout)
         self.head_net = ClassificationHead(self.size, num_classes)
@@ -282,7 +300,10 @@ class MDEQ(nn.Module):
         """Per-branch NCHW tensors from the flat state (channels-last views when ``channels_last()``)."""
         sizes = [c * h * w for c, h, w in self.shapes]
         if self.channels_last():
-            return [part.unflatten(1, (h, w, c)).permute(0, 3, 1, 2) for part, (c, h, w) in zip(z.split(sizes, dim=1), self.shapes)]
+            return [
+                part.unflatten(1, (h, w, c)).permute(0, 3, 1, 2)
+                for part, (c, h, w) in zip(z.split(sizes, dim=1), self.shapes)
+            ]
         return [part.reshape(-1, *shape) for part, shape in zip(z.split(sizes, dim=1), self.shapes)]
 
     def join(self, zs: list[torch.Tensor]) -> torch.Tensor:
