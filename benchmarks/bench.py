@@ -71,9 +71,10 @@ from deqrobust.attacks.pgd import pgd
 from deqrobust.deq_logits import DEQLogits
 from deqrobust.estimators import build_estimator
 from deqrobust.evaluation import attack_batch, attacked_model, own_estimator
+from deqrobust.instances import instances
 from deqrobust.models import is_deq
 from deqrobust.models.mdeq import MDEQ
-from deqrobust.plan import instances, spec_of
+from deqrobust.plan import spec_of
 from deqrobust.sizes import SIZES
 from deqrobust.training import Trainer
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 from toy_deq import ToyDEQ
 
-from deqrobust import analysis, plan
-from deqrobust.config import ConfigError
+from deqrobust import analysis, plan, vocab
+from deqrobust.errors import ConfigError
 from deqrobust.estimators import Exact, SolverAutograd, _RewriteGrad
 from deqrobust.models import build_model
 from deqrobust.models.mdeq import MDEQ
@@ -151,7 +151,12 @@ def test_analyze_command(tmp_path, cifar_archive, make_config):
     assert analyze.run(args) == 0
     record = analysis.load(out)
     assert record["model"] == {"name": "deq", "arch": "mdeq", "size": "tiny", "training": "standard", "grad": "exact"}
-    assert record["num_examples"] == 4 and record["solver"] == {"name": "broyden", "budget": 5, "tol": 0.0}
+    assert record["num_examples"] == 4 and record["solver"] == {
+        "name": "broyden",
+        "budget": 5,
+        "tol": 0.0,
+        "coupling": "sample",
+    }
     assert record["tol"] == cfg["solver"]["tol"] and record["attack_spec"] == {"name": "pgd", "steps": 1}
     for kind in ("clean", "adversarial"):
         assert len(record["inputs"][kind]["per_sample"]["rel_residual"]) == 4
@@ -204,7 +209,7 @@ def diagnosed(**estimators: tuple[dict, list]) -> dict:
     """plan.diagnosed's form: name -> (spec, states)."""
     return {
         "estimators": {name: {"spec": spec, "states": states} for name, (spec, states) in estimators.items()},
-        "true_gradient": plan.TRUE_GRADIENT,
+        "true_gradient": vocab.TRUE_GRADIENT,
     }
 
 
@@ -282,11 +287,11 @@ def test_batch_dependence_is_one_per_sample_and_below_one_under_batch_coupling()
     )
     assert set(result) == {"sample", "batch"}
     for coupling in result.values():
-        assert set(coupling) == {"exact", "intermediate", plan.TRUE_GRADIENT}
+        assert set(coupling) == {"exact", "intermediate", vocab.TRUE_GRADIENT}
         assert coupling["intermediate"]["state"] == 4 and coupling["exact"]["state"] == "final"
         assert all(len(entry["cosine"]) == 5 for entry in coupling.values())  # the first 5 of the batch of 6
     assert all(min(entry["cosine"]) > 1 - 1e-10 for entry in result["sample"].values())
-    for name in ("exact", plan.TRUE_GRADIENT):
+    for name in ("exact", vocab.TRUE_GRADIENT):
         assert min(result["batch"][name]["cosine"]) < 0.9, result["batch"][name]
         assert result["batch"][name]["median"] == pytest.approx(np.median(result["batch"][name]["cosine"]))
 
@@ -302,7 +307,7 @@ def test_diagnosed_defaults_cover_the_papers_estimators_and_bad_entries_are_name
     for name, entry in chosen["estimators"].items():
         budget = cfg["solver"]["budget"]
         assert entry["states"] == (["final"] if types[name] in plan.DIAGNOSED_AT_FINAL else list(range(1, budget + 1)))
-    assert chosen["true_gradient"] == plan.TRUE_GRADIENT
+    assert chosen["true_gradient"] == vocab.TRUE_GRADIENT
     assert "diagnosed" in plan.analysis_slice(cfg)  # a changed spec reruns the analysis
 
     def diagnostics(**section):
@@ -312,7 +317,7 @@ def test_diagnosed_defaults_cover_the_papers_estimators_and_bad_entries_are_name
             "evaluation": {
                 **cfg["evaluation"],
                 "estimators": {  # 'truth' the only true-gradient estimator
-                    **{k: v for k, v in cfg["evaluation"]["estimators"].items() if v["name"] != plan.TRUE_GRADIENT},
+                    **{k: v for k, v in cfg["evaluation"]["estimators"].items() if v["name"] != vocab.TRUE_GRADIENT},
                     "truth": {"name": "solver_autograd"},
                 },
             },

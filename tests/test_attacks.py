@@ -13,7 +13,7 @@ from torch import nn
 from deqrobust.attacks import build_attack
 from deqrobust.attacks.autoattack import capture, configure
 from deqrobust.attacks.pgd import pgd
-from deqrobust.config import ConfigError
+from deqrobust.errors import ConfigError
 
 SIDE = 8  # image side: small, square (Square attack assumes square images)
 

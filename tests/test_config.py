@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deqrobust import config, plan, specs
-from deqrobust.config import ConfigError
+from deqrobust import config, instances, plan, schema, specs, vocab
+from deqrobust.errors import ConfigError
 from deqrobust.sizes import SIZES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,6 +31,21 @@ def refused(*overrides: str) -> str:
     with pytest.raises(ConfigError) as err:
         load(*overrides)
     return str(err.value)
+
+
+def test_every_section_gets_the_schema_defaults(tmp_path):
+    """A profile that leaves out solver.budget (and every other solver key) runs with the schema's
+    defaults: the later steps read a resolved config, with no default of their own."""
+    raw = yaml.safe_load(SMOKE.read_text())
+    del raw["solver"]["budget"]
+    raw["backward_solver"] = {"tol": 0.01}
+    path = tmp_path / "no-budget.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load(files=(path,))
+    solver = schema.schema()["definitions"]["solver"]["properties"]
+    assert cfg["solver"] == {**{k: v["default"] for k, v in solver.items()}, "tol": raw["solver"]["tol"]}
+    assert cfg["backward_solver"] == {**cfg["solver"], "tol": 0.01}
+    assert {c.state for c in plan.cells(cfg)} >= {"final"} and plan.cell_slice(cfg, "exact", "pgd2")["solver"]["budget"]
 
 
 def test_config_and_plan_import_no_torch():
@@ -73,7 +88,7 @@ def test_commands_never_import_the_cli():
     ],
 )
 def test_numbers_in_exponent_form_are_numbers(text, value):
-    read = config.read_yaml(text)
+    read = schema.read_yaml(text)
     if value is None:
         assert read != read  # NaN
     else:
@@ -103,10 +118,10 @@ def test_files_merge_in_order_and_overrides_win(tmp_path):
 
 def test_model_spec_deep_merges_training_overrides():
     cfg = load("models.deq-std.training_overrides={unroll: {k: 7}, epochs: 2, batch_size: 1e1}")
-    merged = config.model_spec(cfg, "deq-std")["training_config"]
+    merged = instances.model_spec(cfg, "deq-std")["training_config"]
     assert merged["unroll"] == {"lam": cfg["training"]["unroll"]["lam"], "k": 7} and merged["epochs"] == 2
     assert merged["batch_size"] == 10 and type(merged["batch_size"]) is int
-    assert config.model_spec(cfg, "deq-adv")["training_config"] == cfg["training"]
+    assert instances.model_spec(cfg, "deq-adv")["training_config"] == cfg["training"]
 
 
 # ---- refused, by key, with what is valid ---------------------------------------------------
@@ -201,7 +216,7 @@ def test_states_follow_the_one_grammar():
     cfg = load("evaluation.cells=[{estimators: [intermediate], attacks: [pgd2], states: [0, '3', final, ensemble]}]")
     states = [c.state for c in plan.cells(cfg) if c.model == "deq-std"]
     assert states == ["0", "3", "final", "ensemble"]
-    assert all(re.fullmatch(plan.STATE_RE, text) for text in states)
+    assert all(re.fullmatch(vocab.STATE_RE, text) for text in states)
 
 
 @pytest.mark.parametrize(
@@ -258,7 +273,7 @@ def test_cells_follow_the_config():
     assert len(cells) == len(set(cells))
     ev = cfg["evaluation"]
     expected = {
-        (m, e, a, str(s), g.get("coupling"), g.get("batch_size"))
+        (m, e, a, str(s), vocab.SolveSetting(g.get("coupling"), g.get("batch_size")))
         for m in ("deq-std", "deq-adv")
         for g in ev["cells"]
         if m in g.get("models", [m])
@@ -266,7 +281,9 @@ def test_cells_follow_the_config():
         for a in g["attacks"]
         for s in g["states"]
     }
-    expected |= {("resnet18-adv", plan.BASELINE_ESTIMATOR, a, plan.FINAL, None, None) for a in ev["baseline_attacks"]}
+    expected |= {
+        ("resnet18-adv", vocab.BASELINE_ESTIMATOR, a, vocab.FINAL, vocab.SolveSetting()) for a in ev["baseline_attacks"]
+    }
     assert set(cells) == expected
     assert plan.deqs(cfg) == ["deq-std", "deq-adv"] and plan.baselines(cfg) == ["resnet18-adv"]
 
@@ -277,22 +294,27 @@ def test_a_coupled_group_is_its_own_cells_with_its_own_path_and_slice():
     slice with both solvers batch-coupled; the profile's cells keep their paths and slices."""
     cfg = load()
     cells = plan.cells(cfg)
-    coupled = [c for c in cells if c.coupling is not None]
-    assert {(c.model, c.estimator, c.attack, c.state, c.coupling, c.batch_size) for c in coupled} == {
-        ("deq-adv", e, "pgd2", "final", "batch", 10) for e in ("exact", "solver_autograd")
+    batch10 = vocab.SolveSetting("batch", 10)
+    coupled = [c for c in cells if c.setting != vocab.SolveSetting()]
+    assert {tuple(c) for c in coupled} == {
+        ("deq-adv", e, "pgd2", "final", batch10) for e in ("exact", "solver_autograd")
     }
     assert plan.Cell("deq-adv", "exact", "pgd2", "final") in cells  # the per-sample one stays
-    assert [plan.solve_suffix(c) for c in coupled] == [".batch10"] * 2
-    assert plan.parse_solve(".batch10") == ("batch", 10) and plan.parse_solve("") == (None, None)
-    assert all(plan.solve_suffix(c) == "" for c in cells if c.coupling is None)
+    assert [c.setting.suffix for c in coupled] == [".batch10"] * 2
+    assert vocab.SolveSetting.parse_suffix(".batch10") == batch10
+    assert vocab.SolveSetting.parse_suffix("") == vocab.SolveSetting()
+    assert all(c.setting.suffix == "" for c in cells if c not in coupled)
     plain = plan.cell_slice(cfg, "exact", "pgd2")
-    batch = plan.cell_slice(plan.cell_config(cfg, "batch", 10), "exact", "pgd2")
-    assert plan.cell_config(cfg) is cfg and "coupling" not in plain["solver"]  # the profile's: as written
+    batch = plan.cell_slice(plan.cell_config(cfg, batch10), "exact", "pgd2")
+    assert plan.cell_config(cfg) is cfg and plain["solver"]["coupling"] == "sample"  # the profile's, resolved
     assert batch["solver"]["coupling"] == batch["backward_solver"]["coupling"] == "batch"
     assert {k: v for k, v in batch.items() if k not in ("solver", "backward_solver")} == {
         k: v for k, v in plain.items() if k not in ("solver", "backward_solver")
     }
-    assert plan.coupling_of(cfg) == "sample" and plan.coupling_of(plan.cell_config(cfg, "batch")) == "batch"
+    assert (
+        plan.coupling_of(cfg) == "sample"
+        and plan.coupling_of(plan.cell_config(cfg, vocab.SolveSetting("batch"))) == "batch"
+    )
 
 
 @pytest.mark.parametrize(
@@ -309,7 +331,7 @@ def test_a_coupled_group_is_its_own_cells_with_its_own_path_and_slice():
 def test_a_group_is_off_the_profile_only_where_its_setting_differs(group, expected):
     cfg = load()
     cfg["evaluation"]["cells"] = [{"estimators": ["exact"], "attacks": ["pgd2"], "states": ["final"], **group}]
-    assert {c[4:] for c in plan.cells(cfg) if c.estimator == "exact"} == {expected}
+    assert {c.setting for c in plan.cells(cfg) if c.estimator == "exact"} == {vocab.SolveSetting(*expected)}
 
 
 def test_a_mixed_profile_is_named_and_a_group_coupling_sets_both_solvers():
@@ -364,7 +386,7 @@ def test_cell_slice_holds_the_specs_of_its_cell():
     cfg = load()
     one = plan.cell_slice(cfg, "exact", "pgd2")
     assert one["estimator"] == {"name": "exact"} and one["attack"] == cfg["evaluation"]["attacks"]["pgd2"]
-    assert plan.cell_slice(cfg, plan.BASELINE_ESTIMATOR, "pgd2")["estimator"] is None
+    assert plan.cell_slice(cfg, vocab.BASELINE_ESTIMATOR, "pgd2")["estimator"] is None
     other = load("evaluation.attacks.apgd-ce.n_iter=3")
     assert plan.cell_slice(other, "exact", "pgd2") == one and plan.cell_slice(
         other, "exact", "apgd-ce"
@@ -372,7 +394,7 @@ def test_cell_slice_holds_the_specs_of_its_cell():
 
 
 def test_every_model_has_resources():
-    archs = config.schema()["properties"]["models"]["additionalProperties"]["properties"]["arch"]["enum"]
+    archs = schema.schema()["properties"]["models"]["additionalProperties"]["properties"]["arch"]["enum"]
     assert set(plan.RESOURCES) == set(SIZES) | {a for a in archs if a != "mdeq"}
     cfg = load()
     assert plan.resources(cfg, "deq-std") == plan.RESOURCES["mini"] != plan.RESOURCES["large"]

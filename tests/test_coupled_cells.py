@@ -23,6 +23,7 @@ from deqrobust.evaluation import run_cell
 from deqrobust.models import build_model
 from deqrobust.scoring import all_state_logits
 from deqrobust.solvers import solve
+from deqrobust.vocab import SolveSetting
 
 N_TEST = 12
 SOLVER = {"name": "broyden", "budget": 3, "tol": 1e-3}  # the tolerance is set from the fixture's residuals below
@@ -127,7 +128,7 @@ def test_a_coupled_cell_attacks_and_scores_under_batch_coupling_at_its_batch(tra
     assert not torch.allclose(batch3["logits"], sample["logits"], rtol=0, atol=1e-6)
     solves.clear()
     coupled = run_cell(
-        cfg, str(tmp / "deq.pt"), "exact", "pgd1", "final", tmp / "coupled.json", coupling="batch", batch_size=3
+        cfg, str(tmp / "deq.pt"), "exact", "pgd1", "final", tmp / "coupled.json", SolveSetting("batch", 3)
     )
     assert solves and set(solves) == {("batch", 3)}  # every solve of the cell: batch-coupled, 3 images
     solves.clear()
@@ -150,7 +151,7 @@ CFG = {
     "training": {"epochs": 1},
     "models": {"deq-adv": {"arch": "mdeq", "size": "mini", "training": "pgd", "grad": "exact"}},
     "solver": {"name": "broyden", "budget": 2, "tol": 1e-3, "coupling": "sample"},
-    "backward_solver": {"name": "broyden", "budget": 2, "tol": 1e-3},
+    "backward_solver": {"name": "broyden", "budget": 2, "tol": 1e-3, "coupling": "sample"},
     "evaluation": {"batch_size": 100, "attacks": ATTACKS, "estimators": ESTIMATORS},
 }
 

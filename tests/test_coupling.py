@@ -7,8 +7,9 @@ import pytest
 import torch
 from toy_deq import ToyDEQ
 
-from deqrobust.config import ConfigError, load
+from deqrobust.config import load
 from deqrobust.deq_logits import DEQLogits
+from deqrobust.errors import ConfigError
 from deqrobust.estimators import Exact, build_estimator
 from deqrobust.gradients import batch_dependence, input_gradient
 from deqrobust.models.mdeq import MDEQ

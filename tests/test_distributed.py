@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from conftest import synthetic_batches, write_archive, write_config
 
 from deqrobust import config, data, distributed
-from deqrobust.config import ConfigError
+from deqrobust.errors import ConfigError
 from deqrobust.training import Trainer
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from toy_deq import ToyDEQ
 
-from deqrobust.config import ConfigError
 from deqrobust.deq_logits import DEQLogits
+from deqrobust.errors import ConfigError
 from deqrobust.estimators import build_estimator
 from deqrobust.models.mdeq import MDEQ
 

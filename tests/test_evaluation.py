@@ -6,12 +6,13 @@ import pandas as pd
 import pytest
 import torch
 
-from deqrobust import config, data, results
+from deqrobust import config, data, instances, results
 from deqrobust.checkpoint import save_checkpoint
-from deqrobust.config import ConfigError
+from deqrobust.errors import ConfigError
 from deqrobust.evaluation import run_cell, select_exit
 from deqrobust.models import build_model
-from deqrobust.results import merge, wilson
+from deqrobust.results import merge
+from deqrobust.stats import wilson
 
 EVALUATION = {
     "num_examples": 6,
@@ -50,7 +51,7 @@ def test_cell_scores_every_defense_and_state_and_resumes(setup, monkeypatch):
     keys = {"final", "ensemble", "state_1", "state_2", "state_3"}
     assert set(cell["clean"]) == keys == set(cell["adversarial"])
     assert all(len(v) == 6 for v in cell["adversarial"].values())
-    assert cell["attacked_state"] == 2 and cell["num_examples"] == 6
+    assert cell["attacked_state"] == "2" and cell["num_examples"] == 6
     assert not (tmp / "cells" / "a.json.partial").exists()
     # Interrupted after the first batch: the rerun scores only the second one, same result.
     import deqrobust.evaluation as ev
@@ -318,7 +319,7 @@ def test_records_of_a_seed_instance_carry_its_base_model_and_seed(tmp_path, cifa
         )
     )
     data.prepare(cfg)
-    spec = config.model_spec(cfg, "deq.s2")
+    spec = instances.model_spec(cfg, "deq.s2")
     assert spec["name"] == "deq.s2" and "seeds" not in spec
     save_checkpoint(tmp_path / "deq.pt", build_model(spec), spec, epoch=1.0, metrics={}, profile="test")
     cell = run_cell(cfg, str(tmp_path / "deq.pt"), "inter", "pgd1", 1, tmp_path / "cell.json")

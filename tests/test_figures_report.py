@@ -12,8 +12,8 @@ import pytest
 from conftest import run_command
 
 from deqrobust import analysis, figures, results, stats
-from deqrobust.plan import BASELINE_ESTIMATOR
-from deqrobust.results import wilson
+from deqrobust.stats import wilson
+from deqrobust.vocab import BASELINE_ESTIMATOR
 
 ROOT = Path(__file__).resolve().parents[1]
 STATES = (1, 2, 3, 4)
@@ -22,7 +22,8 @@ ESTIMATORS = {name: {"name": name} for name in ("exact", "unroll", "intermediate
 CFG = {
     "profile": "unit",
     "training": {"epochs": 1},
-    "solver": {"name": "broyden", "budget": 4, "tol": 1e-3},
+    "solver": {"name": "broyden", "budget": 4, "tol": 1e-3, "coupling": "sample"},
+    "backward_solver": {"name": "broyden", "budget": 4, "tol": 1e-3, "coupling": "sample"},
     "evaluation": {"attacks": ATTACKS, "estimators": ESTIMATORS},
     "models": {
         "deq_std": {"arch": "mdeq", "size": "tiny", "training": "standard", "grad": "exact"},

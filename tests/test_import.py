@@ -21,9 +21,9 @@ from deqrobust import cli
 from deqrobust.atomic import torch_load
 from deqrobust.authors import import_checkpoint, ours_from_theirs, theirs_from_ours, to_ours
 from deqrobust.checkpoint import load_checkpoint
-from deqrobust.config import ConfigError
 from deqrobust.data import md5_of
 from deqrobust.deq_logits import DEQLogits
+from deqrobust.errors import ConfigError
 from deqrobust.estimators import Exact, Unroll, build_estimator, model_estimator
 from deqrobust.models import build_model
 from deqrobust.models.mdeq import MDEQ

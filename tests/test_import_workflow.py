@@ -20,7 +20,7 @@ from conftest import write_authors_file
 from test_workflow import REPO, job_stats, output_of, snakemake, workdir, write_yaml  # noqa: F401 (workdir: fixture)
 
 from deqrobust import config, plan
-from deqrobust.config import ConfigError
+from deqrobust.errors import ConfigError
 
 IMPORT = "config/import.yaml"
 MODEL = "authors-large"

@@ -4,7 +4,7 @@ authors' whole-batch rule (coupling: batch); solves that keep their graph."""
 import pytest
 import torch
 
-from deqrobust.config import ConfigError
+from deqrobust.errors import ConfigError
 from deqrobust.solvers import SOLVERS, solve
 
 

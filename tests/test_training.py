@@ -18,7 +18,7 @@ from conftest import synthetic_batches, write_archive, write_config
 
 from deqrobust import config, data, seeds
 from deqrobust.checkpoint import load_checkpoint, save_checkpoint
-from deqrobust.config import ConfigError
+from deqrobust.errors import ConfigError
 from deqrobust.models import build_model
 from deqrobust.training import Trainer
 

@@ -13,7 +13,7 @@ from conftest import run_command, synthetic_batches, write_archive, write_config
 from deqrobust import config, data, stats, trajectory
 from deqrobust.analysis import deployed_residual
 from deqrobust.checkpoint import load_checkpoint
-from deqrobust.config import ConfigError
+from deqrobust.errors import ConfigError
 from deqrobust.evaluation import own_estimator, score
 from deqrobust.training import train
 

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from toy_deq import ToyDEQ
 
-from deqrobust.config import ConfigError
 from deqrobust.deq_logits import DEQLogits
+from deqrobust.errors import ConfigError
 from deqrobust.estimators import Exact, build_estimator, true_gradient
 from deqrobust.gradients import cosine, deployed_model, input_gradient, true_gradient_model
 from deqrobust.models.mdeq import MDEQ

@@ -17,7 +17,8 @@ import yaml
 from conftest import run_command
 
 from deqrobust import analysis, config, report, results, stats
-from deqrobust.plan import BASELINE_ESTIMATOR
+from deqrobust.errors import ConfigError
+from deqrobust.vocab import BASELINE_ESTIMATOR
 
 ATTACKS = {"pgd10": {"name": "pgd", "steps": 10}, "apgd": {"name": "apgd-ce", "n_iter": 20}}
 ESTIMATORS = {
@@ -35,9 +36,10 @@ MODELS = {
 CFG = {
     "profile": "unit",
     "models": MODELS,
-    "solver": {"name": "broyden", "budget": 3, "tol": 1e-3},
+    "solver": {"name": "broyden", "budget": 3, "tol": 1e-3, "coupling": "sample"},
+    "backward_solver": {"name": "broyden", "budget": 3, "tol": 1e-3, "coupling": "sample"},
     "evaluation": {"num_examples": 300, "attacks": ATTACKS, "estimators": ESTIMATORS},
-}
+}  # as resolved by config.load: the solvers' every key
 
 
 def first(n: int, k: int) -> list[int]:
@@ -513,16 +515,16 @@ def test_the_report_refuses_inputs_of_different_runs(tmp_path: Path):
     )  # one run: accepted
     other = Lab(tmp_path / "other")
     paper_like(other, exact=160)  # another run's table
-    with pytest.raises(config.ConfigError, match="the table and the per-example outcomes come from different runs"):
+    with pytest.raises(ConfigError, match="the table and the per-example outcomes come from different runs"):
         report.check_runs(results.tabulate(other.outcomes()), outcomes, {})
     with pytest.raises(
-        config.ConfigError,
+        ConfigError,
         match=f"{record} was made from another checkpoint of 'deq-adv' "
         r"\(MD5 bbbb\) than its evaluation cells \(aaaa\)",
     ):
         report.check_runs(table, outcomes, {str(record): {**analysis_record, "checkpoint_md5": "bbbb"}})
     stamp(lab.cells[:1], "cccc")  # one stale cell
-    with pytest.raises(config.ConfigError, match="cells of model 'deq-adv' were made from different checkpoints"):
+    with pytest.raises(ConfigError, match="cells of model 'deq-adv' were made from different checkpoints"):
         lab.outcomes()
 
 

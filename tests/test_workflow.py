@@ -233,6 +233,15 @@ def test_dry_run_lists_the_whole_matrix(profile, workdir):
     assert job_stats(output_of(proc)) == expected_jobs(load(profile), notebooks)
 
 
+def test_a_profile_without_a_solver_budget_plans_with_the_default(workdir):
+    raw = load("smoke")
+    del raw["solver"]["budget"]
+    path = write_yaml(workdir / "config" / "no-budget.yaml", {**raw, "results": "results/no-budget"})
+    proc = snakemake(workdir, "-n", "-p", "--configfile", str(path))
+    assert proc.returncode == 0, output_of(proc)[-3000:]
+    assert "KeyError" not in output_of(proc) and "deqrobust evaluate" in output_of(proc)
+
+
 def test_paper_matrix_size():
     """The paper's matrix: 8 DEQs x (4 x 3 final-state + 7 x 2 x 8 intermediate + 3 x 2 ensemble) cells
     + 2 x 2 baseline cells + the 4 PGD-AT DEQs' key cells under batch coupling (3 final-state + 8 states)."""
@@ -621,6 +630,64 @@ def _same_training(a: Path, b: Path) -> None:
     assert all(torch.equal(ca["state_dict"][k], cb["state_dict"][k]) for k in ca["state_dict"]), a.name
 
 
+def report_verdicts(text: str) -> dict[str, str]:
+    """Claim number -> verdict, from report.md's verdict table."""
+    return dict(re.findall(r"^\| (\d) \| \*\*([^*]+)\*\* \|", text, re.M))
+
+
+def notebook_verdicts(*paths: Path) -> dict[str, str]:
+    """Claim number -> verdict, from the "**Claim N: verdict.**" lines executed notebooks show."""
+    found = {}
+    for path in paths:
+        for cell in json.loads(path.read_text())["cells"]:
+            for out in cell.get("outputs", []):
+                text = out.get("data", {}).get("text/markdown", out.get("text", ""))
+                found.update(re.findall(r"\*\*Claim (\d): ([^*]+?)\.\*\*", "".join(text)))
+    return found
+
+
+def decide_elsewhere(workdir: Path, cfg: dict, overrides: list[str], out: Path) -> tuple[dict, dict]:
+    """The verdicts of `deqrobust report` and of the executed notebooks on the run's results, both
+    given ``overrides`` as the workflow gives them (--set, DEQROBUST_OVERRIDES)."""
+    results, reports = workdir / cfg["results"], workdir / cfg["reports"]
+    files = {kind: sorted(str(p) for p in (results / kind).glob("*.json")) for kind in ("analysis", "early_exit")}
+    files["trajectory"] = sorted(str(p) for p in (results / "trajectory").glob("*.json"))
+    summaries = sorted(str(p) for p in (results / "models").glob("*/summary.json"))
+    sets = [a for o in overrides for a in ("--set", o)]
+    report = run(
+        [str(Path(sys.executable).parent / "deqrobust"), "report", "-c", PROFILES["smoke"], *sets]
+        + ["--table", str(reports / "table.csv"), "--outcomes", str(results / "outcomes.csv.gz")]
+        + ["--early-exit", *files["early_exit"], "--analysis", *files["analysis"]]
+        + ["--trajectory", *files["trajectory"], "--summary", *summaries]
+        + ["--out", str(out / "report.md"), "--metrics", str(out / "metrics.json")],
+        workdir,
+    )
+    assert report.returncode == 0, output_of(report)[-3000:]
+    env = {
+        "DEQROBUST_TABLE": str(reports / "table.csv"),
+        "DEQROBUST_OUTCOMES": str(results / "outcomes.csv.gz"),
+        "DEQROBUST_ANALYSIS": ",".join(files["analysis"]),
+        "DEQROBUST_EARLY_EXIT": ",".join(files["early_exit"]),
+        "DEQROBUST_REPORTS": str(out),
+        "DEQROBUST_CONFIG": PROFILES["smoke"],
+        "DEQROBUST_OVERRIDES": json.dumps(overrides),
+    }
+    executed = []
+    for notebook in sorted((workdir / "notebooks").glob("*.py")):
+        executed.append(out / f"{notebook.stem}.ipynb")
+        jupytext = [str(Path(sys.executable).parent / "jupytext"), "--to", "ipynb", "--execute", "--run-path", "."]
+        proc = subprocess.run(
+            [*jupytext, "--output", str(executed[-1]), str(notebook)],
+            cwd=workdir,
+            env={**_env(), **env},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return report_verdicts((out / "report.md").read_text()), notebook_verdicts(*executed)
+
+
 def _digest(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -731,6 +798,15 @@ def test_smoke_workflow_end_to_end(workdir, cifar_archive):
     for nb in (workdir / "notebooks").glob("*.py"):
         executed = json.loads((reports / "notebooks" / f"{nb.stem}.ipynb").read_text())
         assert any(c.get("outputs") for c in executed["cells"] if c["cell_type"] == "code")
+    # The notebooks decide what the report decides: under the run's --config ...
+    verdicts = report_verdicts(text)
+    assert sorted(verdicts) == list("12345")
+    assert notebook_verdicts(*(reports / "notebooks").glob("*.ipynb")) == verdicts
+    # ... and under another setting given the same way: with the batch-coupled cells as the
+    # profile's, claim 3 has no intermediate-state cell to read (smoke couples only final-state cells).
+    coupled = [data, "solver={coupling: batch}", "backward_solver={coupling: batch}"]
+    alternative, in_notebooks = decide_elsewhere(workdir, cfg, coupled, workdir / "coupled")
+    assert in_notebooks == alternative and alternative["3"] == "not tested" != verdicts["3"]
     assert "Nothing to be done" in output_of(snakemake(workdir, "-n", *args))
     html = workdir / "report.html"
     proc = snakemake(workdir, "--configfile", PROFILES["smoke"], "--config", data, "--report", str(html))

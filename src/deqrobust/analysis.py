@@ -265,8 +265,7 @@ def batch_dependences(
     from deqrobust.deq_logits import DEQLogits
     from deqrobust.estimators import SolverAutograd, build_estimator
     from deqrobust.gradients import batch_dependence
-    from deqrobust.plan import FINAL
-    from deqrobust.solvers import COUPLINGS
+    from deqrobust.vocab import COUPLINGS, FINAL
 
     targets = {
         name: (build_estimator(entry["spec"]), entry["states"][-1])
@@ -317,10 +316,11 @@ def run(cfg: dict, checkpoint: str, device: torch.device, progress: bool = True)
     """The whole analysis of one checkpoint as the JSON-ready record ``deqrobust analyze`` writes."""
     from deqrobust import __version__
     from deqrobust.checkpoint import load_checkpoint
-    from deqrobust.config import ConfigError
     from deqrobust.data import load_split, md5_of
+    from deqrobust.errors import ConfigError
     from deqrobust.evaluation import own_estimator
-    from deqrobust.plan import diagnosed, identity, instance_config
+    from deqrobust.instances import identity, instance_config
+    from deqrobust.plan import diagnosed
     from deqrobust.solvers import solver_coupling
 
     deq, meta = load_checkpoint(checkpoint, device, expect_arch="mdeq")

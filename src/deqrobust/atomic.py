@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import torch
 
-from deqrobust.config import ConfigError
+from deqrobust.errors import ConfigError
 
 NEXT_STEP = {
     errno.ENOSPC: "free space on that disk, or set `results` (and `data.root`) in the config to a folder on a "

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from deqrobust.config import ConfigError
+from deqrobust.errors import ConfigError
 from deqrobust.plan import IMPORTED
 
 # What their code trains (deqrobust.plan.IMPORTED, which the config checks use too). The

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from deqrobust.atomic import torch_load, torch_save, unreadable
-from deqrobust.config import ConfigError
+from deqrobust.errors import ConfigError
 from deqrobust.models import build_model
 
 FORMAT = "deqrobust-checkpoint/1"

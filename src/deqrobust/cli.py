@@ -13,7 +13,7 @@ import sys
 
 from deqrobust import __version__
 from deqrobust.atomic import refused
-from deqrobust.config import ConfigError
+from deqrobust.errors import ConfigError
 
 COMMANDS = {
     "data": "download or import CIFAR-10, verify it and carve the development split",

@@ -88,6 +88,22 @@ def closure(path: Path, root: Path = ROOT) -> dict[str, Path]:
     return found
 
 
+def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    """Every module of the package at ``root`` and the modules of it that it imports (parents
+    included, the package's own ``__init__`` left out as in ``closure``): the layers' map, which
+    the tests check for cycles."""
+    graph = {}
+    for file in sorted(root.rglob("*.py")):
+        parts = (PACKAGE, *file.relative_to(root).with_suffix("").parts)
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found = set()
+        for module in _read(file, root)[1]:
+            pieces = module.split(".")
+            found |= {".".join(pieces[:i]) for i in range(2, len(pieces) + 1) if _file(".".join(pieces[:i]), root)}
+        graph[name] = found - {name}
+    return graph
+
+
 def fingerprint(path: str | Path, root: Path = ROOT) -> str:
     """16 hex digits of the code ``path`` runs: its own syntax and that of every module of the
     package at ``root`` (this one by default) it imports."""

@@ -14,57 +14,18 @@ from __future__ import annotations
 import copy
 import math
 import os
-import re
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 
 import jsonschema
 import yaml
 
+from deqrobust import plan
+from deqrobust.errors import ConfigError
+from deqrobust.instances import model_spec
+from deqrobust.schema import deep_update, read_yaml, schema
+
 MAX_LINES = 5  # problems listed per error; the rest are counted
-
-
-class ConfigError(ValueError):
-    """A config key or value is wrong; the message names it and the valid choices."""
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML with exponent floats (PyYAML follows YAML 1.1, which reads 1e-3 and 1e9 as strings),
-    and a key given twice in one mapping refused (PyYAML silently keeps the last)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen: dict = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    f"in the mapping that starts at line {node.start_mark.line + 1}",
-                    node.start_mark,
-                    f"key {key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); keep one",
-                    key_node.start_mark,
-                )
-            seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep)
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
-
-
-def read_yaml(text: str) -> Any:
-    """YAML as the config reads it (files and override values alike)."""
-    return yaml.load(text, Loader=_Loader)
-
-
-@lru_cache(maxsize=None)
-def schema() -> dict:
-    """The config schema (shared: do not modify)."""
-    return read_yaml(resources.files("deqrobust").joinpath("config.schema.yaml").read_text())
 
 
 def _resolve(sub: dict) -> dict:
@@ -79,14 +40,9 @@ def _resolve(sub: dict) -> dict:
 
 
 def _complete(node: Any, sub: dict, fill: bool = True) -> Any:
-    """Fill the schema's defaults (jsonschema only validates; not with ``fill=False``) and read
-    integral floats at integer keys as integers (``1e3`` is a float in YAML), walking the
-    schema beside the config.
-
-    Sections defined by a ``$ref`` (the solvers) get no defaults inside: they hold what the
-    profile writes, so a key added to them later changes no step's slice (deqrobust.plan).
-    """
-    fill = fill and "$ref" not in sub
+    """Fill the schema's defaults in every section (jsonschema only validates; not with
+    ``fill=False``) and read integral floats at integer keys as integers (``1e3`` is a float in
+    YAML), walking the schema beside the config: every later step reads a resolved config."""
     sub = _resolve(sub)
     if isinstance(node, dict):
         props = sub.get("properties", {})
@@ -155,8 +111,6 @@ def _override_problems(cfg: dict) -> list[str]:
 
 def problems(cfg: dict) -> list[str]:
     """Fill defaults, then every problem of the config as ``key: what is wrong`` lines."""
-    from deqrobust import plan  # plan imports this module
-
     unwritten = plan.unwritten_import_keys(cfg)  # keys no default may fill: read before _complete
     _complete(cfg, schema())
     found = _not_finite(cfg) + _schema_problems(cfg) + unwritten
@@ -227,7 +181,7 @@ def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
             if not isinstance(node, dict):
                 raise ConfigError(f"override {text!r}: {key!r} is not a section")
         if isinstance(value, dict) and isinstance(node.get(keys[-1]), dict):
-            _deep_update(node[keys[-1]], value)
+            deep_update(node[keys[-1]], value)
         else:
             node[keys[-1]] = value
     return cfg
@@ -242,32 +196,7 @@ def load(files: str | os.PathLike | Iterable[str | os.PathLike], overrides: Iter
     overrides = list(overrides)
     cfg: dict = {}
     for path in files:
-        _deep_update(cfg, read_file(path))
+        deep_update(cfg, read_file(path))
     apply_overrides(cfg, overrides)
     source = ", ".join(str(f) for f in files) + "".join(f", {o}" for o in overrides)
     return validate(cfg, f"config ({source})")
-
-
-def model_spec(cfg: dict, name: str) -> dict:
-    """The spec of one model of the config, with its ``training_overrides`` deep-merged into
-    the training section as ``training_config``: the one place that merge is made. ``name`` may
-    be a seed instance (``<model>.s<seed>``, deqrobust.plan.instances): its model's spec under its name."""
-    from deqrobust.plan import instance  # plan imports this module
-
-    models = cfg.get("models", {})
-    spec = copy.deepcopy(models[name] if name in models else models[instance(cfg, name).model])
-    spec.pop("seeds", None)
-    training = copy.deepcopy(cfg["training"])
-    _deep_update(training, spec.pop("training_overrides", {}) or {})
-    spec["training_config"] = training
-    spec["name"] = name
-    return spec
-
-
-def _deep_update(base: dict, new: dict) -> dict:
-    for key, value in new.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_update(base[key], value)
-        else:
-            base[key] = copy.deepcopy(value)
-    return base

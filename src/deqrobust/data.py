@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from deqrobust import seeds
 from deqrobust.atomic import atomic_path, write_json
-from deqrobust.config import ConfigError
+from deqrobust.errors import ConfigError
 
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
 FOLDER = "cifar-10-batches-py"

@@ -20,8 +20,8 @@ from torch import nn
 
 from deqrobust.estimators import Context, Estimator
 from deqrobust.jacobian import jacobian_penalty
-from deqrobust.plan import ENSEMBLE, State, parse_state
 from deqrobust.solvers import SolverResult, solve
+from deqrobust.vocab import State
 
 
 def weight_scope(deq: nn.Module) -> ContextManager:
@@ -33,12 +33,12 @@ def weight_scope(deq: nn.Module) -> ContextManager:
 class DEQLogits(nn.Module):
     """Logits of state n of a DEQ under a gradient estimator, as an ordinary module.
 
-    ``state=None`` is the final state z*, an integer n the n-th solver iterate (0 is the
-    zero state: with ``intermediate`` and lam=1 that is the paper's unrolled pretraining),
-    ``"ensemble"`` the head of the mean of the estimator's states 1..N (states weighted
-    equally). The solver runs only as far as the attacked state needs. ``own`` is the
-    model's training estimator (``estimators.model_estimator``), which defines its own output;
-    ``solver_autograd`` needs it at the final state. ``stats`` holds the last forward's
+    ``state`` is the final state z* (the default), a solver step n (0 is the zero state: with
+    ``intermediate`` and lam=1 that is the paper's unrolled pretraining), or the ensemble: the
+    head of the mean of the estimator's states 1..N (states weighted equally). The solver runs
+    only as far as the attacked state needs. ``own`` is the model's training estimator
+    (``estimators.model_estimator``), which defines its own output; ``solver_autograd`` needs it
+    at the final state. ``stats`` holds the last forward's
     SolverResult, if ``jac_probes`` > 0 in training the Jacobian loss, and after a backward
     pass of ``exact`` its adjoint solve (``"backward"``).
     """
@@ -47,7 +47,7 @@ class DEQLogits(nn.Module):
         self,
         deq: nn.Module,
         estimator: Estimator,
-        state: State = None,
+        state: State | int | str | None = State(),
         solver: dict | None = None,
         backward_solver: dict | None = None,
         jac_probes: int = 0,
@@ -59,7 +59,7 @@ class DEQLogits(nn.Module):
         self.own = own
         self.solver = dict(solver or {})
         self.backward_solver = dict(backward_solver or {"budget": 7})
-        self.state = parse_state(state, int(self.solver.get("budget", 8)))
+        self.state = State.parse(state, int(self.solver.get("budget", 8)))
         self.jac_probes = jac_probes
         self.stats: dict = {}
 
@@ -73,8 +73,8 @@ class DEQLogits(nn.Module):
         detached = injection.detach()
         z0 = deq.init_state(x)
         budget = int(self.solver.get("budget", 8))
-        steps = self.state if isinstance(self.state, int) else budget
-        keep = self.state is not None or self.estimator.needs_iterates
+        steps = self.state.step if self.state.step is not None else budget
+        keep = not self.state.is_final or self.estimator.needs_iterates
         # The true gradient's solve keeps its graph (unless nothing is differentiated).
         graph = self.estimator.differentiable_solve and torch.is_grad_enabled()
         if steps > 0:
@@ -98,9 +98,9 @@ class DEQLogits(nn.Module):
             self.own,
             self.stats,
         )
-        if self.state is None:
+        if self.state.is_final:
             z = self.estimator.attach(result.z, None, ctx)
-        elif self.state == ENSEMBLE:
+        elif self.state.ensemble:
             states = [self.estimator.attach(z_n, n + 1, ctx) for n, z_n in enumerate(result.iterates)]
             z = torch.stack(states).mean(dim=0)
         else:

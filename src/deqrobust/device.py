@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from deqrobust.config import ConfigError
+from deqrobust.errors import ConfigError
 from deqrobust.plan import require_gpu_message
 
 

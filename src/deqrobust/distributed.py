@@ -49,7 +49,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from deqrobust.config import ConfigError
+from deqrobust.errors import ConfigError
 
 TIMEOUT = datetime.timedelta(hours=2)
 BACKENDS = ("auto", "nccl", "gloo")

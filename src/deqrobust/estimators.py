@@ -40,7 +40,7 @@ from typing import Callable, ClassVar, ContextManager
 
 import torch
 
-from deqrobust.config import ConfigError
+from deqrobust.errors import ConfigError
 from deqrobust.solvers import SolverResult, solve
 from deqrobust.specs import ESTIMATORS as ESTIMATOR_PARAMS
 from deqrobust.specs import estimator_params

@@ -23,37 +23,27 @@ from deqrobust import seeds
 from deqrobust.atomic import torch_load, torch_save, write_json, write_text
 from deqrobust.attacks import build_attack
 from deqrobust.checkpoint import load_checkpoint
-from deqrobust.config import ConfigError, model_spec
 from deqrobust.data import batches, load_split, md5_of
 from deqrobust.deq_logits import DEQLogits
 from deqrobust.device import resolve_device
+from deqrobust.errors import ConfigError
 from deqrobust.estimators import build_estimator, model_estimator
+from deqrobust.instances import identity, instance_config, instance_names, model_spec
 from deqrobust.models import is_deq
-from deqrobust.plan import (
-    BASELINE_ESTIMATOR,
-    cell_config,
-    cell_slice,
-    coupling_of,
-    identity,
-    instance_config,
-    instance_names,
-    parse_state,
-    select_slice,
-    settings,
-    spec_of,
-    state_name,
-)
+from deqrobust.plan import cell_config, cell_slice, coupling_of, select_slice, settings, spec_of
 from deqrobust.scoring import all_state_logits
+from deqrobust.vocab import BASELINE_ESTIMATOR, FINAL, SolveSetting, State, step_score
 
 
-def attacked_model(cfg: dict, model: nn.Module, estimator: str, state, own=None) -> nn.Module:
+def attacked_model(cfg: dict, model: nn.Module, estimator: str, state: State | int | str | None, own=None) -> nn.Module:
     """The module an attack differentiates: the DEQ under an estimator at a state (``own``: the
     model's own estimator, which ``solver_autograd`` differentiates at the final state), or a baseline."""
+    state = State.parse(state, cfg["solver"]["budget"])
     if not is_deq(model):
-        if estimator != BASELINE_ESTIMATOR or state not in (None, "final"):
+        if estimator != BASELINE_ESTIMATOR or not state.is_final:
             raise ConfigError(
-                f"baselines are attacked with estimator {BASELINE_ESTIMATOR!r} at state 'final', "
-                f"not {estimator!r} at {state!r}"
+                f"baselines are attacked with estimator {BASELINE_ESTIMATOR!r} at state {FINAL!r}, "
+                f"not {estimator!r} at {state.text!r}"
             )
         return model
     return DEQLogits(
@@ -69,7 +59,7 @@ def attacked_model(cfg: dict, model: nn.Module, estimator: str, state, own=None)
 def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, solver: dict, own) -> dict[str, torch.Tensor]:
     """Per-example correctness under every defense and state (DEQs) or of the output (baselines)."""
     with torch.no_grad():
-        logits = all_state_logits(model, x, solver, own) if own is not None else {"final": model(x)}
+        logits = all_state_logits(model, x, solver, own) if own is not None else {FINAL: model(x)}
     return {key: (out.argmax(1) == y).cpu() for key, out in logits.items()}
 
 
@@ -147,23 +137,22 @@ def run_cell(
     checkpoint: str,
     estimator: str,
     attack: str,
-    state,
+    state: State | int | str,
     out: str | Path,
-    coupling: str | None = None,
-    batch_size: int | None = None,
+    setting: SolveSetting = SolveSetting(),
 ) -> dict:
     """Attack the test examples and write the cell file (format in docs/architecture.md).
 
-    ``coupling`` (both solvers, the attack's and the scoring's) and ``batch_size`` (the
-    evaluation batch) replace the config's when given (plan.cell_config): a cell of the
-    authors' batch-coupled solver, whose results depend on the batch."""
+    ``setting`` (both solvers' coupling, the attack's and the scoring's, and the evaluation
+    batch) replaces the config's where given (plan.cell_config): a cell of the authors'
+    batch-coupled solver, whose results depend on the batch."""
     device = resolve_device(cfg)
     torch.set_num_threads(cfg["threads"])
     model, meta = load_for_config(cfg, checkpoint, device)
     spec = meta["spec"]
-    cfg = cell_config(instance_config(cfg, spec["name"]), coupling, batch_size)
+    cfg = cell_config(instance_config(cfg, spec["name"]), setting)
+    state = State.parse(state, cfg["solver"]["budget"])
     deq = is_deq(model)
-    state = parse_state(state, cfg["solver"]["budget"]) if deq else state
     own = own_estimator(cfg, spec) if deq else None
     target = attacked_model(cfg, model, estimator, state, own)
     attack_spec = spec_of(cfg, "attack", attack)
@@ -174,12 +163,10 @@ def run_cell(
     # finished batches count only for this checkpoint, state and test set, and the evaluate rule's slice
     stamp = md5_of(Path(checkpoint))  # the run stamp: which model made this cell
     partial = _partial_dir(
-        out, {"checkpoint": stamp, "state": state_name(state), "examples": len(y), **cell_slice(cfg, estimator, attack)}
+        out, {"checkpoint": stamp, "state": state.text, "examples": len(y), **cell_slice(cfg, estimator, attack)}
     )
     chunks = list(batches(x, y, size))
-    for i, (xb, yb) in enumerate(
-        tqdm(chunks, desc=f"{spec['name']} {estimator}@{state or 'final'} {attack}", unit="batch")
-    ):
+    for i, (xb, yb) in enumerate(tqdm(chunks, desc=f"{spec['name']} {estimator}@{state} {attack}", unit="batch")):
         done = partial / f"batch-{i:05d}.pt"
         if done.exists():
             continue
@@ -207,7 +194,7 @@ def run_cell(
         "estimator_spec": cfg["evaluation"]["estimators"].get(estimator, {}),
         "attack": attack,
         "attack_spec": attack_spec,
-        "attacked_state": "final" if state is None else state,
+        "attacked_state": state.text,
         "coupling": coupling_of(cfg),
         "batch_size": size,
         "profile": cfg["profile"],
@@ -255,7 +242,7 @@ def select_exit(cfg: dict, checkpoint: str, out: str | Path) -> dict:
     clean = _accuracy([score(model, xb, yb, cfg["solver"], own) for xb, yb in chunks], len(y))
     dev = {}
     for n in tqdm(range(1, budget + 1), desc=f"{name} early exit", unit="state"):
-        target = attacked_model(cfg, model, choice["estimator"], n, own)
+        target = attacked_model(cfg, model, choice["estimator"], State(step=n), own)
         adversarial = _accuracy(
             [
                 score(
@@ -270,11 +257,11 @@ def select_exit(cfg: dict, checkpoint: str, out: str | Path) -> dict:
             len(y),
         )
         dev[str(n)] = {
-            "clean_acc": clean[f"state_{n}"],
-            "robust_acc": adversarial[f"state_{n}"],
-            "final_robust_acc": adversarial["final"],
+            "clean_acc": clean[step_score(n)],
+            "robust_acc": adversarial[step_score(n)],
+            "final_robust_acc": adversarial[FINAL],
         }
-    state, eligible = choose_exit(dev, clean["final"], choice["rule"], choice["clean_margin"])
+    state, eligible = choose_exit(dev, clean[FINAL], choice["rule"], choice["clean_margin"])
     record = {
         "model": name,
         **identity(cfg, name),
@@ -289,7 +276,7 @@ def select_exit(cfg: dict, checkpoint: str, out: str | Path) -> dict:
         "attack": choice["attack"],
         "num_examples": len(y),
         "dev": dev,
-        "final_clean_acc": clean["final"],
+        "final_clean_acc": clean[FINAL],
         "dev_robust_accuracy": {n: d["robust_acc"] for n, d in dev.items()},
     }
     write_json(out, record)

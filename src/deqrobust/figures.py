@@ -26,6 +26,7 @@ from matplotlib.ticker import MaxNLocator
 
 from deqrobust import results
 from deqrobust.atomic import atomic_path, write_text
+from deqrobust.vocab import FINAL
 
 DPI = 150
 MARGIN = 0.05  # inches added beyond the text when a figure grows
@@ -273,7 +274,7 @@ def alignment_figure(analyses: list[dict]) -> Figure:
                     )
                 ax.axhline(ALIGNED_COSINE, color="grey", linestyle=":", linewidth=1)
                 ticks = [*steps, final_x]
-                ax.set_xticks(ticks, [*(str(int(t)) for t in steps), "final"])
+                ax.set_xticks(ticks, [*(str(int(t)) for t in steps), FINAL])
                 ax.set(
                     xlabel="state n",
                     ylabel="cosine to the true gradient",

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Iterator
 
 from deqrobust.atomic import refused
-from deqrobust.config import ConfigError
+from deqrobust.errors import ConfigError
 
 POLL_SECONDS = 1.0  # how often the watchdog looks for the Snakemake process
 GRACE_SECONDS = 60.0  # after the interrupt, a job stuck in native code is ended hard

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from deqrobust.config import ConfigError
+from deqrobust.errors import ConfigError
 
 MARKER = ".profile"
 

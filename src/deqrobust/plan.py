@@ -13,47 +13,14 @@ import re
 from typing import NamedTuple
 
 from deqrobust import specs
-from deqrobust.config import ConfigError, model_spec, schema
+from deqrobust.errors import ConfigError
+from deqrobust.instances import instance, instance_config, instances, model_spec
+from deqrobust.schema import schema
 from deqrobust.sizes import SIZES
+from deqrobust.vocab import BASELINE_ESTIMATOR, FINAL, TRUE_GRADIENT, SolveSetting, State
 
 # Names of models, estimators and attacks become path components.
 NAME_RE = r"[A-Za-z0-9][A-Za-z0-9._+-]*"
-
-# Attacked and scored states besides the solver steps 0..N.
-FINAL = "final"  # the DEQ's output z* (the final state)
-ENSEMBLE = "ensemble"  # the head of the mean of z_1..z_N
-NAMED_STATES = (FINAL, ENSEMBLE)
-STATE_RE = "|".join((*NAMED_STATES, "[0-9]+"))  # a state in a path; parse_state checks the budget
-
-# Plain backprop: the only estimator of the deep-network baselines (attacked at FINAL).
-BASELINE_ESTIMATOR = "autograd"
-
-State = int | str | None  # n in 0..budget, ENSEMBLE, or None for FINAL
-
-
-def parse_state(state: State, budget: int) -> State:
-    """The one state rule: 'final' (None), 'ensemble', or a solver step 0..budget.
-
-    Step 0 is the zero state z_0 (with ``intermediate`` and lam=1 that is the unrolled
-    pretraining network); steps 1..budget are the solver iterates z_1..z_N.
-    """
-    if state is None or state == FINAL:
-        return None
-    if state == ENSEMBLE:
-        return state
-    if isinstance(state, str) and state.isdigit():
-        state = int(state)
-    if isinstance(state, bool) or not isinstance(state, int) or not 0 <= state <= budget:
-        raise ConfigError(
-            f"state {state!r} is not valid for a solver budget of {budget} (solver.budget); "
-            f"valid states: {FINAL!r}, {ENSEMBLE!r}, 0..{budget}"
-        )
-    return state
-
-
-def state_name(state: State) -> str:
-    """The text form of a parsed state, as used in paths and tables ('final', 'ensemble', '3')."""
-    return FINAL if state is None else str(state)
 
 
 # ----------------------------------------------------------------------------- checks
@@ -88,7 +55,7 @@ def problems(cfg: dict) -> list[str]:
         found += _group_model_problems(cfg, i, group)
         for state in group["states"]:
             try:
-                parse_state(state, cfg["solver"]["budget"])
+                State.parse(state, cfg["solver"]["budget"])
             except ConfigError as err:
                 found.append(f"evaluation.cells[{i}].states: {err}")
     found += _undefined("evaluation.baseline_attacks", ev["baseline_attacks"], "attack", attacks)
@@ -181,68 +148,6 @@ def require_gpu_message(cfg: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- models, seeds and cells
-class Instance(NamedTuple):
-    """One trained model: a model of the config at one seed.
-
-    A model without ``seeds`` is one instance under its own name at the profile's ``seed``
-    (names and paths as before seeds existed); ``seeds: [0, 1]`` makes ``<model>.s0`` and
-    ``<model>.s1``. The name is what every job, path and record calls the instance.
-    """
-
-    name: str  # path component and the "model" of every record
-    model: str  # the model's name in the config ("base_model" in records)
-    seed: int  # the job's `seed`: training draws, attack starts
-
-
-SEED_MARK = ".s"  # <model>.s<seed>
-
-
-def instances(cfg: dict) -> list[Instance]:
-    """Every instance, in config order (a model's seeds in the order listed)."""
-    found = []
-    for name, spec in cfg["models"].items():
-        seeds = spec.get("seeds")
-        found += (
-            [Instance(name, name, cfg["seed"])]
-            if seeds is None
-            else [Instance(f"{name}{SEED_MARK}{seed}", name, seed) for seed in seeds]
-        )
-    return found
-
-
-def _by_name(cfg: dict) -> dict[str, Instance]:
-    return {i.name: i for i in instances(cfg)}
-
-
-def instance(cfg: dict, name: str) -> Instance:
-    """The instance called ``name``; ConfigError naming the instances of the config."""
-    found = _by_name(cfg)
-    if name not in found:
-        raise ConfigError(f"unknown model {name!r}; models of this config: {', '.join(found) or '(none)'}")
-    return found[name]
-
-
-def identity(cfg: dict, name: str) -> dict:
-    """``base_model`` and ``seed`` of instance ``name``, as every record carries them; a name
-    that is no instance of this config (a checkpoint made elsewhere) is its own base model at
-    the profile's seed."""
-    inst = _by_name(cfg).get(name, Instance(name, name, cfg["seed"]))
-    return {"base_model": inst.model, "seed": inst.seed}
-
-
-def instance_config(cfg: dict, name: str) -> dict:
-    """The config a job of instance ``name`` runs with: the profile's, with the instance's seed
-    (the workflow also passes it as ``--set seed=N``, see seed_override, so both agree)."""
-    seed = identity(cfg, name)["seed"]
-    return cfg if seed == cfg["seed"] else {**cfg, "seed": seed}
-
-
-def seed_override(cfg: dict, name: str) -> str:
-    """``seed=N`` for the jobs of instance ``name`` when its seed is not the profile's, else ''."""
-    seed = instance(cfg, name).seed
-    return "" if seed == cfg["seed"] else f"seed={seed}"
-
-
 def _instance_problems(cfg: dict) -> list[str]:
     """An instance ``<model>.s<seed>`` may not take the name of a model without seeds."""
     plain = {name for name, spec in cfg["models"].items() if spec.get("seeds") is None}
@@ -255,79 +160,47 @@ def _instance_problems(cfg: dict) -> list[str]:
 
 class Cell(NamedTuple):
     """One evaluation job: a model attacked through an estimator at a state (its text form),
-    under the profile's solvers and evaluation batch, or under a cell group's ``coupling`` and
-    ``batch_size`` where they differ from the profile's (both set then, else both None)."""
+    under the profile's solvers and evaluation batch, or under a cell group's setting where it
+    differs from the profile's."""
 
     model: str
     estimator: str
     attack: str
     state: str
-    coupling: str | None = None
-    batch_size: int | None = None
-
-
-# Solver coupling (the schema's): per sample (ours, the default) or over the batch (the authors').
-COUPLINGS = tuple(schema()["definitions"]["coupling"]["enum"])
-DEFAULT_COUPLING = schema()["definitions"]["solver"]["properties"]["coupling"]["default"]
-# A cell off the profile's solver setting: its path's suffix after the state, '.batch96'.
-SOLVE_RE = rf"(\.({'|'.join(COUPLINGS)})[0-9]+)?"
+    setting: SolveSetting = SolveSetting()
 
 
 def coupling_of(cfg: dict) -> str:
     """The coupling a config's solvers run under, as records and tables carry it: 'sample' or
     'batch', or 'forward/backward' ('sample/batch') when the two solvers differ."""
-    forward, backward = (cfg.get(key, {}).get("coupling", DEFAULT_COUPLING) for key in ("solver", "backward_solver"))
+    forward, backward = (cfg[key]["coupling"] for key in ("solver", "backward_solver"))
     return forward if forward == backward else f"{forward}/{backward}"
 
 
-def cell_config(cfg: dict, coupling: str | None = None, batch_size: int | None = None) -> dict:
-    """The config a cell runs with: ``coupling`` for both solvers (the attack and the scoring)
-    and ``batch_size`` for the evaluation batch; None keeps the config's."""
-    if coupling is None and batch_size is None:
+def cell_config(cfg: dict, setting: SolveSetting = SolveSetting()) -> dict:
+    """The config a cell runs with: the setting's coupling for both solvers (the attack and the
+    scoring) and its batch for the evaluation batch; None keeps the config's."""
+    if setting == SolveSetting():
         return cfg
     solvers = {
-        key: {**cfg[key], "coupling": coupling} if coupling is not None else cfg[key]
+        key: {**cfg[key], "coupling": setting.coupling} if setting.coupling is not None else cfg[key]
         for key in ("solver", "backward_solver")
     }
-    evaluation = {**cfg["evaluation"], "batch_size": batch_size or cfg["evaluation"]["batch_size"]}
+    evaluation = {**cfg["evaluation"], "batch_size": setting.batch_size or cfg["evaluation"]["batch_size"]}
     return {**cfg, **solvers, "evaluation": evaluation}
 
 
-def _solve(cfg: dict, group: dict) -> tuple[str | None, int | None]:
-    """(coupling, batch size) of a cell group's cells: (None, None) when the profile's. A group's
-    coupling (default: the profile's solver.coupling) applies to both solvers."""
+def _setting(cfg: dict, group: dict) -> SolveSetting:
+    """The setting of a cell group's cells: the profile's (SolveSetting()) unless the group's
+    differs. A group's coupling (default: the profile's solver.coupling) applies to both solvers."""
     if "coupling" not in group and "batch_size" not in group:
-        return None, None
-    coupling = group.get("coupling", cfg["solver"].get("coupling", DEFAULT_COUPLING))
-    size = group.get("batch_size", cfg["evaluation"]["batch_size"])
-    own = cell_config(cfg, coupling, size)
-    return (
-        (None, None)
-        if (coupling_of(own), size) == (coupling_of(cfg), cfg["evaluation"]["batch_size"])
-        else (coupling, size)
+        return SolveSetting()
+    setting = SolveSetting(
+        group.get("coupling", cfg["solver"]["coupling"]), group.get("batch_size", cfg["evaluation"]["batch_size"])
     )
-
-
-def solve_suffix(cell: Cell) -> str:
-    """The suffix of a cell's path after its state: '' under the profile's setting, else
-    '.<coupling><batch_size>' ('.batch96')."""
-    return "" if cell.coupling is None else f".{cell.coupling}{cell.batch_size}"
-
-
-def parse_solve(suffix: str) -> tuple[str | None, int | None]:
-    """(coupling, batch size) of a path suffix made by ``solve_suffix`` ('' gives (None, None))."""
-    match = re.fullmatch(SOLVE_RE, suffix)
-    if match is None:
-        raise ConfigError(
-            f"cell path suffix {suffix!r} is not valid; valid: '' or '.<coupling><batch size>' "
-            f"with coupling one of {', '.join(COUPLINGS)}, e.g. '.batch96'"
-        )
-    return (None, None) if not suffix else (match.group(2), int(suffix[len(match.group(2)) + 1 :]))
-
-
-def instance_names(cfg: dict) -> list[str]:
-    """The names of every instance (what the workflow trains)."""
-    return [i.name for i in instances(cfg)]
+    own = cell_config(cfg, setting)
+    same = (coupling_of(own), setting.batch_size) == (coupling_of(cfg), cfg["evaluation"]["batch_size"])
+    return SolveSetting() if same else setting
 
 
 def deqs(cfg: dict) -> list[str]:
@@ -358,7 +231,7 @@ def cells(cfg: dict) -> list[Cell]:
     under ``baseline_attacks`` through plain backprop at the final state."""
     ev, budget = cfg["evaluation"], cfg["solver"]["budget"]
     found = [
-        Cell(inst.name, estimator, attack, state_name(parse_state(state, budget)), *_solve(cfg, group))
+        Cell(inst.name, estimator, attack, State.parse(state, budget).text, _setting(cfg, group))
         for inst in instances(cfg)
         if cfg["models"][inst.model]["arch"] == "mdeq"
         for group in ev["cells"]
@@ -481,7 +354,6 @@ def trajectory_slice(cfg: dict) -> dict:
 # The mechanism diagnostics of the analysis compare these estimator types with the true gradient
 # (TRUE_GRADIENT, autograd through the solver) of the same output: the ready-made final-state
 # gradients at z*, the state-n estimators at each diagnosed state n.
-TRUE_GRADIENT = "solver_autograd"
 DIAGNOSED_AT_FINAL = ("exact", "unroll", "neumann")
 DIAGNOSED_AT_STATES = ("intermediate", "adjoint")
 
@@ -506,7 +378,7 @@ def diagnosed(cfg: dict) -> dict:
     states = section["states"] if section["states"] is not None else list(range(1, budget + 1))
     for state in states:
         try:
-            parse_state(state, budget)
+            State.parse(state, budget)
         except ConfigError as err:
             found.append(f"{key}.states: {err}")
     if found:

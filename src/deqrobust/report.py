@@ -32,15 +32,11 @@ import numpy as np
 import pandas as pd
 
 from deqrobust import stats
-from deqrobust.config import model_spec
-from deqrobust.plan import TRUE_GRADIENT
+from deqrobust.instances import model_spec
 from deqrobust.results import (
     CLEAN,
     EARLY_EXIT,
-    ENSEMBLE,
-    FINAL,
     PSEUDO_ATTACKS,
-    STATE_PREFIX,
     WORST_CASE,
     expand_ranges,
     headline_metrics,
@@ -63,6 +59,7 @@ from deqrobust.stats import (
     Precondition,
     Verdict,
 )
+from deqrobust.vocab import BATCH, ENSEMBLE, FINAL, SAMPLE, TRUE_GRADIENT, score_step
 
 ADVERSARIAL = ("pgd", "fgsm")  # adversarial trainings; claims 1-4 are about DEQs trained so
 PGD_AT = "pgd"  # claim 5 speaks of PGD-AT only
@@ -198,7 +195,7 @@ def check_runs(table: pd.DataFrame, outcomes: pd.DataFrame | None, records: dict
     """The report's inputs come from one run, or ConfigError naming the odd one out: the table must be
     what the outcomes give (``tabulate``), and each analysis or development record (by file) must
     stamp the checkpoint its model's cells were made from."""
-    from deqrobust.config import ConfigError
+    from deqrobust.errors import ConfigError
     from deqrobust.results import tabulate
 
     if outcomes is None:
@@ -558,7 +555,7 @@ def claim4(outcomes: pd.DataFrame) -> Finding:
         attacked = set(rows_of(outcomes, model)["attacked_state"])
         for defense, result, verdict in zip(others, family, verdicts):
             state = worst.loc[defense, "scored_state"]
-            adaptive = state.removeprefix(STATE_PREFIX) if defense == EARLY_EXIT else ENSEMBLE
+            adaptive = str(score_step(state)) if defense == EARLY_EXIT else ENSEMBLE
             target = f"state {adaptive}" if defense == EARLY_EXIT else "the ensemble"
             note = "" if adaptive in attacked else f"; no attack aimed at {target} was run (not adaptive)"
             evidence.append(
@@ -743,7 +740,6 @@ def trend_lines(trajectories: list[dict]) -> list[str]:
 
 
 # ---------------------------------------------------------------- batch coupling (no verdict)
-BATCH, SAMPLE = "batch", "sample"  # the solver couplings compared (deqrobust.plan.COUPLINGS)
 COUPLING_TEST = (
     "Per key cell (model, estimator, attacked state, attack; defense final), the cell under the authors' "
     "batch-coupled solver (whole-batch residual, stopping and lowest-residual iterate, forward and "
@@ -783,7 +779,7 @@ def coupling_pairs(outcomes: pd.DataFrame, cfg: dict) -> list[dict]:
                     continue
                 found.append({"model": model, "cell": cell_name(batch), BATCH: batch, SAMPLE: sample})
         tests = holm_family(
-            [stats.mcnemar(vector(f["batch"]), vector(f["sample"]), "greater", alpha=ALPHA / len(found)) for f in found]
+            [stats.mcnemar(vector(f[BATCH]), vector(f[SAMPLE]), "greater", alpha=ALPHA / len(found)) for f in found]
         )
         pairs += [{**f, "result": r} for f, r in zip(found, tests)]
     return pairs
@@ -862,8 +858,8 @@ def coupling_lines(outcomes: pd.DataFrame | None, analyses: list[dict], cfg: dic
                 [
                     p["model"],
                     p["cell"],
-                    f"{100 * vector(p['sample']).mean():.1f} % ({setting_name(p['sample'])})",
-                    f"{100 * vector(p['batch']).mean():.1f} % ({setting_name(p['batch'])})",
+                    f"{100 * vector(p[SAMPLE]).mean():.1f} % ({setting_name(p[SAMPLE])})",
+                    f"{100 * vector(p[BATCH]).mean():.1f} % ({setting_name(p[BATCH])})",
                     _diff(p["result"]),
                     f"{p['result'].p:.3g}",
                     p["result"].distance(p["result"].mde),
@@ -930,7 +926,7 @@ def batch_dependence_rows(analyses: list[dict]) -> tuple[list[str], list[list[st
 
     frame = batch_dependence_frame(analyses)
     couplings = list(dict.fromkeys(frame["coupling"]))
-    header = ["model", "estimator", "state", "batch", *(f"median, {c}" for c in couplings)]
+    header = ["model", "estimator", "state", "batch size", *(f"median, {c}" for c in couplings)]
     rows = []
     for (model, estimator, state, size), part in frame.groupby(
         ["model", "estimator", "state", "batch_size"], sort=False, dropna=False

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import math
 import os
 import re
 from pathlib import Path
@@ -38,16 +37,17 @@ import numpy as np
 import pandas as pd
 
 from deqrobust.atomic import atomic_path
-from deqrobust.config import ConfigError
-from deqrobust.plan import BASELINE_ESTIMATOR, ENSEMBLE, FINAL, coupling_of
+from deqrobust.errors import ConfigError
+from deqrobust.plan import coupling_of
 from deqrobust.specs import COMPONENTS, attack_params, estimator_params
+from deqrobust.stats import wilson
+from deqrobust.vocab import BASELINE_ESTIMATOR, ENSEMBLE, FINAL, score_step, step_score
 
 # ---------------------------------------------------------------- constants
 # Defenses (the `defense` column): how the DEQ predicts.
 EARLY_EXIT = "early_exit"  # the head of the state n chosen on the dev split (select-exit)
 DEFENSES = (FINAL, EARLY_EXIT, ENSEMBLE)
-PER_STATE = "state"  # the head of every state n (scored_state "state_n")
-STATE_PREFIX = "state_"  # scored_state of solver state n: "state_n"
+PER_STATE = "state"  # the head of every state n (scored_state: vocab.step_score(n), "state_n")
 
 # Pseudo-attacks (the `attack` column) and their estimator/attacked_state entries.
 CLEAN = "clean"  # no attack: clean accuracy (estimator and state NONE)
@@ -126,17 +126,6 @@ CAPTION = (
     "example over every attack; 'not run' means this profile has no such attack. Reference rows are "
     "public RobustBench AutoAttack figures for context, not results of this run."
 )
-
-
-# ---------------------------------------------------------------- statistics
-def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (well behaved at 0 and 1)."""
-    if n == 0:
-        return (math.nan, math.nan)
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def worst_case(cells: list[dict]) -> dict[str, list[int]]:
@@ -243,8 +232,8 @@ def _rows_of(scores: dict, exit_state: int | None) -> list[dict]:
     """Rows of one score dict (clean or adversarial) under every defense and state."""
     picks = [(FINAL, FINAL), (ENSEMBLE, ENSEMBLE)] if ENSEMBLE in scores else [(FINAL, FINAL)]
     if exit_state is not None:
-        picks.append((EARLY_EXIT, f"{STATE_PREFIX}{exit_state}"))
-    picks += [(PER_STATE, key) for key in scores if key.startswith(STATE_PREFIX)]
+        picks.append((EARLY_EXIT, step_score(exit_state)))
+    picks += [(PER_STATE, key) for key in scores if score_step(key) is not None]
     return [
         {"defense": defense, "scored_state": key, "n": len(scores[key]), "outcomes": outcome_text(scores[key])}
         for defense, key in picks
@@ -806,7 +795,7 @@ def state_table_frame(table: pd.DataFrame, model: str) -> pd.DataFrame:
     """Per scored state n of the per-state defense: clean, per-example worst case and, per attack,
     the strongest cell (columns step, series, accuracy)."""
     rows = table[(table["model"] == model) & (table["defense"] == PER_STATE)]
-    frame = rows.assign(step=rows["scored_state"].str.removeprefix(STATE_PREFIX).astype(int))
+    frame = rows.assign(step=rows["scored_state"].map(score_step).astype(int))
     series = frame[frame["attack"].isin(PSEUDO_ATTACKS)][["step", "attack", "accuracy"]]
     per_attack = (
         frame[~frame["attack"].isin(PSEUDO_ATTACKS)]

@@ -14,8 +14,8 @@ from torch import nn
 
 from deqrobust.deq_logits import weight_scope
 from deqrobust.estimators import Context, Estimator
-from deqrobust.plan import ENSEMBLE, FINAL
 from deqrobust.solvers import solve
+from deqrobust.vocab import ENSEMBLE, FINAL, step_score
 
 
 @torch.no_grad()
@@ -33,5 +33,5 @@ def _all_state_logits(deq: nn.Module, x: torch.Tensor, solver: dict, own: Estima
     ctx = Context(lambda z: deq.f(z, injection), lambda z: deq.f(z, injection), result, z0, {})
     scores = {FINAL: deq.head(own.forward_map(result.z, ctx)), ENSEMBLE: deq.head(torch.stack(result.iterates).mean(0))}
     for n, z_n in enumerate(result.iterates, start=1):
-        scores[f"state_{n}"] = deq.head(z_n)
+        scores[step_score(n)] = deq.head(z_n)
     return scores

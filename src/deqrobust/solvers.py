@@ -22,7 +22,8 @@ from typing import Callable
 
 import torch
 
-from deqrobust.config import ConfigError, schema
+from deqrobust.errors import ConfigError
+from deqrobust.vocab import BATCH, DEFAULT_COUPLING, check_coupling
 
 Map = Callable[[torch.Tensor], torch.Tensor]
 TINY = 1e-12
@@ -173,8 +174,6 @@ class Anderson:
 
 
 SOLVERS = {"broyden": Broyden, "anderson": Anderson, "fixed_point": FixedPointIteration}
-SAMPLE, BATCH = "sample", "batch"
-COUPLINGS: tuple[str, ...] = tuple(schema()["definitions"]["coupling"]["enum"])
 
 
 def solver_settings(spec: dict) -> tuple[str, int, float]:
@@ -189,10 +188,7 @@ def solver_settings(spec: dict) -> tuple[str, int, float]:
 
 def solver_coupling(spec: dict) -> str:
     """``sample`` (per-sample residuals and decisions, the default) or ``batch`` (the authors')."""
-    coupling = spec.get("coupling", SAMPLE)
-    if coupling not in COUPLINGS:
-        raise ConfigError(f"solver coupling {coupling!r} is not valid; choose one of {', '.join(COUPLINGS)}")
-    return coupling
+    return check_coupling(spec.get("coupling", DEFAULT_COUPLING), "solver coupling")
 
 
 def solve(

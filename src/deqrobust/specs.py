@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-from deqrobust.config import ConfigError, schema
+from deqrobust.errors import ConfigError
+from deqrobust.schema import schema
 
 
 @dataclass(frozen=True)

@@ -160,9 +160,16 @@ def paired_counts(a, b) -> tuple[int, int, int, int]:
     return int((a & b).sum()), int((a & ~b).sum()), int((~a & b).sum()), int((~a & ~b).sum())
 
 
-def _wilson(x, n, z):
-    centre, half = (x + z * z / 2) / (n + z * z), z * np.sqrt(x * (n - x) / n + z * z / 4) / (n + z * z)
-    return centre - half, centre + half
+def wilson(correct, n, z: float = 1.96):
+    """Wilson score interval of a binomial proportion (well behaved at 0 and 1; NaN for n = 0), of
+    numbers or, elementwise, of arrays."""
+    correct, n = np.asarray(correct, float), np.asarray(n, float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = correct / n
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    low, high = np.maximum(0.0, centre - half), np.minimum(1.0, centre + half)
+    return (float(low), float(high)) if low.ndim == 0 else (low, high)
 
 
 def _newcombe(both, a_only, b_only, neither, z):
@@ -170,7 +177,7 @@ def _newcombe(both, a_only, b_only, neither, z):
     both, a_only, b_only, neither = (np.asarray(v, float) for v in (both, a_only, b_only, neither))
     n = both + a_only + b_only + neither
     p1, p2 = (both + a_only) / n, (both + b_only) / n
-    (l1, u1), (l2, u2) = _wilson(both + a_only, n, z), _wilson(both + b_only, n, z)
+    (l1, u1), (l2, u2) = wilson(both + a_only, n, z), wilson(both + b_only, n, z)
     margins = (both + a_only) * (b_only + neither) * (both + b_only) * (a_only + neither)
     cross = both * neither - a_only * b_only
     corrected = np.where(cross > n / 2, cross - n / 2, np.where(cross >= 0, 0.0, cross))

@@ -45,13 +45,14 @@ from deqrobust import data, distributed, provenance, seeds
 from deqrobust.atomic import torch_load, torch_save, unreadable, write_json, write_text
 from deqrobust.attacks.pgd import pgd
 from deqrobust.checkpoint import RESUME, load_checkpoint, save_checkpoint
-from deqrobust.config import ConfigError, model_spec
 from deqrobust.data import md5_of
 from deqrobust.deq_logits import DEQLogits
 from deqrobust.device import resolve_device
+from deqrobust.errors import ConfigError
 from deqrobust.estimators import build_estimator, model_estimator
+from deqrobust.instances import identity, instance_config, model_spec
 from deqrobust.models import build_model, is_deq
-from deqrobust.plan import identity, instance_config, settings, train_slice
+from deqrobust.plan import settings, train_slice
 
 RESUME_FORMAT = "deqrobust-resume/1"
 SNAPSHOTS_FORMAT = "deqrobust-snapshots/1"

@@ -35,8 +35,8 @@ DIGITS = 4  # significant digits kept per image
 
 def read_manifest(path: str | Path) -> tuple[dict, list[Path]]:
     """A training's ``snapshots.json`` and the snapshot files it lists, each checked against its MD5."""
-    from deqrobust.config import ConfigError
     from deqrobust.data import md5_of
+    from deqrobust.errors import ConfigError
 
     path = Path(path)
     try:
@@ -118,10 +118,11 @@ def run(cfg: dict, manifest_path: str | Path, device: torch.device, progress: bo
     ``deqrobust trajectory`` writes."""
     from deqrobust import __version__
     from deqrobust.checkpoint import load_checkpoint
-    from deqrobust.config import ConfigError
     from deqrobust.data import load_split
+    from deqrobust.errors import ConfigError
     from deqrobust.evaluation import own_estimator
-    from deqrobust.plan import identity, instance_config, trajectory_slice
+    from deqrobust.instances import identity, instance_config
+    from deqrobust.plan import trajectory_slice
 
     manifest, files = read_manifest(manifest_path)
     if not files:

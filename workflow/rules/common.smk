@@ -14,11 +14,11 @@ os.environ.setdefault("DEQROBUST_ROOT", str(Path(workflow.basedir).resolve()))
 
 
 # --------------------------------------------------------------------------------------
-# Models (their instances: one per seed, deqrobust.plan.instances) and the evaluation matrix
+# Models (their instances: one per seed, deqrobust.instances) and the evaluation matrix
 # --------------------------------------------------------------------------------------
 def job_config(wildcards):
     """The config of a job of model instance {model}: the profile's, with the instance's seed."""
-    return plan.instance_config(config, wildcards.model)
+    return instances.instance_config(config, wildcards.model)
 
 
 def names_pattern(names):
@@ -89,7 +89,7 @@ def early_exit(model="{model}"):
 
 def cell(model="{model}", estimator="{estimator}", attack="{attack}", state="{state}", solve="{solve}"):
     """A cell's file; `solve` is '' under the profile's solvers and evaluation batch, else a
-    cell group's coupling and batch size ('.batch96', deqrobust.plan.solve_suffix)."""
+    cell group's coupling and batch size ('.batch96', deqrobust.vocab.SolveSetting.suffix)."""
     return results("eval", model, estimator, attack, f"state-{state}{solve}.json")
 
 
@@ -132,7 +132,7 @@ def notebook_out(name="{notebook}"):
 
 
 def all_cells():
-    return [cell(c.model, c.estimator, c.attack, c.state, plan.solve_suffix(c)) for c in plan.cells(config)]
+    return [cell(c.model, c.estimator, c.attack, c.state, c.setting.suffix) for c in plan.cells(config)]
 
 
 def all_early_exits():
@@ -153,7 +153,7 @@ def all_trajectories():
 
 def all_targets():
     return [
-        *[checkpoint(m) for m in plan.instance_names(config)],
+        *[checkpoint(m) for m in instances.instance_names(config)],
         *all_early_exits(),
         *all_cells(),
         table(),
@@ -191,7 +191,7 @@ def train_launcher(wildcards, threads, resources):
 # --------------------------------------------------------------------------------------
 def cell_job_config(wildcards):
     """The config of cell {model} {solve}: the instance's, under the cell's coupling and batch."""
-    return plan.cell_config(job_config(wildcards), *plan.parse_solve(wildcards.solve))
+    return plan.cell_config(job_config(wildcards), vocab.SolveSetting.parse_suffix(wildcards.solve))
 
 
 def cell_cli_args(wildcards, threads):
@@ -199,8 +199,8 @@ def cell_cli_args(wildcards, threads):
     derived param (it takes `threads`): no rerun trigger (the cell's `settings` slice holds
     both), and the rule's shell text stays that of the cells made before cells had a setting
     (Snakemake's `code` trigger compares it)."""
-    coupling, size = plan.parse_solve(wildcards.solve)
-    solve = "" if coupling is None else f" --coupling {coupling} --batch-size {size}"
+    setting = vocab.SolveSetting.parse_suffix(wildcards.solve)
+    solve = "" if setting.coupling is None else f" --coupling {setting.coupling} --batch-size {setting.batch_size}"
     return cli_args(wildcards, threads) + solve
 
 

@@ -1,7 +1,7 @@
 # The workflow-library boundary: Snakemake's `config` is built by the library's own loader,
 # and every CLI call is given the same files and overrides.
 #
-# deqrobust.config and deqrobust.plan are torch-free, so they import wherever Snakemake runs
+# deqrobust.config, plan, instances and vocab are torch-free, so they import wherever Snakemake runs
 # (with --use-conda too: Snakemake brings PyYAML and jsonschema). config.load reads the
 # files Snakemake was given (--configfile, in order, or config/config.yaml) and the raw
 # --config entries as `key=value` overrides, and runs every check (schema, ranges, names
@@ -22,8 +22,9 @@ from snakemake.exceptions import WorkflowError
 if importlib.util.find_spec("deqrobust") is None:  # not installed: this clone's library
     sys.path.insert(0, str(Path(workflow.basedir, "src")))
 
-from deqrobust import codeprint, ownership, plan
-from deqrobust.config import ConfigError, load
+from deqrobust import codeprint, instances, ownership, plan, vocab
+from deqrobust.config import load
+from deqrobust.errors import ConfigError
 
 
 def _shown(path):
@@ -53,14 +54,14 @@ CLI_CONFIG = " ".join(
 
 def cli_args(wildcards, threads):
     """`-c FILE ... --set OVERRIDE ... --set threads=N` of a CLI call, and `--set seed=N` for
-    the jobs of a seed instance (`<model>.s<seed>`, deqrobust.plan.instances).
+    the jobs of a seed instance (`<model>.s<seed>`, deqrobust.instances).
 
     A params function that takes `threads` is "derived" for Snakemake: file names and
     overrides are no rerun trigger; what a job depends on is its `settings` param (a slice
     from deqrobust.plan).
     """
     model = wildcards.get("model")
-    seed = plan.seed_override(config, model) if model is not None else ""
+    seed = instances.seed_override(config, model) if model is not None else ""
     return f"{CLI_CONFIG} --set threads={threads}" + (f" --set {seed}" if seed else "")
 
 

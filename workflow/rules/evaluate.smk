@@ -16,8 +16,8 @@ rule evaluate:
     log:
         log("evaluate", "{model}", "{estimator}", "{attack}", "state-{state}{solve}.log"),
     wildcard_constraints:
-        state=plan.STATE_RE,
-        solve=plan.SOLVE_RE,
+        state=vocab.STATE_RE,
+        solve=vocab.SOLVE_RE,
     threads: config["threads"]
     resources:
         gpu=plan.gpus(config),

@@ -50,7 +50,7 @@ def refuse_overwrite(path, force: bool, what: str) -> None:
     replaced silently."""
     from pathlib import Path
 
-    from deqrobust.config import ConfigError
+    from deqrobust.errors import ConfigError
 
     if Path(path).exists() and not force:
         raise ConfigError(f"{path} already holds {what}; give another --out, or add --force to replace it")

@@ -6,7 +6,7 @@ import argparse
 
 from deqrobust import config
 from deqrobust.commands import add_config_arguments
-from deqrobust.plan import COUPLINGS
+from deqrobust.vocab import COUPLINGS, FINAL, SolveSetting, State
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--estimator", required=True, help="estimator name from evaluation.estimators, or 'autograd' for baselines"
     )
     parser.add_argument("--attack", required=True, help="attack name from evaluation.attacks")
-    parser.add_argument("--state", default="final", help="attacked state: 'final', 'ensemble' or a solver step n")
+    parser.add_argument("--state", default=FINAL, help="attacked state: 'final', 'ensemble' or a solver step n")
     parser.add_argument(
         "--coupling",
         choices=COUPLINGS,
@@ -31,19 +31,12 @@ def run(args: argparse.Namespace) -> int:
     from deqrobust.joblock import claim
 
     cfg = config.load(args.config, args.overrides)
+    state = State.parse(args.state, cfg["solver"]["budget"])
+    setting = SolveSetting(args.coupling, args.batch_size)
     with claim(args.out):  # one writer per cell; stops if its snakemake dies
-        cell = run_cell(
-            cfg,
-            args.checkpoint,
-            args.estimator,
-            args.attack,
-            args.state,
-            args.out,
-            coupling=args.coupling,
-            batch_size=args.batch_size,
-        )
-    adv = cell["adversarial"]["final"]
-    clean = cell["clean"]["final"]
+        cell = run_cell(cfg, args.checkpoint, args.estimator, args.attack, state, args.out, setting)
+    adv = cell["adversarial"][FINAL]
+    clean = cell["clean"][FINAL]
     print(
         f"{cell['model']} {args.estimator}@{args.state} {args.attack} ({cell['coupling']} coupling, batch "
         f"{cell['batch_size']}): clean {sum(clean) / len(clean):.3f}, "

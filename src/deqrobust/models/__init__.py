@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from deqrobust.config import ConfigError
+from deqrobust.errors import ConfigError
 
 ARCHITECTURES = ("mdeq", "preact_resnet18", "wrn34_10")
 
