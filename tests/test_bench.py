@@ -2,7 +2,6 @@
 every section's code path, no timings asserted."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -213,3 +212,47 @@ def test_unknown_section_is_named(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--sections", "gpu"])
     assert "invalid choice: 'gpu'" in capsys.readouterr().err
+
+
+def test_gpu_check_reduced_form_runs_every_part_on_the_cpu(tmp_path, capsys):
+    """The gpu check as CI runs it (``--sections gpu --gpu-form reduced``): every part's code path
+    at tiny sizes, the CUDA-only ones reported as skipped with their reason, the JSON written as
+    the parts end. Its full form is the same code at DEQ-Large's sizes on a GPU."""
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available: run the full form (docs/performance.md)")
+    out = tmp_path / "gpu.json"
+    assert bench.main(["--sections", "gpu", "--gpu-form", "reduced", "--threads", "1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["format"] == "deqrobust-bench/1"
+    parts = report["gpu"]["parts"]
+    assert list(parts) == ["tests", "parity", "throughput", "evaluation", "projection", "smoke"]
+    tests = parts["tests"]  # tests/test_cuda.py: collected, each skipped without CUDA
+    assert tests["status"] == "skipped" and tests["skipped"] == len(tests["cases"]) >= 5 and not tests["failed"]
+    assert all("CUDA" in c["reason"] or "GPUs" in c["reason"] for c in tests["cases"])
+    parity = parts["parity"]  # the comparison against a second CPU copy: bit-identical
+    assert parity["status"] == "skipped" and parity["agree"] and parity["gradient_rel_diff"] == 0.0
+    rows = parts["throughput"]["rows"]
+    fp32 = rows["deq-pgd fp32"]
+    assert fp32["status"] == "measured" and fp32["images_per_s"] > 0 and fp32["tflops"] > 0
+    assert fp32["peak_memory_gib"] is None  # CUDA's allocator only
+    bf16 = rows["deq-pgd bf16"]  # the Trainer's own refusal is the reason
+    assert bf16["status"] == "skipped" and "training.amp=true needs CUDA" in bf16["reason"]
+    assert rows["deq-pgd tf32"]["status"] == "skipped"
+    # a PGD-AT step attacks first: more convolution work than a standard step
+    assert fp32["gflop_per_step"] > rows["deq-std fp32"]["gflop_per_step"] > 0
+    cells = parts["evaluation"]["rows"]
+    assert {(c["estimator"], c["attack"]) for c in cells.values()} == {
+        ("exact", "pgd"),
+        ("solver_autograd", "pgd"),
+        ("exact", "apgd-ce"),
+    }
+    projection = parts["projection"]  # the arithmetic over the paper profile's plan
+    hours = projection["precisions"]["fp32"]["hours_per_rule"]
+    assert set(hours) == {"train", "evaluate", "select_exit", "analyze", "trajectory"}
+    assert all(v > 0 for v in hours.values()) and projection["cells"] > 100
+    smoke = parts["smoke"]  # a dry run of the smoke workflow with the check's device
+    assert smoke["dry_run"] and smoke["returncode"] == 0 and smoke["jobs"] > 20, smoke
+    assert "device=cpu" in smoke["command"]
+    assert report["gpu"]["status"] == "passed"
+    text = capsys.readouterr().out
+    assert "gpu check (reduced form" in text and "projected hours" in text

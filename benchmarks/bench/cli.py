@@ -14,7 +14,7 @@ import torch
 
 from deqrobust.atomic import write_json
 
-from . import calibration, early_stop, evaluation, f_cost, jobs, large, memory, threads, training, workflow
+from . import calibration, early_stop, evaluation, f_cost, gpu, host, jobs, large, memory, threads, training, workflow
 from .probes import PACKAGE
 from .render import render
 from .settings import Settings
@@ -32,7 +32,10 @@ SECTIONS: dict[str, tuple[Callable, bool]] = {
     "early_stop": (early_stop.early_stop, False),
     "memory": (memory.memory, False),
     "workflow": (workflow.workflow_times, False),
+    "host": (host.host, False),
+    "gpu": (gpu.gpu, False),
 }
+DEFAULT_SKIPPED = ("workflow", "host", "gpu")  # run only when named (workflow: or given --workflow-times)
 PROBES = {"memory": memory.memory_probe, "threading": threads.threading_probe}
 
 
@@ -43,7 +46,7 @@ def run(
     echo: Callable[[str], None] | None = None,
 ) -> dict:
     torch.set_num_threads(s.threads)
-    wanted = list(sections or [k for k in SECTIONS if k != "workflow" or workflow_path])
+    wanted = list(sections or [k for k in SECTIONS if k not in DEFAULT_SKIPPED])
     if workflow_path and "workflow" not in wanted:
         wanted.append("workflow")
     unknown = [k for k in wanted if k not in SECTIONS]
@@ -114,6 +117,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="PATH",
         default=None,
         help="summarise a Snakemake run's per-rule wall times (benchmark TSVs or .snakemake/log)",
+    )
+    parser.add_argument(
+        "--gpu-form",
+        choices=("full", "reduced"),
+        default=None,
+        help="the gpu section's form: full (DEQ-Large, batch 96, on CUDA) or reduced (tiny sizes on the CPU, "
+        "what CI runs); default: full where CUDA is available",
+    )
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        metavar="S",
+        default=None,
+        help="seconds the gpu section may take; parts not started by then are reported as skipped (default 540)",
     )
     parser.add_argument("--probe", nargs=2, metavar=("NAME", "ARGS_JSON"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)

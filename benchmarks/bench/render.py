@@ -222,4 +222,107 @@ def render(report: dict) -> str:
             out.append(f"wall time of the invocations (first to last stamp of each log, summed): {w['wall_s']:.0f} s")
         if w.get("note"):
             out.append(f"note: {w['note']}")
+    if "host" in report:
+        out.append(render_host(report["host"]))
+    if "gpu" in report:
+        out.append(render_gpu(report["gpu"]))
+    return "\n".join(out)
+
+
+def render_host(h: dict) -> str:
+    rows = [
+        [name, h[name]["top_level_ops"], h[name]["events"], h[name]["syncs"]]
+        for name in ("f", "forward", "attack_step")
+    ]
+    lines = [
+        table(
+            f"host-side work, {h['size']} batch {h['batch']} (forward {h['solver']['budget']} and backward "
+            f"{h['backward_solver']['budget']} Broyden steps)",
+            ["call", "top-level ops (kernels)", "profiler events", "host syncs"],
+            rows,
+        ),
+        f"solver operators per forward step (besides f): {h['solver_ops_per_step']:.0f}; host syncs per forward "
+        f"step: {h['syncs_per_forward_step']:.1f}; per attack step: {h['syncs_per_attack_step']}",
+        f"host time per operator without arithmetic: {h['host_us_per_op']:.1f} us, so at least "
+        f"{h['host_ms_per_f_lower_bound']:.2f} ms per f and {h['host_ms_per_forward_step_lower_bound']:.2f} ms per "
+        "forward solver step; arithmetic per f at batch 96 on a GPU "
+        f"at {h['target_tflops']:.0f} TFLOP/s: {h['gpu_ms_per_f_at_target']:.1f} ms "
+        f"({h['gflop_per_f_batch96']:.0f} GFLOP)",
+    ]
+    return "\n".join(lines)
+
+
+def render_gpu(g: dict) -> str:
+    parts = g["parts"]
+    cuda = g["cuda"]
+    head = f"gpu check ({g['form']['name']} form, {g['form']['size']} batch {g['form']['batch']}; " + (
+        f"{cuda['device']}, CUDA {cuda['torch_cuda']})" if cuda.get("available") else "no CUDA)"
+    )
+    rows = [[name, p.get("status", "-"), g["seconds"].get(name), p.get("reason")] for name, p in parts.items()]
+    out = [table(head, ["part", "status", "seconds", "reason"], rows)]
+    tests = parts.get("tests", {})
+    if "cases" in tests:
+        out.append(
+            f"CUDA-only tests: {tests['passed']} passed, {tests['failed']} failed, {tests['skipped']} skipped "
+            f"({tests['command']})"
+        )
+    par = parts.get("parity", {})
+    if "logits_rel_diff" in par:
+        out.append(
+            f"float64 parity {par['devices'][0]} vs {par['devices'][1]} ({par['size']}, batch {par['batch']}): "
+            f"logits rel. diff {par['logits_rel_diff']:.2e}, exact input gradient rel. diff "
+            f"{par['gradient_rel_diff']:.2e} (cosine {par['gradient_cosine']:.12f})"
+        )
+    thr = parts.get("throughput", {})
+    if "rows" in thr:
+        out.append(
+            table(
+                f"Trainer.step, batch {thr['batch']}, PGD-{thr['pgd_steps']} AT through the exact gradient",
+                ["model precision", "status", "s/step", "images/s", "TFLOP/s", "GFLOP/step", "peak GiB", "reason"],
+                [
+                    [
+                        k,
+                        v.get("status"),
+                        v.get("seconds_per_step"),
+                        v.get("images_per_s"),
+                        v.get("tflops"),
+                        v.get("gflop_per_step"),
+                        v.get("peak_memory_gib"),
+                        v.get("reason"),
+                    ]
+                    for k, v in thr["rows"].items()
+                ],
+            )
+        )
+    ev = parts.get("evaluation", {})
+    if "rows" in ev:
+        out.append(
+            table(
+                "one batch of a cell (clean scores, attack, adversarial scores)",
+                ["estimator attack", "s", "s/image", "peak GiB", "clean", "adversarial"],
+                [
+                    [k, v["seconds"], v["seconds_per_image"], v["peak_memory_gib"]]
+                    + [v["clean_final"], v["adversarial_final"]]
+                    for k, v in ev["rows"].items()
+                ],
+            )
+        )
+    proj = parts.get("projection", {})
+    if "precisions" in proj:
+        rules = sorted({r for p in proj["precisions"].values() for r in p["hours_per_rule"]})
+        out.append(
+            table(
+                f"projected hours of {proj['profile']} on this GPU, one job at a time ({proj['cells']} cells, "
+                f"{proj['training_iterations']} iterations per model; assumptions in the JSON)",
+                ["precision", *rules, "total h", "days"],
+                [
+                    [k, *[p["hours_per_rule"][r] for r in rules], p["hours_total"], p["days_total"]]
+                    for k, p in proj["precisions"].items()
+                ],
+            )
+        )
+    smoke = parts.get("smoke", {})
+    if "command" in smoke:
+        out.append(f"smoke workflow: {smoke['command']} -> {smoke.get('jobs')} jobs, exit {smoke.get('returncode')}")
+    out.append(f"overall: {g.get('status', '-')}")
     return "\n".join(out)

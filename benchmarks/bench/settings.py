@@ -32,6 +32,9 @@ class Settings:
     large_size: str = "large"  # tests shrink it
     profile_config: str = str(ROOT / "config" / "cpu.yaml")  # the jobs section's
     threads: int = 0
+    gpu_form: str = ""  # the gpu section's form: full, reduced, or "" (full where CUDA is available)
+    gpu_deadline_s: float = 540.0  # the gpu check ends its parts by then (a 600 s call leaves a margin)
+    gpu_partial_out: str | None = None  # the gpu check writes its report so far here after every part
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Settings":
@@ -59,6 +62,10 @@ class Settings:
         if getattr(args, "profile_config", None):
             s.profile_config = args.profile_config
         s.threads = getattr(args, "threads", None) or os.cpu_count() or 1
+        s.gpu_form = getattr(args, "gpu_form", None) or ""
+        if getattr(args, "deadline", None):
+            s.gpu_deadline_s = args.deadline
+        s.gpu_partial_out = getattr(args, "out", None)
         return s
 
     def solver(self, budget: int | None = None) -> dict:
