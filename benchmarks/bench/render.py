@@ -25,7 +25,7 @@ def render(report: dict) -> str:
     out = []
     m = report["machine"]
     out.append(
-        f"# benchmarks/bench.py: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['threads']} threads, "
+        f"# benchmarks/bench: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['threads']} threads, "
         f"load average at start {m['load_average_start'][0]:.2f}"
     )
     if "calibration" in report:
