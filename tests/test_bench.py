@@ -256,3 +256,13 @@ def test_gpu_check_reduced_form_runs_every_part_on_the_cpu(tmp_path, capsys):
     assert report["gpu"]["status"] == "passed"
     text = capsys.readouterr().out
     assert "gpu check (reduced form" in text and "projected hours" in text
+
+
+def test_host_section_counts_kernels_and_synchronisations_per_solver_step():
+    h = bench.run(tiny_settings(), ["host"])["host"]
+    # the forward: f(z0), 3 Broyden steps, f(z*) and the head: more kernels than 5 applications of f
+    assert h["forward"]["top_level_ops"] > 5 * h["f"]["top_level_ops"] > 0
+    assert h["f"]["syncs"] == 0  # f alone never reads the device
+    assert h["syncs_per_forward_step"] >= 1  # the solver loop's stop decisions do
+    assert h["attack_step"]["syncs"] > h["forward"]["syncs"]
+    assert h["host_us_per_op"] > 0 and h["gflop_per_f_batch96"] > 0

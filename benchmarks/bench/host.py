@@ -49,8 +49,8 @@ def op_counts(fn) -> dict:
     events = _events(fn)
     top = [e for e in events if e.cpu_parent is None]
     syncs = collections.Counter(e.name for e in events if e.name in SYNC_OPS)
-    # _local_scalar_dense runs inside item / is_nonzero: count the outer calls once
-    outer = syncs["aten::is_nonzero"] + syncs["aten::item"] or syncs["aten::_local_scalar_dense"]
+    # is_nonzero (bool of a tensor) calls item, which calls _local_scalar_dense: the one read of device memory
+    outer = syncs["aten::_local_scalar_dense"]
     return {
         "top_level_ops": len(top),
         "events": len(events),
