@@ -49,12 +49,12 @@
 # %matplotlib inline
 from IPython.display import Markdown, display
 
-from deqrobust import analysis, figures, report, results
+from deqrobust import analysis, figures, inputs, report, tabular, tidy
 
-paths = results.notebook_inputs(require=("table",))
-print(results.describe_inputs(paths))
+paths = inputs.notebook_inputs(require=("table",))
+print(inputs.describe_inputs(paths))
 cfg = paths["config"]
-table = results.profile_rows(results.load_table(paths["table"], cfg), cfg)  # cells of the profile's solver setting
+table = tidy.profile_rows(tidy.load_table(paths["table"], cfg), cfg)  # cells of the profile's solver setting
 analyses = [analysis.load(p) for p in paths["analysis"]]
 print(f"table {paths['table']}: {len(table)} rows, models {', '.join(table['model'].unique())}")
 
@@ -71,8 +71,8 @@ print(f"table {paths['table']}: {len(table)} rows, models {', '.join(table['mode
 # models trained for hundreds of epochs, so a CPU profile is not expected to approach them.
 
 # %%
-header, rows = results.main_table_rows(table, cfg["profile"])
-display(Markdown(results.markdown_table(header, rows)))
+header, rows = tabular.main_table_rows(table, cfg["profile"])
+display(Markdown(tabular.markdown_table(header, rows)))
 
 # %% [markdown]
 # ## Robust accuracy by gradient estimator and attack
@@ -117,7 +117,7 @@ display(figures.state_accuracy_figure(analyses, table))
 # wrote; "not tested" says which model, cell or record the rule needs and this profile lacks.
 
 # %%
-outcomes = results.load_outcomes(paths["outcomes"]) if paths["outcomes"].is_file() else None
+outcomes = tidy.load_outcomes(paths["outcomes"]) if paths["outcomes"].is_file() else None
 for finding in report.findings(analyses, cfg, outcomes, report.load_exits(paths["early_exit"]))[1:]:
     display(
         Markdown(

@@ -48,10 +48,10 @@
 # %matplotlib inline
 from IPython.display import Markdown, display
 
-from deqrobust import analysis, figures, report, results
+from deqrobust import analysis, figures, inputs, report, tabular
 
-paths = results.notebook_inputs(require=("analysis",))
-print(results.describe_inputs(paths))
+paths = inputs.notebook_inputs(require=("analysis",))
+print(inputs.describe_inputs(paths))
 analyses = [analysis.load(p) for p in paths["analysis"]]
 for a in analyses:
     m = a["model"]
@@ -135,7 +135,7 @@ display(figures.residual_distribution_figure(analyses))
 
 # %%
 header, rows = report.alignment_rows(analyses)
-display(Markdown(results.markdown_table(header, rows) if rows else "*No alignment in these analyses.*"))
+display(Markdown(tabular.markdown_table(header, rows) if rows else "*No alignment in these analyses.*"))
 
 # %% [markdown]
 # - **batch dependence**: per image, the cosine between its gradient computed in a batch of
@@ -147,7 +147,7 @@ display(Markdown(results.markdown_table(header, rows) if rows else "*No alignmen
 dependence = analysis.batch_dependence_frame(analyses)
 display(
     Markdown(
-        results.markdown_table(list(dependence.columns), dependence.round(3).astype(str).values.tolist())
+        tabular.markdown_table(list(dependence.columns), dependence.round(3).astype(str).values.tolist())
         if len(dependence)
         else "*No batch dependence in these analyses.*"
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from deqrobust import config, data, report, results, seeds, solvers, stats
+from deqrobust import config, data, report, seeds, solvers, stats, tidy
 from deqrobust.attacks import build_attack
 from deqrobust.checkpoint import save_checkpoint
 from deqrobust.deq_logits import DEQLogits
@@ -209,15 +209,15 @@ def rows(frame, **equal):
 
 
 def test_merge_keeps_the_settings_apart_and_builds_each_worst_case_from_one(cells):
-    frame = results.merge_outcomes(cells, [], CFG)
+    frame = tidy.merge_outcomes(cells, [], CFG)
     assert set(zip(frame["coupling"], frame["batch_size"])) == {("sample", 100), ("batch", 96)}
     attacked = rows(frame, attack="pgd10", defense="final", scored_state="final", estimator="exact")
     assert sorted(attacked["outcomes"].str.count("1")) == [100, 150]
-    worst = rows(frame, attack=results.WORST_CASE, defense="final")
+    worst = rows(frame, attack=tidy.WORST_CASE, defense="final")
     assert dict(zip(worst["coupling"], worst["outcomes"].str.count("1"))) == {"sample": 100, "batch": 100}
-    clean = rows(frame, attack=results.CLEAN, defense="final")  # one clean row per setting
+    clean = rows(frame, attack=tidy.CLEAN, defense="final")  # one clean row per setting
     assert dict(zip(clean["coupling"], clean["outcomes"].str.count("1"))) == {"sample": 250, "batch": 240}
-    profile = results.profile_rows(results.tabulate(frame), CFG)
+    profile = tidy.profile_rows(tidy.tabulate(frame), CFG)
     assert set(profile["coupling"]) == {"sample"} and len(profile) == len(frame) / 2
 
 
@@ -227,24 +227,24 @@ def test_a_worst_case_never_mixes_settings(tmp_path):
         write_cell(tmp_path, "exact", [1, 1] + [0] * (N - 2), "sample"),
         write_cell(tmp_path, "truth", [0, 1] + [0] * (N - 2), "batch"),
     ]
-    worst = rows(results.merge_outcomes(both, [], CFG), attack=results.WORST_CASE, defense="final")
+    worst = rows(tidy.merge_outcomes(both, [], CFG), attack=tidy.WORST_CASE, defense="final")
     assert dict(zip(worst["coupling"], worst["outcomes"].str[:2])) == {"sample": "11", "batch": "01"}
 
 
 def test_cells_recorded_before_the_setting_are_the_profiles(tmp_path):
     old = [write_cell(tmp_path, "exact", first(100), None), write_cell(tmp_path, "truth", first(90), None)]
-    filled = results.merge_outcomes(old, [], CFG)
+    filled = tidy.merge_outcomes(old, [], CFG)
     assert set(zip(filled["coupling"], filled["batch_size"])) == {("sample", 100)}
-    blank = results.merge_outcomes(old, [])  # no config: blank, read as the profile's
-    assert blank["coupling"].isna().all() and len(results.profile_rows(blank, CFG)) == len(blank)
+    blank = tidy.merge_outcomes(old, [])  # no config: blank, read as the profile's
+    assert blank["coupling"].isna().all() and len(tidy.profile_rows(blank, CFG)) == len(blank)
     new = write_cell(tmp_path, "exact", first(100), "sample")  # rerun under the same setting: one group
-    mixed = results.merge_outcomes([new, old[1]], [], CFG)
-    assert len(rows(mixed, attack=results.WORST_CASE, defense="final")) == 1
+    mixed = tidy.merge_outcomes([new, old[1]], [], CFG)
+    assert len(rows(mixed, attack=tidy.WORST_CASE, defense="final")) == 1
 
 
 def test_report_claims_read_the_profiles_setting_and_a_section_compares_the_couplings(cells):
-    frame = results.merge_outcomes(cells, [], CFG)
-    profile_only = results.merge_outcomes([c for c in cells if "sample" in c.name], [], CFG)
+    frame = tidy.merge_outcomes(cells, [], CFG)
+    profile_only = tidy.merge_outcomes([c for c in cells if "sample" in c.name], [], CFG)
     both, alone = report.findings([], CFG, frame), report.findings([], CFG, profile_only)
     assert [(f.verdict, f.reason, f.evidence) for f in both] == [(f.verdict, f.reason, f.evidence) for f in alone]
     assert both[1].verdict != stats.HELD  # per sample, exact does not over-estimate ...
@@ -271,7 +271,7 @@ def test_report_claims_read_the_profiles_setting_and_a_section_compares_the_coup
             },
         }
     ]
-    text = report.render(results.tabulate(frame), [], CFG, both, frame)
+    text = report.render(tidy.tabulate(frame), [], CFG, both, frame)
     section = "\n".join(report.coupling_lines(frame, analyses, CFG))
     assert "## Batch coupling" in text and "## Batch coupling" in section
     assert (
@@ -284,7 +284,7 @@ def test_report_claims_read_the_profiles_setting_and_a_section_compares_the_coup
     main = text.split("## Main table", 1)[1]
     assert "deq-adv / final: clean 83.3 %" in main and "PGD-10 33.3 %" in main  # the profile's cells only
     assert "80.0 %" not in main and "50.0 %" not in main
-    assert report.metrics(results.tabulate(frame), CFG, both, frame)["batch_coupling"][0]["batch"] == {
+    assert report.metrics(tidy.tabulate(frame), CFG, both, frame)["batch_coupling"][0]["batch"] == {
         "accuracy": 0.5,
         "coupling": "batch",
         "batch_size": 96,
@@ -292,8 +292,8 @@ def test_report_claims_read_the_profiles_setting_and_a_section_compares_the_coup
 
 
 def test_no_section_without_coupled_cells(cells):
-    frame = results.merge_outcomes([c for c in cells if "sample" in c.name], [], CFG)
+    frame = tidy.merge_outcomes([c for c in cells if "sample" in c.name], [], CFG)
     assert report.coupling_lines(frame, [], CFG) == [] and "Batch coupling" not in report.render(
-        results.tabulate(frame), [], CFG, report.findings([], CFG, frame), frame
+        tidy.tabulate(frame), [], CFG, report.findings([], CFG, frame), frame
     )
-    assert "batch_coupling" not in report.metrics(results.tabulate(frame), CFG, report.findings([], CFG, frame), frame)
+    assert "batch_coupling" not in report.metrics(tidy.tabulate(frame), CFG, report.findings([], CFG, frame), frame)

@@ -6,13 +6,13 @@ import pandas as pd
 import pytest
 import torch
 
-from deqrobust import config, data, instances, results
+from deqrobust import config, data, instances, tidy
 from deqrobust.checkpoint import save_checkpoint
 from deqrobust.errors import ConfigError
 from deqrobust.evaluation import run_cell, select_exit
 from deqrobust.models import build_model
-from deqrobust.results import merge
 from deqrobust.stats import wilson
+from deqrobust.tidy import merge
 
 EVALUATION = {
     "num_examples": 6,
@@ -172,7 +172,7 @@ def test_merge_of_hand_made_cells_gives_known_counts_intervals_and_specs(tmp_pat
     exit_file = tmp_path / "exit.json"
     exit_file.write_text(json.dumps({"model": "deq", "state": 2}))
     table = merge([a, b], [exit_file])
-    assert list(table.columns) == list(results.COLUMNS)
+    assert list(table.columns) == list(tidy.COLUMNS)
     # 2 cells x (final, ensemble, early exit, 2 states) + clean and worst case rows of the same 5
     assert len(table) == 4 * 5
     got = {(r.attack, r.defense, r.scored_state): r.correct for r in table.itertuples()}
@@ -199,13 +199,13 @@ def test_merge_of_hand_made_cells_gives_known_counts_intervals_and_specs(tmp_pat
     assert (apgd.attack_type, apgd.attack_steps, apgd.attack_version) == ("apgd-ce", 20, None)
     assert pd.isna(apgd.restarts) and json.loads(apgd.attack_params) == {"eps_255": 8, "n_iter": 20}
     assert (apgd.estimator_type, json.loads(apgd.estimator_params)) == ("intermediate", {"lam": 1.0, "k": 1})
-    assert table[table.attack.isin(results.PSEUDO_ATTACKS)][list(results.SPEC_COLUMNS)].isna().all().all()
+    assert table[table.attack.isin(tidy.PSEUDO_ATTACKS)][list(tidy.SPEC_COLUMNS)].isna().all().all()
     # Written and read back: integer settings stay integers, the specs stay text.
-    results.write_table(table, tmp_path / "table.csv")
+    tidy.write_table(table, tmp_path / "table.csv")
     text = (tmp_path / "table.csv").read_text()
     assert ",pgd,,8,2,1," in text and '"{""eps_255"":8,""n_iter"":20}"' in text
-    back = results.load_table(tmp_path / "table.csv")
-    assert back[list(results.COLUMNS[:14])].astype(str).equals(table[list(results.COLUMNS[:14])].astype(str))
+    back = tidy.load_table(tmp_path / "table.csv")
+    assert back[list(tidy.COLUMNS[:14])].astype(str).equals(table[list(tidy.COLUMNS[:14])].astype(str))
 
 
 def test_merge_refuses_cells_that_disagree_or_name_no_type(tmp_path):
@@ -237,14 +237,14 @@ def test_merge_names_a_missing_or_foreign_file_and_a_cell_of_other_settings(tmp_
         merge([tmp_path / "other.json"], [])
     # a cell run by hand with 5 PGD steps is not the profile's pgd2 (2 steps): refused, not merged under its name
     cfg = {"evaluation": {"attacks": {"pgd2": PGD}, "estimators": {"exact": {"name": "exact"}}}}
-    results.read_cell(a, cfg)
+    tidy.read_cell(a, cfg)
     b = hand_cell(tmp_path / "b.json", "exact", {"name": "exact"}, "pgd2", {**PGD, "steps": 5}, "final", scores)
     with pytest.raises(
         ConfigError,
         match="b.json ran attack 'pgd2' as .*'steps': 5.*but this profile defines 'pgd2' "
         "as .*'steps': 2.*rerun the cell with this profile",
     ):
-        results.read_cell(b, cfg)
+        tidy.read_cell(b, cfg)
 
 
 def test_select_exit_records_the_dev_choice(setup):
@@ -326,7 +326,7 @@ def test_records_of_a_seed_instance_carry_its_base_model_and_seed(tmp_path, cifa
     exit_record = select_exit(cfg, str(tmp_path / "deq.pt"), tmp_path / "exit.json")
     for record in (cell, exit_record):
         assert (record["model"], record["base_model"], record["seed"]) == ("deq.s2", "deq", 2)
-    table = results.merge_outcomes([str(tmp_path / "cell.json")], [str(tmp_path / "exit.json")])
+    table = tidy.merge_outcomes([str(tmp_path / "cell.json")], [str(tmp_path / "exit.json")])
     assert set(zip(table.model, table.base_model, table.seed)) == {("deq.s2", "deq", 2)}
 
 
@@ -435,8 +435,8 @@ def test_merge_rows_are_those_of_the_merge_before_the_spec_columns(tmp_path):
     table the merge of commit cb976f8 (before the results module) wrote from these cells."""
     import hashlib
 
-    results.write_table(merge(*smoke_like_cells(tmp_path)), tmp_path / "table.csv")
-    old = pd.read_csv(tmp_path / "table.csv", dtype=str, keep_default_na=False)[list(results.COLUMNS[:14])]
+    tidy.write_table(merge(*smoke_like_cells(tmp_path)), tmp_path / "table.csv")
+    old = pd.read_csv(tmp_path / "table.csv", dtype=str, keep_default_na=False)[list(tidy.COLUMNS[:14])]
     text = old.to_csv(index=False)
     assert len(old) == 124
     assert hashlib.md5(text.encode()).hexdigest() == "0dc4448d1538fa9503709147f801f2ec"

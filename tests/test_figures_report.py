@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from conftest import run_command
 
-from deqrobust import analysis, figures, results, stats
+from deqrobust import analysis, errors, figures, inputs, queries, stats, tabular, tidy
 from deqrobust.stats import wilson
 from deqrobust.vocab import BASELINE_ESTIMATOR
 
@@ -42,11 +42,11 @@ def row(
     correct = round(min(max(acc, 0.0), 1.0) * n)
     low, high = wilson(correct, n)
     specs = (
-        dict.fromkeys(results.SPEC_COLUMNS)
-        if attack in results.PSEUDO_ATTACKS
+        dict.fromkeys(tidy.SPEC_COLUMNS)
+        if attack in tidy.PSEUDO_ATTACKS
         else {
-            **results.attack_columns(ATTACKS[attack]),
-            **results.estimator_columns(estimator, ESTIMATORS.get(estimator, {})),
+            **tidy.attack_columns(ATTACKS[attack]),
+            **tidy.estimator_columns(estimator, ESTIMATORS.get(estimator, {})),
         }
     )
     return {
@@ -194,20 +194,20 @@ def analyses(adv_slower: bool = True) -> list[dict]:
 
 
 def test_headline_metrics_and_missing_autoattack():
-    metrics = results.headline_metrics(make_table(autoattack=False))
+    metrics = queries.headline_metrics(make_table(autoattack=False))
     final = metrics["deq_pgd"]["final"]
     assert final["clean"] == pytest.approx(0.8) and final["pgd10"] == pytest.approx(0.23)
     assert final["autoattack"] is None and final["worst_case"] == pytest.approx(0.20)
     assert set(metrics["resnet_pgd"]) == {"final"}
-    header, rows = results.main_table_rows(make_table(autoattack=False), "unit")
-    assert all(r[header.index("AutoAttack")] == results.NOT_RUN for r in rows if r[-1].startswith("measured"))
+    header, rows = tabular.main_table_rows(make_table(autoattack=False), "unit")
+    assert all(r[header.index("AutoAttack")] == tabular.NOT_RUN for r in rows if r[-1].startswith("measured"))
 
 
 def with_attack(table: pd.DataFrame, attack: str, spec: dict) -> pd.DataFrame:
     """The table with one attack's spec columns replaced, as if the config had given ``spec``."""
     table = table.copy()
     rows = table["attack"] == attack
-    for column, value in results.attack_columns(spec).items():
+    for column, value in tidy.attack_columns(spec).items():
         table.loc[rows, column] = value
     return table
 
@@ -234,11 +234,11 @@ def with_attack(table: pd.DataFrame, attack: str, spec: dict) -> pd.DataFrame:
 def test_autoattack_heading_says_what_ran(spec: dict, heading: str):
     """'AutoAttack' only for the standard suite at its own settings; else the attack and its iterations."""
     table = with_attack(make_table(), "aa", spec)
-    assert dict(results.main_columns(table))["autoattack"] == heading
-    header, rows = results.main_table_rows(table, "unit")
+    assert dict(queries.main_columns(table))["autoattack"] == heading
+    header, rows = tabular.main_table_rows(table, "unit")
     column = header.index(heading)
     measured = [r for r in rows if r[-1].startswith("measured")]
-    assert all(r[column] != results.NOT_RUN for r in measured)
+    assert all(r[column] != tabular.NOT_RUN for r in measured)
     references = [r[column] for r in rows if r[-1].startswith("RobustBench")]
     assert all(r.endswith("(AutoAttack)") == (heading != "AutoAttack") for r in references)
 
@@ -249,7 +249,7 @@ def test_metrics_columns_name_what_ran_under_the_fixed_keys(tmp_path: Path):
 
     path = tmp_path / "table.csv"
     with_attack(make_table(), "aa", {"name": "apgd-ce", "n_iter": 20, "restarts": 1}).to_csv(path, index=False)
-    record = report.metrics(results.load_table(path, CFG), CFG, [])
+    record = report.metrics(tidy.load_table(path, CFG), CFG, [])
     assert record["columns"] == {
         "clean": "clean",
         "pgd10": "PGD-10",
@@ -262,15 +262,15 @@ def test_metrics_columns_name_what_ran_under_the_fixed_keys(tmp_path: Path):
 
 def test_pgd_heading_and_attacks_outside_the_main_table():
     table = with_attack(make_table(), "pgd10", {"name": "pgd", "steps": 10, "restarts": 5})
-    assert results.main_columns(table)[1] == ("pgd10", "PGD-10 (5 restarts)")
+    assert queries.main_columns(table)[1] == ("pgd10", "PGD-10 (5 restarts)")
     # Another radius or step count is not the paper's PGD-10 / AutoAttack: not run, under the default heading.
     table = with_attack(
         with_attack(make_table(), "pgd10", {"name": "pgd", "steps": 20}), "aa", {"name": "autoattack", "eps_255": 4}
     )
-    assert [h for _, h in results.main_columns(table)] == ["clean", "PGD-10", "AutoAttack", "worst case"]
-    assert results.headline_metrics(table)["deq_pgd"]["final"]["pgd10"] is None
+    assert [h for _, h in queries.main_columns(table)] == ["clean", "PGD-10", "AutoAttack", "worst case"]
+    assert queries.headline_metrics(table)["deq_pgd"]["final"]["pgd10"] is None
     assert (
-        results.attack_label("autoattack", json.loads(table.loc[table["attack"] == "aa", "attack_params"].iloc[0]))
+        tidy.attack_label("autoattack", json.loads(table.loc[table["attack"] == "aa", "attack_params"].iloc[0]))
         == "AutoAttack standard (eps 4/255)"
     )
 
@@ -280,8 +280,8 @@ def test_heading_of_several_attacks_names_them_all():
     extra = with_attack(table[table["attack"] == "aa"], "aa", {"name": "apgd-ce", "n_iter": 20})
     extra = extra.assign(attack="apgd-ce", accuracy=extra["accuracy"] - 0.05)
     both = pd.concat([table, extra], ignore_index=True)
-    assert dict(results.main_columns(both))["autoattack"] == "strongest of AutoAttack, APGD-CE (20 it.)"
-    assert results.main_rows(both)[0]["autoattack"]["attack"] == "apgd-ce"
+    assert dict(queries.main_columns(both))["autoattack"] == "strongest of AutoAttack, APGD-CE (20 it.)"
+    assert queries.main_rows(both)[0]["autoattack"]["attack"] == "apgd-ce"
 
 
 def test_figures_survive_missing_pieces(tmp_path: Path):
@@ -312,7 +312,7 @@ def test_heatmap_with_long_names_is_not_clipped_and_scales_to_the_data(tmp_path:
     )
     fig = figures.heatmap_figure(table, model)
     assert inside_canvas(fig)
-    drawn = table[table["defense"].isin(results.DEFENSES) & ~table["attack"].isin(results.PSEUDO_ATTACKS)]
+    drawn = table[table["defense"].isin(tidy.DEFENSES) & ~table["attack"].isin(tidy.PSEUDO_ATTACKS)]
     values = 100 * drawn["accuracy"]
     for ax in fig.axes[:3]:  # one panel per defense, then the colour bar
         mesh = ax.collections[0]
@@ -397,7 +397,7 @@ def test_the_report_says_where_its_data_and_models_came_from(tmp_path: Path):
 
     path = tmp_path / "table.csv"
     make_table().assign(data_md5="0123abcd", data_official=False).to_csv(path, index=False)
-    table = results.load_table(path, CFG)
+    table = tidy.load_table(path, CFG)
     intel = {
         "processor": "Intel Xeon",
         "architecture": "x86_64",
@@ -420,7 +420,7 @@ def test_the_report_says_where_its_data_and_models_came_from(tmp_path: Path):
     )
     legacy = tmp_path / "legacy.csv"
     make_table().to_csv(legacy, index=False)  # merged before the data source was recorded
-    assert "- data: not recorded" in report.render(results.load_table(legacy, CFG), [], CFG, [])
+    assert "- data: not recorded" in report.render(tidy.load_table(legacy, CFG), [], CFG, [])
 
 
 def write_outputs(folder: Path) -> tuple[Path, list[Path]]:
@@ -498,7 +498,7 @@ def test_figures_and_report_commands(tmp_path: Path):
     record = json.loads(metrics.read_text())
     assert record["verdicts"] == {"1": stats.HELD, **dict.fromkeys("2345", stats.NOT_TESTED)}
     assert record["p_values"]["1"] < stats.ALPHA and record["accuracy"]["deq_pgd"]["final"]["n"] == 400
-    assert record["columns"]["autoattack"] == "AutoAttack" and list(record["columns"]) == list(results.MAIN_KEYS)
+    assert record["columns"]["autoattack"] == "AutoAttack" and list(record["columns"]) == list(queries.MAIN_KEYS)
 
 
 def checkout(root: Path, profile: str = "unit") -> Path:
@@ -524,19 +524,19 @@ def test_notebook_inputs_found_from_another_working_directory(tmp_path: Path, mo
     for name in ("DEQROBUST_PROFILE", "DEQROBUST_CONFIG", "DEQROBUST_REPORTS", "DEQROBUST_TABLE", "DEQROBUST_ANALYSIS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(root / "notebooks")
-    paths = results.notebook_inputs()
+    paths = inputs.notebook_inputs()
     assert paths["config"]["profile"] == "unit" and paths["table"] == root / "reports" / "unit" / "table.csv"
     assert [p.name for p in paths["analysis"]] == ["deq_pgd.json", "deq_std.json"]
     assert all(p.is_file() for p in paths["analysis"])
-    assert len(results.load_table(paths["table"], paths["config"])) == len(make_table())
+    assert len(tidy.load_table(paths["table"], paths["config"])) == len(make_table())
     # Outside any checkout: the checkout of an editable install, else a message saying what to do.
     monkeypatch.chdir(tmp_path)
-    package_checkout = Path(results.__file__).resolve().parents[2]
+    package_checkout = Path(inputs.__file__).resolve().parents[2]
     if (package_checkout / "Snakefile").is_file():
-        assert results.project_root() == package_checkout
+        assert inputs.project_root() == package_checkout
     else:
-        with pytest.raises(results.ConfigError, match="no Snakefile.*DEQROBUST_CONFIG"):
-            results.project_root()
+        with pytest.raises(errors.ConfigError, match="no Snakefile.*DEQROBUST_CONFIG"):
+            inputs.project_root()
 
 
 def test_notebook_inputs_read_the_runs_overrides_say_what_they_read_and_refuse_missing_ones(
@@ -557,9 +557,9 @@ def test_notebook_inputs_read_the_runs_overrides_say_what_they_read_and_refuse_m
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(root)
     monkeypatch.setenv("DEQROBUST_OVERRIDES", '["evaluation.num_examples=7", "solver={tol: 0.5}"]')
-    paths = results.notebook_inputs(require=("table", "analysis"))
+    paths = inputs.notebook_inputs(require=("table", "analysis"))
     assert paths["config"]["evaluation"]["num_examples"] == 7 and paths["config"]["solver"]["tol"] == 0.5
-    text = results.describe_inputs(paths)
+    text = inputs.describe_inputs(paths)
     assert (
         text.startswith("profile 'unit' (config ") and "table: " + str(root / "reports" / "unit" / "table.csv") in text
     )
@@ -567,22 +567,22 @@ def test_notebook_inputs_read_the_runs_overrides_say_what_they_read_and_refuse_m
     for analysis_file in (root / "results" / "unit" / "analysis").glob("*.json"):
         analysis_file.unlink()
     with pytest.raises(
-        results.ConfigError,
+        errors.ConfigError,
         match="notebook input 'analysis' of profile 'unit': no file found; run the workflow for this profile first",
     ):
-        results.notebook_inputs(require=("analysis",))
+        inputs.notebook_inputs(require=("analysis",))
 
 
 def test_table_without_spec_columns_needs_the_config(tmp_path: Path):
     """A table merged before the spec columns existed reads them from the config, else is refused."""
     old = tmp_path / "table.csv"
-    make_table().drop(columns=list(results.SPEC_COLUMNS)).to_csv(old, index=False)
-    with pytest.raises(results.ConfigError, match="attack_type.*rerun `deqrobust merge`"):
-        results.load_table(old)
-    filled = results.load_table(old, CFG)
+    make_table().drop(columns=list(tidy.SPEC_COLUMNS)).to_csv(old, index=False)
+    with pytest.raises(errors.ConfigError, match="attack_type.*rerun `deqrobust merge`"):
+        tidy.load_table(old)
+    filled = tidy.load_table(old, CFG)
     new = tmp_path / "new.csv"
-    results.write_table(make_table(), new)
-    pd.testing.assert_frame_equal(filled, results.load_table(new), check_dtype=False)
+    tidy.write_table(make_table(), new)
+    pd.testing.assert_frame_equal(filled, tidy.load_table(new), check_dtype=False)
 
 
 @pytest.mark.parametrize("notebook", ["evaluation_matrix.py", "fixed_point_analysis.py"])

@@ -1,6 +1,6 @@
 """The report's verdicts on constructed per-example outcomes and analysis records with known answers.
 
-Cells are written as ``evaluation.run_cell`` writes them and go through ``results.merge_outcomes``
+Cells are written as ``evaluation.run_cell`` writes them and go through ``tidy.merge_outcomes``
 (the merge the workflow runs), so the tests cover the outcome file and the claims together.
 Outcome vectors are nested prefixes (the first k examples correct), so the McNemar counts are
 known: A = first(n, 150) against B = first(n, 100) gives b = 50, c = 0.
@@ -16,7 +16,7 @@ import pytest
 import yaml
 from conftest import run_command
 
-from deqrobust import analysis, config, report, results, stats
+from deqrobust import analysis, config, errors, report, stats, tidy
 from deqrobust.errors import ConfigError
 from deqrobust.vocab import BASELINE_ESTIMATOR
 
@@ -105,7 +105,7 @@ class Lab:
         self.exits.append(path)
 
     def outcomes(self):
-        return results.merge_outcomes(self.cells, self.exits)
+        return tidy.merge_outcomes(self.cells, self.exits)
 
     def findings(self, cfg: dict = CFG) -> dict[int, report.Finding]:
         return {f.claim: f for f in report.findings(self.analyses, cfg, self.outcomes(), report.load_exits(self.exits))}
@@ -210,11 +210,11 @@ def test_worst_case_counts_a_wrong_clean_example_as_wrong(tmp_path: Path):
     lab.cell("deq-adv", "exact", "pgd10", "final", [1, 1, 0, 1], clean=clean)
     lab.cell("deq-adv", "inter", "apgd", 2, [1, 1, 1, 0], clean=clean)
     frame = lab.outcomes()
-    worst = frame[(frame.attack == results.WORST_CASE) & (frame.defense == "final")].iloc[0]
+    worst = frame[(frame.attack == tidy.WORST_CASE) & (frame.defense == "final")].iloc[0]
     assert worst.outcomes == "0100"
-    table = results.tabulate(frame)
-    assert table.loc[(table.attack == results.WORST_CASE) & (table.defense == "final"), "correct"].item() == 1
-    assert results.worst_case([json.loads(p.read_text()) for p in lab.cells])["final"] == [0, 1, 0, 0]
+    table = tidy.tabulate(frame)
+    assert table.loc[(table.attack == tidy.WORST_CASE) & (table.defense == "final"), "correct"].item() == 1
+    assert tidy.worst_case([json.loads(p.read_text()) for p in lab.cells])["final"] == [0, 1, 0, 0]
 
 
 def test_outcomes_file_round_trip_and_table_agree(tmp_path: Path):
@@ -222,27 +222,27 @@ def test_outcomes_file_round_trip_and_table_agree(tmp_path: Path):
     paper_like(lab, n=30, inter=9, truth=10, exact=15, exit_acc=20)
     frame = lab.outcomes()
     path = tmp_path / "outcomes.csv.gz"
-    results.write_outcomes(frame, path)
+    tidy.write_outcomes(frame, path)
     first_bytes = path.read_bytes()
-    results.write_outcomes(frame, path)
+    tidy.write_outcomes(frame, path)
     assert path.read_bytes() == first_bytes  # no time stamp: same outcomes, same bytes
-    back = results.load_outcomes(path)
-    assert list(back.columns) == list(results.OUTCOME_COLUMNS)
+    back = tidy.load_outcomes(path)
+    assert list(back.columns) == list(tidy.OUTCOME_COLUMNS)
     assert back["outcomes"].tolist() == frame["outcomes"].tolist() and back["outcomes"].str.len().eq(30).all()
     assert (back["indices"] == "0-29").all() and back["seed"].tolist() == [0] * len(back)
     row = back[(back.estimator == "inter") & (back.attacked_state == "2") & (back.defense == "final")].iloc[0]
-    assert results.outcome_array(row.outcomes).tolist() == first(30, 9)
-    table = results.tabulate(back)
+    assert tidy.outcome_array(row.outcomes).tolist() == first(30, 9)
+    table = tidy.tabulate(back)
     assert table.correct.tolist() == [o.count("1") for o in back.outcomes]
-    with pytest.raises(results.ConfigError, match="do not exist.*merge --outcomes"):
-        results.load_outcomes(tmp_path / "missing.csv.gz")
+    with pytest.raises(errors.ConfigError, match="do not exist.*merge --outcomes"):
+        tidy.load_outcomes(tmp_path / "missing.csv.gz")
 
 
 @pytest.mark.parametrize(
     "indices, text", [([0, 1, 2, 5], "0-2,5"), (list(range(300)), "0-299"), ([7], "7"), ([3, 5, 6, 7, 9], "3,5-7,9")]
 )
 def test_index_ranges_round_trip(indices, text):
-    assert results.index_ranges(indices) == text and results.expand_ranges(text) == indices
+    assert tidy.index_ranges(indices) == text and tidy.expand_ranges(text) == indices
 
 
 # ---------------------------------------------------------------- claims 2-5 on outcomes
@@ -507,7 +507,7 @@ def test_the_report_refuses_inputs_of_different_runs(tmp_path: Path):
     stamp(lab.cells, "aaaa")
     stamp(lab.exits, "aaaa")
     outcomes = lab.outcomes()
-    table = results.tabulate(outcomes)
+    table = tidy.tabulate(outcomes)
     record = tmp_path / "analysis.json"
     analysis_record = {"model": {"name": "deq-adv"}, "checkpoint_md5": "aaaa"}
     report.check_runs(
@@ -516,7 +516,7 @@ def test_the_report_refuses_inputs_of_different_runs(tmp_path: Path):
     other = Lab(tmp_path / "other")
     paper_like(other, exact=160)  # another run's table
     with pytest.raises(ConfigError, match="the table and the per-example outcomes come from different runs"):
-        report.check_runs(results.tabulate(other.outcomes()), outcomes, {})
+        report.check_runs(tidy.tabulate(other.outcomes()), outcomes, {})
     with pytest.raises(
         ConfigError,
         match=f"{record} was made from another checkpoint of 'deq-adv' "

@@ -4,7 +4,7 @@ A cell attacks one checkpoint with one attack through one gradient estimator at 
 state, and scores every adversarial batch under every defense and at every solver state,
 so one attack run fills a whole row of the table. Batches are saved as they finish
 (``<out>.partial/``), so an interrupted cell resumes where it stopped; the cell file is
-written atomically at the end. ``deqrobust.results.merge`` turns the cells into the table.
+written atomically at the end. ``deqrobust.tidy.merge`` turns the cells into the table.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Figures of the results and analyses; this module only draws.
 
-Data come from ``deqrobust.results`` (the tidy table's queries) and the analysis records.
+Data come from ``deqrobust.queries`` (the tidy table's queries) and the analysis records.
 Each figure function returns a matplotlib ``Figure`` built without pyplot, so the CLI can
 save it and a notebook can display it without a second copy of the plotting code. Pieces
 that a profile did not run (no analysis of a model, no per-state rows) show as an empty
@@ -24,7 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from deqrobust import results
+from deqrobust import queries, tabular
 from deqrobust.atomic import atomic_path, write_text
 from deqrobust.vocab import FINAL
 
@@ -184,7 +184,7 @@ def state_accuracy_figure(analyses: list[dict], table: pd.DataFrame | None) -> F
     by_name = {a["model"]["name"]: a for a in analyses}
     deqs = list(by_name)
     if table is not None:
-        deqs += [m for m in results.state_models(table) if m not in by_name]
+        deqs += [m for m in queries.state_models(table) if m not in by_name]
     nrows, ncols = (1 if table is None else 2), max(len(deqs), 1)
     with _style():
         fig = Figure(figsize=(4 * ncols, 3.5 * nrows), layout="constrained")
@@ -210,7 +210,7 @@ def state_accuracy_figure(analyses: list[dict], table: pd.DataFrame | None) -> F
                 _empty(axes[0, col], f"{model}: no analysis")
             if table is None:
                 continue
-            frame = results.state_table_frame(table, model)
+            frame = queries.state_table_frame(table, model)
             if frame.empty:
                 _empty(axes[1, col], f"{model}: no per-state rows")
                 continue
@@ -408,8 +408,8 @@ def heatmap_figure(table: pd.DataFrame, model: str) -> Figure:
     The colour scale spans the model's own range of accuracies (shared by its panels), so
     differences of a few points show; every cell is annotated with its percentage.
     """
-    defenses = results.attacked_defenses(table, model)
-    grids = {d: results.heatmap_grid(table, model, d) for d in defenses}
+    defenses = queries.attacked_defenses(table, model)
+    grids = {d: queries.heatmap_grid(table, model, d) for d in defenses}
     values = np.concatenate([g.to_numpy(dtype=float).ravel() for g in grids.values()]) if grids else np.array([])
     values = values[np.isfinite(values)]
     low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 100.0)
@@ -437,7 +437,7 @@ def heatmap_figure(table: pd.DataFrame, model: str) -> Figure:
                 cbar=ax is axes[len(defenses) - 1],
                 cbar_kws={"label": "robust accuracy (%)"},
             )
-            worst = results.worst_case_accuracy(table, model, defense)
+            worst = queries.worst_case_accuracy(table, model, defense)
             note = f"; worst case {100 * worst:.1f}%" if worst is not None else ""
             ax.set(title=f"defense: {defense}{note}", xlabel="attack", ylabel="estimator\n@ attacked state")
             ax.set_xticklabels([_wrap(t.get_text(), 12) for t in ax.get_xticklabels()], rotation=0)
@@ -507,10 +507,10 @@ def write_all(
         written.append(save_figure(training_dynamics_figure(trajectories), out / "training_dynamics.png"))
     for model in table["model"].unique():
         written.append(save_figure(heatmap_figure(table, model), out / f"heatmap_{_slug(model)}.png"))
-    header, rows = results.main_table_rows(table, profile)
-    caption = results.CAPTION
+    header, rows = tabular.main_table_rows(table, profile)
+    caption = tabular.CAPTION
     write_text(
-        out / "main.md", f"# Main robustness table ({profile})\n\n{caption}\n\n" + results.markdown_table(header, rows)
+        out / "main.md", f"# Main robustness table ({profile})\n\n{caption}\n\n" + tabular.markdown_table(header, rows)
     )
-    write_text(out / "main.tex", results.latex_table(header, rows, f"{caption} Profile: {profile}."))
+    write_text(out / "main.tex", tabular.latex_table(header, rows, f"{caption} Profile: {profile}."))
     return written + [out / "main.md", out / "main.tex"]

@@ -33,20 +33,7 @@ import pandas as pd
 
 from deqrobust import stats
 from deqrobust.instances import model_spec
-from deqrobust.results import (
-    CLEAN,
-    EARLY_EXIT,
-    PSEUDO_ATTACKS,
-    WORST_CASE,
-    expand_ranges,
-    headline_metrics,
-    main_columns,
-    main_rows,
-    outcome_array,
-    profile_rows,
-    profile_solve,
-    state_order,
-)
+from deqrobust.queries import headline_metrics, main_columns, main_rows, state_order
 from deqrobust.stats import (
     ALIGNED_COSINE,
     ALPHA,
@@ -58,6 +45,16 @@ from deqrobust.stats import (
     Comparison,
     Precondition,
     Verdict,
+)
+from deqrobust.tidy import (
+    CLEAN,
+    EARLY_EXIT,
+    PSEUDO_ATTACKS,
+    WORST_CASE,
+    expand_ranges,
+    outcome_array,
+    profile_rows,
+    profile_solve,
 )
 from deqrobust.vocab import BATCH, ENSEMBLE, FINAL, SAMPLE, TRUE_GRADIENT, score_step
 
@@ -196,7 +193,7 @@ def check_runs(table: pd.DataFrame, outcomes: pd.DataFrame | None, records: dict
     what the outcomes give (``tabulate``), and each analysis or development record (by file) must
     stamp the checkpoint its model's cells were made from."""
     from deqrobust.errors import ConfigError
-    from deqrobust.results import tabulate
+    from deqrobust.tidy import tabulate
 
     if outcomes is None:
         return
@@ -668,7 +665,7 @@ def trend_comparison(trends: list[tuple[dict, dict]], key: str, alternative: str
 def trend_lines(trajectories: list[dict]) -> list[str]:
     """The report's "Along training" section: per run the snapshots' medians and the changes, then
     PGD-AT against standard across runs."""
-    from deqrobust.results import markdown_table
+    from deqrobust.tabular import markdown_table
     from deqrobust.trajectory import log_residual, trend
 
     if not trajectories:
@@ -844,7 +841,7 @@ def _diff(r: Comparison) -> str:
 def coupling_lines(outcomes: pd.DataFrame | None, analyses: list[dict], cfg: dict) -> list[str]:
     """The report's section "Batch coupling" (Markdown lines), empty when no cell ran under batch
     coupling beside the same cell per sample."""
-    from deqrobust.results import markdown_table
+    from deqrobust.tabular import markdown_table
 
     pairs = [] if outcomes is None else coupling_pairs(outcomes, cfg)
     if not pairs:
@@ -1064,7 +1061,7 @@ def render(
 ) -> str:
     """The report in Markdown: verdict table, per claim its rule and evidence, alignment, batch
     coupling (with ``outcomes``, when cells ran under it), main table (the profile's setting)."""
-    from deqrobust.results import markdown_table
+    from deqrobust.tabular import markdown_table
 
     table = profile_rows(table, cfg)
     out = [

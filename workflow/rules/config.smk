@@ -67,7 +67,7 @@ def cli_args(wildcards, threads):
 
 def overrides_json(wildcards, threads):
     """The run's --config overrides as a JSON list, a derived (non-trigger) param: the notebooks
-    load the config the report loaded (deqrobust.results.notebook_inputs)."""
+    load the config the report loaded (deqrobust.inputs.notebook_inputs)."""
     return json.dumps(OVERRIDES)
 
 

@@ -24,10 +24,10 @@ def run(args: argparse.Namespace) -> int:
     import matplotlib  # heavy imports stay out of `deqrobust --help`
 
     matplotlib.use("Agg")
-    from deqrobust import analysis, figures, results, trajectory
+    from deqrobust import analysis, figures, tidy, trajectory
 
     cfg = load(args.config, args.overrides)
-    table = results.profile_rows(results.load_table(args.table, cfg), cfg)  # the profile's solver setting
+    table = tidy.profile_rows(tidy.load_table(args.table, cfg), cfg)  # the profile's solver setting
     written = figures.write_all(
         table,
         [analysis.load(p) for p in args.analysis],

@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from deqrobust.provenance import data_source
-    from deqrobust.results import merge_outcomes, tabulate, write_outcomes, write_table
+    from deqrobust.tidy import merge_outcomes, tabulate, write_outcomes, write_table
 
     cfg = config.load(args.config, args.overrides)  # the profile the cells belong to (its solver setting)
     outcomes = merge_outcomes(args.cells, args.early_exit, cfg)

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     from deqrobust import analysis, report, trajectory  # heavy imports stay out of `deqrobust --help`
     from deqrobust.atomic import write_json, write_text
-    from deqrobust.results import load_outcomes, load_table
+    from deqrobust.tidy import load_outcomes, load_table
 
     cfg = load(args.config, args.overrides)
     table = load_table(args.table, cfg)

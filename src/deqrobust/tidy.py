@@ -1,10 +1,10 @@
-"""The tidy results table: its columns and constants, ``merge``, and every query on it.
+"""The tidy results table: its columns and constants, ``merge``, and its files.
 
 One row per model, gradient estimator, attacked state, solver setting (coupling and batch
 size), attack, defense and scored state. ``merge`` builds it from the evaluation cells and
 copies each cell's recorded attack and estimator specs and solver setting into columns, so no
 reader parses an attack's name: the figures and the report read the table only through the
-queries here. The main table, the figures and claims 2-5 read the profile's solver setting
+queries of deqrobust.queries. The main table, the figures and claims 2-5 read the profile's solver setting
 (``profile_rows``); cells under another (the authors' batch coupling) are compared with them in
 the report's "Batch coupling" section.
 
@@ -29,7 +29,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import re
 from pathlib import Path
 from typing import Iterable
 
@@ -43,7 +42,6 @@ from deqrobust.specs import COMPONENTS, attack_params, estimator_params
 from deqrobust.stats import wilson
 from deqrobust.vocab import BASELINE_ESTIMATOR, ENSEMBLE, FINAL, score_step, step_score
 
-# ---------------------------------------------------------------- constants
 # Defenses (the `defense` column): how the DEQ predicts.
 EARLY_EXIT = "early_exit"  # the head of the state n chosen on the dev split (select-exit)
 DEFENSES = (FINAL, EARLY_EXIT, ENSEMBLE)
@@ -113,20 +111,6 @@ OUTCOME_COLUMNS = (
     "checkpoint_md5",
 )
 
-MAIN_KEYS = ("clean", "pgd10", "autoattack", "worst_case")  # keys of main rows and headline metrics
-NOT_RUN = "not run"
-REFERENCES = (  # RobustBench, CIFAR-10, L-inf 8/255: (model, clean %, AutoAttack %)
-    ("Madry et al. PGD-AT, WideResNet-34-10", 87.14, 44.04),
-    ("Rice et al. early-stopped PGD-AT, WideResNet-34-20", 85.34, 53.42),
-    ("Wong et al. fast AT, PreAct ResNet-18", 83.34, 43.21),
-)
-CAPTION = (
-    "Accuracy (%, Wilson 95% CI) on CIFAR-10 under L-inf 8/255; the attack columns hold the strongest "
-    "cell over estimators and attacked states (over every attack the heading names); worst case is per "
-    "example over every attack; 'not run' means this profile has no such attack. Reference rows are "
-    "public RobustBench AutoAttack figures for context, not results of this run."
-)
-
 
 def worst_case(cells: list[dict]) -> dict[str, list[int]]:
     """Per score key and example: 1 only if the example is classified correctly on clean input AND
@@ -170,7 +154,6 @@ def outcome_array(text: str) -> np.ndarray:
     return arr.astype(np.int8)
 
 
-# ---------------------------------------------------------------- spec columns
 def canonical(obj: dict) -> str:
     """Canonical JSON (sorted keys, no spaces): equal settings give equal text."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
@@ -227,7 +210,6 @@ def attack_label(attack_type: str, params: dict) -> str:
     return f"{name} ({', '.join(extra)})" if extra else name
 
 
-# ---------------------------------------------------------------- merge
 def _rows_of(scores: dict, exit_state: int | None) -> list[dict]:
     """Rows of one score dict (clean or adversarial) under every defense and state."""
     picks = [(FINAL, FINAL), (ENSEMBLE, ENSEMBLE)] if ENSEMBLE in scores else [(FINAL, FINAL)]
@@ -380,7 +362,6 @@ def merge(
     return tabulate(merge_outcomes(cell_paths, exit_paths, cfg))
 
 
-# ---------------------------------------------------------------- files
 def write_table(table: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write the table as CSV atomically (a killed job leaves no complete-looking table)."""
     with atomic_path(path) as tmp:
@@ -501,306 +482,3 @@ def _integers(table: pd.DataFrame) -> None:
     table["eps_255"] = eps.astype("Int64") if (eps.dropna() % 1 == 0).all() else eps
     for column in ("attack_steps", "restarts", "batch_size"):
         table[column] = pd.to_numeric(table[column]).astype("Int64")
-
-
-def project_root(start: str | os.PathLike | None = None) -> Path:
-    """The checkout: the first folder holding the Snakefile at or above ``start`` (default:
-    the working directory), else above this package (an editable install), so a notebook
-    finds its inputs from any working directory."""
-    here = Path(start or Path.cwd()).resolve()
-    for folder in (here, *here.parents, *Path(__file__).resolve().parents):
-        if (folder / "Snakefile").is_file():
-            return folder
-    raise ConfigError(
-        f"no Snakefile in {here} or any folder above it (nor above the installed package): run "
-        "from inside the deqrobust checkout, "
-        "or set DEQROBUST_CONFIG, DEQROBUST_TABLE and DEQROBUST_ANALYSIS"
-    )
-
-
-def default_profile(root: Path) -> str:
-    """DEQROBUST_PROFILE, else the profile params.yaml chooses (DVC's run)."""
-    if os.environ.get("DEQROBUST_PROFILE"):
-        return os.environ["DEQROBUST_PROFILE"]
-    import yaml
-
-    params = root / "params.yaml"
-    profile = (yaml.safe_load(params.read_text()) or {}).get("profile") if params.is_file() else None
-    if not profile:
-        raise ConfigError(
-            f"no profile chosen: set DEQROBUST_PROFILE (paper, quick, cpu, smoke or import) or 'profile' in {params}"
-        )
-    return profile
-
-
-def notebook_inputs(
-    profile: str | None = None, start: str | os.PathLike | None = None, require: tuple[str, ...] = ()
-) -> dict:
-    """Config, reports folder, table, per-example outcomes, analyses and development records a notebook reads.
-
-    Environment variables win (the workflow sets them; relative paths are read from the
-    working directory): DEQROBUST_CONFIG, DEQROBUST_OVERRIDES (a JSON list of the run's
-    ``--config`` overrides, so the notebook reads the config the report read), DEQROBUST_REPORTS,
-    DEQROBUST_TABLE, DEQROBUST_OUTCOMES, DEQROBUST_ANALYSIS and DEQROBUST_EARLY_EXIT
-    (comma-separated). Otherwise the profile's files in the checkout found from ``start``:
-    ``config/<profile>.yaml``, its ``reports`` folder with ``table.csv``,
-    ``<results>/outcomes.csv.gz``, ``<results>/analysis/*.json`` and ``<results>/early_exit/*.json``.
-    Each key of ``require`` must name existing files (a list: at least one), else ConfigError:
-    a notebook never shows empty figures for inputs it did not find.
-    """
-    from deqrobust.config import load
-
-    env = os.environ.get
-    if env("DEQROBUST_CONFIG"):
-        config_path = Path(env("DEQROBUST_CONFIG"))
-        try:
-            root = project_root(start)
-        except ConfigError:  # a config given outside a checkout: its paths are read from here
-            root = None
-    else:
-        root = project_root(start)
-        config_path = root / "config" / f"{profile or default_profile(root)}.yaml"
-    if not config_path.is_file():
-        raise ConfigError(
-            f"config {config_path} does not exist; valid: a profile under config/ "
-            "(set DEQROBUST_PROFILE or DEQROBUST_CONFIG)"
-        )
-    cfg = load(config_path, json.loads(env("DEQROBUST_OVERRIDES") or "[]"))
-
-    def in_checkout(path: str) -> Path:  # the config's paths are relative to the checkout (the workflow's workdir)
-        return Path(path) if root is None else root / path
-
-    reports = Path(env("DEQROBUST_REPORTS") or in_checkout(cfg["reports"]))
-    found = in_checkout(cfg["results"])
-
-    def listed(variable: str, folder: str) -> list[Path]:
-        given = env(variable)
-        if given is not None:
-            return [Path(p) for p in given.split(",") if p]
-        return sorted(found.joinpath(folder).glob("*.json"))
-
-    paths = {
-        "config": cfg,
-        "config_file": config_path,
-        "reports": reports,
-        "table": Path(env("DEQROBUST_TABLE") or reports / "table.csv"),
-        "outcomes": Path(env("DEQROBUST_OUTCOMES") or found / "outcomes.csv.gz"),
-        "analysis": listed("DEQROBUST_ANALYSIS", "analysis"),
-        "early_exit": listed("DEQROBUST_EARLY_EXIT", "early_exit"),
-    }
-    for key in require:
-        files = paths[key] if isinstance(paths[key], list) else [paths[key]]
-        missing = [str(f) for f in files if not Path(f).is_file()]
-        if not files or missing:
-            raise ConfigError(
-                f"notebook input {key!r} of profile {cfg['profile']!r}: "
-                f"{', '.join(missing) or 'no file found'}; run the workflow for this profile first "
-                "(or point DEQROBUST_CONFIG / DEQROBUST_" + key.upper() + " at its files)"
-            )
-    return paths
-
-
-def describe_inputs(paths: dict) -> str:
-    """What a notebook read: the profile, its config and every input file."""
-    lines = [f"profile {paths['config']['profile']!r} (config {paths['config_file']})"]
-    for key in ("table", "outcomes", "analysis", "early_exit"):
-        files = paths[key] if isinstance(paths[key], list) else [paths[key]]
-        lines.append(f"{key}: " + (", ".join(str(f) for f in files if Path(f).is_file()) or "none"))
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------- queries
-def state_order(state: str) -> tuple[int, int]:
-    """Sort key of an attacked state: final first, then solver steps in order, then anything else."""
-    return (0, 0) if state == FINAL else (1, int(state)) if str(state).isdigit() else (2, 0)
-
-
-def attacked(table: pd.DataFrame, model: str | None = None, defense: str | None = None) -> pd.DataFrame:
-    """The rows of real attacks (no clean or worst-case rows), of one model and defense if given."""
-    keep = ~table["attack"].isin(PSEUDO_ATTACKS)
-    if model is not None:
-        keep &= table["model"] == model
-    if defense is not None:
-        keep &= table["defense"] == defense
-    return table[keep]
-
-
-def strongest(rows: pd.DataFrame) -> dict | None:
-    """The row with the lowest accuracy (the strongest attack) as a dict, None if there is none."""
-    if rows.empty:
-        return None
-    row = rows.sort_values(["accuracy", "n"], ascending=[True, False]).iloc[0]
-    return {
-        "accuracy": float(row["accuracy"]),
-        "ci_low": float(row["ci_low"]),
-        "ci_high": float(row["ci_high"]),
-        "n": int(row["n"]),
-        "estimator": row["estimator"],
-        "attacked_state": row["attacked_state"],
-        "attack": row["attack"],
-    }
-
-
-def main_column(table: pd.DataFrame) -> pd.Series:
-    """Per row, the main-table column it feeds (one of MAIN_KEYS), or None."""
-    radius = table["eps_255"] == PAPER_EPS_255
-    pgd10 = (table["attack_type"] == "pgd") & (table["attack_steps"] == PAPER_PGD_STEPS) & radius
-    autoattack = table["attack_type"].isin(AUTOATTACK_TYPES) & radius
-    out = pd.Series(None, index=table.index, dtype=object)
-    out[table["attack"] == CLEAN] = "clean"
-    out[table["attack"] == WORST_CASE] = "worst_case"
-    out[pgd10.fillna(False).astype(bool)] = "pgd10"
-    out[autoattack.fillna(False).astype(bool)] = "autoattack"
-    return out
-
-
-def main_columns(table: pd.DataFrame) -> list[tuple[str, str]]:
-    """(key, heading) of the main table's columns; an attack column is headed by what ran in it."""
-    columns = main_column(table)
-    headings = {"clean": "clean", "worst_case": "worst case"}
-    for key, unrun in (("pgd10", f"PGD-{PAPER_PGD_STEPS}"), ("autoattack", "AutoAttack")):
-        rows = table[columns == key].drop_duplicates(["attack_type", "attack_params"])
-        labels = list(
-            dict.fromkeys(attack_label(t, json.loads(p)) for t, p in zip(rows["attack_type"], rows["attack_params"]))
-        )
-        headings[key] = unrun if not labels else labels[0] if len(labels) == 1 else "strongest of " + ", ".join(labels)
-    return [(key, headings[key]) for key in MAIN_KEYS]
-
-
-def main_rows(table: pd.DataFrame) -> list[dict]:
-    """One row per model and defense with the strongest cell of each main column (None when not run)."""
-    columns = main_column(table)
-    rows = []
-    for model, of_model in table.groupby("model", sort=False):
-        first = of_model.iloc[0]
-        for defense in [d for d in DEFENSES if d in set(of_model["defense"])]:
-            cells = of_model[of_model["defense"] == defense]
-            entry = {**{k: first[k] for k in IDENTITY}, "defense": defense}
-            for key in MAIN_KEYS:
-                entry[key] = strongest(cells[columns[cells.index] == key])
-            rows.append(entry)
-    return rows
-
-
-def headline_metrics(table: pd.DataFrame) -> dict:
-    """{model: {defense: {clean, pgd10, autoattack, worst_case: accuracy or None, n}}} for metrics files."""
-    out: dict = {}
-    for row in main_rows(table):
-        ns = [row[key]["n"] for key in MAIN_KEYS if row[key]]
-        out.setdefault(row["model"], {})[row["defense"]] = {
-            **{key: (row[key]["accuracy"] if row[key] else None) for key in MAIN_KEYS},
-            "n": max(ns) if ns else None,
-        }
-    return out
-
-
-def _pct(cell: dict | None) -> str:
-    if cell is None:
-        return NOT_RUN
-    return f"{100 * cell['accuracy']:.1f} ({100 * cell['ci_low']:.1f}-{100 * cell['ci_high']:.1f})"
-
-
-def main_table_rows(table: pd.DataFrame, profile: str) -> tuple[list[str], list[list[str]]]:
-    """Header and text rows of the main table: measured rows, then the RobustBench reference rows
-    (their AutoAttack figure is marked as such when the column holds another attack)."""
-    columns = main_columns(table)
-    header = ["model", "training", "defense", "n", *(heading for _, heading in columns), "source"]
-    rows = []
-    for row in main_rows(table):
-        ns = [row[key]["n"] for key, _ in columns if row[key]]
-        rows.append(
-            [
-                row["model"],
-                row["training"],
-                row["defense"],
-                str(max(ns)) if ns else "-",
-                *(_pct(row[key]) for key, _ in columns),
-                f"measured ({profile})",
-            ]
-        )
-    tag = "" if dict(columns)["autoattack"] == "AutoAttack" else " (AutoAttack)"
-    for name, clean, aa in REFERENCES:
-        rows.append(
-            [
-                name,
-                "adversarial",
-                "-",
-                "10000",
-                f"{clean:.2f}",
-                "-",
-                f"{aa:.2f}{tag}",
-                "-",
-                "RobustBench (reference only, not measured here)",
-            ]
-        )
-    return header, rows
-
-
-def markdown_table(header: list[str], rows: Iterable[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _latex_escape(text: str) -> str:
-    return re.sub(r"([_%&#$])", r"\\\1", text)
-
-
-def latex_table(header: list[str], rows: Iterable[list[str]], caption: str) -> str:
-    lines = [
-        r"\begin{table}[t]",
-        r"\centering",
-        f"\\caption{{{_latex_escape(caption)}}}",
-        r"\begin{tabular}{" + "l" * len(header) + "}",
-        r"\toprule",
-        " & ".join(_latex_escape(h) for h in header) + r" \\",
-        r"\midrule",
-    ]
-    lines += [" & ".join(_latex_escape(c) for c in cells) + r" \\" for cells in rows]
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
-
-
-def heatmap_grid(table: pd.DataFrame, model: str, defense: str) -> pd.DataFrame:
-    """Robust accuracy (%) of one model and defense: rows 'estimator@attacked state' (final first,
-    then by step), columns attacks."""
-    part = attacked(table, model, defense)
-    grid = (
-        part.assign(cell=part["estimator"] + "@" + part["attacked_state"].astype(str)).pivot(
-            index="cell", columns="attack", values="accuracy"
-        )
-        * 100
-    )
-    return grid.loc[sorted(grid.index, key=lambda c: (state_order(c.rsplit("@", 1)[1]), c))]
-
-
-def attacked_defenses(table: pd.DataFrame, model: str) -> list[str]:
-    """The defenses (in DEFENSES order) under which a model has attacked cells."""
-    present = set(attacked(table, model)["defense"])
-    return [d for d in DEFENSES if d in present]
-
-
-def worst_case_accuracy(table: pd.DataFrame, model: str, defense: str) -> float | None:
-    """The per-example worst-case accuracy of a model's defense, None without worst-case rows."""
-    rows = table[(table["model"] == model) & (table["defense"] == defense) & (table["attack"] == WORST_CASE)]
-    return None if rows.empty else float(rows["accuracy"].min())
-
-
-def state_models(table: pd.DataFrame) -> list[str]:
-    """Models with per-state rows (the DEQs)."""
-    return list(table.loc[table["defense"] == PER_STATE, "model"].unique())
-
-
-def state_table_frame(table: pd.DataFrame, model: str) -> pd.DataFrame:
-    """Per scored state n of the per-state defense: clean, per-example worst case and, per attack,
-    the strongest cell (columns step, series, accuracy)."""
-    rows = table[(table["model"] == model) & (table["defense"] == PER_STATE)]
-    frame = rows.assign(step=rows["scored_state"].map(score_step).astype(int))
-    series = frame[frame["attack"].isin(PSEUDO_ATTACKS)][["step", "attack", "accuracy"]]
-    per_attack = (
-        frame[~frame["attack"].isin(PSEUDO_ATTACKS)]
-        .groupby(["attack", "step"], as_index=False)["accuracy"]
-        .min()
-        .assign(attack=lambda d: d["attack"] + " (strongest cell)")
-    )
-    return pd.concat([series, per_attack], ignore_index=True).rename(columns={"attack": "series"})
