@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from conftest import run_command
 
-from deqrobust import analysis, errors, figures, inputs, queries, stats, tabular, tidy
+from deqrobust import analysis, errors, figures, inputs, queries, report, stats, tabular, tidy
 from deqrobust.stats import wilson
 from deqrobust.vocab import BASELINE_ESTIMATOR
 
@@ -409,7 +409,7 @@ def test_the_report_says_where_its_data_and_models_came_from(tmp_path: Path):
     }
     machines = {"deq_pgd": intel, "deq_std": {**intel, "processor": "AMD EPYC"}, "old": None}
     text = report.render(table, [], CFG, [], machines=machines)
-    scale = text.split("## Scale", 1)[1].split("## Verdicts", 1)[0]
+    scale = text.split("## Scale", 1)[1].split("## How the verdicts were decided", 1)[0]
     assert "- data: archive MD5 0123abcd, **not the official CIFAR-10 archive**" in scale
     assert "- model `deq_pgd` trained on: Intel Xeon (x86_64, AVX512), 1 thread, torch 2.14.1, BLAS mkl" in scale
     assert "- model `old` trained on: not recorded" in scale and "trained on different machines" in scale
@@ -571,6 +571,25 @@ def test_notebook_inputs_read_the_runs_overrides_say_what_they_read_and_refuse_m
         match="notebook input 'analysis' of profile 'unit': no file found; run the workflow for this profile first",
     ):
         inputs.notebook_inputs(require=("analysis",))
+
+
+def test_the_first_screen_answers_every_claim_and_the_details_state_each_rule_once(tmp_path: Path):
+    """The report's first screen (before "## Scale") holds each claim's verdict and effect and the key
+    figure; the details hold each claim's rule exactly once, as templates/claims.yaml words it."""
+    path = tmp_path / "table.csv"
+    make_table().to_csv(path, index=False)
+    comparison = stats.mcnemar(np.array([1] * 30 + [0] * 70), np.array([1] * 20 + [0] * 80), "greater")
+    findings = [
+        report.Finding(claim, "held" if claim == 2 else "not tested", "why", comparison if claim == 2 else None)
+        for claim in range(1, 6)
+    ]
+    text = report.render(tidy.load_table(path, CFG), [], CFG, findings)
+    first, details = text.split("## Scale", 1)
+    for claim in range(1, 6):
+        assert f"| {claim} | {report.SHORT[claim]} | **{findings[claim - 1].verdict}** |" in first
+        assert text.count(report.RULES[claim]) == 1 and report.RULES[claim] in details
+    assert report.effect_text(comparison) in first and "](figures/state_accuracy.png)" in first
+    assert "{{" not in text and "{%" not in text  # every placeholder filled
 
 
 def test_table_without_spec_columns_needs_the_config(tmp_path: Path):

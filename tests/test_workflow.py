@@ -791,7 +791,10 @@ def test_smoke_workflow_end_to_end(workdir, cifar_archive):
     assert set(table["data_official"]) == {False} and table["data_md5"].nunique() == 1  # a synthetic archive
     text = (reports / "report.md").read_text()
     assert "**not the official CIFAR-10 archive**" in text and "## Along training" in text
-    assert "- model `deq-std` trained on: " in text and "not recorded" not in text.split("## Verdicts")[0]
+    assert (
+        "- model `deq-std` trained on: " in text
+        and "not recorded" not in text.split("## How the verdicts were decided")[0]
+    )
     metrics = json.loads((reports / "metrics.json").read_text())
     assert metrics.get("profile") == "smoke" and metrics["data"]["official"] is False
     assert list((reports / "figures").glob("*.png")) and (reports / "figures" / "training_dynamics.png").is_file()

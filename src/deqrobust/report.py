@@ -26,14 +26,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
+import jinja2
 import numpy as np
 import pandas as pd
 
 from deqrobust import stats
 from deqrobust.instances import model_spec
 from deqrobust.queries import headline_metrics, main_columns, main_rows, state_order
+from deqrobust.schema import read_yaml
 from deqrobust.stats import (
     ALIGNED_COSINE,
     ALPHA,
@@ -46,6 +49,7 @@ from deqrobust.stats import (
     Precondition,
     Verdict,
 )
+from deqrobust.tabular import markdown_table
 from deqrobust.tidy import (
     CLEAN,
     EARLY_EXIT,
@@ -65,60 +69,42 @@ SIZE_RATIO = 2.0  # claim 5: "similar size" = parameter counts within a factor o
 DIVERGED = float(np.finfo(float).max)  # rank of a non-finite residual: above every finite one
 MIN_RUNS = 2  # claim 1 is decided across training runs when each side has this many (ours)
 
-CLAIMS = {
-    1: "An adversarially trained DEQ needs more solver steps to reach its fixed point, or never reaches it.",
-    2: "Attacks that use the final-state gradient (exact implicit or unrolled) suffer gradient obfuscation: "
-    "they over-estimate robustness.",
-    3: "Gradients estimated at intermediate solver states give stronger white-box attacks.",
-    4: "Defenses that use intermediate states (early exit, ensemble of states) improve robustness under those attacks.",
-    5: "PGD-AT DEQs reach robustness competitive with deep networks of similar size.",
-}
-COMMON = (
-    f"One-sided tests at alpha {ALPHA:g}, MDE at power {stats.POWER:g}; per unit the verdict is, in this "
-    "order: not tested (data missing), held (significant, Holm-adjusted p where a family competes; a measured "
-    "precondition is stated beside it), precondition absent, did not hold (not significant and the 95 % interval "
-    "excludes every effect that matters), underpowered (not significant and the MDE exceeds the smallest effect "
-    "that matters), did not hold. Units (models x seeds) combine by intersection-union: every tested unit must hold."
+
+def _prose() -> dict:
+    """templates/claims.yaml: the claims, the rules and the sections' tests, with this module's and
+    deqrobust.stats' numbers filled in (the rule a report states is the one its code applies)."""
+    numbers = {
+        "alpha": f"{ALPHA:g}",
+        "power": f"{stats.POWER:g}",
+        "superiority_1": f"{0.5 + SMALLEST_EFFECT[1]:.2f}",
+        "min_runs": MIN_RUNS,
+        "final_state_types": ", ".join(FINAL_STATE_TYPES),
+        "true_gradient": TRUE_GRADIENT,
+        "aligned_cosine": f"{ALIGNED_COSINE:g}",
+        "points": {claim: f"{100 * SMALLEST_EFFECT[claim]:g}" for claim in (2, 3, 4, 5)},
+        "size_ratio": f"{SIZE_RATIO:g}",
+        "confidence": f"{100 * (1 - ALPHA):g}",
+    }
+
+    def fill(node):
+        if isinstance(node, dict):
+            return {key: fill(value) for key, value in node.items()}
+        return TEMPLATES.from_string(node).render(numbers)
+
+    return fill(read_yaml(resources.files("deqrobust").joinpath("templates/claims.yaml").read_text()))
+
+
+# Templates (deqrobust/templates): the report's layout and prose live outside the code.
+TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("deqrobust", "templates"),
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
 )
-RULES = {
-    1: "Per pair of training runs, an adversarially trained DEQ against the standard DEQ of the same size and seed "
-    "(else of the same size and any seed; same gradient mode when there is one): one-sided Mann-Whitney U on the "
-    "per-sample forward relative residuals of clean test images at the deployed budget (the residual of the "
-    "iterate the deployed solver returns; a diverging sample ranks above every finite one); claimed: the "
-    "adversarially trained DEQ's are larger. Effect: probability of superiority with Newcombe's 95 % interval; "
-    f"smallest effect that matters {0.5 + SMALLEST_EFFECT[1]:.2f}. Across runs (amended after the cpu run, "
-    f"docs/results.md), when each side has at least {MIN_RUNS} training runs: the unit is the run; one-sided "
-    "exact Mann-Whitney U on the runs' median residuals, which decides (with 3 runs a side its smallest p is "
-    "0.05: it holds only if every adversarially trained run lies above every standard one). With fewer runs, "
-    "every pair must hold.",
-    2: "Per adversarially trained DEQ and seed, defense final: for each final-state estimator E (types "
-    f"{', '.join(FINAL_STATE_TYPES)}) at the final state and each attack A also run with the true gradient "
-    f"({TRUE_GRADIENT} at the final state), one-sided exact McNemar on per-example outcomes; claimed: accuracy under "
-    "E with A is higher than under the true gradient with A (E over-estimates robustness). The (E, A) comparisons "
-    "are Holm-adjusted and the unit holds if any holds: one ready-made attack that over-estimates robustness shows "
-    "the obfuscation (each is listed). A significant comparison holds whatever the precondition; the precondition "
-    "explains a null result. Precondition for E (amended after the cpu run, docs/results.md): its final-state input "
-    "gradient is misaligned with the deployed model's true gradient (the output every attack is scored on) on a "
-    f"tail of the images: 10th percentile of the cosines below {ALIGNED_COSINE:g} (analysis 'alignment', "
-    "'deployed'; the lower of the clean and the adversarial values), else precondition absent. Smallest effect "
-    f"{100 * SMALLEST_EFFECT[2]:g} points.",
-    3: "Per adversarially trained DEQ and seed, defense final: the intermediate-state attack is the development "
-    "record's estimator at its strongest_attack_state n* (the state whose attack gave the final defense its lowest "
-    "development accuracy, chosen on the development split: no minimum over test cells). For each attack A run "
-    "both at n* and at the final state, one-sided exact McNemar: accuracy under the estimator at n* with A is lower "
-    f"than under each final-state estimator E (types {', '.join(FINAL_STATE_TYPES)}) with the same A. Per attack "
-    "the intermediate attack must beat every E (intersection-union: the largest p); the attacks are Holm-adjusted "
-    f"and the unit holds if any attack holds. Smallest effect {100 * SMALLEST_EFFECT[3]:g} points.",
-    4: "Per adversarially trained DEQ and seed: a defense's robust outcome per example is its worst case over clean "
-    "inputs and every attacked cell (correct clean and under every attack). One-sided exact McNemar of early exit "
-    "vs final and of ensemble vs final; claimed: higher. Holm over the two defenses; the unit holds if either "
-    f"holds. Smallest effect {100 * SMALLEST_EFFECT[4]:g} points.",
-    5: "Only DEQs trained with PGD-AT (training 'pgd'). Per such DEQ and seed, against the deep baseline trained with "
-    "PGD-AT whose parameter count is closest (same seed when there is one; counted only within a factor "
-    f"{SIZE_RATIO:g}): non-inferiority of the DEQ's per-example worst case (defense final) to the baseline's on "
-    f"the same test images, margin {100 * SMALLEST_EFFECT[5]:g} points (Newcombe's paired interval, one-sided "
-    f"{100 * (1 - ALPHA):g} % lower limit above -margin).",
-}
+PROSE = _prose()
+CLAIMS, SHORT, RULES = PROSE["claims"], PROSE["short"], PROSE["rules"]
+COMMON, TREND_RULE, COUPLING_TEST = PROSE["common"], PROSE["trend_rule"], PROSE["coupling_test"]
 
 
 @dataclass
@@ -638,15 +624,6 @@ def findings(
 
 
 # ---------------------------------------------------------------- training dynamics (no verdict)
-TREND_RULE = (
-    "Per training run, on the same test images: the change from the first snapshot after unrolled "
-    "pretraining to the last of log10 of the deployed forward residual, and of each final-state "
-    "estimator's cosine to the deployed model's true gradient (median of the per-image differences, its "
-    "distribution-free 95 % interval, two-sided exact sign test). Across runs, PGD-AT against standard, "
-    "the run as the unit: one-sided exact Mann-Whitney U on the runs' median changes; claimed: the "
-    "adversarially trained runs' residuals grow more (greater) and their cosines fall more (less). Fixed "
-    'before the run (docs/results.md, "Along training"); evidence, no verdict.'
-)
 
 
 def trend_comparison(trends: list[tuple[dict, dict]], key: str, alternative: str) -> Comparison | None:
@@ -665,7 +642,6 @@ def trend_comparison(trends: list[tuple[dict, dict]], key: str, alternative: str
 def trend_lines(trajectories: list[dict]) -> list[str]:
     """The report's "Along training" section: per run the snapshots' medians and the changes, then
     PGD-AT against standard across runs."""
-    from deqrobust.tabular import markdown_table
     from deqrobust.trajectory import log_residual, trend
 
     if not trajectories:
@@ -737,16 +713,6 @@ def trend_lines(trajectories: list[dict]) -> list[str]:
 
 
 # ---------------------------------------------------------------- batch coupling (no verdict)
-COUPLING_TEST = (
-    "Per key cell (model, estimator, attacked state, attack; defense final), the cell under the authors' "
-    "batch-coupled solver (whole-batch residual, stopping and lowest-residual iterate, forward and "
-    "backward, in the attack and in the scoring) against the same cell per sample, on the same test "
-    "images: one-sided exact McNemar, claimed: accuracy under batch coupling is higher (the coupling "
-    "over-estimates robustness), Holm-adjusted over a model's cells. One-sided because that direction is "
-    "the question fixed before any result (issue 9: part of the obfuscation the paper reports may come "
-    "from the coupling); the difference's two-sided 95 % interval shows an effect either way. Evidence, "
-    "no verdict."
-)
 
 
 def _with_setting(outcomes: pd.DataFrame, cfg: dict) -> pd.DataFrame:
@@ -841,7 +807,6 @@ def _diff(r: Comparison) -> str:
 def coupling_lines(outcomes: pd.DataFrame | None, analyses: list[dict], cfg: dict) -> list[str]:
     """The report's section "Batch coupling" (Markdown lines), empty when no cell ran under batch
     coupling beside the same cell per sample."""
-    from deqrobust.tabular import markdown_table
 
     pairs = [] if outcomes is None else coupling_pairs(outcomes, cfg)
     if not pairs:
@@ -934,24 +899,23 @@ def batch_dependence_rows(analyses: list[dict]) -> tuple[list[str], list[list[st
 
 
 # ---------------------------------------------------------------- document
+def effect_text(r: Comparison | None) -> str:
+    """'accuracy difference +2.3 points [+0.4, +4.3]', or '-' without a deciding comparison."""
+    if r is None:
+        return "-"
+    scale, fmt = (100, "+.1f") if r.effect == stats.DIFFERENCE else (1, ".3f")
+    est, lo, hi = (format(scale * v, fmt) for v in (r.estimate, *r.ci))
+    unit = " points" if r.effect == stats.DIFFERENCE else ""
+    return f"{r.effect} {est}{unit} [{lo}, {hi}]"
+
+
 def verdict_row(f: Finding) -> list[str]:
     """claim, verdict, statistic, p, effect [CI], n, MDE."""
     r = f.result
     if r is None:
         return [str(f.claim), f"**{f.verdict}**", "-", "-", "-", "-", "-"]
-    scale, fmt = (100, "+.1f") if r.effect == stats.DIFFERENCE else (1, ".3f")
-    est, lo, hi = (format(scale * v, fmt) for v in (r.estimate, *r.ci))
-    unit = " points" if r.effect == stats.DIFFERENCE else ""
     p = f"{r.p:.3g}" + (f" (Holm, {r.family})" if r.p_adjusted is not None else "")
-    return [
-        str(f.claim),
-        f"**{f.verdict}**",
-        f"{r.method}: {r.counts}",
-        p,
-        f"{r.effect} {est}{unit} [{lo}, {hi}]",
-        str(r.n),
-        r.distance(r.mde),
-    ]
+    return [str(f.claim), f"**{f.verdict}**", f"{r.method}: {r.counts}", p, effect_text(r), str(r.n), r.distance(r.mde)]
 
 
 def alignment_rows(analyses: list[dict]) -> tuple[list[str], list[list[str]]]:
@@ -1050,6 +1014,22 @@ def fmt(cell: dict | None) -> str:
     )
 
 
+KEY_FIGURE = {
+    "path": "figures/state_accuracy.png",
+    "caption": "Robust accuracy of every solver state and defense under its strongest attack (the paper's "
+    "central comparison: final state against intermediate states)",
+}
+
+
+def scale_summary(table: pd.DataFrame, cfg: dict) -> str:
+    """One line: the models, the test images of a cell and whether the data are the official archive."""
+    attacked_n = table.loc[table["attack"] != CLEAN, "n"]
+    images = f"{attacked_n.min()} test images per cell" if len(attacked_n) else "no evaluation cell"
+    official = set(table["data_official"].dropna()) if "data_official" in table.columns else set()
+    data = "" if official in ({True}, set()) else ", a CIFAR-10 copy that is not the official archive"
+    return f"{len(cfg.get('models', {}))} model(s) as configured in `{cfg.get('profile', '?')}`, {images}{data}"
+
+
 def render(
     table: pd.DataFrame,
     analyses: list[dict],
@@ -1059,75 +1039,39 @@ def render(
     trajectories: list[dict] | None = None,
     machines: dict[str, dict | None] | None = None,
 ) -> str:
-    """The report in Markdown: verdict table, per claim its rule and evidence, alignment, batch
-    coupling (with ``outcomes``, when cells ran under it), main table (the profile's setting)."""
-    from deqrobust.tabular import markdown_table
-
+    """The report in Markdown through templates/report.md.j2: the first screen (verdicts, effects,
+    scale, key figure), then per claim its rule and evidence, the mechanism sections (alignment,
+    batch coupling with ``outcomes``, the trend along training) and the main table (the profile's
+    setting)."""
     table = profile_rows(table, cfg)
-    out = [
-        f"# Reproduction report: profile `{cfg.get('profile', '?')}`",
-        "",
-        "Yang, Pang, Liu. *A Closer Look at the Adversarial Robustness of Deep Equilibrium Models*, NeurIPS 2022. "
-        "Each claim below is decided by a paired test whose rule was fixed in `deqrobust/report.py` before results "
-        'were seen (docs/results.md, "How a verdict is decided"); nothing was tuned. Verdicts speak for this '
-        "profile's scale only.",
-        "",
-        "## Scale",
-        "",
-        *scale_lines(table, analyses, cfg, machines),
-        "",
-        "## Verdicts",
-        "",
-        COMMON,
-        "",
-        markdown_table(
-            ["claim", "verdict", "statistic", "p", "effect [95 % CI]", "n", "MDE"], [verdict_row(r) for r in results]
-        ).rstrip(),
-        "",
-        "Kinds: " + ", ".join(f"*{k}*" for k in VERDICTS) + ". p is one-sided (Holm-adjusted where a family "
-        "competes); the MDE is the smallest effect the test detects with power 0.8 at this n.",
-        "",
-    ]
-    for r in results:
-        out += [
-            f"## Claim {r.claim}",
-            "",
-            f"> {CLAIMS[r.claim]}",
-            "",
-            f"Rule: {RULES[r.claim]}",
-            "",
-            "Measured:",
-            "",
-            *r.evidence,
-            "",
-            f"Verdict: **{r.verdict}** ({r.reason})",
-            "",
-        ]
     header, rows = alignment_rows(analyses)
-    if rows:
-        out += [
-            "## Gradient alignment",
-            "",
-            "Per state, the median cosine between each estimator's input gradient "
-            f"and the true gradient ({TRUE_GRADIENT}) of the same output; then, after the slash, the median and "
-            "(in brackets) the 10th percentile of its cosine to the deployed model's true gradient. Below "
-            f"{ALIGNED_COSINE:g} counts as misaligned; claim 2's precondition reads the deployed 10th percentile.",
-            "",
-            markdown_table(header, rows).rstrip(),
-            "",
-        ]
-    out += coupling_lines(outcomes, analyses, cfg)
-    out += trend_lines(trajectories or [])
-    warnings = sorted({w for a in analyses for w in a.get("warnings", [])})
-    if warnings:
-        out += ["## Attack warnings during the analyses", "", *(f"- {w}" for w in warnings), ""]
-    out += ["## Main table", "", "Per model and defense, the strongest cell per attack family (as in `main.md`):", ""]
-    columns = main_columns(table)
-    out += [
-        f"- {row['model']} / {row['defense']}: " + "; ".join(f"{label} {fmt(row[key])}" for key, label in columns)
-        for row in main_rows(table)
-    ]
-    return "\n".join(out) + "\n"
+    return TEMPLATES.get_template("report.md.j2").render(
+        profile=cfg.get("profile", "?"),
+        scale_summary=scale_summary(table, cfg),
+        scale=scale_lines(table, analyses, cfg, machines),
+        findings=results,
+        effects={f.claim: effect_text(f.result) for f in results},
+        short=SHORT,
+        claims=CLAIMS,
+        rules=RULES,
+        common=COMMON,
+        key_figure=KEY_FIGURE,
+        verdict_table=markdown_table(
+            ["claim", "verdict", "statistic", "p", "effect [95 % CI]", "n", "MDE"], [verdict_row(r) for r in results]
+        ),
+        kinds=", ".join(f"*{k}*" for k in VERDICTS),
+        alignment=markdown_table(header, rows) if rows else "",
+        true_gradient=TRUE_GRADIENT,
+        aligned_cosine=f"{ALIGNED_COSINE:g}",
+        coupling=coupling_lines(outcomes, analyses, cfg),
+        trend=trend_lines(trajectories or []),
+        warnings=sorted({w for a in analyses for w in a.get("warnings", [])}),
+        main=[
+            f"- {row['model']} / {row['defense']}: "
+            + "; ".join(f"{label} {fmt(row[key])}" for key, label in main_columns(table))
+            for row in main_rows(table)
+        ],
+    )
 
 
 def metrics(
