@@ -54,7 +54,7 @@ from deqrobust import analysis, figures, inputs, report, tabular, tidy
 paths = inputs.notebook_inputs(require=("table",))
 print(inputs.describe_inputs(paths))
 cfg = paths["config"]
-table = tidy.profile_rows(tidy.load_table(paths["table"], cfg), cfg)  # cells of the profile's solver setting
+table = tidy.profile_rows(tidy.load_table(paths["table"]), cfg)  # cells of the profile's solver setting
 analyses = [analysis.load(p) for p in paths["analysis"]]
 print(f"table {paths['table']}: {len(table)} rows, models {', '.join(table['model'].unique())}")
 

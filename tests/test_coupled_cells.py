@@ -18,6 +18,7 @@ from deqrobust import config, data, report, seeds, solvers, stats, tidy
 from deqrobust.attacks import build_attack
 from deqrobust.checkpoint import save_checkpoint
 from deqrobust.deq_logits import DEQLogits
+from deqrobust.errors import ConfigError
 from deqrobust.estimators import build_estimator, model_estimator
 from deqrobust.evaluation import run_cell
 from deqrobust.models import build_model
@@ -161,7 +162,7 @@ def first(k: int) -> list[int]:
 
 
 def write_cell(folder: Path, estimator: str, final: list[int], coupling: str | None, clean: int = 250) -> Path:
-    """A cell as run_cell writes it (coupling None: recorded before cells carried their setting)."""
+    """A cell as run_cell writes it (coupling None: as a deqrobust before 0.2 wrote it, without its setting)."""
     setting = {} if coupling is None else {"coupling": coupling, "batch_size": 96 if coupling == "batch" else 100}
     record = {
         "model": "deq-adv",
@@ -175,6 +176,7 @@ def write_cell(folder: Path, estimator: str, final: list[int], coupling: str | N
         "attack_spec": ATTACKS["pgd10"],
         "attacked_state": "final",
         **setting,
+        "checkpoint_md5": "5eed",
         "seed": 0,
         "profile": "unit",
         "num_examples": N,
@@ -231,15 +233,10 @@ def test_a_worst_case_never_mixes_settings(tmp_path):
     assert dict(zip(worst["coupling"], worst["outcomes"].str[:2])) == {"sample": "11", "batch": "01"}
 
 
-def test_cells_recorded_before_the_setting_are_the_profiles(tmp_path):
-    old = [write_cell(tmp_path, "exact", first(100), None), write_cell(tmp_path, "truth", first(90), None)]
-    filled = tidy.merge_outcomes(old, [], CFG)
-    assert set(zip(filled["coupling"], filled["batch_size"])) == {("sample", 100)}
-    blank = tidy.merge_outcomes(old, [])  # no config: blank, read as the profile's
-    assert blank["coupling"].isna().all() and len(tidy.profile_rows(blank, CFG)) == len(blank)
-    new = write_cell(tmp_path, "exact", first(100), "sample")  # rerun under the same setting: one group
-    mixed = tidy.merge_outcomes([new, old[1]], [], CFG)
-    assert len(rows(mixed, attack=tidy.WORST_CASE, defense="final")) == 1
+def test_cells_of_an_older_deqrobust_are_refused_naming_what_they_lack(tmp_path):
+    old = write_cell(tmp_path, "exact", first(100), None)
+    with pytest.raises(ConfigError, match=r"older than 0.2 \(no coupling, batch_size\).*rerun the cell"):
+        tidy.merge_outcomes([old], [], CFG)
 
 
 def test_report_claims_read_the_profiles_setting_and_a_section_compares_the_couplings(cells):

@@ -24,7 +24,7 @@ CFG = {
     "training": {"epochs": 1},
     "solver": {"name": "broyden", "budget": 4, "tol": 1e-3, "coupling": "sample"},
     "backward_solver": {"name": "broyden", "budget": 4, "tol": 1e-3, "coupling": "sample"},
-    "evaluation": {"attacks": ATTACKS, "estimators": ESTIMATORS},
+    "evaluation": {"batch_size": 100, "attacks": ATTACKS, "estimators": ESTIMATORS},
     "models": {
         "deq_std": {"arch": "mdeq", "size": "tiny", "training": "standard", "grad": "exact"},
         "deq_pgd": {"arch": "mdeq", "size": "tiny", "training": "pgd", "grad": "exact"},
@@ -64,6 +64,8 @@ def row(
         "accuracy": correct / n,
         "ci_low": low,
         "ci_high": high,
+        "coupling": "sample",
+        "batch_size": 100,
         **specs,
     }
 
@@ -249,7 +251,7 @@ def test_metrics_columns_name_what_ran_under_the_fixed_keys(tmp_path: Path):
 
     path = tmp_path / "table.csv"
     with_attack(make_table(), "aa", {"name": "apgd-ce", "n_iter": 20, "restarts": 1}).to_csv(path, index=False)
-    record = report.metrics(tidy.load_table(path, CFG), CFG, [])
+    record = report.metrics(tidy.load_table(path), CFG, [])
     assert record["columns"] == {
         "clean": "clean",
         "pgd10": "PGD-10",
@@ -397,7 +399,7 @@ def test_the_report_says_where_its_data_and_models_came_from(tmp_path: Path):
 
     path = tmp_path / "table.csv"
     make_table().assign(data_md5="0123abcd", data_official=False).to_csv(path, index=False)
-    table = tidy.load_table(path, CFG)
+    table = tidy.load_table(path)
     intel = {
         "processor": "Intel Xeon",
         "architecture": "x86_64",
@@ -418,9 +420,9 @@ def test_the_report_says_where_its_data_and_models_came_from(tmp_path: Path):
         record["data"] == {"md5": "0123abcd", "official": False}
         and record["trained_on"]["deq_std"]["processor"] == "AMD EPYC"
     )
-    legacy = tmp_path / "legacy.csv"
-    make_table().to_csv(legacy, index=False)  # merged before the data source was recorded
-    assert "- data: not recorded" in report.render(tidy.load_table(legacy, CFG), [], CFG, [])
+    bare = tmp_path / "bare.csv"
+    make_table().to_csv(bare, index=False)  # merged without the data's split record
+    assert "- data: not recorded" in report.render(tidy.load_table(bare), [], CFG, [])
 
 
 def write_outputs(folder: Path) -> tuple[Path, list[Path]]:
@@ -528,7 +530,7 @@ def test_notebook_inputs_found_from_another_working_directory(tmp_path: Path, mo
     assert paths["config"]["profile"] == "unit" and paths["table"] == root / "reports" / "unit" / "table.csv"
     assert [p.name for p in paths["analysis"]] == ["deq_pgd.json", "deq_std.json"]
     assert all(p.is_file() for p in paths["analysis"])
-    assert len(tidy.load_table(paths["table"], paths["config"])) == len(make_table())
+    assert len(tidy.load_table(paths["table"])) == len(make_table())
     # Outside any checkout: the checkout of an editable install, else a message saying what to do.
     monkeypatch.chdir(tmp_path)
     package_checkout = Path(inputs.__file__).resolve().parents[2]
@@ -583,7 +585,7 @@ def test_the_first_screen_answers_every_claim_and_the_details_state_each_rule_on
         report.Finding(claim, "held" if claim == 2 else "not tested", "why", comparison if claim == 2 else None)
         for claim in range(1, 6)
     ]
-    text = report.render(tidy.load_table(path, CFG), [], CFG, findings)
+    text = report.render(tidy.load_table(path), [], CFG, findings)
     first, details = text.split("## Scale", 1)
     for claim in range(1, 6):
         assert f"| {claim} | {report.SHORT[claim]} | **{findings[claim - 1].verdict}** |" in first
@@ -592,16 +594,15 @@ def test_the_first_screen_answers_every_claim_and_the_details_state_each_rule_on
     assert "{{" not in text and "{%" not in text  # every placeholder filled
 
 
-def test_table_without_spec_columns_needs_the_config(tmp_path: Path):
-    """A table merged before the spec columns existed reads them from the config, else is refused."""
+@pytest.mark.parametrize("columns", [tidy.SPEC_COLUMNS, tidy.SOLVE_COLUMNS])
+def test_a_table_of_an_older_deqrobust_is_refused_naming_what_it_lacks(tmp_path: Path, columns):
     old = tmp_path / "table.csv"
-    make_table().drop(columns=list(tidy.SPEC_COLUMNS)).to_csv(old, index=False)
-    with pytest.raises(errors.ConfigError, match="attack_type.*rerun `deqrobust merge`"):
+    make_table().drop(columns=list(columns)).to_csv(old, index=False)
+    with pytest.raises(errors.ConfigError, match=f"older than 0.2 \\(no columns {columns[0]}.*rerun `deqrobust merge`"):
         tidy.load_table(old)
-    filled = tidy.load_table(old, CFG)
     new = tmp_path / "new.csv"
     tidy.write_table(make_table(), new)
-    pd.testing.assert_frame_equal(filled, tidy.load_table(new), check_dtype=False)
+    assert list(tidy.load_table(new).columns[: len(tidy.COLUMNS)]) == list(tidy.COLUMNS)
 
 
 @pytest.mark.parametrize("notebook", ["evaluation_matrix.py", "fixed_point_analysis.py"])

@@ -38,8 +38,8 @@ CFG = {
     "models": MODELS,
     "solver": {"name": "broyden", "budget": 3, "tol": 1e-3, "coupling": "sample"},
     "backward_solver": {"name": "broyden", "budget": 3, "tol": 1e-3, "coupling": "sample"},
-    "evaluation": {"num_examples": 300, "attacks": ATTACKS, "estimators": ESTIMATORS},
-}  # as resolved by config.load: the solvers' every key
+    "evaluation": {"num_examples": 300, "batch_size": 100, "attacks": ATTACKS, "estimators": ESTIMATORS},
+}  # as resolved by config.load: every key the report reads
 
 
 def first(n: int, k: int) -> list[int]:
@@ -87,6 +87,9 @@ class Lab:
             "attack": attack,
             "attack_spec": ATTACKS[attack],
             "attacked_state": state,
+            "coupling": "sample",
+            "batch_size": 100,
+            "checkpoint_md5": "5eed",
             "seed": seed,
             "profile": "unit",
             "num_examples": n,

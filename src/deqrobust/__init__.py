@@ -1,3 +1,3 @@
 """deqrobust: adversarial robustness of deep equilibrium models, reproduced."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

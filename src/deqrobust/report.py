@@ -58,7 +58,6 @@ from deqrobust.tidy import (
     expand_ranges,
     outcome_array,
     profile_rows,
-    profile_solve,
 )
 from deqrobust.vocab import BATCH, ENSEMBLE, FINAL, SAMPLE, TRUE_GRADIENT, score_step
 
@@ -715,11 +714,6 @@ def trend_lines(trajectories: list[dict]) -> list[str]:
 # ---------------------------------------------------------------- batch coupling (no verdict)
 
 
-def _with_setting(outcomes: pd.DataFrame, cfg: dict) -> pd.DataFrame:
-    """Outcomes with blank settings (cells recorded before they carried one) as the profile's."""
-    return outcomes.fillna({k: v for k, v in profile_solve(cfg).items() if v is not None})
-
-
 def setting_name(row) -> str:
     """'batch coupling, batch 96': a row's solver coupling and evaluation batch."""
     return f"{row['coupling']} coupling, batch {row['batch_size']}"
@@ -729,7 +723,7 @@ def coupling_pairs(outcomes: pd.DataFrame, cfg: dict) -> list[dict]:
     """Every cell run under batch coupling beside the same cell per sample (defense final): model,
     cell, the two rows and the one-sided McNemar of batch against sample (Holm over a model's
     cells); clean rows are left out (``coupling_clean``)."""
-    rows = _with_setting(outcomes, cfg)
+    rows = outcomes
     rows = rows[(rows["defense"] == FINAL) & (rows["scored_state"] == FINAL) & ~rows["attack"].isin(PSEUDO_ATTACKS)]
     key = ["model", "estimator", "attacked_state", "attack"]
     pairs = []
@@ -758,7 +752,7 @@ def _partner(rows: pd.DataFrame, batch):
 
 def coupling_clean(outcomes: pd.DataFrame, cfg: dict) -> pd.DataFrame:
     """Clean accuracy of the final defense per model and solver setting (the scoring differs too)."""
-    rows = _with_setting(outcomes, cfg)
+    rows = outcomes
     rows = rows[(rows["attack"] == CLEAN) & (rows["defense"] == FINAL)]
     return rows.assign(accuracy=[vector(r).mean() for _, r in rows.iterrows()])
 
@@ -768,7 +762,7 @@ def coupling_gaps(outcomes: pd.DataFrame, cfg: dict) -> list[dict]:
     gradient at the final state (acc under E minus acc under the true gradient, paired) under
     batch coupling and per sample, and the part of it under batch coupling that per-sample
     decisions remove (the coupling's share)."""
-    rows = _with_setting(outcomes, cfg)
+    rows = outcomes
     rows = rows[(rows["defense"] == FINAL) & (rows["scored_state"] == FINAL) & (rows["attacked_state"] == FINAL)]
     gaps = []
     for (model, attack), cells in rows.groupby(["model", "attack"], sort=False):
@@ -945,7 +939,7 @@ def data_line(table: pd.DataFrame) -> str:
     """Which archive the table's cells read: the official one, or another (named by its MD5)."""
     md5s = set(table["data_md5"].dropna()) if "data_md5" in table.columns else set()
     if not md5s:
-        return "- data: not recorded (the table was merged before its data source was)"
+        return "- data: not recorded (no split record beside the data when the table was merged)"
     official = set(table["data_official"].dropna())
     kind = (
         "the official CIFAR-10 archive"

@@ -88,7 +88,7 @@ COLUMNS = (
     *SPEC_COLUMNS,
 )
 # Where the table's data came from (provenance.data_source), the same in every row; written by
-# `deqrobust merge` after the COLUMNS, blank in a table merged before they existed.
+# `deqrobust merge` after the COLUMNS (a table of ``merge`` alone, without the data's record, has them blank).
 PROVENANCE_COLUMNS = ("data_md5", "data_official")
 SORT = ["model", "attack", "estimator", "attacked_state", "defense", "scored_state", *SOLVE_COLUMNS]
 # Per-example outcomes: the table's rows before counting. ``base_model`` is the model's name
@@ -253,6 +253,9 @@ def read_cell(path: str | os.PathLike, cfg: dict | None = None) -> dict:
     missing = [k for k in CELL_KEYS if not isinstance(cell, dict) or k not in cell]
     if missing:
         raise ConfigError(f"{path} is not an evaluation cell: it has no {', '.join(missing)}")
+    older = [k for k in (*SOLVE_COLUMNS, "checkpoint_md5") if k not in cell]
+    if older:
+        raise ConfigError(f"{path} {_OLDER.format(what=', '.join(older))} rerun the cell (`deqrobust evaluate`)")
     if cfg is not None:
         for kind, defined in (("attack", cfg["evaluation"]["attacks"]), ("estimator", cfg["evaluation"]["estimators"])):
             name, spec = cell[kind], cell[f"{kind}_spec"]
@@ -271,8 +274,7 @@ def merge_outcomes(
     """Per-example outcomes (OUTCOME_COLUMNS) from evaluation cells and early-exit choices: attacked
     rows, and per model and solver setting (coupling, batch size) its clean rows and the per-example
     worst case over clean and every cell of that setting (never across settings: under batch
-    coupling the defense itself differs). A cell recorded before cells carried their setting ran
-    under the profile's: ``cfg``'s (profile_solve), else left blank."""
+    coupling the defense itself differs)."""
     exits = {}
     for path in exit_paths:
         record = json.loads(Path(path).read_text())
@@ -281,7 +283,6 @@ def merge_outcomes(
     if not cells:
         raise ConfigError("merge needs at least one evaluation cell")
     blank = dict.fromkeys(SPEC_COLUMNS)
-    legacy = profile_solve(cfg) if cfg is not None else dict.fromkeys(SOLVE_COLUMNS)
     rows, by_model = [], {}
     for cell in cells:
         ident = {
@@ -289,8 +290,8 @@ def merge_outcomes(
             "base_model": cell.get("base_model") or cell["model"],
             "seed": cell.get("seed"),
             "indices": index_ranges(cell["indices"]),
-            "checkpoint_md5": cell.get("checkpoint_md5"),  # the run stamp (blank: a cell made before it)
-            **{k: cell.get(k, legacy[k]) for k in SOLVE_COLUMNS},
+            "checkpoint_md5": cell["checkpoint_md5"],  # the run stamp: which model made the cell
+            **{k: cell[k] for k in SOLVE_COLUMNS},
         }
         by_model.setdefault((cell["model"], *(ident[k] for k in SOLVE_COLUMNS)), (ident, []))[1].append(cell)
         specs = {**attack_columns(cell["attack_spec"]), **estimator_columns(cell["estimator"], cell["estimator_spec"])}
@@ -337,11 +338,10 @@ def profile_solve(cfg: dict) -> dict:
 
 def profile_rows(frame: pd.DataFrame, cfg: dict) -> pd.DataFrame:
     """The rows (of a table or of per-example outcomes) of the profile's solver setting, the ones the
-    main table, the figures and claims 2-5 read; a blank setting (merged without a config from cells
-    recorded before cells carried it) counts as the profile's."""
+    main table, the figures and claims 2-5 read."""
     keep = pd.Series(True, index=frame.index)
     for column, value in profile_solve(cfg).items():
-        keep &= frame[column].isna() | (frame[column] == value)
+        keep &= frame[column] == value
     return frame[keep]
 
 
@@ -379,9 +379,23 @@ def write_outcomes(outcomes: pd.DataFrame, path: str | os.PathLike) -> None:
         packed.write(outcomes.to_csv(index=False).encode())
 
 
+# A file merged or recorded by an older deqrobust (before 0.2: without the solver setting, spec,
+# provenance or run-stamp columns) is refused, naming what it lacks; the workflow's code trigger
+# reruns such steps anyway (docs/workflow.md).
+_OLDER = "was made by a deqrobust older than 0.2 (no {what}):"
+
+
+def _refuse_older(frame: pd.DataFrame, path, columns: Iterable[str], again: str) -> pd.DataFrame:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ConfigError(f"{path} {_OLDER.format(what='columns ' + ', '.join(missing))} {again}")
+    frame["coupling"] = frame["coupling"].astype(object)
+    frame["batch_size"] = pd.to_numeric(frame["batch_size"]).astype("Int64")
+    return frame
+
+
 def load_outcomes(path: str | os.PathLike) -> pd.DataFrame:
-    """Per-example outcomes as ``merge_outcomes`` made them (outcomes and indices kept as text); a
-    file merged before the SOLVE_COLUMNS or the run stamp existed gets them blank (the profile's; unchecked)."""
+    """Per-example outcomes as ``merge_outcomes`` made them (outcomes and indices kept as text)."""
     if not Path(path).is_file():
         raise ConfigError(
             f"per-example outcomes {path} do not exist; make them with `deqrobust merge --outcomes` "
@@ -401,78 +415,21 @@ def load_outcomes(path: str | os.PathLike) -> pd.DataFrame:
             "checkpoint_md5",
         )
     }
-    frame = _with_solve(pd.read_csv(path, dtype=text, compression="gzip"))
-    if "checkpoint_md5" not in frame.columns:  # merged before cells carried their run stamp
-        frame["checkpoint_md5"] = None
-    missing = [c for c in OUTCOME_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ConfigError(f"{path} is not a per-example outcomes file: no columns {', '.join(missing)}")
+    frame = pd.read_csv(path, dtype=text, compression="gzip")
+    frame = _refuse_older(frame, path, OUTCOME_COLUMNS, "rerun `deqrobust merge --outcomes` (the merge rule)")
     frame["seed"] = frame["seed"].astype("Int64")
     return frame
 
 
-def load_table(path: str | os.PathLike, cfg: dict | None = None) -> pd.DataFrame:
-    """The tidy table with states kept as text (attacked: 'final', a step, 'any'; scored: 'state_n', ...).
-
-    A table merged before the spec columns existed gets them from ``cfg``'s attack and
-    estimator specs (looked up by name); without a config it is refused. One merged before the
-    SOLVE_COLUMNS existed gets them blank (every cell ran under the profile's setting).
-    """
+def load_table(path: str | os.PathLike) -> pd.DataFrame:
+    """The tidy table with states kept as text (attacked: 'final', a step, 'any'; scored: 'state_n', ...)."""
     if not Path(path).is_file():
         raise ConfigError(f"table {path} does not exist; make it with `deqrobust merge` (the workflow's merge rule)")
-    table = _with_solve(
-        pd.read_csv(
-            path,
-            dtype={
-                "attacked_state": str,
-                "scored_state": str,
-                "model": str,
-                "attack_params": str,
-                "estimator_params": str,
-            },
-        )
-    )
-    missing = [c for c in SPEC_COLUMNS if c not in table.columns]
-    if missing:
-        if cfg is None:
-            raise ConfigError(
-                f"table {path} has no columns {', '.join(missing)}: it was merged before they existed; "
-                "rerun `deqrobust merge` on its cells, or give the profile's config"
-            )
-        table = _with_specs(table.drop(columns=[c for c in SPEC_COLUMNS if c in table.columns]), cfg)
+    text = ("attacked_state", "scored_state", "model", "attack_params", "estimator_params")
+    table = _refuse_older(pd.read_csv(path, dtype=dict.fromkeys(text, str)), path, COLUMNS, "rerun `deqrobust merge`")
     for column in PROVENANCE_COLUMNS:
         if column not in table.columns:
             table[column] = None
-    return table
-
-
-def _with_solve(frame: pd.DataFrame) -> pd.DataFrame:
-    """SOLVE_COLUMNS as written, else (a file merged before they existed, every cell under the
-    profile's setting) blanks, which profile_rows reads as the profile's; before the spec columns,
-    the batch size as an integer with blanks."""
-    at = frame.columns.get_loc(SPEC_COLUMNS[0]) if SPEC_COLUMNS[0] in frame.columns else len(frame.columns)
-    for i, column in enumerate(c for c in SOLVE_COLUMNS if c not in frame.columns):
-        frame.insert(at + i, column, None)
-    frame["coupling"] = frame["coupling"].astype(object).where(frame["coupling"].notna(), None)
-    frame["batch_size"] = pd.to_numeric(frame["batch_size"]).astype("Int64")
-    return frame
-
-
-def _with_specs(table: pd.DataFrame, cfg: dict) -> pd.DataFrame:
-    attacks, estimators = cfg["evaluation"]["attacks"], cfg["evaluation"]["estimators"]
-    specs = []
-    for attack, estimator in zip(table["attack"], table["estimator"]):
-        if attack in PSEUDO_ATTACKS:
-            specs.append(dict.fromkeys(SPEC_COLUMNS))
-            continue
-        if attack not in attacks or (estimator not in estimators and estimator != BASELINE_ESTIMATOR):
-            raise ConfigError(
-                f"table row of attack {attack!r}, estimator {estimator!r}: not in the config; "
-                f"its attacks: {', '.join(attacks)}; estimators: {', '.join(estimators)}"
-            )
-        specs.append({**attack_columns(attacks[attack]), **estimator_columns(estimator, estimators.get(estimator, {}))})
-    table = pd.concat([table, pd.DataFrame(specs, index=table.index, columns=list(SPEC_COLUMNS))], axis=1)
-    _integers(table)
     return table
 
 

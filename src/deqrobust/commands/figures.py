@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from deqrobust import analysis, figures, tidy, trajectory
 
     cfg = load(args.config, args.overrides)
-    table = tidy.profile_rows(tidy.load_table(args.table, cfg), cfg)  # the profile's solver setting
+    table = tidy.profile_rows(tidy.load_table(args.table), cfg)  # the profile's solver setting
     written = figures.write_all(
         table,
         [analysis.load(p) for p in args.analysis],

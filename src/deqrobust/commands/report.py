@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from deqrobust.tidy import load_outcomes, load_table
 
     cfg = load(args.config, args.overrides)
-    table = load_table(args.table, cfg)
+    table = load_table(args.table)
     analyses = {p: analysis.load(p) for p in args.analysis}
     outcomes = load_outcomes(args.outcomes) if args.outcomes else None
     exits = {p: json.loads(Path(p).read_text()) for p in args.early_exit}
