@@ -19,6 +19,7 @@ from deqrobust.models import build_model
 
 FORMAT = "deqrobust-checkpoint/1"
 RESUME = "resume.pt"  # the state of an unfinished training, in its model folder
+SNAPSHOTS_FORMAT = "deqrobust-snapshots/1"  # snapshots.json: a finished training's weights at each selection point
 SPEC_KEYS = (
     "arch",
     "size",

@@ -44,7 +44,7 @@ from tqdm import tqdm
 from deqrobust import data, distributed, provenance, seeds
 from deqrobust.atomic import torch_load, torch_save, unreadable, write_json, write_text
 from deqrobust.attacks.pgd import pgd
-from deqrobust.checkpoint import RESUME, load_checkpoint, save_checkpoint
+from deqrobust.checkpoint import RESUME, SNAPSHOTS_FORMAT, load_checkpoint, save_checkpoint
 from deqrobust.data import md5_of
 from deqrobust.deq_logits import DEQLogits
 from deqrobust.device import resolve_device
@@ -55,7 +55,6 @@ from deqrobust.models import build_model, is_deq
 from deqrobust.plan import settings, train_slice
 
 RESUME_FORMAT = "deqrobust-resume/1"
-SNAPSHOTS_FORMAT = "deqrobust-snapshots/1"
 SNAPSHOT_DIR, SNAPSHOT_MANIFEST = "snapshots", "snapshots.json"
 # Every finished training of a model folder stays in finished/<key>/ (hard links, no extra disk),
 # keyed by its train slice and the training code: Snakemake removes a job's outputs before it

@@ -29,12 +29,12 @@ import torch
 from tqdm import tqdm
 
 FORMAT = "deqrobust-trajectory/1"
-MANIFEST_FORMAT = "deqrobust-snapshots/1"
 DIGITS = 4  # significant digits kept per image
 
 
 def read_manifest(path: str | Path) -> tuple[dict, list[Path]]:
     """A training's ``snapshots.json`` and the snapshot files it lists, each checked against its MD5."""
+    from deqrobust.checkpoint import SNAPSHOTS_FORMAT
     from deqrobust.data import md5_of
     from deqrobust.errors import ConfigError
 
@@ -45,8 +45,8 @@ def read_manifest(path: str | Path) -> tuple[dict, list[Path]]:
         raise ConfigError(
             f"snapshot list {path} cannot be read ({err}); it is written by `deqrobust train` when a training finishes"
         ) from err
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise ConfigError(f"{path} is not a snapshot list ({MANIFEST_FORMAT})")
+    if not isinstance(manifest, dict) or manifest.get("format") != SNAPSHOTS_FORMAT:
+        raise ConfigError(f"{path} is not a snapshot list ({SNAPSHOTS_FORMAT})")
     files = []
     for entry in manifest["snapshots"]:
         file = path.parent / manifest["folder"] / entry["file"]
