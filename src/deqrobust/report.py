@@ -41,9 +41,7 @@ from deqrobust.stats import (
     ALIGNED_COSINE,
     ALPHA,
     NOT_TESTED,
-    PRECONDITION_ABSENT,
     SMALLEST_EFFECT,
-    UNDERPOWERED,
     VERDICTS,
     Comparison,
     Precondition,
@@ -119,28 +117,11 @@ def not_tested(reason: str) -> Verdict:
     return Verdict(NOT_TESTED, reason)
 
 
-def combine(verdicts: list[Verdict], require: str) -> Verdict:
-    """``stats.combine`` carrying the deciding comparison: among the units of the combined kind, the
-    least favourable one ("all": largest p) or the most favourable one ("any": smallest p). The
-    reason is the tally, plus what was missing or measured when that decides, or the MDE."""
-    joint = stats.combine(verdicts, require)
-    same = [v for v in verdicts if v.kind == joint.kind]
-    with_result = [v for v in same if v.result is not None]
-    pick = max if require == "all" else min
-    decider = pick(with_result, key=lambda v: v.result.p) if with_result else (same[0] if same else None)
-    reason = joint.reason
-    if decider is not None and decider.kind in (NOT_TESTED, PRECONDITION_ABSENT):
-        reason += f"; {decider.reason}"
-    elif decider is not None and decider.kind == UNDERPOWERED:
-        reason += f"; smallest detectable effect at this n: {decider.result.distance(decider.result.mde)}"
-    return Verdict(joint.kind, reason, decider.result if decider else None)
-
-
 def finish(claim: int, units: list[tuple[str, Verdict]], evidence: list[str], empty: str) -> Finding:
     """The claim's finding from its units (label, verdict), all of which must hold."""
     if not units:
         return Finding(claim, NOT_TESTED, empty, None, [*evidence, f"- {empty}"])
-    joint = combine([v for _, v in units], "all")
+    joint = stats.combine([v for _, v in units], "all")
     lines = [*evidence, *(f"- {label}: **{v.kind}**: {v.reason}" for label, v in units)]
     return Finding(claim, joint.kind, joint.reason, joint.result, lines)
 
@@ -457,7 +438,7 @@ def claim2(outcomes: pd.DataFrame, analyses: list[dict]) -> Finding:
                 )
             )
             evidence += alignment_lines(records.get(model), model, estimator)
-        units.append((model, combine(verdicts, "any")))
+        units.append((model, stats.combine(verdicts, "any")))
     return finish(2, units, evidence, "no adversarially trained DEQ was evaluated")
 
 
@@ -512,7 +493,7 @@ def claim3(outcomes: pd.DataFrame, exits: dict[str, dict]) -> Finding:
             f"- {model}, {attack} (against every final-state estimator): {v.kind}"
             for attack, v in zip(attacks, verdicts)
         ]
-        units.append((label, combine(verdicts, "any")))
+        units.append((label, stats.combine(verdicts, "any")))
     return finish(3, units, evidence, "no adversarially trained DEQ was evaluated")
 
 
@@ -544,7 +525,7 @@ def claim4(outcomes: pd.DataFrame) -> Finding:
                 f"- {model}: {defense} ({state}) vs final, worst case incl. clean{note}: {verdict.kind}: "
                 f"{result.summary()}"
             )
-        units.append((model, combine(verdicts, "any")))
+        units.append((model, stats.combine(verdicts, "any")))
     return finish(4, units, evidence, "no adversarially trained DEQ was evaluated")
 
 

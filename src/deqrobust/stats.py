@@ -446,14 +446,18 @@ def decide(
 
 
 def combine(verdicts: Sequence[Verdict], require: str = "all") -> Verdict:
-    """One verdict from several units.
+    """One verdict from several units, carrying the comparison that decides it.
 
     require="all" (seeds of one claim, models): an intersection-union rule, held only if every
     tested unit held; any "did not hold" decides, then any "underpowered". Claim 1 uses it over
     seeds: the claim is about adversarial training, not one lucky run, and the rule needs no
     multiplicity correction. require="any" (competing comparisons, Holm-adjusted first): held if
     any held; else underpowered if any was (the effect may hide there); else did not hold.
-    Units not tested are left out; precondition absent decides only when nothing was tested."""
+    Units not tested are left out; precondition absent decides only when nothing was tested.
+
+    The deciding comparison is, among the units of the combined kind, the least favourable one
+    ("all": largest p) or the most favourable one ("any": smallest p). The reason is the tally,
+    plus what was missing or measured when that decides, or the MDE."""
     if require not in ("all", "any"):
         raise ValueError(f"require {require!r} is not one of ('all', 'any')")
     kinds = [v.kind for v in verdicts]
@@ -463,7 +467,16 @@ def combine(verdicts: Sequence[Verdict], require: str = "all") -> Verdict:
     )
     kind = next((k for k in order if k in kinds), NOT_TESTED)
     tally = ", ".join(f"{kinds.count(k)} {k}" for k in VERDICTS if k in kinds) or "no units"
-    return Verdict(kind, f"{require} of {len(kinds)} units must hold: {tally}")
+    reason = f"{require} of {len(kinds)} units must hold: {tally}"
+    same = [v for v in verdicts if v.kind == kind]
+    with_result = [v for v in same if v.result is not None]
+    pick = max if require == "all" else min
+    decider = pick(with_result, key=lambda v: v.result.p) if with_result else (same[0] if same else None)
+    if decider is not None and decider.kind in (NOT_TESTED, PRECONDITION_ABSENT):
+        reason += f"; {decider.reason}"
+    elif decider is not None and decider.kind == UNDERPOWERED and decider.result is not None:
+        reason += f"; smallest detectable effect at this n: {decider.result.distance(decider.result.mde)}"
+    return Verdict(kind, reason, decider.result if decider else None)
 
 
 # ---------------------------------------------------------------- a paired change (training dynamics)
