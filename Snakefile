@@ -37,11 +37,21 @@ if not workflow.overwrite_configfiles:
 # key or value stops here, before any job, naming it.
 include: "workflow/rules/config.smk"
 include: "workflow/rules/common.smk"
+include: "workflow/rules/dvc.smk"
 
 
 onstart:
     check_gpu()  # require_gpu without CUDA: stop before the first job, naming quick.yaml
     ownership.claim(config["results"], config["profile"])
+    dvc_record_start()  # DVC records what a run finishes (workflow/rules/dvc.smk)
+
+
+onsuccess:
+    dvc_record_end("end")
+
+
+onerror:
+    dvc_record_end("failed run")
 
 
 wildcard_constraints:
