@@ -21,7 +21,7 @@ UNRECORDED = ("resume.pt", "resume-other-config.pt")  # as .dvcignore (with logs
 RECORD_EVERY = 30  # seconds between the watcher's looks at the results folder
 _record_lock = threading.Lock()
 _watcher_stop = threading.Event()
-_record_state = {"broken": False, "seen": None}
+_record_state = {"broken": False, "seen": None, "changed": False}
 
 
 def _inside(path, folder):
@@ -64,11 +64,45 @@ def _signature(paths):
     return sorted(seen)
 
 
+def _record_file(path):
+    return Path(path.rstrip("/") + ".dvc")
+
+
+def _records(paths):
+    """The bytes of each path's record (results/<profile>.dvc, ...): whether `dvc add` changed one."""
+    return {p: _record_file(p).read_bytes() if _record_file(p).is_file() else None for p in paths}
+
+
+def _add(paths, when):
+    """`dvc add --no-relink paths` (retried while another DVC command holds the lock): True when recorded."""
+    dvc = _dvc_command()
+    if dvc is None:
+        _record_state["broken"] = True
+        logger.warning("DVC is not installed: this run's results are not recorded (pip install dvc)")
+        return False
+    before = _records(paths)
+    for _ in range(3):
+        proc = subprocess.run([*dvc, "add", "--no-relink", "--quiet", *paths], capture_output=True, text=True)
+        why = (proc.stderr or proc.stdout).strip().splitlines()
+        if proc.returncode == 0 or when == "watch" or "lock" not in " ".join(why).lower():
+            break
+        time.sleep(5)
+    if proc.returncode != 0:
+        if when != "watch":  # the watcher's failure (a file replaced while DVC hashed it) retries later
+            _record_state["broken"] = when == "start"  # e.g. not a git repository: not again this run
+            logger.warning(
+                f"DVC could not record {' '.join(paths)} ({when}): {why[-1] if why else proc.returncode}. "
+                f"Nothing was changed; record by hand: dvc add --no-relink {' '.join(paths)}"
+            )
+        return False
+    _record_state["changed"] |= _records(paths) != before
+    return True
+
+
 def dvc_record(when):
-    """Record the run's outputs in the DVC cache (`dvc add --no-relink`); a warning on failure."""
+    """Record the run's outputs in the DVC cache unless nothing changed since the last record."""
     if os.environ.get("DEQROBUST_DVC_RECORD", "1") == "0" or _record_state["broken"] or _dvc_repo() is None:
         return
-    dvc = _dvc_command()
     with _record_lock:
         paths = dvc_record_paths()
         if not paths:
@@ -77,27 +111,13 @@ def dvc_record(when):
             signature = _signature(paths)
         except OSError:  # a file went while we looked (a job replacing its output): next time
             return
-        if signature == _record_state["seen"]:
-            return
-        if dvc is None:
-            _record_state["broken"] = True
-            logger.warning("DVC is not installed: this run's results are not recorded (pip install dvc)")
-            return
-        proc = subprocess.run([*dvc, "add", "--no-relink", "--quiet", *paths], capture_output=True, text=True)
-        if proc.returncode != 0:
-            why = (proc.stderr or proc.stdout).strip().splitlines()
-            if when == "watch":  # a file replaced while DVC hashed it: the next look retries
+        if signature != _record_state["seen"]:
+            if not _add(paths, when):
                 return
-            _record_state["broken"] = when == "start"  # e.g. not a git repository: do not retry all run
-            logger.warning(
-                f"DVC could not record {' '.join(paths)} ({when}): {why[-1] if why else proc.returncode}. "
-                f"Nothing was changed; record by hand: dvc add --no-relink {' '.join(paths)}"
-            )
-            return
-        _record_state["seen"] = signature
-        if when != "watch":
-            records = " ".join(p.rstrip("/") + ".dvc" for p in paths)
-            logger.info(f"DVC recorded {' '.join(paths)} ({when}); version it with the config: git add {records}")
+            _record_state["seen"] = signature
+        if when != "watch" and _record_state["changed"]:
+            records = " ".join(str(_record_file(p)) for p in paths)
+            logger.info(f"DVC recorded {' '.join(paths)}; version the record with its config: git add {records}")
 
 
 def _watch():
@@ -113,5 +133,6 @@ def dvc_record_start():
 
 
 def dvc_record_end(when):
+    """onsuccess, onerror: the last record of the run."""
     _watcher_stop.set()
     dvc_record(when)
