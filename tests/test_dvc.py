@@ -345,5 +345,5 @@ def test_flow2_an_earlier_commits_checkpoints_come_back_and_are_reused(lab):
         assert back[rel] == first[rel], f"{rel} did not come back"
     # Adopt what DVC restored, then the run reuses it: no training, no evaluation.
     snakemake(root, "--touch", "--omit-from", "merge", *args)
-    assert set(job_stats(snakemake(root, *args))) <= REPORT_RULES
-    assert digest(results)["models/resnet18-adv/checkpoint.pt"] == first["models/resnet18-adv/checkpoint.pt"]
+    assert set(job_stats(snakemake(root, "-n", *args))) <= REPORT_RULES
+    assert digest(results) == back  # the touch changed no byte

@@ -2,16 +2,17 @@
 #
 # Every run records its results folder (and the data outputs when they live outside it) in the
 # DVC cache with `dvc add --no-relink`: when it starts (what an interrupted run left), while it
-# runs (a watcher records within RECORD_EVERY seconds of a change) and when it ends, on success
-# or failure. The record is `<path>.dvc` beside each path (results/<profile>.dvc,
-# data/cifar10-split.json.dvc, ...), one per profile, so a profile switch never meets a results
-# folder without a record, and a record always holds what the workspace holds: a forced
-# checkout (`dvc exp run` does one before it runs) finds nothing to reset or delete. Resume
-# state, logs and the trainings kept in finished/ are left out by .dvcignore: DVC never stores,
-# restores or deletes them.
+# runs (a watcher looks every RECORD_EVERY seconds and records what changed) and when it ends,
+# on success or failure. The record is `<path>.dvc` beside each path (results/<profile>.dvc,
+# data/cifar10-split.json.dvc, ...): one per profile, so a profile switch never meets a results
+# folder without one, and it holds what the workspace holds, so a checkout finds nothing to
+# reset. --no-relink leaves the workspace files as they are (inode and mtime: Snakemake sees no
+# change, finished/ keeps its hard links). Resume state, logs, partial cells and the trainings
+# kept in finished/ are left out by .dvcignore: DVC never stores, restores or deletes them.
 #
-# Off with DEQROBUST_DVC_RECORD=0. Outside a DVC repository (a copy of the workflow without
-# .dvc/) nothing is recorded; a failed record is a warning, never a failed run.
+# Off with DEQROBUST_DVC_RECORD=0. Outside a DVC repository (no .dvc/ above the working
+# directory) nothing is recorded; a record that fails (e.g. no git repository) is one warning,
+# never a failed run.
 import threading
 import time
 
