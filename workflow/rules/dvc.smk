@@ -66,7 +66,7 @@ def _signature(paths):
 
 
 def _record_file(path):
-    return Path(path.rstrip("/") + ".dvc")
+    return Path(os.path.normpath(path) + ".dvc")
 
 
 def _records(paths):
