@@ -15,8 +15,8 @@ from deqrobust import config, data
 from deqrobust.attacks import build_attack
 from deqrobust.evaluation import attack_batch, attacked_model, own_estimator
 from deqrobust.instances import instances
-from deqrobust.models import is_deq
 from deqrobust.plan import spec_of
+from deqrobust.protocol import is_deq
 from deqrobust.sizes import SIZES
 from deqrobust.training import Trainer
 

@@ -28,7 +28,10 @@ SPEC_KEYS = (
     "grad",
     "name",
     "source",
-)  # source: where an imported checkpoint came from (deqrobust.authors)
+    "factory",
+    "kwargs",
+)  # source: where an imported checkpoint came from (deqrobust.authors, deqrobust.user_models);
+# factory, kwargs: how a user's model is built (deqrobust.models.factory)
 
 
 def save_checkpoint(
@@ -56,6 +59,8 @@ def _starts_as_torch_file(path: Path) -> bool:
 
 
 def _describe(spec: dict) -> str:
+    if spec["arch"] == "factory":
+        return f"factory {spec.get('factory')!r}"
     return spec["arch"] if spec["arch"] != "mdeq" else f"mdeq (size {spec.get('size')})"
 
 

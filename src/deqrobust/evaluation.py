@@ -29,8 +29,8 @@ from deqrobust.device import resolve_device
 from deqrobust.errors import ConfigError
 from deqrobust.estimators import build_estimator, model_estimator
 from deqrobust.instances import identity, instance_config, instance_names, model_spec
-from deqrobust.models import is_deq
 from deqrobust.plan import cell_config, cell_slice, coupling_of, select_slice, settings, spec_of
+from deqrobust.protocol import is_deq
 from deqrobust.scoring import all_state_logits
 from deqrobust.vocab import BASELINE_ESTIMATOR, FINAL, SolveSetting, State, step_score
 

@@ -51,8 +51,9 @@ from deqrobust.device import resolve_device
 from deqrobust.errors import ConfigError
 from deqrobust.estimators import build_estimator, model_estimator
 from deqrobust.instances import identity, instance_config, model_spec
-from deqrobust.models import build_model, is_deq
+from deqrobust.models import build_model
 from deqrobust.plan import settings, train_slice
+from deqrobust.protocol import is_deq
 
 RESUME_FORMAT = "deqrobust-resume/1"
 SNAPSHOT_DIR, SNAPSHOT_MANIFEST = "snapshots", "snapshots.json"

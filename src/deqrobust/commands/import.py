@@ -1,4 +1,5 @@
-"""``deqrobust import``: a checkpoint of the authors' training code as one of ours (deqrobust.authors).
+"""``deqrobust import``: a checkpoint of the authors' training code (deqrobust.authors), or a user's
+DEQ given by its factory and weights (deqrobust.user_models), as one of ours.
 
 The module is named after its command (cli.py imports ``deqrobust.commands.<command>``).
 """
@@ -30,6 +31,13 @@ command that takes --checkpoint reads it, e.g.:
   deqrobust evaluate -c config/config.yaml --checkpoint OUT --estimator exact --attack pgd10 --out cell.json
   deqrobust analyze  -c config/config.yaml --checkpoint OUT --out analysis.json
 
+A user's own DEQ: --factory package.module:function (called with --kwargs, a YAML mapping)
+must return a model that meets the DEQ protocol (prepare, f, init_state, head on flat states:
+deqrobust.protocol; a TorchDEQ model through deqrobust.adapters.torchdeq.wrap), and --weights is
+its state dict, read with weights_only. README, "Evaluate your own DEQ":
+  deqrobust import --factory mypkg.models:build --kwargs '{width: 32}' --weights w.pt \
+      --grad exact --training pgd --out OUT
+
 The whole paper matrix, early exit, analysis and report in one command: the workflow
 imports a model with `checkpoint: SOURCE` (and its size, training and grad) in the config
 itself, e.g. with config/import.yaml (README, "Evaluate your own checkpoint"):
@@ -39,13 +47,16 @@ itself, e.g. with config/import.yaml (README, "Evaluate your own checkpoint"):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from deqrobust.authors import GRADS, TRAININGS
+    from deqrobust.user_models import GRADS, TRAININGS
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
-    parser.add_argument("source", metavar="SOURCE", help="the authors' checkpoint file (.pth.tar)")
+    parser.add_argument("source", metavar="SOURCE", nargs="?", help="the authors' checkpoint file (.pth.tar)")
+    parser.add_argument("--factory", metavar="MODULE:FUNCTION", help="a user's DEQ: the function that builds it")
+    parser.add_argument("--kwargs", default="{}", help="the factory's keyword arguments, a YAML mapping")
+    parser.add_argument("--weights", help="the user's DEQ: its state dict (a torch file)")
     parser.add_argument("--grad", required=True, choices=GRADS, help="gradient mode the model was trained with")
-    parser.add_argument("--training", required=True, choices=TRAININGS, help="standard training or PGD-AT")
+    parser.add_argument("--training", required=True, choices=TRAININGS, help="standard training, PGD-AT or FGSM-AT")
     parser.add_argument(
         "--out", required=True, metavar="OUT", help="deqrobust checkpoint to write (e.g. checkpoint.pt)"
     )
@@ -59,14 +70,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from deqrobust.authors import import_checkpoint
+    from deqrobust.errors import ConfigError
 
+    if (args.source is None) == (args.factory is None) or (args.factory is None) != (args.weights is None):
+        raise ConfigError("give either SOURCE (the authors' checkpoint) or --factory with --weights (your own DEQ)")
     refuse_overwrite(args.out, args.force, "a checkpoint")
+    if args.factory is not None:
+        return _import_factory(args)
+    from deqrobust.authors import TRAININGS, import_checkpoint
+
+    if args.training not in TRAININGS:
+        raise ConfigError(f"--training {args.training!r}: the authors' code trains {' or '.join(TRAININGS)}")
     spec = import_checkpoint(args.source, args.out, args.grad, args.training, args.name)
     source = spec["source"]
     extra = "".join(f", {key} {source[key]}" for key in ("epoch", "perf") if key in source)
     print(
         f"{args.out}: MDEQ-{spec['size'].upper()} ({spec['training']}, grad {spec['grad']}, name {spec['name']}) "
         f"from {source['file']} (md5 {source['md5']}, {source['layout']}{extra})"
+    )
+    return 0
+
+
+def _import_factory(args: argparse.Namespace) -> int:
+    from deqrobust.errors import ConfigError
+    from deqrobust.schema import read_yaml
+    from deqrobust.user_models import import_factory
+
+    kwargs = read_yaml(args.kwargs)
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"--kwargs {args.kwargs!r} is not a mapping; valid: e.g. '{{width: 32}}'")
+    spec = import_factory(args.factory, kwargs, args.weights, args.out, args.grad, args.training, args.name)
+    print(
+        f"{args.out}: {spec['factory']}({kwargs}) ({spec['training']}, grad {spec['grad']}, name {spec['name']}) "
+        f"from {spec['source']['file']} (md5 {spec['source']['md5']})"
     )
     return 0

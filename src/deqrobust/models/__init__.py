@@ -1,4 +1,5 @@
-"""Model construction from a config spec: the MDEQ and the same-size deep baselines."""
+"""Model construction from a config spec: the MDEQ, the same-size deep baselines, and a user's model
+built by its factory (deqrobust.models.factory)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ from torch import nn
 
 from deqrobust.errors import ConfigError
 
-ARCHITECTURES = ("mdeq", "preact_resnet18", "wrn34_10")
+ARCHITECTURES = ("mdeq", "preact_resnet18", "wrn34_10", "factory")
 
 
 def build_model(spec: dict) -> nn.Module:
-    """Build the model described by ``spec`` (keys ``arch`` and, for MDEQs, ``size``)."""
+    """Build the model described by ``spec`` (keys ``arch`` and, for MDEQs, ``size``; for a user's
+    model ``factory`` and its ``kwargs``)."""
     from deqrobust.models import baselines
     from deqrobust.models.mdeq import MDEQ, SIZES
 
@@ -24,11 +26,11 @@ def build_model(spec: dict) -> nn.Module:
         return baselines.PreActResNet18(width=spec.get("width") or 64)
     if arch == "wrn34_10":
         return baselines.WideResNet(depth=34, widen_factor=10)
+    if arch == "factory":
+        from deqrobust.models import factory
+
+        return factory.build(spec["factory"], spec.get("kwargs"))
     raise ConfigError(f"unknown architecture {arch!r}; valid architectures: {', '.join(ARCHITECTURES)}")
-
-
-def is_deq(model: nn.Module) -> bool:
-    return hasattr(model, "f") and hasattr(model, "head") and hasattr(model, "prepare")
 
 
 def describe_architectures() -> list[tuple[str, dict]]:

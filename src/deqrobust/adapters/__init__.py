@@ -1,0 +1,1 @@
+"""Adapters that make models of other DEQ libraries meet the DEQ protocol (deqrobust.protocol)."""
