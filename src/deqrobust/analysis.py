@@ -314,7 +314,7 @@ def make_adversary(cfg: dict, deq: torch.nn.Module, own) -> tuple[Adversary, dic
 
 def run(cfg: dict, checkpoint: str, device: torch.device, progress: bool = True) -> dict:
     """The whole analysis of one checkpoint as the JSON-ready record ``deqrobust analyze`` writes."""
-    from deqrobust import __version__
+    from deqrobust import __version__, protocol
     from deqrobust.checkpoint import load_checkpoint
     from deqrobust.data import load_split, md5_of
     from deqrobust.errors import ConfigError
@@ -323,7 +323,8 @@ def run(cfg: dict, checkpoint: str, device: torch.device, progress: bool = True)
     from deqrobust.plan import diagnosed
     from deqrobust.solvers import solver_coupling
 
-    deq, meta = load_checkpoint(checkpoint, device, expect_arch="mdeq")
+    deq, meta = load_checkpoint(checkpoint, device)
+    protocol.check(deq, f"the model of {checkpoint}")  # the analysis is of DEQs
     spec = meta["spec"]
     cfg = instance_config(cfg, spec["name"])  # a seed instance's attacks use its seed
     settings, batch_size = cfg["analysis"], cfg["evaluation"]["batch_size"]

@@ -16,6 +16,7 @@ from torch import nn
 from deqrobust.atomic import torch_load, torch_save, unreadable
 from deqrobust.errors import ConfigError
 from deqrobust.models import build_model
+from deqrobust.vocab import FACTORY, MDEQ
 
 FORMAT = "deqrobust-checkpoint/1"
 RESUME = "resume.pt"  # the state of an unfinished training, in its model folder
@@ -59,9 +60,9 @@ def _starts_as_torch_file(path: Path) -> bool:
 
 
 def _describe(spec: dict) -> str:
-    if spec["arch"] == "factory":
+    if spec["arch"] == FACTORY:
         return f"factory {spec.get('factory')!r}"
-    return spec["arch"] if spec["arch"] != "mdeq" else f"mdeq (size {spec.get('size')})"
+    return spec["arch"] if spec["arch"] != MDEQ else f"{MDEQ} (size {spec.get('size')})"
 
 
 def load_checkpoint(
@@ -109,7 +110,7 @@ def load_checkpoint(
     if expect_arch is not None:
         expected = {"arch": expect_arch} if isinstance(expect_arch, str) else expect_arch
         same = expected["arch"] == spec["arch"] and (
-            spec["arch"] != "mdeq" or expected.get("size") in (None, spec.get("size"))
+            spec["arch"] != MDEQ or expected.get("size") in (None, spec.get("size"))
         )
         if not same:
             raise ConfigError(f"checkpoint {path} holds a {_describe(spec)} model, expected {_describe(expected)}")

@@ -32,7 +32,7 @@ from deqrobust.instances import identity, instance_config, instance_names, model
 from deqrobust.plan import cell_config, cell_slice, coupling_of, select_slice, settings, spec_of
 from deqrobust.protocol import is_deq
 from deqrobust.scoring import all_state_logits
-from deqrobust.vocab import BASELINE_ESTIMATOR, FINAL, SolveSetting, State, step_score
+from deqrobust.vocab import BASELINE_ESTIMATOR, FINAL, MDEQ, SolveSetting, State, step_score
 
 
 def attacked_model(cfg: dict, model: nn.Module, estimator: str, state: State | int | str | None, own=None) -> nn.Module:
@@ -103,7 +103,7 @@ def _test_examples(cfg: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _arch(spec: dict) -> str:
-    return f"mdeq-{spec.get('size')}" if spec["arch"] == "mdeq" else spec["arch"]
+    return f"{MDEQ}-{spec.get('size')}" if spec["arch"] == MDEQ else spec["arch"]
 
 
 def load_for_config(cfg: dict, checkpoint: str, device: torch.device) -> tuple[nn.Module, dict]:

@@ -17,7 +17,7 @@ from deqrobust.errors import ConfigError
 from deqrobust.instances import instance, instance_config, instances, model_spec
 from deqrobust.schema import schema
 from deqrobust.sizes import SIZES
-from deqrobust.vocab import BASELINE_ESTIMATOR, FINAL, TRUE_GRADIENT, SolveSetting, State
+from deqrobust.vocab import BASELINE_ESTIMATOR, DEQ_ARCHS, FACTORY, FINAL, MDEQ, TRUE_GRADIENT, SolveSetting, State
 
 # Names of models, estimators and attacks become path components.
 NAME_RE = r"[A-Za-z0-9][A-Za-z0-9._+-]*"
@@ -47,7 +47,7 @@ def problems(cfg: dict) -> list[str]:
             f"evaluation.estimators.{BASELINE_ESTIMATOR}: the name is reserved for the baselines' plain backprop"
         )
     for name, spec in cfg["models"].items():
-        if spec["arch"] == "mdeq" and spec["size"] not in SIZES:
+        if spec["arch"] == MDEQ and spec["size"] not in SIZES:
             found.append(f"models.{name}.size: {spec['size']!r} is not an MDEQ size; valid sizes: {', '.join(SIZES)}")
     for i, group in enumerate(ev["cells"]):
         found += _undefined(f"evaluation.cells[{i}].estimators", group["estimators"], "estimator", estimators)
@@ -107,7 +107,7 @@ def _group_model_problems(cfg: dict, i: int, group: dict) -> list[str]:
     for name in group.get("models", ()):
         if name not in models:
             found.append(f"{key}: unknown model {name!r}; models of this config: {', '.join(models) or '(none)'}")
-        elif models[name]["arch"] != "mdeq":
+        elif models[name]["arch"] not in DEQ_ARCHS:
             found.append(f"{key}: {name!r} is not a DEQ; baselines are attacked with evaluation.baseline_attacks")
     return found
 
@@ -205,7 +205,7 @@ def _setting(cfg: dict, group: dict) -> SolveSetting:
 
 def deqs(cfg: dict) -> list[str]:
     """The DEQ instances."""
-    return [i.name for i in instances(cfg) if cfg["models"][i.model]["arch"] == "mdeq"]
+    return [i.name for i in instances(cfg) if cfg["models"][i.model]["arch"] in DEQ_ARCHS]
 
 
 def trained(cfg: dict) -> list[str]:
@@ -220,7 +220,7 @@ def trained_deqs(cfg: dict) -> list[str]:
 
 def baselines(cfg: dict) -> list[str]:
     """The deep-network instances."""
-    return [i.name for i in instances(cfg) if cfg["models"][i.model]["arch"] != "mdeq"]
+    return [i.name for i in instances(cfg) if cfg["models"][i.model]["arch"] not in DEQ_ARCHS]
 
 
 def cells(cfg: dict) -> list[Cell]:
@@ -233,7 +233,7 @@ def cells(cfg: dict) -> list[Cell]:
     found = [
         Cell(inst.name, estimator, attack, State.parse(state, budget).text, _setting(cfg, group))
         for inst in instances(cfg)
-        if cfg["models"][inst.model]["arch"] == "mdeq"
+        if cfg["models"][inst.model]["arch"] in DEQ_ARCHS
         for group in ev["cells"]
         if inst.model in group.get("models", [inst.model])
         for estimator in group["estimators"]
@@ -294,7 +294,7 @@ def train_slice(cfg: dict, model: str) -> dict:
 
 def _has_phases(spec: dict) -> bool:
     """Whether a model's training has an adversarial pretraining phase for PHASE_KEYS to shape."""
-    return spec["arch"] == "mdeq" and spec["training"] != "standard" and spec["training_config"]["pretrain_iters"] > 0
+    return spec["arch"] == MDEQ and spec["training"] != "standard" and spec["training_config"]["pretrain_iters"] > 0
 
 
 def select_slice(cfg: dict) -> dict:
@@ -405,12 +405,17 @@ def _referenced(cfg: dict, key: str, section: dict) -> dict:
 # Their code trains these sizes, trainings and gradient modes. The file does not say how it
 # was trained, and the size decides the jobs' resources before the file is read, so each
 # key is written on the model: no default fills it, nothing is guessed.
-IMPORTED = {"arch": ("mdeq",), "size": ("large", "xl"), "training": ("standard", "pgd"), "grad": ("exact", "unroll")}
+IMPORTED = {"arch": (MDEQ,), "size": ("large", "xl"), "training": ("standard", "pgd"), "grad": ("exact", "unroll")}
 
 
 def imported(cfg: dict) -> list[str]:
-    """The models imported from a checkpoint instead of trained (one instance each: no seeds)."""
-    return [name for name, spec in cfg["models"].items() if "checkpoint" in spec]
+    """The models imported instead of trained (one instance each: no seeds): the authors'
+    checkpoints and users' DEQs built by their factory."""
+    return [name for name, spec in cfg["models"].items() if "checkpoint" in spec or spec["arch"] == FACTORY]
+
+
+# A user's DEQ (arch factory) writes these keys; other models may not.
+FACTORY_KEYS = ("factory", "weights")
 
 
 def unwritten_import_keys(raw: dict) -> list[str]:
@@ -438,6 +443,19 @@ def unwritten_import_keys(raw: dict) -> list[str]:
 def _import_problems(cfg: dict) -> list[str]:
     found = []
     for name, spec in cfg["models"].items():
+        factory = spec["arch"] == FACTORY
+        found += [
+            f"models.{name}.{key}: "
+            + (
+                "arch factory needs it (your DEQ's builder and its weights)"
+                if factory
+                else f"only a model of arch {FACTORY} has it"
+            )
+            for key in (*FACTORY_KEYS, "kwargs")
+            if (factory and key in FACTORY_KEYS and key not in spec) or (not factory and key in spec)
+        ]
+        if factory and spec.get("seeds") is not None:
+            found.append(f"models.{name}.seeds: a model of arch {FACTORY} is one instance (its weights); remove seeds")
         if "checkpoint" not in spec:
             continue
         found += [
@@ -455,10 +473,12 @@ def _import_problems(cfg: dict) -> list[str]:
 
 
 def import_slice(cfg: dict, model: str) -> dict:
-    """An imported instance: its file, training and gradient mode, and for ``grad: unroll`` the
-    unroll that defines its own output (a change re-imports it, which reruns its dependents)."""
+    """An imported instance: its file (a user's DEQ: its factory, keyword arguments and weights),
+    training and gradient mode, and for ``grad: unroll`` the unroll that defines its own output (a
+    change re-imports it, which reruns its dependents)."""
     spec = model_spec(cfg, model)
-    part = {key: spec[key] for key in ("checkpoint", "training", "grad")}
+    files = ("factory", "kwargs", "weights") if spec["arch"] == FACTORY else ("checkpoint",)
+    part = {key: spec.get(key) for key in (*files, "training", "grad")}
     if spec["grad"] == "unroll":
         part["unroll"] = spec["training_config"]["unroll"]
     return part
@@ -480,13 +500,14 @@ RESOURCES = {
     "large": Resources(4320, 720, 16000),
     "xl": Resources(10080, 1440, 32000),
     "preact_resnet18": Resources(1440, 240, 16000),
+    "factory": Resources(30, 720, 16000),  # a user's DEQ: imported, not trained; a cluster profile may override
     "wrn34_10": Resources(4320, 720, 32000),
 }
 
 
 def resources(cfg: dict, model: str) -> Resources:
     spec = cfg["models"][instance(cfg, model).model]
-    return RESOURCES[spec["size"] if spec["arch"] == "mdeq" else spec["arch"]]
+    return RESOURCES[spec["size"] if spec["arch"] == MDEQ else spec["arch"]]
 
 
 def gpus(cfg: dict) -> int:

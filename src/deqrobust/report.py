@@ -57,7 +57,7 @@ from deqrobust.tidy import (
     outcome_array,
     profile_rows,
 )
-from deqrobust.vocab import BATCH, ENSEMBLE, FINAL, SAMPLE, TRUE_GRADIENT, score_step
+from deqrobust.vocab import BATCH, DEQ_ARCHS, ENSEMBLE, FINAL, MDEQ, SAMPLE, TRUE_GRADIENT, score_step
 
 ADVERSARIAL = ("pgd", "fgsm")  # adversarial trainings; claims 1-4 are about DEQs trained so
 PGD_AT = "pgd"  # claim 5 speaks of PGD-AT only
@@ -221,7 +221,7 @@ def deployed_residuals(record: dict, kind: str = "clean") -> np.ndarray | None:
 
 def adversarial_deqs(outcomes: pd.DataFrame) -> list[str]:
     models = outcomes.drop_duplicates("model")
-    return models.loc[(models["arch"] == "mdeq") & models["training"].isin(ADVERSARIAL), "model"].tolist()
+    return models.loc[models["arch"].isin(DEQ_ARCHS) & models["training"].isin(ADVERSARIAL), "model"].tolist()
 
 
 def rows_of(outcomes: pd.DataFrame, model: str, **equal) -> pd.DataFrame:
@@ -553,7 +553,7 @@ def claim5(outcomes: pd.DataFrame, cfg: dict) -> Finding:
     rivals = [
         m
         for m in models.index
-        if models.loc[m, "arch"] != "mdeq" and models.loc[m, "training"] == PGD_AT and spec_of(m)
+        if models.loc[m, "arch"] not in DEQ_ARCHS and models.loc[m, "training"] == PGD_AT and spec_of(m)
     ]
     for deq in pgd:
         same_seed = [m for m in rivals if str(models.loc[m, "seed"]) == str(models.loc[deq, "seed"])]
@@ -963,7 +963,7 @@ def scale_lines(
             if "checkpoint" in spec  # trained by the authors' code
             else f"epochs {model_spec(cfg, name)['training_config']['epochs']}"
         )
-        arch = f"{spec.get('arch')}-{spec.get('size', 'tiny')}" if spec.get("arch") == "mdeq" else spec.get("arch")
+        arch = f"{spec.get('arch')}-{spec.get('size', 'tiny')}" if spec.get("arch") == MDEQ else spec.get("arch")
         lines.append(
             f"- model `{name}`: {arch}, training {spec.get('training')}, gradient {spec.get('grad', 'exact')}, {made}"
         )

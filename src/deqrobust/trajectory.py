@@ -116,7 +116,7 @@ def deployed_alignment(
 def run(cfg: dict, manifest_path: str | Path, device: torch.device, progress: bool = True) -> dict:
     """Every snapshot of one trained DEQ analysed on the same test images: the record
     ``deqrobust trajectory`` writes."""
-    from deqrobust import __version__
+    from deqrobust import __version__, protocol
     from deqrobust.checkpoint import load_checkpoint
     from deqrobust.data import load_split
     from deqrobust.errors import ConfigError
@@ -141,7 +141,8 @@ def run(cfg: dict, manifest_path: str | Path, device: torch.device, progress: bo
         tqdm(manifest["snapshots"], desc=f"trajectory {manifest['model']}", unit="snapshot", disable=not progress),
         files,
     ):
-        deq, meta = load_checkpoint(file, device, expect_arch="mdeq")
+        deq, meta = load_checkpoint(file, device)
+        protocol.check(deq, f"the model of {file}")  # the analysis is of DEQs
         spec = meta["spec"]
         own = own_estimator(cfg, spec)
         measured = forward_measures(deq, own, x, y, solvers[0], budget, batch_size)

@@ -124,6 +124,10 @@ class SolveSetting:
         return cls(coupling, int(suffix[len(coupling) + 1 :]))
 
 
+# ----------------------------------------------------------------------------- architectures
+MDEQ, FACTORY = "mdeq", "factory"  # the project's multiscale DEQ; a user's DEQ built by its factory
+DEQ_ARCHS = (MDEQ, FACTORY)  # the DEQs (the protocol's models); every other arch is a deep baseline
+
 # ----------------------------------------------------------------------------- reserved estimator names
 BASELINE_ESTIMATOR = "autograd"  # plain backprop: the only estimator of the deep-network baselines
 TRUE_GRADIENT = "solver_autograd"  # autograd through the deployed solver: the true gradient

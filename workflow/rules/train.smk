@@ -35,15 +35,36 @@ rule train:
         " --model {wildcards.model} --out {params.out} > {log} 2>&1"
 
 
-# A model with `checkpoint:` (a file of the authors' training code) is imported instead of
-# trained (deqrobust.plan.imported): its checkpoint.pt is written where training would put
-# it, and every later rule reads it unchanged. It has no metrics.csv or summary.json.
+# A model with `checkpoint:` (a file of the authors' training code) or of arch factory (a user's
+# DEQ: its factory and weights) is imported instead of trained (deqrobust.plan.imported): its
+# checkpoint.pt is written where training would put it, and every later rule reads it unchanged.
+# It has no metrics.csv or summary.json.
+def import_source(wildcards):
+    spec = config["models"][wildcards.model]
+    return spec["weights"] if spec["arch"] == vocab.FACTORY else spec["checkpoint"]
+
+
+def import_how(wildcards, input):
+    """The source of `deqrobust import`: the authors' file, or --factory, --kwargs and --weights."""
+    spec = config["models"][wildcards.model]
+    if spec["arch"] != vocab.FACTORY:
+        return shlex.quote(input.source)
+    kwargs = json.dumps(spec.get("kwargs") or {})
+    return f"--factory {spec['factory']} --kwargs {shlex.quote(kwargs)} --weights {shlex.quote(input.source)}"
+
+
 for _name in plan.imported(config):
-    if not os.path.isfile(config["models"][_name]["checkpoint"]):
+    _spec = config["models"][_name]
+    _key = "weights" if _spec["arch"] == vocab.FACTORY else "checkpoint"
+    if not os.path.isfile(_spec[_key]):
+        _example = (
+            "{factory: mypkg.models:build, weights: /path/to/weights.pt, training: pgd}"
+            if _key == "weights"
+            else "{checkpoint: /path/to/model_best.pth.tar, grad: exact, training: pgd}"
+        )
         raise WorkflowError(
-            f"models.{_name}.checkpoint: {config['models'][_name]['checkpoint']!r} is no file. Give the file the "
-            "authors' training code wrote for this model and how it was trained, e.g. --config "
-            f"'models={{{_name}: {{checkpoint: /path/to/model_best.pth.tar, grad: exact, training: pgd}}}}'"
+            f"models.{_name}.{_key}: {_spec[_key]!r} is no file. Give the file of this model and how it was "
+            f"trained, e.g. --config 'models={{{_name}: {_example}}}'"
         )
 
 
@@ -52,10 +73,11 @@ ruleorder: import_checkpoint > train
 
 rule import_checkpoint:
     input:
-        source=lambda w: config["models"][w.model]["checkpoint"],
+        source=import_source,
     output:
         checkpoint=checkpoint(),
     params:
+        how=import_how,
         grad=lambda w: config["models"][w.model]["grad"],
         training=lambda w: config["models"][w.model]["training"],
         settings=lambda w: plan.settings(plan.import_slice(config, w.model)),
@@ -72,7 +94,7 @@ rule import_checkpoint:
     conda:
         ENV
     shell:
-        "deqrobust import {input.source:q} --grad {params.grad} --training {params.training}"
+        "deqrobust import {params.how} --grad {params.grad} --training {params.training}"
         " --name {wildcards.model} --out {output.checkpoint} > {log} 2>&1"
 
 
