@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from test_workflow import SMOKE_ARCHIVE_SIZE, job_stats, output_of, snakemake, workdir  # noqa: F401 (workdir: fixture)
 from torch import nn
 
-from deqrobust import protocol
+from deqrobust import config, plan, protocol
 from deqrobust.checkpoint import load_checkpoint
 from deqrobust.deq_logits import DEQLogits
 from deqrobust.errors import ConfigError
@@ -236,3 +238,69 @@ def test_torchdeq_input_gradients_agree_with_finite_differences():
     deployed = {"name": "broyden", "budget": 6, "tol": 0.0}  # a fixed number of steps: a smooth map
     truth = DEQLogits(deq, SolverAutograd(), None, deployed, deployed, own=Exact()).eval()
     assert _gradient(truth, x, y).mul(v).sum().item() == pytest.approx(_directional(truth, x, y, v), rel=1e-5)
+
+
+def test_the_worked_example_builds_a_protocol_deq(monkeypatch):
+    pytest.importorskip("torchdeq", reason="TorchDEQ is an extra: pip install 'deqrobust[torchdeq]'")
+    monkeypatch.syspath_prepend(str(TESTS.parent / "examples"))
+    import byo_deq
+
+    deq = byo_deq.build(channels=8)
+    assert protocol.is_deq(deq) and set(deq.state_dict()) == set(deq.net.state_dict())
+    x = torch.rand(2, 3, 32, 32)
+    solver = {"name": "broyden", "budget": 4, "tol": 1e-3}
+    assert DEQLogits(deq, Exact(), None, solver, solver).eval()(x).shape == (2, 10)
+
+
+# ---------------------------------------------------------------- a user's DEQ in a profile
+def test_a_profile_checks_its_factory_models():
+    smoke = str(TESTS.parent / "config" / "smoke.yaml")
+    with pytest.raises(ConfigError, match=r"models.mine.weights: arch factory needs it"):
+        config.load(smoke, ["models={mine: {arch: factory, factory: 'user_deqs:toy', training: pgd}}"])
+    with pytest.raises(ConfigError, match=r"models.deq-std.factory: only a model of arch factory has it"):
+        config.load(smoke, ["models={deq-std: {factory: 'user_deqs:toy'}}"])
+    with pytest.raises(ConfigError, match=r"models.mine.seeds: a model of arch factory is one instance"):
+        config.load(
+            smoke, ["models={mine: {arch: factory, factory: 'a:b', weights: w.pt, training: pgd, seeds: [0, 1]}}"]
+        )
+    cfg = config.load(smoke, ["models={mine: {arch: factory, factory: 'a.b:c', weights: w.pt, training: pgd}}"])
+    assert "mine" in plan.imported(cfg) and "mine" in plan.deqs(cfg) and "mine" not in plan.trained(cfg)
+    assert plan.import_slice(cfg, "mine") == {
+        "factory": "a.b:c",
+        "kwargs": None,
+        "weights": "w.pt",
+        "training": "pgd",
+        "grad": "exact",
+    }
+
+
+@pytest.mark.slow
+def test_a_users_deq_runs_through_the_whole_workflow(workdir, cifar_archive, user_package, tmp_path):
+    """A factory DEQ (no training) through import, every cell, early exit, analysis and the report."""
+    archive, _ = cifar_archive(**SMOKE_ARCHIVE_SIZE)
+    profile = yaml.safe_load((workdir / "config" / "smoke.yaml").read_text())
+    profile["models"] = {
+        "mine": {"arch": "factory", "factory": "user_deqs:cifar", "weights": str(tmp_path / "w.pt"), "training": "pgd"}
+    }
+    profile["results"], profile["reports"] = "results/byo", "reports/byo"
+    profile["data"]["root"] = "results/byo/data"
+    for group in profile["evaluation"]["cells"]:
+        group.pop("models", None)
+    (user_package / "user_deqs.py").write_text(
+        (user_package / "user_deqs.py").read_text()
+        + "\n\ndef cifar():\n    return Toy(dim=8, inputs=3072, classes=10)\n"
+    )
+    sys.modules.pop("user_deqs", None)
+    torch.save(factory.build("user_deqs:cifar").state_dict(), tmp_path / "w.pt")
+    path = workdir / "config" / "byo-test.yaml"
+    path.write_text(yaml.safe_dump(profile, sort_keys=False))
+    data = f"data={{archive: {archive}, allow_md5_mismatch: true}}"
+    args = ["--workflow-profile", "workflow/profiles/default", "--cores", "2", "--configfile", str(path)]
+    proc = snakemake(workdir, *args, "--config", data, timeout=1200)
+    assert proc.returncode == 0, output_of(proc)[-5000:]
+    stats = job_stats(output_of(proc))
+    assert stats["import_checkpoint"] == 1 and "train" not in stats and stats["evaluate"] > 5
+    loaded, meta = load_checkpoint(workdir / "results/byo/models/mine/checkpoint.pt")
+    assert meta["spec"]["arch"] == "factory" and protocol.is_deq(loaded)
+    report = (workdir / "reports/byo/report.md").read_text()
+    assert "| 3 |" in report and (workdir / "results/byo/analysis/mine.json").is_file()

@@ -42,7 +42,10 @@ class TorchDEQAdapter(nn.Module):
     ):
         super().__init__()
         self.net = net
-        self._f, self._inject, self._head = (_member(net, m) for m in (f, inject, head))
+        # Plain attributes, not submodules: the weights are the wrapped model's, registered once.
+        members = {"_f": f, "_inject": inject, "_head": head}
+        for name, member in members.items():
+            object.__setattr__(self, name, _member(net, member))
         self._z_init = z_init
         self._shapes: list[torch.Size] | None = None  # per-sample shapes of the state's tensors
 
