@@ -340,7 +340,7 @@ def test_a_mixed_profile_is_named_and_a_group_coupling_sets_both_solvers():
     cfg["evaluation"]["cells"] = [
         {"estimators": ["exact"], "attacks": ["pgd2"], "states": ["final"], "coupling": "sample"}
     ]
-    assert {c[4:] for c in plan.cells(cfg) if c.estimator == "exact"} == {("sample", 10)}
+    assert {c.setting for c in plan.cells(cfg) if c.estimator == "exact"} == {vocab.SolveSetting("sample", 10)}
 
 
 def test_a_bad_group_coupling_or_batch_is_named():
