@@ -187,6 +187,23 @@ def train_launcher(wildcards, threads, resources):
 
 
 # --------------------------------------------------------------------------------------
+# The import rule: the authors' checkpoint, or a user's DEQ (arch factory) by its factory and weights
+# --------------------------------------------------------------------------------------
+def import_source(wildcards):
+    spec = config["models"][wildcards.model]
+    return spec["weights"] if spec["arch"] == vocab.FACTORY else spec["checkpoint"]
+
+
+def import_how(wildcards, input):
+    """The source of `deqrobust import`: the authors' file, or --factory, --kwargs and --weights."""
+    spec = config["models"][wildcards.model]
+    if spec["arch"] != vocab.FACTORY:
+        return shlex.quote(input.source)
+    kwargs = json.dumps(spec.get("kwargs") or {})
+    return f"--factory {spec['factory']} --kwargs {shlex.quote(kwargs)} --weights {shlex.quote(input.source)}"
+
+
+# --------------------------------------------------------------------------------------
 # Params of the evaluate rule
 # --------------------------------------------------------------------------------------
 def cell_job_config(wildcards):

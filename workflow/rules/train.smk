@@ -39,20 +39,6 @@ rule train:
 # DEQ: its factory and weights) is imported instead of trained (deqrobust.plan.imported): its
 # checkpoint.pt is written where training would put it, and every later rule reads it unchanged.
 # It has no metrics.csv or summary.json.
-def import_source(wildcards):
-    spec = config["models"][wildcards.model]
-    return spec["weights"] if spec["arch"] == vocab.FACTORY else spec["checkpoint"]
-
-
-def import_how(wildcards, input):
-    """The source of `deqrobust import`: the authors' file, or --factory, --kwargs and --weights."""
-    spec = config["models"][wildcards.model]
-    if spec["arch"] != vocab.FACTORY:
-        return shlex.quote(input.source)
-    kwargs = json.dumps(spec.get("kwargs") or {})
-    return f"--factory {spec['factory']} --kwargs {shlex.quote(kwargs)} --weights {shlex.quote(input.source)}"
-
-
 for _name in plan.imported(config):
     _spec = config["models"][_name]
     _key = "weights" if _spec["arch"] == vocab.FACTORY else "checkpoint"
