@@ -150,6 +150,12 @@ def test_model_spec_deep_merges_training_overrides():
             "models.deq-std.training_overrides: Additional properties are not allowed ('epochz' was unexpected)",
         ),
         (
+            "models.deq-std.aims={clean: 0.5, pgd: 0.2}",
+            "models.deq-std.aims: Additional properties are not allowed ('pgd' was unexpected); "
+            "valid keys: clean, pgd10, autoattack, worst_case",
+        ),
+        ("models.deq-std.aims={clean: 55}", "models.deq-std.aims.clean: 55 is greater than the maximum of 1"),
+        (
             "models.deq-std.training_overrides={lr: .inf}",
             "models.deq-std.training_overrides.lr: inf is not a finite number",
         ),

@@ -402,6 +402,47 @@ def training_dynamics_figure(trajectories: list[dict]) -> Figure:
     return fit(fig)
 
 
+def learning_curves_figure(curves: pd.DataFrame, aims: dict[str, dict[str, float]]) -> Figure:
+    """Each trained instance's development-split accuracy (clean, and under the dev PGD of model
+    selection) against the epoch, colour by model and line style by seed, with each model's
+    accuracy ``aims`` (by model, deqrobust.aims.model_aims; measured on the test images) as dashed
+    lines: where a model plateaued, and how far from its aim."""
+    bases = list(dict.fromkeys(curves["base_model"])) if len(curves) else []
+    colours = dict(zip(bases, sns.color_palette("colorblind", max(len(bases), 1))))
+    seeds = sorted(curves["seed"].unique()) if len(curves) else []
+    styles = dict(zip(seeds, ["-", "--", ":", "-."] * (len(seeds) // 4 + 1)))
+    panels = [
+        ("dev_clean_acc", "clean", "clean accuracy"),
+        ("dev_robust_acc", "pgd10", "robust accuracy (the PGD of model selection)"),
+    ]
+    with _style():
+        fig = Figure(figsize=(9.0, 3.6), layout="constrained")
+        axes = fig.subplots(1, len(panels), squeeze=False)[0]
+        if curves.empty:
+            _empty(axes[0], "no learning curves")
+        for ax, (column, aim_key, title) in zip(axes, panels):
+            for model, part in curves.groupby("model", sort=False):
+                first = part.iloc[0]
+                part = part.sort_values("epoch")
+                ax.plot(
+                    part["epoch"],
+                    100 * part[column],
+                    color=colours[first["base_model"]],
+                    linestyle=styles[first["seed"]],
+                    marker="o",
+                    markersize=3,
+                    label=model,
+                )
+            for base in bases:
+                if aim_key in aims.get(base, {}):
+                    ax.axhline(100 * aims[base][aim_key], color=colours[base], linestyle=(0, (4, 3)), linewidth=1)
+            ax.set(xlabel="epoch", ylabel="%", title=title)
+        if not curves.empty:
+            axes[-1].legend(loc="best", fontsize="x-small")
+        fig.suptitle("Learning curves on the development split (dashed: the model's aim on the test images)")
+    return fit(fig)
+
+
 def heatmap_figure(table: pd.DataFrame, model: str) -> Figure:
     """(c) Robust accuracy (%) per estimator@attacked state (rows) and attack (columns), one panel per defense.
 
@@ -491,9 +532,12 @@ def write_all(
     out_dir: str | os.PathLike,
     profile: str = "",
     trajectories: list[dict] | None = None,
+    curves: pd.DataFrame | None = None,
+    aims: dict[str, dict[str, float]] | None = None,
 ) -> list[Path]:
     """Every figure as PNG and the main table as main.md and main.tex in ``out_dir``; with
-    ``trajectories``, the training dynamics too."""
+    ``trajectories``, the training dynamics too; with learning ``curves`` (deqrobust.aims), the
+    learning curves against the ``aims``."""
     out = Path(out_dir)
     written = [
         save_figure(residual_figure(analyses), out / "residual.png"),
@@ -505,6 +549,8 @@ def write_all(
     ]
     if trajectories:
         written.append(save_figure(training_dynamics_figure(trajectories), out / "training_dynamics.png"))
+    if curves is not None and not curves.empty:
+        written.append(save_figure(learning_curves_figure(curves, aims or {}), out / "learning_curves.png"))
     for model in table["model"].unique():
         written.append(save_figure(heatmap_figure(table, model), out / f"heatmap_{_slug(model)}.png"))
     header, rows = tabular.main_table_rows(table, profile)

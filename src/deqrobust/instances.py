@@ -87,6 +87,7 @@ def model_spec(cfg: dict, name: str) -> dict:
     models = cfg.get("models", {})
     spec = copy.deepcopy(models[name] if name in models else models[instance(cfg, name).model])
     spec.pop("seeds", None)
+    spec.pop("aims", None)  # what the report checks the model against, not part of the model
     training = copy.deepcopy(cfg["training"])
     deep_update(training, spec.pop("training_overrides", {}) or {})
     spec["training_config"] = training

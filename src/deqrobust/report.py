@@ -33,7 +33,7 @@ import jinja2
 import numpy as np
 import pandas as pd
 
-from deqrobust import stats
+from deqrobust import aims, stats
 from deqrobust.instances import model_spec
 from deqrobust.queries import headline_metrics, main_columns, main_rows, state_order
 from deqrobust.schema import read_yaml
@@ -1005,6 +1005,26 @@ def scale_summary(table: pd.DataFrame, cfg: dict) -> str:
     return f"{len(cfg.get('models', {}))} model(s) as configured in `{cfg.get('profile', '?')}`, {images}{data}"
 
 
+def aim_lines(table: pd.DataFrame, cfg: dict) -> list[str]:
+    """Per trained instance with aims, each aim against the deployed model's test accuracy."""
+    headings = dict(main_columns(table))
+    by_model: dict[str, list[str]] = {}
+    for check in aims.checks(cfg, table):
+        by_model.setdefault(check.model, []).append(check.text(headings[check.metric]))
+    return [f"- {model}: " + "; ".join(texts) for model, texts in by_model.items()]
+
+
+def aims_summary(table: pd.DataFrame, cfg: dict) -> str:
+    """'accuracy aims: 5 of 8 reached' for the first screen ('' without aims)."""
+    found = aims.checks(cfg, table)
+    if not found:
+        return ""
+    unmeasured = sum(c.reached is None for c in found)
+    return f"accuracy aims: {sum(bool(c.reached) for c in found)} of {len(found)} reached" + (
+        f" ({unmeasured} not measured)" if unmeasured else ""
+    )
+
+
 def render(
     table: pd.DataFrame,
     analyses: list[dict],
@@ -1022,8 +1042,9 @@ def render(
     header, rows = alignment_rows(analyses)
     return TEMPLATES.get_template("report.md.j2").render(
         profile=cfg.get("profile", "?"),
-        scale_summary=scale_summary(table, cfg),
+        scale_summary="; ".join(filter(None, [scale_summary(table, cfg), aims_summary(table, cfg)])),
         scale=scale_lines(table, analyses, cfg, machines),
+        aims=aim_lines(table, cfg),
         findings=results,
         effects={f.claim: effect_text(f.result) for f in results},
         short=SHORT,
@@ -1090,6 +1111,16 @@ def metrics(
         },
         "trained_on": machines or {},
         "accuracy": headline_metrics(rows),
+        "aims": [
+            {
+                "model": c.model,
+                "metric": c.metric,
+                "aim": c.aim,
+                "accuracy": None if c.measured is None else c.measured["accuracy"],
+                "reached": c.reached,
+            }
+            for c in aims.checks(cfg, rows)
+        ],
         "columns": dict(main_columns(rows)),
         "verdicts": {str(r.claim): r.verdict for r in results},
         "p_values": {str(r.claim): (r.result.p if r.result else None) for r in results},

@@ -147,6 +147,10 @@ def all_summaries():
     return [training_summary(m) for m in plan.trained(config)]
 
 
+def all_training_curves():
+    return [training_curves(m) for m in plan.trained(config)]
+
+
 def all_trajectories():
     return [trajectory(m) for m in plan.trained_deqs(config)]
 

@@ -6,6 +6,7 @@ rule figures:
         table=table(),
         analyses=all_analyses(),
         trajectories=all_trajectories(),
+        curves=all_training_curves(),
     output:
         report(
             directory(figures_dir()),
@@ -28,7 +29,7 @@ rule figures:
     shell:
         "deqrobust figures {params.cli}"
         " --table {input.table} --analysis {input.analyses} --trajectory {input.trajectories}"
-        " --out-dir {output} > {log} 2>&1"
+        " --training-curves {input.curves} --out-dir {output} > {log} 2>&1"
 
 
 rule report:

@@ -17,6 +17,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="JSON",
         help="training trajectories (deqrobust trajectory): the training-dynamics figure",
     )
+    parser.add_argument(
+        "--training-curves",
+        nargs="*",
+        default=[],
+        metavar="CSV",
+        help="the trained models' metrics.csv (deqrobust train): the learning curves against the profile's aims",
+    )
     parser.add_argument("--out-dir", required=True, help="folder for the PNGs, main.md and main.tex")
 
 
@@ -24,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     import matplotlib  # heavy imports stay out of `deqrobust --help`
 
     matplotlib.use("Agg")
-    from deqrobust import analysis, figures, tidy, trajectory
+    from deqrobust import aims, analysis, figures, tidy, trajectory
 
     cfg = load(args.config, args.overrides)
     table = tidy.profile_rows(tidy.load_table(args.table), cfg)  # the profile's solver setting
@@ -34,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
         args.out_dir,
         cfg["profile"],
         [trajectory.load(p) for p in args.trajectory],
+        aims.learning_curves(args.training_curves, cfg),
+        aims.model_aims(cfg),
     )
     print(f"wrote {len(written)} files to {args.out_dir}")
     return 0
