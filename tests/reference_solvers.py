@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from deqrobust.solvers import TINY, Anderson, FixedPointIteration, Map, SolverResult, solver_settings
+from deqrobust.solvers import TINY, Anderson, FixedPointIteration, Map, SolverResult, SolverSpec
 
 
 class ReferenceBroyden:
@@ -57,7 +57,7 @@ REFERENCE_SOLVERS = {"broyden": ReferenceBroyden, "anderson": Anderson, "fixed_p
 
 @torch.no_grad()
 def reference_solve(
-    spec: dict,
+    spec: SolverSpec | dict,
     f: Map,
     z0: torch.Tensor,
     keep_iterates: bool = False,
@@ -66,8 +66,9 @@ def reference_solve(
 ) -> SolverResult:
     """deqrobust.solvers.solve as first written: every per-sample selection is a torch.where
     (per-sample coupling, no graph: the settings the original code had)."""
-    assert not differentiable and spec.get("coupling", "sample") == "sample", "the oracle predates these settings"
-    name, budget, tol = solver_settings(spec)
+    parsed = SolverSpec.parse(spec)
+    assert not differentiable and parsed.coupling == "sample", "the oracle predates these settings"
+    name, budget, tol = parsed.name, parsed.budget, parsed.tol
     rule = REFERENCE_SOLVERS[name](z0, budget)
     batch = z0.shape[0]
     z = z0

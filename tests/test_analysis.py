@@ -20,7 +20,7 @@ from deqrobust.errors import ConfigError
 from deqrobust.estimators import Exact, SolverAutograd, _RewriteGrad
 from deqrobust.models import build_model
 from deqrobust.models.mdeq import MDEQ
-from deqrobust.solvers import solve
+from deqrobust.solvers import SolverSpec, solve
 
 BUDGET = 6
 
@@ -281,8 +281,8 @@ def test_batch_dependence_is_one_per_sample_and_below_one_under_batch_coupling()
         x,
         y,
         chosen,
-        {"name": "broyden", "budget": 6, "tol": 0.85},
-        {"name": "broyden", "budget": 4, "tol": 0.5},
+        SolverSpec.parse({"name": "broyden", "budget": 6, "tol": 0.85}),
+        SolverSpec.parse({"name": "broyden", "budget": 4, "tol": 0.5}),
         images=5,
     )
     assert set(result) == {"sample", "batch"}

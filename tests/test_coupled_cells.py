@@ -115,7 +115,7 @@ def solves(monkeypatch) -> list[tuple[str, int]]:
     seen, inner = [], solvers._solve
 
     def spy(spec, f, z0, *args, **kwargs):
-        seen.append((solvers.solver_coupling(spec), z0.shape[0]))
+        seen.append((solvers.SolverSpec.parse(spec).coupling, z0.shape[0]))
         return inner(spec, f, z0, *args, **kwargs)
 
     monkeypatch.setattr(solvers, "_solve", spy)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from deqrobust.errors import ConfigError
-from deqrobust.solvers import SOLVERS, solve
+from deqrobust.solvers import BACKWARD_DEFAULT, SOLVERS, SolverSpec, solve
 
 
 def affine_problem(batch=5, dim=16, seed=0):
@@ -148,3 +148,22 @@ def test_unknown_solver_and_bad_budget_are_named():
         solve({"name": "broyden", "budget": 0}, lambda z: z, torch.zeros(1, 2))
     with pytest.raises(ConfigError, match="coupling 'sideways' is not valid; choose one of sample, batch"):
         solve({"name": "broyden", "coupling": "sideways"}, lambda z: z, torch.zeros(1, 2))
+    with pytest.raises(ConfigError, match="unknown setting.*tolerance; valid settings: name, budget, tol, coupling"):
+        solve({"tolerance": 1e-3}, lambda z: z, torch.zeros(1, 2))
+
+
+def test_a_solver_spec_takes_the_schemas_defaults_once():
+    """Missing keys come from the schema (forward: its solver definition; backward: the backward
+    section's default on top), a parsed spec parses to itself, and DEQLogits uses the same defaults."""
+    from deqrobust.deq_logits import DEQLogits
+    from deqrobust.estimators import Exact
+    from deqrobust.schema import schema
+
+    definition = schema()["definitions"]["solver"]["properties"]
+    forward = SolverSpec.parse(None)
+    assert [getattr(forward, key) for key in definition] == [definition[key]["default"] for key in definition]
+    assert BACKWARD_DEFAULT.budget == schema()["properties"]["backward_solver"]["default"]["budget"]
+    assert SolverSpec.parse(forward) is forward and forward.with_budget(3).budget == 3 and forward.budget != 3
+    model = DEQLogits(torch.nn.Identity(), Exact(), "final")
+    assert model.solver == forward and model.backward_solver == BACKWARD_DEFAULT
+    assert DEQLogits(torch.nn.Identity(), Exact(), 2, {"budget": 2, "coupling": "batch"}).solver.coupled

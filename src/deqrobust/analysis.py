@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
@@ -45,6 +46,8 @@ import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
+
+from deqrobust.solvers import SolverSpec, solvers_of
 
 FORMAT = "deqrobust-analysis/1"
 INPUTS = ("clean", "adversarial")
@@ -55,7 +58,7 @@ Adversary = Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, list
 
 
 @torch.no_grad()
-def trace_batch(deq: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, solver: dict) -> dict[str, torch.Tensor]:
+def trace_batch(deq: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, solver: SolverSpec) -> dict[str, torch.Tensor]:
     """Relative residual [B, N] and correctness of h(z_n) [B, N] per step, and of h(z*) [B]."""
     from deqrobust.solvers import solve
 
@@ -116,7 +119,7 @@ def summarise(rel: np.ndarray, correct: np.ndarray, correct_fixed: np.ndarray, t
 
 
 @torch.no_grad()
-def deployed_residual(deq: torch.nn.Module, x: torch.Tensor, solver: dict) -> torch.Tensor:
+def deployed_residual(deq: torch.nn.Module, x: torch.Tensor, solver: SolverSpec) -> torch.Tensor:
     """Per sample, the relative residual of the iterate the deployed solver returns [B]."""
     from deqrobust.solvers import solve
 
@@ -128,12 +131,12 @@ def analyse(
     deq: torch.nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    solver: dict,
+    solver: SolverSpec,
     tol: float,
     batch_size: int,
     adversary: Adversary | None = None,
     progress: bool = True,
-    deployed: dict | None = None,
+    deployed: SolverSpec | None = None,
 ) -> tuple[dict, torch.Tensor | None]:
     """Trace clean (and, given an adversary, adversarial) inputs batch by batch and summarise.
 
@@ -202,8 +205,8 @@ def diagnose(
     own,
     inputs: dict[str, tuple[torch.Tensor, torch.Tensor]],
     diagnosed: dict,
-    solver: dict,
-    backward_solver: dict,
+    solver: SolverSpec,
+    backward_solver: SolverSpec,
     batch_size: int,
     progress: bool = True,
 ) -> dict:
@@ -255,8 +258,8 @@ def batch_dependences(
     x: torch.Tensor,
     y: torch.Tensor,
     diagnosed: dict,
-    solver: dict,
-    backward_solver: dict,
+    solver: SolverSpec,
+    backward_solver: SolverSpec,
     images: int | None = None,
 ) -> dict:
     """Per solver coupling and estimator (at its last diagnosed state; the true gradient of the
@@ -275,7 +278,7 @@ def batch_dependences(
     targets[diagnosed["true_gradient"]] = (SolverAutograd(), FINAL)
     out = {}
     for coupling in COUPLINGS:
-        coupled = {**solver, "coupling": coupling}, {**backward_solver, "coupling": coupling}
+        coupled = replace(solver, coupling=coupling), replace(backward_solver, coupling=coupling)
         out[coupling] = {}
         for name, (estimator, state) in targets.items():
             model = DEQLogits(deq, estimator, state, *coupled, own=own).eval()
@@ -298,9 +301,8 @@ def make_adversary(cfg: dict, deq: torch.nn.Module, own) -> tuple[Adversary, dic
     model = DEQLogits(
         deq,
         build_estimator(estimator_spec),
-        state=None,
-        solver=cfg["solver"],
-        backward_solver=cfg["backward_solver"],
+        None,
+        *solvers_of(cfg),
         own=own,
     ).eval()
     attack = build_attack(settings["attack"], attack_spec)
@@ -321,7 +323,6 @@ def run(cfg: dict, checkpoint: str, device: torch.device, progress: bool = True)
     from deqrobust.evaluation import own_estimator
     from deqrobust.instances import identity, instance_config
     from deqrobust.plan import diagnosed
-    from deqrobust.solvers import solver_coupling
 
     deq, meta = load_checkpoint(checkpoint, device)
     protocol.check(deq, f"the model of {checkpoint}")  # the analysis is of DEQs
@@ -335,12 +336,11 @@ def run(cfg: dict, checkpoint: str, device: torch.device, progress: bool = True)
     x, y = x[:count].to(device), y[:count].to(device)
     own = own_estimator(cfg, spec)
     adversary, specs = make_adversary(cfg, deq, own)
-    traced = {**cfg["solver"], "budget": settings["budget"], "tol": 0.0}
-    solvers = cfg["solver"], cfg["backward_solver"]
+    solvers = solvers_of(cfg)
+    deployed = solvers[0]
+    traced = replace(deployed, budget=settings["budget"], tol=0.0)
     began = time.time()
-    result, x_adv = analyse(
-        deq, x, y, traced, cfg["solver"]["tol"], batch_size, adversary, progress, deployed=cfg["solver"]
-    )
+    result, x_adv = analyse(deq, x, y, traced, deployed.tol, batch_size, adversary, progress, deployed=deployed)
     traced_at = time.time()
     plan, chosen = diagnosed(cfg), settings["diagnostics"]
     m = min(chosen["num_examples"], count)
@@ -360,9 +360,9 @@ def run(cfg: dict, checkpoint: str, device: torch.device, progress: bool = True)
         "epoch": meta.get("epoch"),
         "num_examples": count,
         "indices": list(range(count)),
-        "solver": traced,
-        "tol": cfg["solver"]["tol"],
-        "deployed_budget": cfg["solver"]["budget"],
+        "solver": asdict(traced),
+        "tol": deployed.tol,
+        "deployed_budget": deployed.budget,
         "attack": settings["attack"],
         "estimator": settings["estimator"],
         **specs,
@@ -373,8 +373,8 @@ def run(cfg: dict, checkpoint: str, device: torch.device, progress: bool = True)
         "diagnostics": {
             "num_examples": m,
             "batch_size": together,
-            "coupling": solver_coupling(cfg["solver"]),
-            "backward_solver": cfg["backward_solver"],
+            "coupling": deployed.coupling,
+            "backward_solver": asdict(solvers[1]),
             "true_gradient": plan["true_gradient"],
             "estimators": {name: entry["spec"] for name, entry in plan["estimators"].items()},
         },

@@ -12,6 +12,7 @@ One forward of DEQLogits (and each lockstep backward) runs inside the model's
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import nullcontext
 from typing import ContextManager
 
@@ -20,7 +21,7 @@ from torch import nn
 
 from deqrobust.estimators import Context, Estimator
 from deqrobust.jacobian import jacobian_penalty
-from deqrobust.solvers import SolverResult, solve
+from deqrobust.solvers import BACKWARD_DEFAULT, SolverResult, SolverSpec, solve
 from deqrobust.vocab import State
 
 
@@ -48,8 +49,8 @@ class DEQLogits(nn.Module):
         deq: nn.Module,
         estimator: Estimator,
         state: State | int | str | None = State(),
-        solver: dict | None = None,
-        backward_solver: dict | None = None,
+        solver: SolverSpec | Mapping | None = None,
+        backward_solver: SolverSpec | Mapping | None = None,
         jac_probes: int = 0,
         own: Estimator | None = None,
     ):
@@ -57,9 +58,11 @@ class DEQLogits(nn.Module):
         self.deq = deq
         self.estimator = estimator
         self.own = own
-        self.solver = dict(solver or {})
-        self.backward_solver = dict(backward_solver or {"budget": 7})
-        self.state = State.parse(state, int(self.solver.get("budget", 8)))
+        self.solver = SolverSpec.parse(solver)
+        self.backward_solver = (
+            BACKWARD_DEFAULT if backward_solver is None else SolverSpec.parse(backward_solver, "backward_solver")
+        )
+        self.state = State.parse(state, self.solver.budget)
         self.jac_probes = jac_probes
         self.stats: dict = {}
 
@@ -72,14 +75,13 @@ class DEQLogits(nn.Module):
         injection = deq.prepare(x)
         detached = injection.detach()
         z0 = deq.init_state(x)
-        budget = int(self.solver.get("budget", 8))
-        steps = self.state.step if self.state.step is not None else budget
+        steps = self.state.step if self.state.step is not None else self.solver.budget
         keep = not self.state.is_final or self.estimator.needs_iterates
         # The true gradient's solve keeps its graph (unless nothing is differentiated).
         graph = self.estimator.differentiable_solve and torch.is_grad_enabled()
         if steps > 0:
             result = solve(
-                {**self.solver, "budget": steps},
+                self.solver.with_budget(steps),
                 lambda z: deq.f(z, injection if graph else detached),
                 z0,
                 keep_iterates=keep,

@@ -41,7 +41,7 @@ from typing import Callable, ClassVar, ContextManager
 import torch
 
 from deqrobust.errors import ConfigError
-from deqrobust.solvers import SolverResult, solve
+from deqrobust.solvers import SolverResult, SolverSpec, solve
 from deqrobust.specs import ESTIMATORS as ESTIMATOR_PARAMS
 from deqrobust.specs import estimator_params
 
@@ -82,7 +82,7 @@ class Context:
     f_detached: Callable[[torch.Tensor], torch.Tensor]  # f(., x) without graph to x (for Jacobian products)
     result: SolverResult
     z0: torch.Tensor
-    backward_solver: dict
+    backward_solver: SolverSpec
     scope: Callable[[], ContextManager] = nullcontext  # the model's weight scope, for backward passes
     own: "Estimator | None" = None  # the model's training estimator (its own output)
     stats: dict = field(default_factory=dict)  # the model's stats; exact's backward adds "backward"

@@ -32,13 +32,15 @@ from deqrobust.instances import identity, instance_config, instance_names, model
 from deqrobust.plan import cell_config, cell_slice, coupling_of, select_slice, settings, spec_of
 from deqrobust.protocol import is_deq
 from deqrobust.scoring import all_state_logits
+from deqrobust.solvers import SolverSpec, solvers_of
 from deqrobust.vocab import BASELINE_ESTIMATOR, FINAL, MDEQ, SolveSetting, State, step_score
 
 
 def attacked_model(cfg: dict, model: nn.Module, estimator: str, state: State | int | str | None, own=None) -> nn.Module:
     """The module an attack differentiates: the DEQ under an estimator at a state (``own``: the
     model's own estimator, which ``solver_autograd`` differentiates at the final state), or a baseline."""
-    state = State.parse(state, cfg["solver"]["budget"])
+    solver, backward_solver = solvers_of(cfg)
+    state = State.parse(state, solver.budget)
     if not is_deq(model):
         if estimator != BASELINE_ESTIMATOR or not state.is_final:
             raise ConfigError(
@@ -50,13 +52,13 @@ def attacked_model(cfg: dict, model: nn.Module, estimator: str, state: State | i
         model,
         build_estimator(spec_of(cfg, "estimator", estimator)),
         state,
-        cfg["solver"],
-        cfg["backward_solver"],
+        solver,
+        backward_solver,
         own=own,
     )
 
 
-def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, solver: dict, own) -> dict[str, torch.Tensor]:
+def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, solver: SolverSpec, own) -> dict[str, torch.Tensor]:
     """Per-example correctness under every defense and state (DEQs) or of the output (baselines)."""
     with torch.no_grad():
         logits = all_state_logits(model, x, solver, own) if own is not None else {FINAL: model(x)}
@@ -64,7 +66,7 @@ def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, solver: dict, own)
 
 
 def attack_batch(
-    model: nn.Module, target: nn.Module, runner, x: torch.Tensor, y: torch.Tensor, solver: dict, own, seed: int
+    model: nn.Module, target: nn.Module, runner, x: torch.Tensor, y: torch.Tensor, solver: SolverSpec, own, seed: int
 ) -> dict:
     """One batch of a cell: correctness before and after ``runner`` attacks ``target`` (the
     model under the cell's estimator and state), under every defense and state, and the
@@ -151,7 +153,8 @@ def run_cell(
     model, meta = load_for_config(cfg, checkpoint, device)
     spec = meta["spec"]
     cfg = cell_config(instance_config(cfg, spec["name"]), setting)
-    state = State.parse(state, cfg["solver"]["budget"])
+    solver = solvers_of(cfg)[0]
+    state = State.parse(state, solver.budget)
     deq = is_deq(model)
     own = own_estimator(cfg, spec) if deq else None
     target = attacked_model(cfg, model, estimator, state, own)
@@ -177,7 +180,7 @@ def run_cell(
             runner,
             xb.to(device),
             yb.to(device),
-            cfg["solver"],
+            solver,
             own,
             seed=seeds.derive(cfg["seed"], seeds.TEST_ATTACK, i),
         )
@@ -236,12 +239,12 @@ def select_exit(cfg: dict, checkpoint: str, out: str | Path) -> dict:
     if choice["num_examples"] is not None:
         x, y = x[: choice["num_examples"]], y[: choice["num_examples"]]
     runner = build_attack(choice["attack"], select_slice(cfg)["attack_spec"])
-    budget = cfg["solver"]["budget"]
+    solver = solvers_of(cfg)[0]
     own = own_estimator(cfg, meta["spec"])
     chunks = [(xb.to(device), yb.to(device)) for xb, yb in batches(x, y, cfg["evaluation"]["batch_size"])]
-    clean = _accuracy([score(model, xb, yb, cfg["solver"], own) for xb, yb in chunks], len(y))
+    clean = _accuracy([score(model, xb, yb, solver, own) for xb, yb in chunks], len(y))
     dev = {}
-    for n in tqdm(range(1, budget + 1), desc=f"{name} early exit", unit="state"):
+    for n in tqdm(range(1, solver.budget + 1), desc=f"{name} early exit", unit="state"):
         target = attacked_model(cfg, model, choice["estimator"], State(step=n), own)
         adversarial = _accuracy(
             [
@@ -249,7 +252,7 @@ def select_exit(cfg: dict, checkpoint: str, out: str | Path) -> dict:
                     model,
                     runner.run(target, xb, yb, seed=seeds.derive(cfg["seed"], seeds.DEV_SELECT, i)).x_adv,
                     yb,
-                    cfg["solver"],
+                    solver,
                     own,
                 )
                 for i, (xb, yb) in enumerate(chunks)

@@ -14,19 +14,19 @@ from torch import nn
 
 from deqrobust.deq_logits import weight_scope
 from deqrobust.estimators import Context, Estimator
-from deqrobust.solvers import solve
+from deqrobust.solvers import SolverSpec, solve
 from deqrobust.vocab import ENSEMBLE, FINAL, step_score
 
 
 @torch.no_grad()
-def all_state_logits(deq: nn.Module, x: torch.Tensor, solver: dict, own: Estimator) -> dict[str, torch.Tensor]:
+def all_state_logits(deq: nn.Module, x: torch.Tensor, solver: SolverSpec, own: Estimator) -> dict[str, torch.Tensor]:
     """Logits of every defense and state for one batch, by name (FINAL, ENSEMBLE, state_n);
     ``own`` is the estimator the model was trained with."""
     with weight_scope(deq):
         return _all_state_logits(deq, x, solver, own)
 
 
-def _all_state_logits(deq: nn.Module, x: torch.Tensor, solver: dict, own: Estimator) -> dict[str, torch.Tensor]:
+def _all_state_logits(deq: nn.Module, x: torch.Tensor, solver: SolverSpec, own: Estimator) -> dict[str, torch.Tensor]:
     injection = deq.prepare(x)
     z0 = deq.init_state(x)
     result = solve(solver, lambda z: deq.f(z, injection), z0, keep_iterates=True)

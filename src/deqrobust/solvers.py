@@ -1,7 +1,8 @@
 """Fixed-point solvers with per-sample stopping, residual traces and iterates.
 
 Every solver is ``solve(spec, f, z0, keep_iterates) -> SolverResult`` on flat states of
-shape (batch, dim). The step rule of each solver is a small class; the loop, bookkeeping
+shape (batch, dim); ``spec`` is a ``SolverSpec`` (its settings parsed once, the schema's
+defaults filled). The step rule of each solver is a small class; the loop, bookkeeping
 and divergence handling are shared. Two settings change what the loop computes:
 
 - ``coupling`` (spec key): ``sample`` (default) decides per sample: each sample's relative
@@ -17,13 +18,15 @@ and divergence handling are shared. Two settings change what the loop computes:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
 from typing import Callable
 
 import torch
 
 from deqrobust.errors import ConfigError
-from deqrobust.vocab import BATCH, DEFAULT_COUPLING, check_coupling
+from deqrobust.schema import schema
+from deqrobust.vocab import BATCH, check_coupling
 
 Map = Callable[[torch.Tensor], torch.Tensor]
 TINY = 1e-12
@@ -176,30 +179,62 @@ class Anderson:
 SOLVERS = {"broyden": Broyden, "anderson": Anderson, "fixed_point": FixedPointIteration}
 
 
-def solver_settings(spec: dict) -> tuple[str, int, float]:
-    name = spec.get("name", "broyden")
-    if name not in SOLVERS:
-        raise ConfigError(f"unknown solver {name!r}; valid solvers: {', '.join(SOLVERS)}")
-    budget, tol = int(spec.get("budget", 8)), float(spec.get("tol", 1e-3))
-    if budget < 1:
-        raise ConfigError(f"solver budget {budget} must be at least 1")
-    return name, budget, tol
+@dataclass(frozen=True)
+class SolverSpec:
+    """A fixed-point solver's settings, parsed once where they enter (the config, a caller's
+    mapping); the schema's ``definitions.solver`` holds their meaning and defaults."""
+
+    name: str
+    budget: int
+    tol: float
+    coupling: str
+
+    @classmethod
+    def parse(cls, value: SolverSpec | Mapping | None, key: str = "solver") -> SolverSpec:
+        """``value`` as a SolverSpec (a SolverSpec is returned as it is): missing keys take the
+        schema's defaults; an unknown key or solver, a budget below 1 or an unknown coupling is a
+        ConfigError naming what is valid."""
+        if isinstance(value, SolverSpec):
+            return value
+        given = dict(value or {})
+        valid = [f.name for f in fields(cls)]
+        if unknown := sorted(set(given) - set(valid)):
+            raise ConfigError(f"{key}: unknown setting(s) {', '.join(unknown)}; valid settings: {', '.join(valid)}")
+        merged = {**SOLVER_DEFAULTS, **given}
+        if merged["name"] not in SOLVERS:
+            raise ConfigError(f"unknown solver {merged['name']!r}; valid solvers: {', '.join(SOLVERS)}")
+        budget = int(merged["budget"])
+        if budget < 1:
+            raise ConfigError(f"solver budget {budget} must be at least 1")
+        return cls(merged["name"], budget, float(merged["tol"]), check_coupling(merged["coupling"], f"{key} coupling"))
+
+    @property
+    def coupled(self) -> bool:
+        """The authors' batch-coupled decisions (coupling ``batch``)."""
+        return self.coupling == BATCH
+
+    def with_budget(self, budget: int) -> SolverSpec:
+        return replace(self, budget=budget)
 
 
-def solver_coupling(spec: dict) -> str:
-    """``sample`` (per-sample residuals and decisions, the default) or ``batch`` (the authors')."""
-    return check_coupling(spec.get("coupling", DEFAULT_COUPLING), "solver coupling")
+SOLVER_DEFAULTS = {key: entry["default"] for key, entry in schema()["definitions"]["solver"]["properties"].items()}
+BACKWARD_DEFAULT = SolverSpec.parse(schema()["properties"]["backward_solver"]["default"], "backward_solver")
+
+
+def solvers_of(cfg: Mapping) -> tuple[SolverSpec, SolverSpec]:
+    """A config's forward (``solver``) and backward (``backward_solver``) solver."""
+    return SolverSpec.parse(cfg["solver"]), SolverSpec.parse(cfg["backward_solver"], "backward_solver")
 
 
 def solve(
-    spec: dict,
+    spec: SolverSpec | Mapping,
     f: Map,
     z0: torch.Tensor,
     keep_iterates: bool = False,
     f_z0: torch.Tensor | None = None,
     differentiable: bool = False,
 ) -> SolverResult:
-    """Run the solver named in ``spec`` (name, budget, tol, coupling) from ``z0`` on ``f``.
+    """Run the solver of ``spec`` (a SolverSpec, or a mapping parsed into one) from ``z0`` on ``f``.
 
     When every sample has stopped early the loop ends; traces and iterates are padded
     with the frozen values so their shapes never depend on the batch. ``f_z0`` is f(z0)
@@ -208,13 +243,12 @@ def solve(
     the solve runs without one. Traces and decisions never carry a graph.
     """
     with torch.set_grad_enabled(differentiable):
-        return _solve(spec, f, z0, keep_iterates, f_z0)
+        return _solve(SolverSpec.parse(spec), f, z0, keep_iterates, f_z0)
 
 
-def _solve(spec: dict, f: Map, z0: torch.Tensor, keep_iterates: bool, f_z0: torch.Tensor | None) -> SolverResult:
-    name, budget, tol = solver_settings(spec)
-    coupled = solver_coupling(spec) == BATCH
-    rule = SOLVERS[name](z0, budget)
+def _solve(spec: SolverSpec, f: Map, z0: torch.Tensor, keep_iterates: bool, f_z0: torch.Tensor | None) -> SolverResult:
+    budget, tol, coupled = spec.budget, spec.tol, spec.coupled
+    rule = SOLVERS[spec.name](z0, budget)
     batch = z0.shape[0]
     z = z0
     g = (f(z0) if f_z0 is None else f_z0) - z0

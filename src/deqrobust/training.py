@@ -54,6 +54,7 @@ from deqrobust.instances import identity, instance_config, model_spec
 from deqrobust.models import build_model
 from deqrobust.plan import settings, train_slice
 from deqrobust.protocol import is_deq
+from deqrobust.solvers import solvers_of
 
 RESUME_FORMAT = "deqrobust-resume/1"
 SNAPSHOT_DIR, SNAPSHOT_MANIFEST = "snapshots", "snapshots.json"
@@ -85,6 +86,7 @@ class Trainer:
         self.cfg, self.out = cfg, Path(out)
         self.spec = model_spec(cfg, name)
         self.tc = self.spec["training_config"]
+        self.solver, self.backward_solver = solvers_of(cfg)
         self.dist, self.device = distributed.setup(self.tc["distributed_backend"], resolve_device(cfg))
         self.amp = self.tc["amp"]
         if self.amp and self.device.type != "cuda":
@@ -128,9 +130,7 @@ class Trainer:
         pretraining unroll: f applied pretrain_unroll times from z = 0), a baseline as is."""
         if not self.deq:
             return self.model
-        solver = dict(self.cfg["solver"])
-        if budget is not None:
-            solver["budget"] = budget
+        solver = self.solver if budget is None else self.solver.with_budget(budget)
         if pretraining:
             est = build_estimator({"name": "intermediate", "lam": 1.0, "k": self.tc["pretrain_unroll"] - 1})
             return DEQLogits(self.model, est, state=0, solver=solver)
@@ -138,7 +138,7 @@ class Trainer:
             self.model,
             model_estimator(self.spec, self.tc),
             solver=solver,
-            backward_solver=self.cfg["backward_solver"],
+            backward_solver=self.backward_solver,
             jac_probes=jac_probes,
         )
 
@@ -172,7 +172,7 @@ class Trainer:
         if regularise:
             low, high = jac["budget_jitter"]
             jitter = int(torch.randint(low, high + 1, (), generator=gen, device=self.device))
-            budget = max(1, self.cfg["solver"]["budget"] + jitter)
+            budget = max(1, self.solver.budget + jitter)
         if self.spec["training"] != "standard" and (not pretraining or self.tc["adv_during_pretraining"]):
             x = self.adversarial(self.net(pretraining), x, y, gen)
         net = self.net(pretraining, budget, jac["probes"] if regularise else 0)

@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from deqrobust.solvers import SolverSpec, solvers_of
 
 FORMAT = "deqrobust-trajectory/1"
 DIGITS = 4  # significant digits kept per image
@@ -65,7 +68,7 @@ def _rounded(values: np.ndarray) -> list[float | None]:
 
 @torch.no_grad()
 def forward_measures(
-    deq: torch.nn.Module, own, x: torch.Tensor, y: torch.Tensor, solver: dict, budget: int, batch_size: int
+    deq: torch.nn.Module, own, x: torch.Tensor, y: torch.Tensor, solver: SolverSpec, budget: int, batch_size: int
 ) -> dict[str, np.ndarray]:
     """Per image: the deployed residual, the residual at step ``budget`` (tolerance 0), the first
     step meeting the deployed tolerance (0: never), and the deployed model's correctness."""
@@ -73,7 +76,7 @@ def forward_measures(
     from deqrobust.solvers import solve
 
     deployed = DEQLogits(deq, own, None, solver, own=own).eval()
-    traced = {**solver, "budget": budget, "tol": 0.0}
+    traced = replace(solver, budget=budget, tol=0.0)
     parts: dict[str, list[np.ndarray]] = {"forward": [], "traced": [], "steps": [], "correct": []}
     for start in range(0, len(y), batch_size):
         xb, yb = x[start : start + batch_size], y[start : start + batch_size]
@@ -83,7 +86,7 @@ def forward_measures(
         injection = deq.prepare(xb)
         rel = solve(traced, lambda z: deq.f(z, injection), deq.init_state(xb)).rel_trace.double().cpu().numpy()
         parts["traced"].append(rel[:, -1])
-        met = np.nan_to_num(rel, nan=np.inf) <= float(solver["tol"])
+        met = np.nan_to_num(rel, nan=np.inf) <= solver.tol
         parts["steps"].append(np.where(met.any(axis=1), met.argmax(axis=1) + 1, 0))
     return {key: np.concatenate(value) for key, value in parts.items()}
 
@@ -94,8 +97,8 @@ def deployed_alignment(
     x: torch.Tensor,
     y: torch.Tensor,
     estimators: dict[str, dict],
-    solver: dict,
-    backward_solver: dict,
+    solver: SolverSpec,
+    backward_solver: SolverSpec,
     batch_size: int,
 ) -> dict[str, np.ndarray]:
     """Per estimator (config name -> spec, attacked at the final state), per image: the cosine of its
@@ -133,7 +136,7 @@ def run(cfg: dict, manifest_path: str | Path, device: torch.device, progress: bo
     count = min(settings["num_examples"], len(y))
     aligned = min(settings["alignment_examples"], count)
     x, y = x[:count].to(device), y[:count].to(device)
-    solvers = cfg["solver"], cfg["backward_solver"]
+    solvers = solvers_of(cfg)
     batch_size, budget = cfg["evaluation"]["batch_size"], cfg["analysis"]["budget"]
     estimators = trajectory_slice(cfg)["estimators"]
     began, snapshots, spec = time.time(), [], None
