@@ -12,14 +12,15 @@ from test_figures_report import CFG, inside_canvas, make_table
 
 from deqrobust import aims, figures, plan, queries, report, schema
 from deqrobust.config import load
+from deqrobust.instances import model_aims
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def with_aims(**by_model: dict) -> dict:
     cfg = copy.deepcopy({**CFG, "seed": 0})
-    for name, model_aims in by_model.items():
-        cfg["models"][name]["aims"] = model_aims
+    for name, aims_of_model in by_model.items():
+        cfg["models"][name]["aims"] = aims_of_model
     return cfg
 
 
@@ -84,18 +85,22 @@ def test_learning_curves_figure_draws_every_instance_and_each_aim(tmp_path: Path
         paths.append(path)
     curves = aims.learning_curves(paths, cfg)
     assert set(curves["model"]) == {"deq_pgd", "deq_std"} and set(curves["base_model"]) == {"deq_pgd", "deq_std"}
-    fig = figures.learning_curves_figure(curves, aims.model_aims(cfg))
+    fig = figures.learning_curves_figure(curves, model_aims(cfg))
     assert inside_canvas(fig)
     clean_panel, robust_panel = fig.axes[:2]
     assert len(clean_panel.lines) == 3 and len(robust_panel.lines) == 3  # two curves and one aim each
     assert 45.0 in {line.get_ydata()[0] for line in clean_panel.lines}
-    written = figures.write_all(make_table(), [], tmp_path / "figures", "unit", None, curves, aims.model_aims(cfg))
+    written = figures.write_all(make_table(), [], tmp_path / "figures", "unit", None, curves, model_aims(cfg))
     assert tmp_path / "figures" / "learning_curves.png" in written
 
 
-def test_an_aim_is_no_part_of_the_model_so_adding_one_reruns_nothing():
-    """The train rule's settings (what decides a rerun) are equal with and without aims."""
+def test_an_aim_is_no_part_of_the_model_so_adding_one_reruns_only_figures_and_report():
+    """The settings params that decide a rerun: a model's training and cells, its analyses and
+    early exit are equal with and without aims; the figures' and the report's differ."""
     plain = load([str(ROOT / "config" / "smoke.yaml")])
     aimed = load([str(ROOT / "config" / "smoke.yaml")], ["models.deq-adv.aims={clean: 0.9}"])
     for name in plan.trained(plain):
         assert plan.settings(plan.train_slice(plain, name)) == plan.settings(plan.train_slice(aimed, name))
+    for slice_of in (plan.select_slice, plan.analysis_slice, plan.trajectory_slice):
+        assert plan.settings(slice_of(plain)) == plan.settings(slice_of(aimed))
+    assert plan.settings(plan.report_slice(plain)) != plan.settings(plan.report_slice(aimed))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from deqrobust.instances import identity, instance_names
+from deqrobust.instances import identity, instance_names, model_aims
 from deqrobust.queries import main_rows
 from deqrobust.vocab import FINAL
 
@@ -45,11 +45,6 @@ class AimCheck:
             f"{heading} {100 * m['accuracy']:.1f} % [{100 * m['ci_low']:.1f}, {100 * m['ci_high']:.1f}] "
             f"(aim {100 * self.aim:g} %: {state})"
         )
-
-
-def model_aims(cfg: dict) -> dict[str, dict[str, float]]:
-    """The aims of each model of the config that has any (its seed instances share them)."""
-    return {name: dict(spec["aims"]) for name, spec in cfg["models"].items() if spec.get("aims")}
 
 
 def checks(cfg: dict, table: pd.DataFrame) -> list[AimCheck]:

@@ -405,7 +405,7 @@ def training_dynamics_figure(trajectories: list[dict]) -> Figure:
 def learning_curves_figure(curves: pd.DataFrame, aims: dict[str, dict[str, float]]) -> Figure:
     """Each trained instance's development-split accuracy (clean, and under the dev PGD of model
     selection) against the epoch, colour by model and line style by seed, with each model's
-    accuracy ``aims`` (by model, deqrobust.aims.model_aims; measured on the test images) as dashed
+    accuracy ``aims`` (by model, deqrobust.instances.model_aims; measured on the test images) as dashed
     lines: where a model plateaued, and how far from its aim."""
     bases = list(dict.fromkeys(curves["base_model"])) if len(curves) else []
     colours = dict(zip(bases, sns.color_palette("colorblind", max(len(bases), 1))))

@@ -80,6 +80,12 @@ def instance_names(cfg: dict) -> list[str]:
     return [i.name for i in instances(cfg)]
 
 
+def model_aims(cfg: dict) -> dict[str, dict[str, float]]:
+    """The accuracy aims of each model that sets any (its seed instances share them; deqrobust.aims
+    checks them): what the report and the figures say, never part of a model's spec."""
+    return {name: dict(spec["aims"]) for name, spec in cfg["models"].items() if spec.get("aims")}
+
+
 def model_spec(cfg: dict, name: str) -> dict:
     """The spec of one model of the config, with its ``training_overrides`` deep-merged into
     the training section as ``training_config``: the one place that merge is made. ``name`` may

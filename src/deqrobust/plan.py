@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from deqrobust import specs
 from deqrobust.errors import ConfigError
-from deqrobust.instances import instance, instance_config, instances, model_spec
+from deqrobust.instances import instance, instance_config, instances, model_aims, model_spec
 from deqrobust.schema import schema
 from deqrobust.sizes import SIZES
 from deqrobust.vocab import BASELINE_ESTIMATOR, DEQ_ARCHS, FACTORY, FINAL, MDEQ, TRUE_GRADIENT, SolveSetting, State
@@ -333,6 +333,11 @@ def analysis_slice(cfg: dict) -> dict:
         "batch_size": cfg["evaluation"]["batch_size"],
         **_solvers(cfg),
     }
+
+
+def report_slice(cfg: dict) -> dict:
+    """What the figures and the report read from the config beyond their input files: the aims."""
+    return {"aims": model_aims(cfg)}
 
 
 def trajectory_slice(cfg: dict) -> dict:

@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     matplotlib.use("Agg")
     from deqrobust import aims, analysis, figures, tidy, trajectory
+    from deqrobust.instances import model_aims
 
     cfg = load(args.config, args.overrides)
     table = tidy.profile_rows(tidy.load_table(args.table), cfg)  # the profile's solver setting
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         cfg["profile"],
         [trajectory.load(p) for p in args.trajectory],
         aims.learning_curves(args.training_curves, cfg),
-        aims.model_aims(cfg),
+        model_aims(cfg),
     )
     print(f"wrote {len(written)} files to {args.out_dir}")
     return 0
