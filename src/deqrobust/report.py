@@ -1005,22 +1005,21 @@ def scale_summary(table: pd.DataFrame, cfg: dict) -> str:
     return f"{len(cfg.get('models', {}))} model(s) as configured in `{cfg.get('profile', '?')}`, {images}{data}"
 
 
-def aim_lines(table: pd.DataFrame, cfg: dict) -> list[str]:
+def aim_lines(checks: list[aims.AimCheck], table: pd.DataFrame) -> list[str]:
     """Per trained instance with aims, each aim against the deployed model's test accuracy."""
     headings = dict(main_columns(table))
     by_model: dict[str, list[str]] = {}
-    for check in aims.checks(cfg, table):
+    for check in checks:
         by_model.setdefault(check.model, []).append(check.text(headings[check.metric]))
     return [f"- {model}: " + "; ".join(texts) for model, texts in by_model.items()]
 
 
-def aims_summary(table: pd.DataFrame, cfg: dict) -> str:
+def aims_summary(checks: list[aims.AimCheck]) -> str:
     """'accuracy aims: 5 of 8 reached' for the first screen ('' without aims)."""
-    found = aims.checks(cfg, table)
-    if not found:
+    if not checks:
         return ""
-    unmeasured = sum(c.reached is None for c in found)
-    return f"accuracy aims: {sum(bool(c.reached) for c in found)} of {len(found)} reached" + (
+    unmeasured = sum(c.reached is None for c in checks)
+    return f"accuracy aims: {sum(bool(c.reached) for c in checks)} of {len(checks)} reached" + (
         f" ({unmeasured} not measured)" if unmeasured else ""
     )
 
@@ -1040,11 +1039,12 @@ def render(
     setting)."""
     table = profile_rows(table, cfg)
     header, rows = alignment_rows(analyses)
+    checks = aims.checks(cfg, table)
     return TEMPLATES.get_template("report.md.j2").render(
         profile=cfg.get("profile", "?"),
-        scale_summary="; ".join(filter(None, [scale_summary(table, cfg), aims_summary(table, cfg)])),
+        scale_summary="; ".join(filter(None, [scale_summary(table, cfg), aims_summary(checks)])),
         scale=scale_lines(table, analyses, cfg, machines),
-        aims=aim_lines(table, cfg),
+        aims=aim_lines(checks, table),
         findings=results,
         effects={f.claim: effect_text(f.result) for f in results},
         short=SHORT,
