@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 from test_figures_report import CFG, inside_canvas, make_table
 
-from deqrobust import aims, figures, plan, queries, report, schema
+from deqrobust import aims, figures, plan, queries, report, schema, slices
 from deqrobust.config import load
 from deqrobust.instances import model_aims
 
@@ -100,7 +100,7 @@ def test_an_aim_is_no_part_of_the_model_so_adding_one_reruns_only_figures_and_re
     plain = load([str(ROOT / "config" / "smoke.yaml")])
     aimed = load([str(ROOT / "config" / "smoke.yaml")], ["models.deq-adv.aims={clean: 0.9}"])
     for name in plan.trained(plain):
-        assert plan.settings(plan.train_slice(plain, name)) == plan.settings(plan.train_slice(aimed, name))
-    for slice_of in (plan.select_slice, plan.analysis_slice, plan.trajectory_slice):
-        assert plan.settings(slice_of(plain)) == plan.settings(slice_of(aimed))
-    assert plan.settings(plan.report_slice(plain)) != plan.settings(plan.report_slice(aimed))
+        assert slices.settings(slices.train_slice(plain, name)) == slices.settings(slices.train_slice(aimed, name))
+    for slice_of in (slices.select_slice, slices.analysis_slice, slices.trajectory_slice):
+        assert slices.settings(slice_of(plain)) == slices.settings(slice_of(aimed))
+    assert slices.settings(slices.report_slice(plain)) != slices.settings(slices.report_slice(aimed))

@@ -15,7 +15,7 @@ import pytest
 import torch
 from toy_deq import ToyDEQ
 
-from deqrobust import analysis, plan, vocab
+from deqrobust import analysis, plan, slices, vocab
 from deqrobust.errors import ConfigError
 from deqrobust.estimators import Exact, SolverAutograd, _RewriteGrad
 from deqrobust.models import build_model
@@ -308,7 +308,7 @@ def test_diagnosed_defaults_cover_the_papers_estimators_and_bad_entries_are_name
         budget = cfg["solver"]["budget"]
         assert entry["states"] == (["final"] if types[name] in plan.DIAGNOSED_AT_FINAL else list(range(1, budget + 1)))
     assert chosen["true_gradient"] == vocab.TRUE_GRADIENT
-    assert "diagnosed" in plan.analysis_slice(cfg)  # a changed spec reruns the analysis
+    assert "diagnosed" in slices.analysis_slice(cfg)  # a changed spec reruns the analysis
 
     def diagnostics(**section):
         return {

@@ -19,7 +19,7 @@ import yaml
 from test_workflow import SMOKE_ARCHIVE_SIZE, job_stats, output_of, snakemake, workdir  # noqa: F401 (workdir: fixture)
 from torch import nn
 
-from deqrobust import config, plan, protocol
+from deqrobust import config, plan, protocol, slices
 from deqrobust.checkpoint import load_checkpoint
 from deqrobust.deq_logits import DEQLogits
 from deqrobust.errors import ConfigError
@@ -265,7 +265,7 @@ def test_a_profile_checks_its_factory_models():
         )
     cfg = config.load(smoke, ["models={mine: {arch: factory, factory: 'a.b:c', weights: w.pt, training: pgd}}"])
     assert "mine" in plan.imported(cfg) and "mine" in plan.deqs(cfg) and "mine" not in plan.trained(cfg)
-    assert plan.import_slice(cfg, "mine") == {
+    assert slices.import_slice(cfg, "mine") == {
         "factory": "a.b:c",
         "kwargs": None,
         "weights": "w.pt",

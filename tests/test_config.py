@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deqrobust import config, instances, plan, schema, specs, vocab
+from deqrobust import config, instances, jobs, plan, schema, slices, specs, vocab
 from deqrobust.errors import ConfigError
 from deqrobust.sizes import SIZES
 
@@ -45,13 +45,15 @@ def test_every_section_gets_the_schema_defaults(tmp_path):
     solver = schema.schema()["definitions"]["solver"]["properties"]
     assert cfg["solver"] == {**{k: v["default"] for k, v in solver.items()}, "tol": raw["solver"]["tol"]}
     assert cfg["backward_solver"] == {**cfg["solver"], "tol": 0.01}
-    assert {c.state for c in plan.cells(cfg)} >= {"final"} and plan.cell_slice(cfg, "exact", "pgd2")["solver"]["budget"]
+    assert {c.state for c in plan.cells(cfg)} >= {"final"} and slices.cell_slice(cfg, "exact", "pgd2")["solver"][
+        "budget"
+    ]
 
 
 def test_config_and_plan_import_no_torch():
     code = (
-        "import sys; from deqrobust import codeprint, config, ownership, plan; "
-        "cfg = config.load('config/smoke.yaml'); plan.cells(cfg); plan.check_steps(cfg); "
+        "import sys; from deqrobust import codeprint, config, jobs, ownership, plan, slices; "
+        "cfg = config.load('config/smoke.yaml'); plan.cells(cfg); slices.check_steps(cfg); jobs.gpus(cfg); "
         "ownership.check('results/smoke', 'smoke'); codeprint.command_fingerprint('train'); "
         "print('torch' in sys.modules)"
     )
@@ -310,8 +312,8 @@ def test_a_coupled_group_is_its_own_cells_with_its_own_path_and_slice():
     assert vocab.SolveSetting.parse_suffix(".batch10") == batch10
     assert vocab.SolveSetting.parse_suffix("") == vocab.SolveSetting()
     assert all(c.setting.suffix == "" for c in cells if c not in coupled)
-    plain = plan.cell_slice(cfg, "exact", "pgd2")
-    batch = plan.cell_slice(plan.cell_config(cfg, batch10), "exact", "pgd2")
+    plain = slices.cell_slice(cfg, "exact", "pgd2")
+    batch = slices.cell_slice(plan.cell_config(cfg, batch10), "exact", "pgd2")
     assert plan.cell_config(cfg) is cfg and plain["solver"]["coupling"] == "sample"  # the profile's, resolved
     assert batch["solver"]["coupling"] == batch["backward_solver"]["coupling"] == "batch"
     assert {k: v for k, v in batch.items() if k not in ("solver", "backward_solver")} == {
@@ -366,16 +368,18 @@ def test_step_references_are_checked_by_their_slices():
         "defined in evaluation.estimators: exact, unroll, neumann, solver_autograd, "
         "intermediate, adjoint",
     ):
-        plan.check_steps(cfg)
+        slices.check_steps(cfg)
     cfg = load("analysis.attack=nope")
     with pytest.raises(ConfigError, match="analysis.attack: unknown attack 'nope'"):
-        plan.analysis_slice(cfg)
+        slices.analysis_slice(cfg)
 
 
 def test_train_slice_ignores_what_never_changes_a_model():
-    base = plan.settings(plan.train_slice(load(), "deq-std"))
-    assert plan.settings(plan.train_slice(load("training.distributed_backend=gloo"), "deq-std")) == base
-    assert "amp" not in plan.train_slice(load(), "deq-std")["spec"]["training_config"]  # off: as before the key existed
+    base = slices.settings(slices.train_slice(load(), "deq-std"))
+    assert slices.settings(slices.train_slice(load("training.distributed_backend=gloo"), "deq-std")) == base
+    assert (
+        "amp" not in slices.train_slice(load(), "deq-std")["spec"]["training_config"]
+    )  # off: as before the key existed
     for change in (
         "training.amp=true",
         "training.epochs=2",
@@ -384,27 +388,27 @@ def test_train_slice_ignores_what_never_changes_a_model():
         "data.train_subset=100",
         "solver.tol=0",
     ):
-        assert plan.settings(plan.train_slice(load(change), "deq-std")) != base, change
-    assert plan.settings(plan.train_slice(load("evaluation.num_examples=5"), "deq-std")) == base
+        assert slices.settings(slices.train_slice(load(change), "deq-std")) != base, change
+    assert slices.settings(slices.train_slice(load("evaluation.num_examples=5"), "deq-std")) == base
 
 
 def test_cell_slice_holds_the_specs_of_its_cell():
     cfg = load()
-    one = plan.cell_slice(cfg, "exact", "pgd2")
+    one = slices.cell_slice(cfg, "exact", "pgd2")
     assert one["estimator"] == {"name": "exact"} and one["attack"] == cfg["evaluation"]["attacks"]["pgd2"]
-    assert plan.cell_slice(cfg, vocab.BASELINE_ESTIMATOR, "pgd2")["estimator"] is None
+    assert slices.cell_slice(cfg, vocab.BASELINE_ESTIMATOR, "pgd2")["estimator"] is None
     other = load("evaluation.attacks.apgd-ce.n_iter=3")
-    assert plan.cell_slice(other, "exact", "pgd2") == one and plan.cell_slice(
+    assert slices.cell_slice(other, "exact", "pgd2") == one and slices.cell_slice(
         other, "exact", "apgd-ce"
-    ) != plan.cell_slice(cfg, "exact", "apgd-ce")
+    ) != slices.cell_slice(cfg, "exact", "apgd-ce")
 
 
 def test_every_model_has_resources():
     archs = schema.schema()["properties"]["models"]["additionalProperties"]["properties"]["arch"]["enum"]
-    assert set(plan.RESOURCES) == set(SIZES) | {a for a in archs if a != "mdeq"}
+    assert set(jobs.RESOURCES) == set(SIZES) | {a for a in archs if a != "mdeq"}
     cfg = load()
-    assert plan.resources(cfg, "deq-std") == plan.RESOURCES["mini"] != plan.RESOURCES["large"]
-    assert plan.resources(cfg, "resnet18-adv") == plan.RESOURCES["preact_resnet18"]
+    assert jobs.resources(cfg, "deq-std") == jobs.RESOURCES["mini"] != jobs.RESOURCES["large"]
+    assert jobs.resources(cfg, "resnet18-adv") == jobs.RESOURCES["preact_resnet18"]
 
 
 # ---- one description of estimators and attacks, used by the builders ----------------------------

@@ -20,7 +20,7 @@ TORCH_CORE = (
     "deqrobust.models.mdeq",
     "deqrobust.models.baselines",
 )
-PLANNER = {"deqrobust.plan", "deqrobust.config"}
+PLANNER = {"deqrobust.plan", "deqrobust.slices", "deqrobust.jobs", "deqrobust.config"}
 
 
 def reachable(graph: dict[str, set[str]], start: str) -> set[str]:

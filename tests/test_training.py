@@ -103,7 +103,7 @@ def test_phase_option_decides_whether_pretraining_is_attacked(tmp_path, monkeypa
 def test_phase_option_reruns_only_models_it_shapes(tmp_path):
     """The key is in the train slice (rerun trigger, resume stamp) only of adversarially trained
     DEQs with pretraining, so its arrival retrains no other model."""
-    from deqrobust import plan
+    from deqrobust import slices
 
     cfg = setup(tmp_path, pretrain_iters=2)[0]
     models = {
@@ -113,7 +113,7 @@ def test_phase_option_reruns_only_models_it_shapes(tmp_path):
         "adv0": {"arch": "mdeq", "training": "pgd", "training_overrides": {"pretrain_iters": 0}},
     }
     cfg = config.validate({**cfg, "models": models})
-    shaped = {m for m in models if "adv_during_pretraining" in plan.train_slice(cfg, m)["spec"]["training_config"]}
+    shaped = {m for m in models if "adv_during_pretraining" in slices.train_slice(cfg, m)["spec"]["training_config"]}
     assert shaped == {"adv"}
 
 

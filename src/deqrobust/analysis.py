@@ -294,7 +294,7 @@ def make_adversary(cfg: dict, deq: torch.nn.Module, own) -> tuple[Adversary, dic
     from deqrobust.attacks import build_attack
     from deqrobust.deq_logits import DEQLogits
     from deqrobust.estimators import build_estimator
-    from deqrobust.plan import analysis_slice
+    from deqrobust.slices import analysis_slice
 
     settings, step = cfg["analysis"], analysis_slice(cfg)  # the slice checks the names analysis refers to
     attack_spec, estimator_spec = step["attack_spec"], step["estimator_spec"]

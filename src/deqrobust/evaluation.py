@@ -29,9 +29,10 @@ from deqrobust.device import resolve_device
 from deqrobust.errors import ConfigError
 from deqrobust.estimators import build_estimator, model_estimator
 from deqrobust.instances import identity, instance_config, instance_names, model_spec
-from deqrobust.plan import cell_config, cell_slice, coupling_of, select_slice, settings, spec_of
+from deqrobust.plan import cell_config, coupling_of, spec_of
 from deqrobust.protocol import is_deq
 from deqrobust.scoring import all_state_logits
+from deqrobust.slices import cell_slice, select_slice, settings
 from deqrobust.solvers import SolverSpec, solvers_of
 from deqrobust.vocab import BASELINE_ESTIMATOR, FINAL, MDEQ, SolveSetting, State, step_score
 

@@ -1,20 +1,20 @@
-"""The plan of a profile: names, the state grammar, the checks across sections, the cells,
-what each step depends on, and what each job needs.
+"""The plan of a profile: names, the checks across sections, the cells and the instances,
+the diagnosed estimators and the imported models. What each step depends on is
+``deqrobust.slices``; what each job needs, ``deqrobust.jobs``.
 
 Torch-free on purpose: the Snakefile imports this module (and ``deqrobust.config``)
-directly, so every rule, check and rerun trigger here is the one the library uses.
+directly, so every rule and check here is the one the library uses.
 Each fact below is defined once; docs/architecture.md says who imports it.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from typing import NamedTuple
 
 from deqrobust import specs
 from deqrobust.errors import ConfigError
-from deqrobust.instances import instance, instance_config, instances, model_aims, model_spec
+from deqrobust.instances import instances, model_spec
 from deqrobust.schema import schema
 from deqrobust.sizes import SIZES
 from deqrobust.vocab import BASELINE_ESTIMATOR, DEQ_ARCHS, FACTORY, FINAL, MDEQ, TRUE_GRADIENT, SolveSetting, State
@@ -130,14 +130,6 @@ def spec_of(cfg: dict, kind: str, name: str, key: str | None = None) -> dict:
     return defined[name]
 
 
-def check_steps(cfg: dict) -> None:
-    """The references only some steps use (``evaluation.early_exit`` and ``analysis``, for the
-    DEQs): the workflow checks them before any job, the steps through the same slices."""
-    if deqs(cfg):
-        select_slice(cfg)
-        analysis_slice(cfg)
-
-
 def require_gpu_message(cfg: dict) -> str:
     """Why a GPU-scale profile (``require_gpu: true``) stops without CUDA, and what to run instead."""
     return (
@@ -246,116 +238,6 @@ def cells(cfg: dict) -> list[Cell]:
     return list(dict.fromkeys(found))
 
 
-# ----------------------------------------------------------------------------- what each step depends on
-# Each slice is the part of the config a step's output depends on: Snakemake's `params`
-# rerun trigger of the step's jobs and, for training and evaluation, the stamp a resumed
-# job must match (training's resume.pt, a cell's finished batches).
-
-# Training keys left out of a model's slice: the backend of a data-parallel run never
-# changes the result; amp only counts when on, so models trained before the key existed
-# (at its neutral value) stay up to date.
-NOT_RESULT_KEYS = ("distributed_backend",)
-NEUTRAL_VALUES = {"amp": False}
-# Keys of the training phases: they count only for an adversarially trained DEQ with
-# unrolled pretraining, so the key's arrival reruns no other model.
-PHASE_KEYS = ("adv_during_pretraining",)
-
-
-def settings(part: dict) -> str:
-    """A slice as canonical JSON (the form Snakemake and the stamps compare)."""
-    return json.dumps(part, sort_keys=True)
-
-
-def _solvers(cfg: dict) -> dict:
-    return {"solver": cfg["solver"], "backward_solver": cfg["backward_solver"], "seed": cfg["seed"]}
-
-
-def data_slice(cfg: dict) -> dict:
-    return {key: cfg["data"][key] for key in ("dev_size", "split_seed")}
-
-
-def train_slice(cfg: dict, model: str) -> dict:
-    """One instance's spec with its merged training section, the solvers, its seed and the split."""
-    cfg = instance_config(cfg, model)
-    spec = model_spec(cfg, model)
-    training = {
-        key: value
-        for key, value in spec["training_config"].items()
-        if key not in NOT_RESULT_KEYS
-        and not (key in NEUTRAL_VALUES and value == NEUTRAL_VALUES[key])
-        and not (key in PHASE_KEYS and not _has_phases(spec))
-    }
-    return {
-        "spec": {**spec, "training_config": training},
-        "data": {key: cfg["data"][key] for key in ("dev_size", "split_seed", "train_subset")},
-        **_solvers(cfg),
-    }
-
-
-def _has_phases(spec: dict) -> bool:
-    """Whether a model's training has an adversarial pretraining phase for PHASE_KEYS to shape."""
-    return spec["arch"] == MDEQ and spec["training"] != "standard" and spec["training_config"]["pretrain_iters"] > 0
-
-
-def select_slice(cfg: dict) -> dict:
-    """The early-exit choice: ``evaluation.early_exit`` with the specs it names."""
-    choice = cfg["evaluation"]["early_exit"]
-    return {
-        **choice,
-        **_referenced(cfg, "evaluation.early_exit", choice),
-        **_solvers(cfg),
-        "batch_size": cfg["evaluation"]["batch_size"],
-    }
-
-
-def cell_slice(cfg: dict, estimator: str, attack: str) -> dict:
-    """One cell: the estimator's spec (None for the baselines' plain backprop), the attack's,
-    the test images and their batches, the solvers and the seed."""
-    ev = cfg["evaluation"]
-    return {
-        "estimator": None if estimator == BASELINE_ESTIMATOR else spec_of(cfg, "estimator", estimator),
-        "attack": spec_of(cfg, "attack", attack),
-        "num_examples": ev["num_examples"],
-        "batch_size": ev["batch_size"],
-        "test_subset": cfg["data"]["test_subset"],
-        **_solvers(cfg),
-    }
-
-
-def analysis_slice(cfg: dict) -> dict:
-    """The fixed-point analysis: the ``analysis`` section with the specs it names."""
-    an = cfg["analysis"]
-    return {
-        **an,
-        **_referenced(cfg, "analysis", an),
-        "diagnosed": diagnosed(cfg),
-        "test_subset": cfg["data"]["test_subset"],
-        "batch_size": cfg["evaluation"]["batch_size"],
-        **_solvers(cfg),
-    }
-
-
-def report_slice(cfg: dict) -> dict:
-    """What the figures and the report read from the config beyond their input files: the aims."""
-    return {"aims": model_aims(cfg)}
-
-
-def trajectory_slice(cfg: dict) -> dict:
-    """The training-dynamics analysis: its section, the traced budget, the final-state estimators
-    it compares (the diagnostics') and what the solve of each snapshot depends on."""
-    estimators = {
-        name: entry["spec"] for name, entry in diagnosed(cfg)["estimators"].items() if entry["states"] == [FINAL]
-    }
-    return {
-        **cfg["analysis"]["trajectory"],
-        "budget": cfg["analysis"]["budget"],
-        "estimators": estimators,
-        "test_subset": cfg["data"]["test_subset"],
-        "batch_size": cfg["evaluation"]["batch_size"],
-        **_solvers(cfg),
-    }
-
-
 # The mechanism diagnostics of the analysis compare these estimator types with the true gradient
 # (TRUE_GRADIENT, autograd through the solver) of the same output: the ready-made final-state
 # gradients at z*, the state-n estimators at each diagnosed state n.
@@ -398,10 +280,6 @@ def diagnosed(cfg: dict) -> dict:
         },
         "true_gradient": next((n for n, s in defined.items() if s["name"] == TRUE_GRADIENT), TRUE_GRADIENT),
     }
-
-
-def _referenced(cfg: dict, key: str, section: dict) -> dict:
-    return {f"{kind}_spec": spec_of(cfg, kind, section[kind], f"{key}.{kind}") for kind in ("estimator", "attack")}
 
 
 # ----------------------------------------------------------------------------- imported models
@@ -475,46 +353,3 @@ def _import_problems(cfg: dict) -> list[str]:
                 "remove seeds, or give each seed its own model and checkpoint"
             )
     return found
-
-
-def import_slice(cfg: dict, model: str) -> dict:
-    """An imported instance: its file (a user's DEQ: its factory, keyword arguments and weights),
-    training and gradient mode, and for ``grad: unroll`` the unroll that defines its own output (a
-    change re-imports it, which reruns its dependents)."""
-    spec = model_spec(cfg, model)
-    files = ("factory", "kwargs", "weights") if spec["arch"] == FACTORY else ("checkpoint",)
-    part = {key: spec.get(key) for key in (*files, "training", "grad")}
-    if spec["grad"] == "unroll":
-        part["unroll"] = spec["training_config"]["unroll"]
-    return part
-
-
-# ----------------------------------------------------------------------------- what each job needs
-class Resources(NamedTuple):
-    train_minutes: int  # runtime of a train job
-    eval_minutes: int  # runtime of an evaluate, select_exit or analyze job
-    mem_mb: int
-
-
-# By MDEQ size (every one of deqrobust.sizes) and by baseline architecture; a cluster
-# profile may override them per rule.
-RESOURCES = {
-    "mini": Resources(60, 30, 3000),
-    "tiny": Resources(120, 60, 4000),
-    "small": Resources(240, 120, 6000),
-    "large": Resources(4320, 720, 16000),
-    "xl": Resources(10080, 1440, 32000),
-    "preact_resnet18": Resources(1440, 240, 16000),
-    "factory": Resources(30, 720, 16000),  # a user's DEQ: imported, not trained; a cluster profile may override
-    "wrn34_10": Resources(4320, 720, 32000),
-}
-
-
-def resources(cfg: dict, model: str) -> Resources:
-    spec = cfg["models"][instance(cfg, model).model]
-    return RESOURCES[spec["size"] if spec["arch"] == MDEQ else spec["arch"]]
-
-
-def gpus(cfg: dict) -> int:
-    """GPUs per model job: one when the profile runs on CUDA."""
-    return 1 if cfg["require_gpu"] or cfg["device"].startswith("cuda") else 0

@@ -52,8 +52,8 @@ from deqrobust.errors import ConfigError
 from deqrobust.estimators import build_estimator, model_estimator
 from deqrobust.instances import identity, instance_config, model_spec
 from deqrobust.models import build_model
-from deqrobust.plan import settings, train_slice
 from deqrobust.protocol import is_deq
+from deqrobust.slices import settings, train_slice
 from deqrobust.solvers import solvers_of
 
 RESUME_FORMAT = "deqrobust-resume/1"

@@ -125,7 +125,7 @@ def run(cfg: dict, manifest_path: str | Path, device: torch.device, progress: bo
     from deqrobust.errors import ConfigError
     from deqrobust.evaluation import own_estimator
     from deqrobust.instances import identity, instance_config
-    from deqrobust.plan import trajectory_slice
+    from deqrobust.slices import trajectory_slice
 
     manifest, files = read_manifest(manifest_path)
     if not files:

@@ -11,7 +11,7 @@ rule analyze:
         analysis(),
     params:
         cli=cli_args,
-        settings=lambda w: plan.settings(plan.analysis_slice(job_config(w))),
+        settings=lambda w: slices.settings(slices.analysis_slice(job_config(w))),
         code=code_of("analyze"),
     log:
         log("analyze", "{model}.log"),
@@ -19,9 +19,9 @@ rule analyze:
         model=deq_pattern(),
     threads: config["threads"]
     resources:
-        gpu=plan.gpus(config),
-        mem_mb=lambda w: plan.resources(config, w.model).mem_mb,
-        runtime=lambda w: plan.resources(config, w.model).eval_minutes,
+        gpu=jobs.gpus(config),
+        mem_mb=lambda w: jobs.resources(config, w.model).mem_mb,
+        runtime=lambda w: jobs.resources(config, w.model).eval_minutes,
     conda:
         ENV
     shell:
@@ -39,7 +39,7 @@ rule trajectory:
         trajectory(),
     params:
         cli=cli_args,
-        settings=lambda w: plan.settings(plan.trajectory_slice(job_config(w))),
+        settings=lambda w: slices.settings(slices.trajectory_slice(job_config(w))),
         code=code_of("trajectory"),
     log:
         log("trajectory", "{model}.log"),
@@ -47,9 +47,9 @@ rule trajectory:
         model=names_pattern(plan.trained_deqs(config)),
     threads: config["threads"]
     resources:
-        gpu=plan.gpus(config),
-        mem_mb=lambda w: plan.resources(config, w.model).mem_mb,
-        runtime=lambda w: plan.resources(config, w.model).eval_minutes,
+        gpu=jobs.gpus(config),
+        mem_mb=lambda w: jobs.resources(config, w.model).mem_mb,
+        runtime=lambda w: jobs.resources(config, w.model).eval_minutes,
     conda:
         ENV
     shell:

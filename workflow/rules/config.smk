@@ -5,7 +5,7 @@
 # (with --use-conda too: Snakemake brings PyYAML and jsonschema). config.load reads the
 # files Snakemake was given (--configfile, in order, or config/config.yaml) and the raw
 # --config entries as `key=value` overrides, and runs every check (schema, ranges, names
-# across sections, states, estimator and attack specs); plan.check_steps adds the
+# across sections, states, estimator and attack specs); slices.check_steps adds the
 # references of early_exit and analysis. A wrong key or value stops `snakemake` (even -n)
 # before any job, with the message the CLI gives for the same files and overrides.
 import importlib.util
@@ -22,7 +22,7 @@ from snakemake.exceptions import WorkflowError
 if importlib.util.find_spec("deqrobust") is None:  # not installed: this clone's library
     sys.path.insert(0, str(Path(workflow.basedir, "src")))
 
-from deqrobust import codeprint, instances, ownership, plan, vocab
+from deqrobust import codeprint, instances, jobs, ownership, plan, slices, vocab
 from deqrobust.config import load
 from deqrobust.errors import ConfigError
 
@@ -40,7 +40,7 @@ OVERRIDES = [_args] if isinstance(_args, str) else list(_args)  # the raw --conf
 
 try:
     _checked = load(CONFIGFILES, OVERRIDES)
-    plan.check_steps(_checked)
+    slices.check_steps(_checked)
     ownership.check(_checked["results"], _checked["profile"])   # a results folder belongs to one profile
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
@@ -58,7 +58,7 @@ def cli_args(wildcards, threads):
 
     A params function that takes `threads` is "derived" for Snakemake: file names and
     overrides are no rerun trigger; what a job depends on is its `settings` param (a slice
-    from deqrobust.plan).
+    from deqrobust.slices).
     """
     model = wildcards.get("model")
     seed = instances.seed_override(config, model) if model is not None else ""

@@ -7,7 +7,7 @@ rule data:
         batches=directory(batches_dir()),
     params:
         cli=cli_args,
-        settings=plan.settings(plan.data_slice(config)),
+        settings=slices.settings(slices.data_slice(config)),
         code=code_of("data"),
     log:
         log("data.log"),

@@ -11,7 +11,7 @@ rule evaluate:
         cell(),
     params:
         cli=cell_cli_args,
-        settings=lambda w: plan.settings(plan.cell_slice(cell_job_config(w), w.estimator, w.attack)),
+        settings=lambda w: slices.settings(slices.cell_slice(cell_job_config(w), w.estimator, w.attack)),
         code=code_of("evaluate"),
     log:
         log("evaluate", "{model}", "{estimator}", "{attack}", "state-{state}{solve}.log"),
@@ -20,9 +20,9 @@ rule evaluate:
         solve=vocab.SOLVE_RE,
     threads: config["threads"]
     resources:
-        gpu=plan.gpus(config),
-        mem_mb=lambda w: plan.resources(config, w.model).mem_mb,
-        runtime=lambda w: plan.resources(config, w.model).eval_minutes,
+        gpu=jobs.gpus(config),
+        mem_mb=lambda w: jobs.resources(config, w.model).mem_mb,
+        runtime=lambda w: jobs.resources(config, w.model).eval_minutes,
     conda:
         ENV
     shell:

@@ -16,7 +16,7 @@ rule figures:
         ),
     params:
         cli=cli_args,
-        settings=lambda w: plan.settings(plan.report_slice(config)),
+        settings=lambda w: slices.settings(slices.report_slice(config)),
         code=code_of("figures"),
     log:
         log("figures.log"),
@@ -50,7 +50,7 @@ rule report:
         metrics=metrics_json(),
     params:
         cli=cli_args,
-        settings=lambda w: plan.settings(plan.report_slice(config)),
+        settings=lambda w: slices.settings(slices.report_slice(config)),
         code=code_of("report"),
     log:
         log("report.log"),

@@ -18,16 +18,16 @@ rule train:
         cli=cli_args,
         launcher=train_launcher,
         rank_threads=rank_threads,
-        settings=lambda w: plan.settings(plan.train_slice(config, w.model)),
+        settings=lambda w: slices.settings(slices.train_slice(config, w.model)),
         code=code_of("train"),
         out=lambda wildcards, output: os.path.dirname(output.checkpoint),
     log:
         log("train", "{model}.log"),
     threads: config["threads"]
     resources:
-        gpu=plan.gpus(config),
-        mem_mb=lambda w: plan.resources(config, w.model).mem_mb,
-        runtime=lambda w: plan.resources(config, w.model).train_minutes,
+        gpu=jobs.gpus(config),
+        mem_mb=lambda w: jobs.resources(config, w.model).mem_mb,
+        runtime=lambda w: jobs.resources(config, w.model).train_minutes,
     conda:
         ENV
     shell:
@@ -66,7 +66,7 @@ rule import_checkpoint:
         how=import_how,
         grad=lambda w: config["models"][w.model]["grad"],
         training=lambda w: config["models"][w.model]["training"],
-        settings=lambda w: plan.settings(plan.import_slice(config, w.model)),
+        settings=lambda w: slices.settings(slices.import_slice(config, w.model)),
         code=code_of("import"),
     log:
         log("import", "{model}.log"),
@@ -92,7 +92,7 @@ rule select_exit:
         early_exit(),
     params:
         cli=cli_args,
-        settings=lambda w: plan.settings(plan.select_slice(job_config(w))),
+        settings=lambda w: slices.settings(slices.select_slice(job_config(w))),
         code=code_of("select-exit"),
     log:
         log("select_exit", "{model}.log"),
@@ -100,9 +100,9 @@ rule select_exit:
         model=deq_pattern(),
     threads: config["threads"]
     resources:
-        gpu=plan.gpus(config),
-        mem_mb=lambda w: plan.resources(config, w.model).mem_mb,
-        runtime=lambda w: plan.resources(config, w.model).eval_minutes,
+        gpu=jobs.gpus(config),
+        mem_mb=lambda w: jobs.resources(config, w.model).mem_mb,
+        runtime=lambda w: jobs.resources(config, w.model).eval_minutes,
     conda:
         ENV
     shell:
