@@ -407,7 +407,8 @@ def learning_curves_figure(curves: pd.DataFrame, aims: dict[str, dict[str, float
     selection) against the epoch, colour by model and line style by seed, with each model's
     accuracy ``aims`` (by model, deqrobust.instances.model_aims; measured on the test images) as dashed
     lines: where a model plateaued, and how far from its aim."""
-    bases = list(dict.fromkeys(curves["base_model"])) if len(curves) else []
+    # Sorted, as the trainings are in the other figures (deq-adv and deq-std take pgd's and standard's colours).
+    bases = sorted(curves["base_model"].unique()) if len(curves) else []
     colours = dict(zip(bases, sns.color_palette("colorblind", max(len(bases), 1))))
     seeds = sorted(curves["seed"].unique()) if len(curves) else []
     styles = dict(zip(seeds, ["-", "--", ":", "-."] * (len(seeds) // 4 + 1)))
