@@ -258,6 +258,7 @@ def test_an_interrupted_rerun_after_a_config_change_never_costs_the_finished_mod
     changed = tmp_path / "changed.yaml"
     cfg = yaml.safe_load(path.read_text())
     cfg["training"]["lr"] = 2e-3  # a setting changed
+    cfg["training"]["epochs"] = 200  # long enough that the Ctrl-C always comes before it finishes
     changed.write_text(yaml.safe_dump(cfg))
     for name in outputs:  # as Snakemake does before it reruns the job
         (out / name).unlink()
