@@ -159,3 +159,33 @@ def test_median_change_against_known_answers():
     assert covered >= 0.93
     with pytest.raises(ValueError, match="one length"):
         stats.median_change([1.0], [1.0, 2.0])
+
+
+def test_the_report_shows_each_snapshots_median_residual_at_the_deployed_and_the_traced_budget():
+    from deqrobust.report import trend_lines
+
+    def snap(iteration, deployed, traced):
+        return {
+            "iteration": iteration,
+            "epoch": iteration / 2,
+            "pretraining": False,
+            "clean_accuracy": 0.5,
+            "never_converged": 0.25,
+            "forward_residual": deployed,
+            "traced_residual": traced,
+            "alignment": {"exact": {"cosine": [0.9, 0.95, 1.0]}},
+        }
+
+    record = {
+        "model": {"name": "deq-adv.s0", "training": "pgd"},
+        "solver": {"budget": 8},
+        "traced_budget": 30,
+        "num_examples": 3,
+        "alignment_examples": 3,
+        "snapshots": [snap(1, [1e-1, 1e-2, 1e-3], [1e-4, 1e-6, None]), snap(2, [1.0, 1e-1, 1e-2], [1e-5, 1e-7, 1e-9])],
+    }
+    text = "\n".join(trend_lines([record]))
+    assert "| median residual, step 8 (deployed) | median residual, step 30 |" in text
+    # medians: 1e-2, and 1e-4 of 1e-6, 1e-4 and a diverged image (None: above every finite one); then 1e-1, 1e-7
+    assert "| deq-adv.s0 | pgd | 0.50 | 50.0 % | 0.01 | 0.0001 | 25.0 % | 0.95 |" in text
+    assert "| deq-adv.s0 | pgd | 1.00 | 50.0 % | 0.1 | 1e-07 | 25.0 % | 0.95 |" in text

@@ -631,7 +631,9 @@ def trend_lines(trajectories: list[dict]) -> list[str]:
     rows = []
     for r in trajectories:
         for snap in r["snapshots"]:
-            residual = 10 ** np.median(log_residual(snap["forward_residual"]))
+            deployed, traced = (
+                10 ** np.median(log_residual(snap[key])) for key in ("forward_residual", "traced_residual")
+            )
             cosines = [
                 _num(float(np.nanmedian([np.nan if v is None else v for v in snap["alignment"][n]["cosine"]])))
                 if n in snap["alignment"]
@@ -644,7 +646,8 @@ def trend_lines(trajectories: list[dict]) -> list[str]:
                     r["model"]["training"],
                     f"{snap['epoch']:.2f}" + (" (pretraining)" if snap["pretraining"] else ""),
                     f"{100 * snap['clean_accuracy']:.1f} %",
-                    _num(residual),
+                    _num(deployed),
+                    _num(traced),
                     f"{100 * snap['never_converged']:.1f} %",
                     *cosines,
                 ]
@@ -664,7 +667,8 @@ def trend_lines(trajectories: list[dict]) -> list[str]:
                 "training",
                 "epoch",
                 "clean",
-                "median residual",
+                f"median residual, step {trajectories[0]['solver']['budget']} (deployed)",
+                f"median residual, step {trajectories[0]['traced_budget']}",
                 "never converged",
                 *(f"median cosine, {n}" for n in names),
             ],
