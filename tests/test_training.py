@@ -118,6 +118,8 @@ def test_phase_option_reruns_only_models_it_shapes(tmp_path):
 
 
 def train_command(cfg_path: Path, out: Path) -> subprocess.Popen:
+    """A training in a child process. Its Ctrl-C (SIGINT) acts as in a terminal even when the tests
+    run as a background job, whose children inherit SIGINT ignored."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.Popen(
         [sys.executable, "-m", "deqrobust.cli", "train", "-c", str(cfg_path), "--model", "deq", "--out", str(out)],
@@ -125,6 +127,7 @@ def train_command(cfg_path: Path, out: Path) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
