@@ -1,7 +1,7 @@
 # deqrobust: reproduction of "A Closer Look at the Adversarial Robustness of Deep
 # Equilibrium Models" (NeurIPS 2022). Every rule is one call of the `deqrobust` CLI;
-# workflow/rules/common.smk owns every path; deqrobust.plan says which jobs exist and what
-# each depends on. See docs/workflow.md.
+# workflow/rules/common.smk owns every path; deqrobust.plan says which jobs exist,
+# deqrobust.slices what each depends on. See docs/workflow.md.
 #
 #   snakemake --cores 8 --use-conda                        # the paper (config/config.yaml, GPU)
 #   snakemake --cores 2 --configfile config/quick.yaml     # CPU reproduction, about an hour

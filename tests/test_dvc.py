@@ -273,7 +273,7 @@ def test_flow1_push_then_a_fresh_clone_pulls_and_rebuilds_without_training(lab):
     assert pulled == {rel: lab["results"][rel] for rel in pulled}
     assert {rel for rel in lab["results"] if rel.endswith("checkpoint.pt") and "/finished/" not in rel} <= set(pulled)
     # DVC restores bytes, not Snakemake's timestamps and records: adopt the pulled results once ...
-    snakemake(clone, "--touch", "--omit-from", "merge", *args)
+    snakemake(clone, "--touch", "--forceall", "--omit-from", "merge", *args)
     # ... then the README's command rebuilds every table, figure, notebook and report from them.
     rebuild = job_stats(snakemake(clone, *args))
     assert set(rebuild) == REPORT_RULES, rebuild  # no data, training, evaluation or analysis job
@@ -287,6 +287,11 @@ def test_flow1_push_then_a_fresh_clone_pulls_and_rebuilds_without_training(lab):
     assert {p.name for p in (reports / "notebooks").glob("*.ipynb")} == {
         p.name for p in (original / "notebooks").glob("*.ipynb")
     }
+    # The adoption recorded every job's settings: a later change reruns what it touches, never nothing.
+    longer = clone / "longer-analysis.yaml"
+    longer.write_text("analysis:\n  budget: 7\n")  # smoke: 6
+    changed = job_stats(snakemake(clone, "-n", *args[:6], str(longer), *args[6:]))
+    assert {"analyze", "trajectory"} <= set(changed) and "train" not in changed and "evaluate" not in changed
 
 
 @pytest.mark.slow
@@ -343,6 +348,6 @@ def test_flow2_an_earlier_commits_checkpoints_come_back_and_are_reused(lab):
     for rel in changed:
         assert back[rel] == first[rel], f"{rel} did not come back"
     # Adopt what DVC restored, then the run reuses it: no training, no evaluation.
-    snakemake(root, "--touch", "--omit-from", "merge", *args)
+    snakemake(root, "--touch", "--forceall", "--omit-from", "merge", *args)
     assert set(job_stats(snakemake(root, "-n", *args))) <= REPORT_RULES
     assert digest(results) == back  # the touch changed no byte

@@ -119,16 +119,20 @@ def test_phase_option_reruns_only_models_it_shapes(tmp_path):
 
 def train_command(cfg_path: Path, out: Path) -> subprocess.Popen:
     """A training in a child process. Its Ctrl-C (SIGINT) acts as in a terminal even when the tests
-    run as a background job, whose children inherit SIGINT ignored."""
+    run as a background job, which ignores SIGINT: the child is started while SIGINT is caught
+    here, and exec resets a caught signal to its default (an ignored one would stay ignored)."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "deqrobust.cli", "train", "-c", str(cfg_path), "--model", "deq", "--out", str(out)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "deqrobust.cli", "train", "-c", str(cfg_path), "--model", "deq", "--out", str(out)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_kill_and_resume_ends_exactly_like_an_uninterrupted_run(tmp_path):
@@ -246,7 +250,7 @@ def test_train_never_replaces_a_finished_model_without_force(tmp_path, capsys):
 
 
 def test_an_interrupted_rerun_after_a_config_change_never_costs_the_finished_model(tmp_path):
-    """Issue 16, as found: change lr, start the rerun (Snakemake first removes the job's outputs),
+    """Issue 16, as found: change the config, start the rerun (Snakemake first removes the job's outputs),
     Ctrl-C; the finished model is gone from the folder. With the old config back, the rerun
     restores it byte for byte from finished/ instead of training, and the interrupted run of the
     other config is kept aside."""
@@ -270,7 +274,10 @@ def test_an_interrupted_rerun_after_a_config_change_never_costs_the_finished_mod
     while not (out / "resume.pt").is_file() and time.time() < deadline and victim.poll() is None:
         time.sleep(0.05)
     victim.send_signal(signal.SIGINT)  # Ctrl-C
-    victim.wait(timeout=60)
+    try:
+        victim.wait(timeout=60)
+    finally:
+        victim.kill()  # no 200-epoch training left behind if the Ctrl-C was not obeyed
     assert not (out / "checkpoint.pt").exists() and (out / "resume.pt").is_file()
     back = train_command(path, out)  # the old config again
     said, err = back.communicate(timeout=120)

@@ -2,8 +2,8 @@
 #
 # Every path derives from config["results"], config["reports"] and config["data"]["root"].
 # Which jobs exist (models, cells), what each depends on (its `settings` param: Snakemake's
-# params rerun trigger) and what each needs (resources) come from deqrobust.plan, the same
-# functions the library uses; workflow/rules/config.smk builds `config`.
+# params rerun trigger) and what each needs (resources) come from deqrobust.plan,
+# deqrobust.slices and deqrobust.jobs, the same functions the library uses; workflow/rules/config.smk builds `config`.
 import os
 import re
 from pathlib import Path
