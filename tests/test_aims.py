@@ -8,6 +8,7 @@ import copy
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.colors import to_rgb
 from test_figures_report import CFG, inside_canvas, make_table
 
 from deqrobust import aims, figures, plan, queries, report, schema, slices
@@ -92,6 +93,34 @@ def test_learning_curves_figure_draws_every_instance_and_each_aim(tmp_path: Path
     assert 45.0 in {line.get_ydata()[0] for line in clean_panel.lines}
     written = figures.write_all(make_table(), [], tmp_path / "figures", "unit", None, curves, model_aims(cfg))
     assert tmp_path / "figures" / "learning_curves.png" in written
+
+
+def test_learning_curves_take_their_trainings_colour_as_the_other_figures_do(tmp_path: Path):
+    """Colour by training, marker by model: the two PGD-AT models share pgd's colour whatever their
+    names, and the aim is drawn in its model's training's colour."""
+    cfg = with_aims(deq_pgd={"clean": 0.45})
+    paths = []
+    for name in ("resnet_pgd", "deq_std", "deq_pgd"):  # an order in which neither names nor trainings sort
+        path = tmp_path / name / "metrics.csv"
+        path.parent.mkdir()
+        pd.DataFrame({"epoch": [0.5, 1.0], "dev_clean_acc": [0.3, 0.4], "dev_robust_acc": [0.1, 0.2]}).to_csv(
+            path, index=False
+        )
+        paths.append(path)
+    curves = aims.learning_curves(paths, cfg)
+    assert dict(zip(curves["model"], curves["training"])) == {
+        "resnet_pgd": "pgd",
+        "deq_std": "standard",
+        "deq_pgd": "pgd",
+    }
+    clean_panel = figures.learning_curves_figure(curves, model_aims(cfg)).axes[0]
+    colours = figures.training_colours(["pgd", "standard"])
+    lines = {line.get_label(): line for line in clean_panel.lines}
+    for name, training in (("resnet_pgd", "pgd"), ("deq_pgd", "pgd"), ("deq_std", "standard")):
+        assert to_rgb(lines[name].get_color()) == to_rgb(colours[training])
+    assert lines["resnet_pgd"].get_marker() != lines["deq_pgd"].get_marker()
+    aim = next(line for line in clean_panel.lines if line.get_ydata()[0] == 45.0)
+    assert to_rgb(aim.get_color()) == to_rgb(colours["pgd"])
 
 
 def test_an_aim_is_no_part_of_the_model_so_adding_one_reruns_only_figures_and_report():

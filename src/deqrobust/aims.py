@@ -63,10 +63,12 @@ def checks(cfg: dict, table: pd.DataFrame) -> list[AimCheck]:
 
 def learning_curves(paths: list[str | os.PathLike], cfg: dict) -> pd.DataFrame:
     """The development-split learning curves of trained instances (their ``metrics.csv``, in the
-    instance's folder), one frame with the instance's ``model``, ``base_model`` and ``seed``."""
+    instance's folder), one frame with the instance's ``model``, ``base_model``, ``seed`` and
+    ``training``."""
     frames = []
     for path in paths:
         name = Path(path).parent.name
+        who = identity(cfg, name)
         frame = pd.read_csv(path)
-        frames.append(frame.assign(model=name, **identity(cfg, name)))
+        frames.append(frame.assign(model=name, **who, training=cfg["models"][who["base_model"]]["training"]))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

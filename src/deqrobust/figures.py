@@ -94,6 +94,12 @@ def _empty(ax, text: str) -> None:
     ax.set_axis_off()  # not set_yticks([]): that would clear the ticks of every axis sharing y
 
 
+def training_colours(trainings) -> dict:
+    """One colour per training, the same in every figure that tells trainings apart."""
+    names = sorted(set(trainings))
+    return dict(zip(names, sns.color_palette("colorblind", max(len(names), 1))))
+
+
 def residual_figure(analyses: list[dict]) -> Figure:
     """(a) Relative residual vs solver step: median line, quartile band; facets clean/adversarial."""
     frame = residual_frame(analyses)
@@ -101,7 +107,7 @@ def residual_figure(analyses: list[dict]) -> Figure:
     with _style():
         fig = Figure(figsize=(5 * len(kinds), 4), layout="constrained")
         axes = fig.subplots(1, len(kinds), sharey=True, squeeze=False)[0]
-        palette = dict(zip(sorted(set(frame["training"])), sns.color_palette("colorblind")))
+        palette = training_colours(frame["training"])
         tols = {a["tol"] for a in analyses} - {0}
         budgets = {a["deployed_budget"] for a in analyses}
         for ax, kind in zip(axes, kinds):
@@ -353,8 +359,7 @@ def training_dynamics_figure(trajectories: list[dict]) -> Figure:
 
     frame = trajectory_frame(trajectories)
     estimators = sorted(e for e in frame["estimator"].dropna().unique()) if len(frame) else []
-    trainings = sorted(frame["training"].unique()) if len(frame) else []
-    colours = dict(zip(trainings, sns.color_palette("colorblind", max(len(trainings), 1))))
+    colours = training_colours(frame["training"] if len(frame) else [])
     seeds = sorted(frame["seed"].unique()) if len(frame) else []
     styles = dict(zip(seeds, ["-", "--", ":", "-."] * (len(seeds) // 4 + 1)))
     panels = [
@@ -404,12 +409,13 @@ def training_dynamics_figure(trajectories: list[dict]) -> Figure:
 
 def learning_curves_figure(curves: pd.DataFrame, aims: dict[str, dict[str, float]]) -> Figure:
     """Each trained instance's development-split accuracy (clean, and under the dev PGD of model
-    selection) against the epoch, colour by model and line style by seed, with each model's
-    accuracy ``aims`` (by model, deqrobust.instances.model_aims; measured on the test images) as dashed
-    lines: where a model plateaued, and how far from its aim."""
-    # Sorted, as the trainings are in the other figures (deq-adv and deq-std take pgd's and standard's colours).
-    bases = sorted(curves["base_model"].unique()) if len(curves) else []
-    colours = dict(zip(bases, sns.color_palette("colorblind", max(len(bases), 1))))
+    selection) against the epoch, colour by training (as in the other figures), marker by model and
+    line style by seed, with each model's accuracy ``aims`` (by model, deqrobust.instances.model_aims;
+    measured on the test images) as dashed lines: where a model plateaued, and how far from its aim."""
+    bases = list(dict.fromkeys(curves["base_model"])) if len(curves) else []
+    training_of = dict(zip(curves["base_model"], curves["training"])) if len(curves) else {}
+    colours = training_colours(training_of.values())
+    markers = dict(zip(bases, ["o", "s", "^", "D", "v", "P"] * (len(bases) // 6 + 1)))
     seeds = sorted(curves["seed"].unique()) if len(curves) else []
     styles = dict(zip(seeds, ["-", "--", ":", "-."] * (len(seeds) // 4 + 1)))
     panels = [
@@ -428,15 +434,16 @@ def learning_curves_figure(curves: pd.DataFrame, aims: dict[str, dict[str, float
                 ax.plot(
                     part["epoch"],
                     100 * part[column],
-                    color=colours[first["base_model"]],
+                    color=colours[first["training"]],
                     linestyle=styles[first["seed"]],
-                    marker="o",
+                    marker=markers[first["base_model"]],
                     markersize=3,
                     label=model,
                 )
             for base in bases:
                 if aim_key in aims.get(base, {}):
-                    ax.axhline(100 * aims[base][aim_key], color=colours[base], linestyle=(0, (4, 3)), linewidth=1)
+                    colour = colours[training_of[base]]
+                    ax.axhline(100 * aims[base][aim_key], color=colour, linestyle=(0, (4, 3)), linewidth=1)
             ax.set(xlabel="epoch", ylabel="%", title=title)
         if not curves.empty:
             axes[-1].legend(loc="best", fontsize="x-small")
